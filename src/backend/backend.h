@@ -1,0 +1,162 @@
+// Backend: the table of coarse ops the model is written in. One virtual call
+// per op (never per element); each implementation (cpu/, later cuda/) is
+// checked against the CPU reference kernels.
+//
+// Conventions for every op:
+//   - all pointers are backend memory (host memory on the CPU backend);
+//   - shapes are row-major; B batch, T time, C channels, NH heads, V vocab,
+//     N = B*T rows, OC/IC output/input features; weights are PyTorch-shaped;
+//   - parameter gradients accumulate (+=), which gradient accumulation and
+//     several uses of one weight need; activation gradients overwrite (=)
+//     except where an op says otherwise (LayerNormBackward adds into the
+//     residual stream's gradient, MatmulBackward adds when asked);
+//   - activations and parameters are fp32 in this version; matrix-product
+//     precision is a backend setting, not a change of the buffers' dtype.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "backend/dropout.h"
+
+namespace mingpt {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // ---- memory -------------------------------------------------------------
+  virtual void* Malloc(size_t bytes) = 0;  // 64-byte aligned; aborts on OOM
+  virtual void Free(void* p) = 0;
+  virtual void Memset0(void* p, size_t bytes) = 0;
+  virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void Synchronize() = 0;
+
+  // ---- ops ----------------------------------------------------------------
+  // out[B,T,C] = wte[idx[b,t], :] + wpe[t, :]                               (=)
+  virtual void EncoderForward(float* out, const int32_t* idx, const float* wte,
+                              const float* wpe, int B, int T, int C) = 0;
+  // dwte[idx[b,t], :] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:]      (+=)
+  virtual void EncoderBackward(float* dwte, float* dwpe, const float* dout,
+                               const int32_t* idx, int B, int T, int C) = 0;
+
+  // out = (x - mean) * rstd * w + b over the last dim, eps 1e-5; saves
+  // mean[N] and rstd[N] for backward.                                       (=)
+  virtual void LayerNormForward(float* out, float* mean, float* rstd,
+                                const float* x, const float* w, const float* b,
+                                int N, int C) = 0;
+  // dx += ..., dw += ..., db += ...                                         (+=)
+  virtual void LayerNormBackward(float* dx, float* dw, float* db,
+                                 const float* dout, const float* x,
+                                 const float* w, const float* mean,
+                                 const float* rstd, int N, int C) = 0;
+
+  // out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias[OC] (bias may be null)        (=)
+  virtual void MatmulForward(float* out, const float* inp, const float* W,
+                             const float* bias, int N, int IC, int OC) = 0;
+  // dinp[N,IC] (= or += by accumulate_dinp; may be null) = dout @ W;
+  // dW += dout^T @ inp;  dbias += sum_n dout (may be null)
+  virtual void MatmulBackward(float* dinp, float* dW, float* dbias,
+                              const float* dout, const float* inp,
+                              const float* W, int N, int IC, int OC,
+                              bool accumulate_dinp) = 0;
+
+  // Causal self-attention over heads of size hs = C/NH:
+  //   P = softmax(mask(Q K^T / sqrt(hs))),  out = dropout(P) V
+  // q,k,v,out are [B,T,C] with head h in channels [h*hs, (h+1)*hs);
+  // probs[B,NH,T,T] saves P (before dropout) for backward.                  (=)
+  // The attention dropout mask element index is (h*T + i)*T + j.
+  virtual void AttentionForward(float* out, float* probs, const float* q,
+                                const float* k, const float* v, int B, int T,
+                                int C, int NH, const DropoutSpec& dropout) = 0;
+  // dq, dk, dv (=) from dout, using the saved probs and the same dropout.
+  virtual void AttentionBackward(float* dq, float* dk, float* dv,
+                                 const float* dout, const float* q,
+                                 const float* k, const float* v,
+                                 const float* probs, int B, int T, int C,
+                                 int NH, const DropoutSpec& dropout) = 0;
+
+  // out = x * Phi(x), exact erf form (nn.GELU()). In place allowed.         (=)
+  virtual void GeluForward(float* out, const float* x, int64_t n) = 0;
+  // dx = dout * GELU'(x). dx may alias dout.                                (=)
+  virtual void GeluBackward(float* dx, const float* x, const float* dout,
+                            int64_t n) = 0;
+
+  // out = a + b. out may alias a or b.                                      (=)
+  virtual void Add(float* out, const float* a, const float* b, int64_t n) = 0;
+
+  // y = dropout(x) over B rows of `row_size` elements each (element index
+  // within the row keys the mask); y may alias x. Backward is the same call
+  // on the gradients.                                                       (=)
+  virtual void Dropout(float* y, const float* x, int B, int64_t row_size,
+                       const DropoutSpec& dropout) = 0;
+
+  // losses[N] = -log softmax(logits[n])[targets[n]]                         (=)
+  virtual void CrossEntropyForward(float* losses, const float* logits,
+                                   const int32_t* targets, int N, int V) = 0;
+  // As forward, and dlogits = (softmax(logits) - onehot(target)) * dloss,
+  // where dloss is d(total loss)/d(losses[n]) (1/N for the mean). dlogits
+  // may alias logits.                                                       (=)
+  virtual void CrossEntropyForwardBackward(float* losses, float* dlogits,
+                                           const float* logits,
+                                           const int32_t* targets, int N,
+                                           int V, float dloss) = 0;
+
+  // PyTorch's AdamW on n elements, in place; t is the 1-based step:
+  //   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+  //   p -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
+  virtual void AdamW(float* p, const float* g, float* m, float* v, int64_t n,
+                     float lr, float beta1, float beta2, float eps, float wd,
+                     int t) = 0;
+
+  // Sum of squares in double precision (gradient norm), and x *= s.
+  virtual double SumSquares(const float* x, int64_t n) = 0;
+  virtual void Scale(float* x, int64_t n, float s) = 0;
+};
+
+// The CPU backend (oneDNN + OpenMP), using `num_threads` threads.
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
+
+// RAII backend memory, move-only.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* backend, size_t bytes)
+      : backend_(backend), ptr_(bytes ? backend->Malloc(bytes) : nullptr),
+        bytes_(bytes) {}
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      backend_ = o.backend_;
+      ptr_ = o.ptr_;
+      bytes_ = o.bytes_;
+      o.ptr_ = nullptr;
+      o.bytes_ = 0;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { Reset(); }
+
+  void Reset() {
+    if (ptr_) backend_->Free(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  template <typename T = float>
+  T* as() const { return static_cast<T*>(ptr_); }
+  float* f32() const { return static_cast<float*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Backend* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace mingpt

@@ -1,0 +1,70 @@
+// Status and StatusOr: expected failures (files, flags, checkpoints, user input)
+// travel up as values and reach the user as one clear line. Broken invariants use
+// MINGPT_CHECK (check.h) instead.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace mingpt {
+
+class Status {
+ public:
+  Status() = default;  // OK
+  static Status Ok() { return Status(); }
+  static Status Error(std::string message) { return Status(std::move(message)); }
+
+  bool ok() const { return !message_.has_value(); }
+  const std::string& message() const {
+    static const std::string kOk = "OK";
+    return message_ ? *message_ : kOk;
+  }
+  // Returns a new error whose message is "context: message".
+  Status WithContext(const std::string& context) const {
+    return ok() ? *this : Status(context + ": " + *message_);
+  }
+
+ private:
+  explicit Status(std::string message) : message_(std::move(message)) {}
+  std::optional<std::string> message_;
+};
+
+template <typename T>
+class StatusOr {
+ public:
+  StatusOr(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
+  StatusOr(Status status) : v_(std::move(status)) {}  // NOLINT: must not be OK
+
+  bool ok() const { return std::holds_alternative<T>(v_); }
+  Status status() const { return ok() ? Status::Ok() : std::get<Status>(v_); }
+  T& value() & { return std::get<T>(v_); }
+  const T& value() const& { return std::get<T>(v_); }
+  T&& value() && { return std::get<T>(std::move(v_)); }
+  T& operator*() & { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+
+ private:
+  std::variant<T, Status> v_;
+};
+
+}  // namespace mingpt
+
+#define MINGPT_CONCAT_INNER(a, b) a##b
+#define MINGPT_CONCAT(a, b) MINGPT_CONCAT_INNER(a, b)
+
+#define MINGPT_RETURN_IF_ERROR(expr)               \
+  do {                                             \
+    ::mingpt::Status mingpt_status_ = (expr);      \
+    if (!mingpt_status_.ok()) return mingpt_status_; \
+  } while (0)
+
+#define MINGPT_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                                 \
+  if (!tmp.ok()) return tmp.status();                \
+  lhs = std::move(tmp).value()
+
+#define MINGPT_ASSIGN_OR_RETURN(lhs, expr) \
+  MINGPT_ASSIGN_OR_RETURN_IMPL(MINGPT_CONCAT(statusor_, __LINE__), lhs, expr)
