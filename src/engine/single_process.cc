@@ -1,0 +1,41 @@
+#include "engine/single_process.h"
+
+#include <cmath>
+
+namespace mingpt {
+
+SingleProcess::SingleProcess(Backend* backend, const ModelLayout& layout)
+    : backend_(backend), layout_(layout) {
+  const size_t bytes = layout.total_numel() * sizeof(float);
+  for (Buffer* b : {&params_, &grads_, &exp_avg_, &exp_avg_sq_}) {
+    *b = Buffer(backend, bytes);
+    backend->Memset0(b->f32(), bytes);
+  }
+}
+
+void SingleProcess::ZeroGrads() { backend_->Memset0(grads_.f32(), numel() * sizeof(float)); }
+
+double SingleProcess::GradNorm() { return std::sqrt(backend_->SumSquares(grads_.f32(), numel())); }
+
+void SingleProcess::ClipGrads(double grad_norm, double max_norm) {
+  double f = ClipFactor(grad_norm, max_norm);
+  if (f < 1.0) backend_->Scale(grads_.f32(), numel(), static_cast<float>(f));
+}
+
+void SingleProcess::OptimizerStep(const AdamWConfig& c, float lr, int t) {
+  for (int u = 0; u < layout_.num_units(); ++u) {
+    const int64_t base = layout_.unit_offset(u);
+    for (const ParamEntry& e : layout_.units()[u].params) {
+      const int64_t o = base + e.offset;
+      backend_->AdamW(params_.f32() + o, grads_.f32() + o, exp_avg_.f32() + o,
+                      exp_avg_sq_.f32() + o, e.numel, lr, c.beta1, c.beta2, c.eps,
+                      e.decay ? c.weight_decay : 0.0f, t);
+    }
+  }
+}
+
+size_t SingleProcess::state_bytes() const {
+  return params_.bytes() + grads_.bytes() + exp_avg_.bytes() + exp_avg_sq_.bytes();
+}
+
+}  // namespace mingpt
