@@ -4,10 +4,11 @@
 
 namespace mingpt {
 
-SingleProcess::SingleProcess(Backend* backend, const ModelLayout& layout)
+SingleProcess::SingleProcess(Backend* backend, const ModelLayout& layout, bool training)
     : backend_(backend), layout_(layout) {
   const size_t bytes = layout.total_numel() * sizeof(float);
   for (Buffer* b : {&params_, &grads_, &exp_avg_, &exp_avg_sq_}) {
+    if (!training && b != &params_) continue;
     *b = Buffer(backend, bytes);
     backend->Memset0(b->f32(), bytes);
   }

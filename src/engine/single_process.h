@@ -15,7 +15,8 @@ namespace mingpt {
 
 class SingleProcess : public ParamProvider {
  public:
-  SingleProcess(Backend* backend, const ModelLayout& layout);
+  // With training false only the parameters are allocated (inference).
+  SingleProcess(Backend* backend, const ModelLayout& layout, bool training = true);
 
   // ParamProvider
   const float* Acquire(int unit) override { return params_.f32() + layout_.unit_offset(unit); }

@@ -58,6 +58,8 @@ class GPT {
   // Logits [B,T,V] of the last Forward (backend memory). After
   // ForwardBackward they are overwritten by their gradients.
   const float* logits() const;
+  // Copies row `row` (= b*T + t) of the last logits into host memory [V].
+  void CopyLogitsRow(int64_t row, float* host_dst) const;
 
   // Bytes held by the activation arena.
   size_t activation_bytes() const;

@@ -4,6 +4,7 @@
 // micro-step:
 //   forward:  Acquire(0) .. Release(0), Acquire(1) .. Release(1), ...
 //   backward: Acquire(last) .. Grads(last) .. Release(last), GradsReady(last), ...
+//             (the stem's backward needs no parameters: Grads(0), GradsReady(0))
 // Grads(u) returns the unit's gradient buffer, which the model adds into
 // (+=); GradsReady(u) says the unit's backward for this micro-step is done.
 #pragma once

@@ -1,0 +1,173 @@
+// evaluate, sample and info: commands that read a checkpoint.
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "engine/single_process.h"
+#include "io/file.h"
+#include "model/gpt.h"
+#include "train/inference.h"
+#include "train/model_checkpoint.h"
+
+namespace mingpt::cli {
+namespace {
+
+// A checkpoint's model ready for inference.
+struct LoadedModel {
+  OpenedCheckpoint ckpt;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<GPT> gpt;
+  std::unique_ptr<SingleProcess> params;
+};
+
+StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int threads,
+                                                 int max_batch) {
+  auto m = std::make_unique<LoadedModel>();
+  MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
+  ModelConfig config = m->ckpt.config;
+  config.dropout = 0.0f;
+  m->backend = MakeCpuBackend(threads);
+  m->gpt = std::make_unique<GPT>(m->backend.get(), config, max_batch);
+  m->params = std::make_unique<SingleProcess>(m->backend.get(), m->gpt->layout(), false);
+  std::vector<float> host(m->gpt->layout().total_numel(), 0.0f);
+  MINGPT_RETURN_IF_ERROR(
+      ReadCheckpointTensors(m->ckpt, m->gpt->layout(), host.data(), nullptr, nullptr));
+  m->backend->CopyToDevice(m->params->params(), host.data(), host.size() * sizeof(float));
+  return m;
+}
+
+int DefaultThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+}  // namespace
+
+Command AddEvaluate(CLI::App* app) {
+  struct Flags {
+    std::string checkpoint, data, split = "test";
+    bool json = false;
+    int batch_size = 32, threads = DefaultThreads();
+  };
+  auto f = std::make_shared<Flags>();
+  app->add_option("--checkpoint", f->checkpoint, "Checkpoint directory")->required();
+  app->add_option("--data", f->data, "Text file (default: the one recorded in the checkpoint)");
+  app->add_option("--split", f->split, "val or test")->capture_default_str();
+  app->add_option("--batch_size", f->batch_size, "Windows per forward pass")->capture_default_str();
+  app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
+  app->add_flag("--json", f->json, "Print one JSON object");
+  return [f]() -> Status {
+    if (f->split != "val" && f->split != "test") {
+      return Status::Error("--split must be val or test, got '" + f->split + "'");
+    }
+    if (f->batch_size <= 0) return Status::Error("--batch_size must be positive");
+    if (f->threads <= 0) return Status::Error("--num_threads must be positive");
+    MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, f->threads, f->batch_size));
+    std::string path = f->data.empty() ? m->ckpt.data_path : f->data;
+    if (path.empty()) return Status::Error("the checkpoint records no data file; pass --data");
+    MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+    if (text.empty()) return Status::Error("data file '" + path + "' is empty");
+    auto ids = m->ckpt.tokenizer.Encode(text);
+    if (!ids.ok()) return ids.status().WithContext("data file '" + path + "'");
+    MINGPT_ASSIGN_OR_RETURN(CharDataset data,
+                            CharDataset::Create(std::move(ids).value(), m->ckpt.config.block_size));
+    const Split split = f->split == "val" ? Split::kVal : Split::kTest;
+    EvalResult r = EvaluateSplit(m->gpt.get(), m->params.get(), data, split, -1, f->batch_size);
+    if (r.tokens == 0) return Status::Error("the " + f->split + " split of '" + path + "' is too short to evaluate");
+    const double ppl = std::exp(r.loss), bpc = r.loss / std::log(2.0);
+    if (f->json) {
+      nlohmann::json j = {{"split", f->split}, {"loss", r.loss}, {"perplexity", ppl},
+                          {"bits_per_character", bpc}, {"windows", r.windows},
+                          {"tokens", r.tokens}, {"checkpoint", f->checkpoint}, {"data", path}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("%s loss %.4f | perplexity %.3f | bits per character %.4f (%lld windows, %lld tokens)\n",
+                  f->split.c_str(), r.loss, ppl, bpc, static_cast<long long>(r.windows),
+                  static_cast<long long>(r.tokens));
+    }
+    return Status::Ok();
+  };
+}
+
+Command AddSample(CLI::App* app) {
+  struct Flags {
+    std::string checkpoint, prompt;
+    SampleOptions o;
+    int threads = 1;
+  };
+  auto f = std::make_shared<Flags>();
+  f->o.top_k = 10;
+  app->add_option("--checkpoint", f->checkpoint, "Checkpoint directory")->required();
+  app->add_option("--prompt", f->prompt, "Text to continue")->required();
+  app->add_option("--steps", f->o.steps, "Characters to generate")->capture_default_str();
+  app->add_option("--temperature", f->o.temperature, "Softmax temperature (> 0)")->capture_default_str();
+  app->add_option("--top_k", f->o.top_k, "Sample among the k most likely (0: all)")->capture_default_str();
+  app->add_flag("--greedy", f->o.greedy, "Take the most likely character instead of sampling");
+  app->add_option("--seed", f->o.seed, "Sampling seed")->capture_default_str();
+  app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
+  return [f]() -> Status {
+    if (f->prompt.empty()) return Status::Error("--prompt must not be empty");
+    if (f->o.steps < 0) return Status::Error("--steps must be >= 0");
+    if (!(f->o.temperature > 0) || !std::isfinite(f->o.temperature)) {
+      return Status::Error("--temperature must be a positive number");
+    }
+    if (f->o.top_k < 0) return Status::Error("--top_k must be >= 0");
+    if (f->threads <= 0) return Status::Error("--num_threads must be positive");
+    MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, f->threads, 1));
+    auto ids = m->ckpt.tokenizer.Encode(f->prompt);
+    if (!ids.ok()) return ids.status().WithContext("--prompt");
+    std::fputs(f->prompt.c_str(), stdout);
+    std::fflush(stdout);
+    const std::string& vocab = m->ckpt.tokenizer.vocab();
+    auto echo = [](int32_t id, void* ctx) {
+      std::fputc((*static_cast<const std::string*>(ctx))[id], stdout);
+      std::fflush(stdout);
+    };
+    Sample(m->gpt.get(), m->params.get(), std::move(ids).value(), f->o, echo,
+           const_cast<std::string*>(&vocab));
+    std::fputc('\n', stdout);
+    return Status::Ok();
+  };
+}
+
+Command AddInfo(CLI::App* app) {
+  struct Flags {
+    std::string checkpoint;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  app->add_option("--checkpoint", f->checkpoint, "Checkpoint directory")->required();
+  app->add_flag("--json", f->json, "Print one JSON object");
+  return [f]() -> Status {
+    MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint c, OpenTrainingCheckpoint(f->checkpoint));
+    const ModelLayout layout(c.config);
+    const bool has_best = std::isfinite(c.state.best_val_loss);
+    if (f->json) {
+      nlohmann::json j = {{"checkpoint", f->checkpoint},
+                          {"n_layer", c.config.n_layer}, {"n_head", c.config.n_head},
+                          {"n_embd", c.config.n_embd}, {"block_size", c.config.block_size},
+                          {"vocab_size", c.config.vocab_size}, {"dropout", c.config.dropout},
+                          {"parameters", layout.num_parameters()}, {"step", c.state.step},
+                          {"tokens", c.state.tokens},
+                          {"best_val_loss", has_best ? nlohmann::json(c.state.best_val_loss) : nlohmann::json(nullptr)},
+                          {"data", c.data_path}};
+      std::printf("%s\n", j.dump().c_str());
+      return Status::Ok();
+    }
+    std::printf("checkpoint     %s\n", f->checkpoint.c_str());
+    std::printf("model          %s\n", c.config.ToString().c_str());
+    std::printf("parameters     %lld\n", static_cast<long long>(layout.num_parameters()));
+    std::printf("step           %lld\n", static_cast<long long>(c.state.step));
+    std::printf("tokens seen    %lld\n", static_cast<long long>(c.state.tokens));
+    if (has_best) {
+      std::printf("best val loss  %.4f\n", c.state.best_val_loss);
+    } else {
+      std::printf("best val loss  (not validated)\n");
+    }
+    std::printf("data           %s\n", c.data_path.c_str());
+    return Status::Ok();
+  };
+}
+
+}  // namespace mingpt::cli

@@ -1,0 +1,273 @@
+#include "model/gpt.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "core/check.h"
+#include "core/rng.h"
+
+namespace mingpt {
+namespace {
+
+inline constexpr uint32_t kInitStream = 0x1A17A000u;
+
+// Dropout sites: 0 after the embeddings; per layer l, 1+3l on the attention
+// weights, 2+3l and 3+3l on the two residual branches.
+uint32_t EmbdSite() { return 0; }
+uint32_t AttnSite(int l) { return 1 + 3 * l; }
+uint32_t Resid1Site(int l) { return 2 + 3 * l; }
+uint32_t Resid2Site(int l) { return 3 + 3 * l; }
+
+}  // namespace
+
+// One allocation holding every activation for (max_batch, block_size), plus
+// the backward scratch. Per-layer tensors are indexed [layer].
+struct GPT::Arena {
+  struct Layer {
+    float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *atty, *x_mid;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *x_out;
+  };
+  Buffer memory;
+  Buffer tokens;  // int32 idx[B*T] then targets[B*T]
+  std::vector<Layer> layers;
+  float *encoded, *tmp, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+  float *dres, *dbranch, *dln, *dbig, *dq, *dk, *dv, *datty;
+  std::vector<float> host_losses;
+  size_t bytes = 0;
+};
+
+GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch)
+    : backend_(backend), config_(config), layout_(config), max_batch_(max_batch),
+      arena_(std::make_unique<Arena>()) {
+  MINGPT_CHECK(config.Validate().ok(), "%s", config.Validate().message().c_str());
+  MINGPT_CHECK(max_batch > 0, "max_batch %d", max_batch);
+  const int64_t B = max_batch, T = config.block_size, C = config.n_embd;
+  const int64_t NH = config.n_head, V = config.vocab_size, L = config.n_layer;
+  const int64_t BTC = B * T * C, BT = B * T;
+
+  // First pass counts floats, second pass hands out pointers.
+  Arena& a = *arena_;
+  a.layers.resize(L);
+  float* base = nullptr;
+  int64_t used = 0;
+  auto take = [&](float** p, int64_t n) {
+    if (base) *p = base + used;
+    used += (n + kAlign - 1) / kAlign * kAlign;
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    used = 0;
+    take(&a.encoded, BTC);
+    for (auto& l : a.layers) {
+      take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
+      take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
+      take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
+      take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
+      take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC); take(&l.x_out, BTC);
+    }
+    take(&a.tmp, BTC);
+    take(&a.lnf, BTC); take(&a.lnf_mean, BT); take(&a.lnf_rstd, BT);
+    take(&a.logits, BT * V); take(&a.losses, BT);
+    take(&a.dres, BTC); take(&a.dbranch, BTC); take(&a.dln, BTC); take(&a.dbig, 4 * BTC);
+    take(&a.dq, BTC); take(&a.dk, BTC); take(&a.dv, BTC); take(&a.datty, BTC);
+    if (pass == 0) {
+      a.bytes = used * sizeof(float);
+      a.memory = Buffer(backend, a.bytes);
+      base = a.memory.f32();
+    }
+  }
+  a.tokens = Buffer(backend, 2 * BT * sizeof(int32_t));
+  a.host_losses.resize(BT);
+}
+
+GPT::~GPT() = default;
+
+const float* GPT::logits() const { return arena_->logits; }
+void GPT::CopyLogitsRow(int64_t row, float* host_dst) const {
+  const int V = config_.vocab_size;
+  backend_->CopyToHost(host_dst, arena_->logits + row * V, V * sizeof(float));
+}
+
+size_t GPT::activation_bytes() const { return arena_->bytes + arena_->tokens.bytes(); }
+
+void GPT::InitParameters(uint64_t seed, float* host) const {
+  for (int u = 0; u < layout_.num_units(); ++u) {
+    const int64_t base = layout_.unit_offset(u);
+    std::fill(host + base, host + base + layout_.units()[u].numel, 0.0f);
+    for (const ParamEntry& e : layout_.units()[u].params) {
+      float* p = host + base + e.offset;
+      if (e.init == ParamEntry::Init::kOnes) std::fill(p, p + e.numel, 1.0f);
+      if (e.init != ParamEntry::Init::kNormal) continue;
+      // N(0, 0.02) by Box-Muller, element f of the flat layout from counter f.
+#pragma omp parallel for
+      for (int64_t i = 0; i < e.numel; ++i) {
+        const uint64_t f = static_cast<uint64_t>(base + e.offset + i);
+        auto r = Philox4x32(seed, static_cast<uint32_t>(f), static_cast<uint32_t>(f >> 32),
+                            kInitStream, 0);
+        const double u1 = (static_cast<double>(r[0]) + 1.0) / 4294967296.0;
+        const double u2 = static_cast<double>(r[1]) / 4294967296.0;
+        p[i] = static_cast<float>(0.02 * std::sqrt(-2.0 * std::log(u1)) *
+                                  std::cos(2.0 * std::numbers::pi * u2));
+      }
+    }
+  }
+}
+
+namespace {
+
+// Pointers to one unit's tensors (parameters or their gradients).
+struct UnitView {
+  float* base;
+  const Unit* unit;
+  float* operator[](int i) const { return base + unit->params[i].offset; }
+};
+
+DropoutSpec Site(const DropoutContext& d, float p, uint32_t site) {
+  DropoutSpec s;
+  s.p = d.training ? p : 0.0f;
+  s.seed = d.seed;
+  s.step = d.step;
+  s.site = site;
+  s.sample_base = d.sample_base;
+  return s;
+}
+
+}  // namespace
+
+float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* targets, int B,
+                   int T, const DropoutContext& dropout) {
+  MINGPT_CHECK(B >= 1 && B <= max_batch_, "batch %d outside [1, %d]", B, max_batch_);
+  MINGPT_CHECK(T >= 1 && T <= config_.block_size, "T %d outside [1, %d]", T, config_.block_size);
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size;
+  const int N = B * T;
+  const float p = config_.dropout;
+  int32_t* d_idx = a.tokens.as<int32_t>();
+  int32_t* d_targets = d_idx + static_cast<int64_t>(max_batch_) * config_.block_size;
+  be.CopyToDevice(d_idx, idx, N * sizeof(int32_t));
+  if (targets) be.CopyToDevice(d_targets, targets, N * sizeof(int32_t));
+
+  // Stem.
+  {
+    const int u = layout_.stem_unit();
+    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
+    be.EncoderForward(a.encoded, d_idx, P[kTokEmb], P[kPosEmb], B, T, C);
+    be.Dropout(a.encoded, a.encoded, B, static_cast<int64_t>(T) * C, Site(dropout, p, EmbdSite()));
+    params->Release(u);
+  }
+  // Blocks.
+  const float* x_in = a.encoded;
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const int u = layout_.block_unit(l);
+    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
+    Arena::Layer& s = a.layers[l];
+    be.LayerNormForward(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
+    be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
+    be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
+    be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
+    be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH, Site(dropout, p, AttnSite(l)));
+    be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
+    be.Dropout(a.tmp, a.tmp, B, static_cast<int64_t>(T) * C, Site(dropout, p, Resid1Site(l)));
+    be.Add(s.x_mid, x_in, a.tmp, static_cast<int64_t>(N) * C);
+    be.LayerNormForward(s.ln2, s.ln2_mean, s.ln2_rstd, s.x_mid, P[kLn2W], P[kLn2B], N, C);
+    be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
+    be.GeluForward(s.fch_gelu, s.fch, static_cast<int64_t>(N) * 4 * C);
+    be.MatmulForward(a.tmp, s.fch_gelu, P[kFc2W], P[kFc2B], N, 4 * C, C);
+    be.Dropout(a.tmp, a.tmp, B, static_cast<int64_t>(T) * C, Site(dropout, p, Resid2Site(l)));
+    be.Add(s.x_out, s.x_mid, a.tmp, static_cast<int64_t>(N) * C);
+    params->Release(u);
+    x_in = s.x_out;
+  }
+  // Head.
+  {
+    const int u = layout_.head_unit();
+    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
+    be.LayerNormForward(a.lnf, a.lnf_mean, a.lnf_rstd, x_in, P[kLnfW], P[kLnfB], N, C);
+    be.MatmulForward(a.logits, a.lnf, P[kHeadW], nullptr, N, C, V);
+    params->Release(u);
+  }
+  if (!targets) return 0.0f;
+  be.CrossEntropyForward(a.losses, a.logits, d_targets, N, V);
+  be.CopyToHost(a.host_losses.data(), a.losses, N * sizeof(float));
+  double sum = 0;
+  for (int i = 0; i < N; ++i) sum += a.host_losses[i];
+  return static_cast<float>(sum / N);
+}
+
+float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int32_t* targets,
+                           int B, int T, const DropoutContext& dropout, float loss_scale) {
+  MINGPT_CHECK(targets != nullptr, "ForwardBackward needs targets");
+  Forward(params, idx, nullptr, B, T, dropout);
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size;
+  const int N = B * T;
+  const float p = config_.dropout;
+  const int64_t NC = static_cast<int64_t>(N) * C;
+  const int32_t* d_idx = a.tokens.as<int32_t>();
+  int32_t* d_targets = a.tokens.as<int32_t>() + static_cast<int64_t>(max_batch_) * config_.block_size;
+  be.CopyToDevice(d_targets, targets, N * sizeof(int32_t));
+
+  // Loss and dlogits (in place of the logits).
+  be.CrossEntropyForwardBackward(a.losses, a.logits, a.logits, d_targets, N, V, loss_scale / N);
+  be.CopyToHost(a.host_losses.data(), a.losses, N * sizeof(float));
+  double sum = 0;
+  for (int i = 0; i < N; ++i) sum += a.host_losses[i];
+
+  // Applies the site's dropout to the residual gradient, or passes it through.
+  auto branch_grad = [&](uint32_t site) -> const float* {
+    DropoutSpec s = Site(dropout, p, site);
+    if (!s.enabled()) return a.dres;
+    be.Dropout(a.dbranch, a.dres, B, static_cast<int64_t>(T) * C, s);
+    return a.dbranch;
+  };
+
+  const float* last_out = config_.n_layer > 0 ? a.layers.back().x_out : a.encoded;
+  {
+    const int u = layout_.head_unit();
+    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
+    UnitView G{params->Grads(u), &layout_.units()[u]};
+    be.Memset0(a.dres, NC * sizeof(float));
+    be.MatmulBackward(a.dln, G[kHeadW], nullptr, a.logits, a.lnf, P[kHeadW], N, C, V, false);
+    be.LayerNormBackward(a.dres, G[kLnfW], G[kLnfB], a.dln, last_out, P[kLnfW], a.lnf_mean,
+                         a.lnf_rstd, N, C);
+    params->Release(u);
+    params->GradsReady(u);
+  }
+  for (int l = config_.n_layer - 1; l >= 0; --l) {
+    const int u = layout_.block_unit(l);
+    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
+    UnitView G{params->Grads(u), &layout_.units()[u]};
+    Arena::Layer& s = a.layers[l];
+    const float* x_in = l == 0 ? a.encoded : a.layers[l - 1].x_out;
+    // MLP branch: x_out = x_mid + drop(mlp.2(gelu(mlp.0(ln2(x_mid))))).
+    const float* dm = branch_grad(Resid2Site(l));
+    be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, s.fch_gelu, P[kFc2W], N, 4 * C, C, false);
+    be.GeluBackward(a.dbig, s.fch, a.dbig, 4 * NC);
+    be.MatmulBackward(a.dln, G[kFcW], G[kFcB], a.dbig, s.ln2, P[kFcW], N, C, 4 * C, false);
+    be.LayerNormBackward(a.dres, G[kLn2W], G[kLn2B], a.dln, s.x_mid, P[kLn2W], s.ln2_mean,
+                         s.ln2_rstd, N, C);
+    // Attention branch: x_mid = x_in + drop(proj(attn(q, k, v))), q/k/v = Linear(ln1(x_in)).
+    const float* dp = branch_grad(Resid1Site(l));
+    be.MatmulBackward(a.datty, G[kProjW], G[kProjB], dp, s.atty, P[kProjW], N, C, C, false);
+    be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.probs, B, T, C, NH,
+                         Site(dropout, p, AttnSite(l)));
+    be.MatmulBackward(a.dln, G[kQueryW], G[kQueryB], a.dq, s.ln1, P[kQueryW], N, C, C, false);
+    be.MatmulBackward(a.dln, G[kKeyW], G[kKeyB], a.dk, s.ln1, P[kKeyW], N, C, C, true);
+    be.MatmulBackward(a.dln, G[kValueW], G[kValueB], a.dv, s.ln1, P[kValueW], N, C, C, true);
+    be.LayerNormBackward(a.dres, G[kLn1W], G[kLn1B], a.dln, x_in, P[kLn1W], s.ln1_mean,
+                         s.ln1_rstd, N, C);
+    params->Release(u);
+    params->GradsReady(u);
+  }
+  {
+    const int u = layout_.stem_unit();
+    UnitView G{params->Grads(u), &layout_.units()[u]};
+    const float* de = branch_grad(EmbdSite());
+    be.EncoderBackward(G[kTokEmb], G[kPosEmb], de, d_idx, B, T, C);
+    params->GradsReady(u);
+  }
+  return static_cast<float>(sum / N);
+}
+
+}  // namespace mingpt

@@ -1,0 +1,81 @@
+#include "train/inference.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/rng.h"
+
+namespace mingpt {
+
+EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
+                         int64_t max_windows, int batch_size) {
+  EvalResult r;
+  const int T = data.eval_window_length(split);
+  int64_t n = data.num_eval_windows(split);
+  if (max_windows >= 0) n = std::min(n, max_windows);
+  if (n == 0 || T == 0) return r;
+  std::vector<int32_t> x(static_cast<size_t>(batch_size) * T), y(x.size());
+  double total = 0;
+  for (int64_t w = 0; w < n; w += batch_size) {
+    const int B = static_cast<int>(std::min<int64_t>(batch_size, n - w));
+    for (int b = 0; b < B; ++b) data.EvalWindow(split, w + b, &x[b * T], &y[b * T]);
+    total += static_cast<double>(gpt->Forward(params, x.data(), y.data(), B, T, {})) * B * T;
+  }
+  r.windows = n;
+  r.tokens = n * T;
+  r.loss = total / r.tokens;
+  return r;
+}
+
+std::vector<int32_t> Sample(GPT* gpt, ParamProvider* params, std::vector<int32_t> ids,
+                            const SampleOptions& o, void (*on_token)(int32_t, void*), void* ctx) {
+  const int V = gpt->config().vocab_size, block = gpt->config().block_size;
+  std::vector<float> logits(V);
+  std::vector<int32_t> order(V);
+  std::vector<double> probs(V);
+  for (int s = 0; s < o.steps; ++s) {
+    const int T = std::min<int>(static_cast<int>(ids.size()), block);
+    const int32_t* context = ids.data() + ids.size() - T;
+    gpt->Forward(params, context, nullptr, 1, T, {});
+    gpt->CopyLogitsRow(T - 1, logits.data());
+    int32_t next;
+    if (o.greedy) {
+      next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    } else {
+      for (float& l : logits) l /= o.temperature;
+      // Keep the top_k logits (ties at the k-th value kept, as the seed's
+      // top_k_logits, which masks values strictly below the k-th largest).
+      float threshold = -INFINITY;
+      if (o.top_k > 0 && o.top_k < V) {
+        std::vector<float> sorted(logits);
+        std::nth_element(sorted.begin(), sorted.begin() + (o.top_k - 1), sorted.end(),
+                         std::greater<float>());
+        threshold = sorted[o.top_k - 1];
+      }
+      const float mx = *std::max_element(logits.begin(), logits.end());
+      double sum = 0;
+      for (int i = 0; i < V; ++i) {
+        probs[i] = logits[i] < threshold ? 0.0 : std::exp(static_cast<double>(logits[i] - mx));
+        sum += probs[i];
+      }
+      // Inverse-CDF draw from a counter-based uniform keyed by the token index.
+      const uint64_t bits = Random64(o.seed, static_cast<uint32_t>(ids.size()), 0, kSampleStream, 0);
+      const double u = static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0) * sum;
+      double acc = 0;
+      next = V - 1;
+      for (int i = 0; i < V; ++i) {
+        acc += probs[i];
+        if (u < acc && probs[i] > 0) {
+          next = i;
+          break;
+        }
+      }
+      while (probs[next] == 0 && next > 0) --next;
+    }
+    ids.push_back(next);
+    if (on_token) on_token(next, ctx);
+  }
+  return ids;
+}
+
+}  // namespace mingpt

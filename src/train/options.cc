@@ -1,0 +1,50 @@
+#include "train/options.h"
+
+#include <string>
+
+namespace mingpt {
+
+Status ValidateTrainOptions(const TrainOptions& o) {
+  ModelConfig shape = o.model;  // the vocabulary comes from the data later
+  if (shape.vocab_size == 0) shape.vocab_size = 1;
+  MINGPT_RETURN_IF_ERROR(shape.Validate());
+  auto err = [](const std::string& m) { return Status::Error(m); };
+  if (o.batch_size <= 0) return err("--batch_size must be positive, got " + std::to_string(o.batch_size));
+  if (o.accumulate_grad_batches <= 0) return err("--accumulate_grad_batches must be positive");
+  if (!(o.optim.learning_rate > 0)) return err("--learning_rate must be positive");
+  if (o.max_steps == 0 || o.max_steps < -1) return err("--max_steps must be positive (or -1 for max_epochs)");
+  if (o.max_epochs <= 0) return err("--max_epochs must be positive");
+  if (!(o.limit_train_batches > 0)) return err("--limit_train_batches must be positive");
+  if (!(o.limit_val_batches >= 0)) return err("--limit_val_batches must be >= 0");
+  if (!(o.val_check_interval > 0)) return err("--val_check_interval must be positive");
+  if (!(o.gradient_clip_val >= 0)) return err("--gradient_clip_val must be >= 0");
+  if (o.num_threads <= 0) return err("--num_threads must be positive");
+  if (o.log_every_n_steps <= 0) return err("--log_every_n_steps must be positive");
+  if (o.precision != "32" && o.precision != "32-true") {
+    if (o.precision == "16" || o.precision == "16-mixed" || o.precision == "bf16" ||
+        o.precision == "bf16-mixed") {
+      return err("--precision " + o.precision + " is not supported yet; this version trains in 32");
+    }
+    return err("unknown --precision '" + o.precision + "' (known: 32, 32-true, 16, 16-mixed, bf16, bf16-mixed)");
+  }
+  static const char* kSharded[] = {"ddp", "deepspeed_stage_1", "deepspeed_stage_2",
+                                   "deepspeed_stage_3", "deepspeed_stage_2_offload",
+                                   "deepspeed_stage_3_offload"};
+  bool sharded = false;
+  for (const char* s : kSharded) sharded |= o.strategy == s;
+  if (sharded) {
+    return err("--strategy " + o.strategy +
+               " needs several processes, which this version does not run yet; use --strategy auto");
+  }
+  if (o.strategy != "auto" && o.strategy != "single_device") {
+    return err("unknown --strategy '" + o.strategy +
+               "' (known: auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, "
+               "deepspeed_stage_3, deepspeed_stage_2_offload, deepspeed_stage_3_offload)");
+  }
+  if (o.devices != 1) {
+    return err("--devices " + std::to_string(o.devices) + " is not supported yet; this version runs one process");
+  }
+  return Status::Ok();
+}
+
+}  // namespace mingpt

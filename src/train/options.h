@@ -1,0 +1,42 @@
+// TrainOptions: everything `mingpt train` is told, with the seed's and
+// Lightning's names. Fractions follow Lightning: a limit or interval <= 1.0
+// is a fraction of an epoch (or of the val split), above 1 a count.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/config.h"
+#include "optim/adamw.h"
+
+namespace mingpt {
+
+struct TrainOptions {
+  ModelConfig model;
+  int batch_size = 32;
+  AdamWConfig optim;
+  double warmup_tokens = 512.0 * 20;
+  int64_t max_steps = -1;           // -1: max_epochs decides
+  int max_epochs = 1;
+  double limit_train_batches = 1.0;
+  double val_check_interval = 1.0;  // fraction of an epoch or a step count
+  double limit_val_batches = 1.0;   // 0 disables validation
+  double gradient_clip_val = 1.0;   // 0 disables clipping
+  int accumulate_grad_batches = 1;
+  std::string precision = "32";
+  uint64_t seed = 42;
+  std::string default_root_dir;
+  std::string data_path;
+  int num_threads = 1;
+  std::string ckpt_path;            // resume from this checkpoint
+  int log_every_n_steps = 50;
+  std::string strategy = "auto";
+  int devices = 1;
+  int progress = -1;                // -1: a bar when stderr is a terminal
+};
+
+// Checks the options that do not depend on the data (sizes, ranges,
+// strategy, precision, devices). One clear error for the first problem.
+Status ValidateTrainOptions(const TrainOptions& options);
+
+}  // namespace mingpt
