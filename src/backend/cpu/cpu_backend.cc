@@ -1,0 +1,138 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cpu/adamw.h"
+#include "backend/cpu/attention.h"
+#include "backend/cpu/crossentropy.h"
+#include "backend/cpu/dropout.h"
+#include "backend/cpu/encoder.h"
+#include "backend/cpu/gelu.h"
+#include "backend/cpu/layernorm.h"
+#include "backend/cpu/matmul_ref.h"
+#include "backend/cpu/reductions.h"
+#include "backend/cpu/residual.h"
+
+namespace mingpt {
+namespace cpu {
+
+CpuBackend::CpuBackend(int num_threads) {
+  if (num_threads > 0) omp_set_num_threads(num_threads);
+}
+
+void* CpuBackend::Malloc(size_t bytes) { return AlignedAlloc(bytes); }
+void CpuBackend::Free(void* p) { std::free(p); }
+void CpuBackend::Memset0(void* p, size_t bytes) {
+  if (bytes) std::memset(p, 0, bytes);
+}
+void CpuBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  if (bytes) std::memcpy(dst, host_src, bytes);
+}
+void CpuBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(host_dst, src, bytes);
+}
+
+void CpuBackend::EncoderForward(float* out, const int32_t* idx,
+                                const float* wte, const float* wpe, int B,
+                                int T, int C) {
+  cpu::EncoderForward(out, idx, wte, wpe, B, T, C);
+}
+void CpuBackend::EncoderBackward(float* dwte, float* dwpe, const float* dout,
+                                 const int32_t* idx, int B, int T, int C) {
+  cpu::EncoderBackward(dwte, dwpe, dout, idx, B, T, C);
+}
+
+void CpuBackend::LayerNormForward(float* out, float* mean, float* rstd,
+                                  const float* x, const float* w,
+                                  const float* b, int N, int C) {
+  cpu::LayerNormForward(out, mean, rstd, x, w, b, N, C);
+}
+void CpuBackend::LayerNormBackward(float* dx, float* dw, float* db,
+                                   const float* dout, const float* x,
+                                   const float* w, const float* mean,
+                                   const float* rstd, int N, int C) {
+  cpu::LayerNormBackward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+}
+
+void CpuBackend::MatmulForward(float* out, const float* inp, const float* W,
+                               const float* bias, int N, int IC, int OC) {
+  matmul_.Forward(out, inp, W, bias, N, IC, OC);
+}
+void CpuBackend::MatmulBackward(float* dinp, float* dW, float* dbias,
+                                const float* dout, const float* inp,
+                                const float* W, int N, int IC, int OC,
+                                bool accumulate_dinp) {
+  if (dinp) matmul_.BackwardData(dinp, dout, W, N, IC, OC, accumulate_dinp);
+  matmul_.BackwardWeights(dW, dout, inp, N, IC, OC);
+  if (dbias) BiasBackward(dbias, dout, N, OC);
+}
+
+float* CpuBackend::AttentionScratch(int T, int C, int NH, int threads) {
+  return static_cast<float*>(attention_scratch_.Reserve(
+      sizeof(float) * AttentionScratchSize(T, C, NH, threads)));
+}
+
+void CpuBackend::AttentionForward(float* out, float* probs, const float* q,
+                                  const float* k, const float* v, int B, int T,
+                                  int C, int NH, const DropoutSpec& dropout) {
+  const int threads = omp_get_max_threads();
+  cpu::AttentionForward(out, probs, q, k, v, B, T, C, NH, dropout,
+                        AttentionScratch(T, C, NH, threads), threads);
+}
+void CpuBackend::AttentionBackward(float* dq, float* dk, float* dv,
+                                   const float* dout, const float* q,
+                                   const float* k, const float* v,
+                                   const float* probs, int B, int T, int C,
+                                   int NH, const DropoutSpec& dropout) {
+  const int threads = omp_get_max_threads();
+  cpu::AttentionBackward(dq, dk, dv, dout, q, k, v, probs, B, T, C, NH, dropout,
+                         AttentionScratch(T, C, NH, threads), threads);
+}
+
+void CpuBackend::GeluForward(float* out, const float* x, int64_t n) {
+  cpu::GeluForward(out, x, n);
+}
+void CpuBackend::GeluBackward(float* dx, const float* x, const float* dout,
+                              int64_t n) {
+  cpu::GeluBackward(dx, x, dout, n);
+}
+void CpuBackend::Add(float* out, const float* a, const float* b, int64_t n) {
+  cpu::Add(out, a, b, n);
+}
+void CpuBackend::Dropout(float* y, const float* x, int B, int64_t row_size,
+                         const DropoutSpec& dropout) {
+  cpu::DropoutForward(y, x, B, row_size, dropout);
+}
+
+void CpuBackend::CrossEntropyForward(float* losses, const float* logits,
+                                     const int32_t* targets, int N, int V) {
+  cpu::CrossEntropyForward(losses, logits, targets, N, V);
+}
+void CpuBackend::CrossEntropyForwardBackward(float* losses, float* dlogits,
+                                             const float* logits,
+                                             const int32_t* targets, int N,
+                                             int V, float dloss) {
+  cpu::CrossEntropyForwardBackward(losses, dlogits, logits, targets, N, V,
+                                   dloss);
+}
+
+void CpuBackend::AdamW(float* p, const float* g, float* m, float* v, int64_t n,
+                       float lr, float beta1, float beta2, float eps, float wd,
+                       int t) {
+  cpu::AdamW(p, g, m, v, n, lr, beta1, beta2, eps, wd, t);
+}
+double CpuBackend::SumSquares(const float* x, int64_t n) {
+  return cpu::SumSquares(x, n);
+}
+void CpuBackend::Scale(float* x, int64_t n, float s) { cpu::Scale(x, n, s); }
+
+}  // namespace cpu
+
+std::unique_ptr<Backend> MakeCpuBackend(int num_threads) {
+  return std::make_unique<cpu::CpuBackend>(num_threads);
+}
+
+}  // namespace mingpt

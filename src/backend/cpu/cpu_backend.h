@@ -1,0 +1,82 @@
+// CpuBackend: the Backend on host memory. Matrix products go to oneDNN
+// (OnednnMatmul); every other op is the float instantiation of the reference
+// kernels in this directory, parallel with OpenMP.
+// Once warm (every shape seen once) an op creates no oneDNN primitive and
+// allocates no buffer: the matmul scratchpad and the attention kernels'
+// per-thread staging buffers are owned here and only grow. (oneDNN's execute
+// itself still makes a few small bookkeeping allocations per call, its
+// exec-args map; its API offers no way around that.)
+// Not thread-safe: one backend is driven by one thread (which fans out to
+// OpenMP inside each op). The constructor sets OpenMP's thread count.
+#pragma once
+
+#include "backend/backend.h"
+#include "backend/cpu/aligned_buffer.h"
+#include "backend/cpu/onednn_matmul.h"
+
+namespace mingpt::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  // num_threads <= 0 keeps OpenMP's default.
+  explicit CpuBackend(int num_threads);
+
+  const char* name() const override { return "cpu"; }
+
+  void* Malloc(size_t bytes) override;
+  void Free(void* p) override;
+  void Memset0(void* p, size_t bytes) override;
+  void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void Synchronize() override {}
+
+  void EncoderForward(float* out, const int32_t* idx, const float* wte,
+                      const float* wpe, int B, int T, int C) override;
+  void EncoderBackward(float* dwte, float* dwpe, const float* dout,
+                       const int32_t* idx, int B, int T, int C) override;
+  void LayerNormForward(float* out, float* mean, float* rstd, const float* x,
+                        const float* w, const float* b, int N, int C) override;
+  void LayerNormBackward(float* dx, float* dw, float* db, const float* dout,
+                         const float* x, const float* w, const float* mean,
+                         const float* rstd, int N, int C) override;
+  void MatmulForward(float* out, const float* inp, const float* W,
+                     const float* bias, int N, int IC, int OC) override;
+  void MatmulBackward(float* dinp, float* dW, float* dbias, const float* dout,
+                      const float* inp, const float* W, int N, int IC, int OC,
+                      bool accumulate_dinp) override;
+  void AttentionForward(float* out, float* probs, const float* q,
+                        const float* k, const float* v, int B, int T, int C,
+                        int NH, const DropoutSpec& dropout) override;
+  void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
+                         const float* q, const float* k, const float* v,
+                         const float* probs, int B, int T, int C, int NH,
+                         const DropoutSpec& dropout) override;
+  void GeluForward(float* out, const float* x, int64_t n) override;
+  void GeluBackward(float* dx, const float* x, const float* dout,
+                    int64_t n) override;
+  void Add(float* out, const float* a, const float* b, int64_t n) override;
+  void Dropout(float* y, const float* x, int B, int64_t row_size,
+               const DropoutSpec& dropout) override;
+  void CrossEntropyForward(float* losses, const float* logits,
+                           const int32_t* targets, int N, int V) override;
+  void CrossEntropyForwardBackward(float* losses, float* dlogits,
+                                   const float* logits, const int32_t* targets,
+                                   int N, int V, float dloss) override;
+  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+             float beta1, float beta2, float eps, float wd, int t) override;
+  double SumSquares(const float* x, int64_t n) override;
+  void Scale(float* x, int64_t n, float s) override;
+
+  // For tests: oneDNN primitives created so far, and their scratchpad.
+  size_t num_matmul_primitives() const { return matmul_.num_primitives(); }
+  size_t matmul_scratchpad_bytes() const { return matmul_.scratchpad_bytes(); }
+
+ private:
+  // The attention kernels' per-thread staging buffers (grown, never shrunk).
+  float* AttentionScratch(int T, int C, int NH, int threads);
+
+  OnednnMatmul matmul_;
+  ScratchBuffer attention_scratch_;
+};
+
+}  // namespace mingpt::cpu

@@ -1,0 +1,93 @@
+#include "backend/cpu/layernorm.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cpu/omp_util.h"
+
+namespace mingpt::cpu {
+
+template <typename Real>
+void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,
+                      const Real* w, const Real* b, int N, int C) {
+  const Real inv_c = Real(1) / C;
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    const Real* xr = x + n * C;
+    Real* o = out + n * C;
+    Real sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; ++c) sum += xr[c];
+    const Real m = sum * inv_c;
+    Real sq = 0;  // second sweep over the cached row: exact centring
+#pragma omp simd reduction(+ : sq)
+    for (int c = 0; c < C; ++c) {
+      const Real d = xr[c] - m;
+      sq += d * d;
+    }
+    const Real s = Real(1) / std::sqrt(sq * inv_c + Real(kLayerNormEps));
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = (xr[c] - m) * s * w[c] + b[c];
+    if (mean) mean[n] = m;
+    if (rstd) rstd[n] = s;
+  }
+}
+
+template <typename Real>
+void LayerNormBackward(Real* dx, Real* dw, Real* db, const Real* dout,
+                       const Real* x, const Real* w, const Real* mean,
+                       const Real* rstd, int N, int C) {
+  const Real inv_c = Real(1) / C;
+  // dx: rows in parallel.
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    const Real* xr = x + n * C;
+    const Real* d = dout + n * C;
+    Real* g = dx + n * C;
+    const Real m = mean[n], s = rstd[n];
+    Real g_mean = 0, gx_mean = 0;
+#pragma omp simd reduction(+ : g_mean, gx_mean)
+    for (int c = 0; c < C; ++c) {
+      const Real gc = d[c] * w[c];
+      g_mean += gc;
+      gx_mean += gc * (xr[c] - m) * s;
+    }
+    g_mean *= inv_c;
+    gx_mean *= inv_c;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) {
+      const Real xhat = (xr[c] - m) * s;
+      g[c] += s * (d[c] * w[c] - g_mean - xhat * gx_mean);
+    }
+  }
+  // dw, db: each thread owns a column slice and walks the rows in order.
+#pragma omp parallel if (Parallel(int64_t{N} * C))
+  {
+    int64_t c0, c1;
+    ThreadSlice(C, &c0, &c1);
+    for (int64_t n = 0; n < N && c0 < c1; ++n) {
+      const Real* xr = x + n * C;
+      const Real* d = dout + n * C;
+      const Real m = mean[n], s = rstd[n];
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) {
+        dw[c] += d[c] * (xr[c] - m) * s;
+        db[c] += d[c];
+      }
+    }
+  }
+}
+
+template void LayerNormForward<float>(float*, float*, float*, const float*,
+                                      const float*, const float*, int, int);
+template void LayerNormForward<double>(double*, double*, double*, const double*,
+                                       const double*, const double*, int, int);
+template void LayerNormBackward<float>(float*, float*, float*, const float*,
+                                       const float*, const float*, const float*,
+                                       const float*, int, int);
+template void LayerNormBackward<double>(double*, double*, double*,
+                                        const double*, const double*,
+                                        const double*, const double*,
+                                        const double*, int, int);
+
+}  // namespace mingpt::cpu

@@ -1,0 +1,121 @@
+#include "backend/cpu/onednn_matmul.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+
+namespace mingpt::cpu {
+
+using dnnl::memory;
+
+struct OnednnMatmul::Entry {
+  dnnl::matmul prim;
+  memory a, b, bias, dst, scratchpad;
+  size_t scratchpad_bytes = 0;
+  dnnl_exec_arg_t args[5];  // C API arguments: no per-call std containers
+  int num_args = 0;
+};
+
+OnednnMatmul::OnednnMatmul()
+    : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+
+OnednnMatmul::~OnednnMatmul() = default;
+
+OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
+  auto it = cache_.find(key);
+  if (it != cache_.end()) return *it->second;
+
+  const memory::dim M = key.M, K = key.K, Ncol = key.Ncol;
+  const auto f32 = memory::data_type::f32;
+  memory::desc a_md({M, K}, f32,
+                    key.a_trans ? memory::dims{1, M} : memory::dims{K, 1});
+  memory::desc b_md({K, Ncol}, f32,
+                    key.b_trans ? memory::dims{1, K} : memory::dims{Ncol, 1});
+  memory::desc bias_md({1, Ncol}, f32, memory::dims{Ncol, 1});
+  memory::desc dst_md({M, Ncol}, f32, memory::dims{Ncol, 1});
+
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (key.accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+#if DNNL_VERSION_MAJOR >= 3
+  auto pd = key.bias ? dnnl::matmul::primitive_desc(engine_, a_md, b_md,
+                                                    bias_md, dst_md, attr)
+                     : dnnl::matmul::primitive_desc(engine_, a_md, b_md, dst_md,
+                                                    attr);
+#else
+  auto desc = key.bias ? dnnl::matmul::desc(a_md, b_md, bias_md, dst_md)
+                       : dnnl::matmul::desc(a_md, b_md, dst_md);
+  dnnl::matmul::primitive_desc pd(desc, attr, engine_);
+#endif
+
+  auto e = std::make_unique<Entry>();
+  e->prim = dnnl::matmul(pd);
+  e->a = memory(a_md, engine_, nullptr);
+  e->b = memory(b_md, engine_, nullptr);
+  e->dst = memory(dst_md, engine_, nullptr);
+  e->args[e->num_args++] = {DNNL_ARG_SRC, e->a.get()};
+  e->args[e->num_args++] = {DNNL_ARG_WEIGHTS, e->b.get()};
+  e->args[e->num_args++] = {DNNL_ARG_DST, e->dst.get()};
+  if (key.bias) {
+    e->bias = memory(bias_md, engine_, nullptr);
+    e->args[e->num_args++] = {DNNL_ARG_BIAS, e->bias.get()};
+  }
+  const memory::desc scratch_md = pd.scratchpad_desc();
+  e->scratchpad_bytes = scratch_md.get_size();
+  if (e->scratchpad_bytes > 0) {
+    e->scratchpad = memory(scratch_md, engine_, nullptr);
+    e->args[e->num_args++] = {DNNL_ARG_SCRATCHPAD, e->scratchpad.get()};
+  }
+  scratchpad_.Reserve(e->scratchpad_bytes);
+  return *cache_.emplace(key, std::move(e)).first->second;
+}
+
+void OnednnMatmul::Run(const Key& key, const float* a, const float* b,
+                       const float* bias, float* dst) {
+  Entry& e = Get(key);
+  e.a.set_data_handle(const_cast<float*>(a));
+  e.b.set_data_handle(const_cast<float*>(b));
+  e.dst.set_data_handle(dst);
+  if (key.bias) e.bias.set_data_handle(const_cast<float*>(bias));
+  if (e.scratchpad_bytes > 0) e.scratchpad.set_data_handle(scratchpad_.data());
+  dnnl_status_t status =
+      dnnl_primitive_execute(e.prim.get(), stream_.get(), e.num_args, e.args);
+  MINGPT_CHECK(status == dnnl_success, "oneDNN matmul failed (status %d)",
+               static_cast<int>(status));
+  stream_.wait();
+}
+
+void OnednnMatmul::Forward(float* out, const float* inp, const float* W,
+                           const float* bias, int N, int IC, int OC) {
+  if (N == 0 || OC == 0) return;
+  if (IC == 0) {  // empty product: out = bias (or 0)
+    for (long n = 0; n < N; ++n) {
+      for (int o = 0; o < OC; ++o) out[n * OC + o] = bias ? bias[o] : 0.0f;
+    }
+    return;
+  }
+  Run({N, IC, OC, false, true, false, bias != nullptr}, inp, W, bias, out);
+}
+
+void OnednnMatmul::BackwardData(float* dinp, const float* dout, const float* W,
+                                int N, int IC, int OC, bool accumulate) {
+  if (N == 0 || IC == 0) return;
+  if (OC == 0) {
+    if (!accumulate) std::memset(dinp, 0, sizeof(float) * N * IC);
+    return;
+  }
+  Run({N, OC, IC, false, false, accumulate, false}, dout, W, nullptr, dinp);
+}
+
+void OnednnMatmul::BackwardWeights(float* dW, const float* dout,
+                                   const float* inp, int N, int IC, int OC) {
+  if (N == 0 || IC == 0 || OC == 0) return;
+  Run({OC, N, IC, true, false, true, false}, dout, inp, nullptr, dW);
+}
+
+}  // namespace mingpt::cpu
