@@ -1,0 +1,254 @@
+#include "io/checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <filesystem>
+#include <set>
+#include <system_error>
+
+#include "io/file.h"
+
+namespace mingpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kVersionTag[] = "ckpt";          // D.ckpt-XXXXXX
+constexpr char kLinkSuffix[] = ".tmp-link";     // D.tmp-link
+
+// Is `name` a version directory name of the checkpoint whose basename is
+// `base`, i.e. "<base>.ckpt-" followed by the 6 characters mkdtemp chose?
+bool IsVersionName(const std::string& name, const std::string& base) {
+  const std::string prefix = base + "." + kVersionTag + "-";
+  if (name.size() != prefix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) {
+    return false;
+  }
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (!std::isalnum(static_cast<unsigned char>(name[i]))) return false;
+  }
+  return true;
+}
+
+// The target of symlink `path`, or "" if it is not a symlink.
+std::string ReadLink(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(path, ec))) return "";
+  fs::path target = fs::read_symlink(path, ec);
+  return ec ? "" : target.string();
+}
+
+// Step 1/4 of the scheme: removes D.tmp-link and all version directories of
+// D except the one D points to. Best effort: a failure here never fails a
+// save (the next save tries again).
+void RemoveStaleSaves(const std::string& dir) {
+  const std::string parent = Dirname(dir);
+  const std::string base = Basename(dir);
+  const std::string current = ReadLink(dir);
+  std::error_code ec;
+  fs::remove_all(dir + kLinkSuffix, ec);  // a symlink, or an old dir after an exchange
+  std::vector<std::string> stale;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name == current || !IsVersionName(name, base)) continue;
+    std::error_code status_ec;
+    if (fs::is_directory(it->symlink_status(status_ec))) stale.push_back(name);
+  }
+  for (const std::string& name : stale) fs::remove_all(JoinPath(parent, name), ec);
+}
+
+Status ValidateFilenames(const std::vector<CheckpointFile>& files) {
+  std::set<std::string> seen;
+  for (const CheckpointFile& f : files) {
+    if (f.filename.empty() || f.filename == "." || f.filename == ".." ||
+        f.filename.find('/') != std::string::npos) {
+      return Status::Error("file name '" + f.filename + "' is not a plain file name");
+    }
+    if (f.filename == kCheckpointMetaFile) {
+      return Status::Error("file name 'meta.json' is reserved");
+    }
+    if (!seen.insert(f.filename).second) {
+      return Status::Error("file name '" + f.filename + "' appears twice");
+    }
+  }
+  return Status::Ok();
+}
+
+// format_version as text, without dumping (recursing into) a nested value.
+std::string VersionText(const nlohmann::json& v) {
+  if (v.is_structured()) return v.is_array() ? "(an array)" : "(an object)";
+  std::string s = v.dump();
+  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
+
+StatusOr<nlohmann::json> MetaWithVersion(const nlohmann::json& meta) {
+  if (!meta.is_object()) return Status::Error("meta is not a JSON object");
+  nlohmann::json out = meta;
+  auto it = out.find("format_version");
+  if (it == out.end()) {
+    out["format_version"] = kCheckpointFormatVersion;
+  } else if (!it->is_number_integer() || it->get<int64_t>() != kCheckpointFormatVersion) {
+    return Status::Error("meta has format_version " + VersionText(*it) + ", expected " +
+                         std::to_string(kCheckpointFormatVersion));
+  }
+  return out;
+}
+
+// The test hook: k from MINGPT_CRASH_DURING_SAVE, or 0 when unset/invalid.
+long CrashAfterFiles() {
+  const char* v = ::getenv(kCrashDuringSaveEnv);
+  if (v == nullptr) return 0;
+  char* end = nullptr;
+  const long k = ::strtol(v, &end, 10);
+  return (end != v && *end == '\0' && k > 0) ? k : 0;
+}
+
+// Step 2: writes meta.json and all files into the fresh directory `dir`.
+Status WriteContents(const std::string& dir, const nlohmann::json& meta,
+                     const std::vector<CheckpointFile>& files) {
+  const long crash_after = CrashAfterFiles();
+  long written = 0;
+  auto count_file = [&]() {
+    if (++written == crash_after) ::_exit(kCrashDuringSaveExitCode);
+  };
+  MINGPT_RETURN_IF_ERROR(
+      WriteFileDurably(JoinPath(dir, kCheckpointMetaFile), meta.dump(2) + "\n"));
+  count_file();
+  for (const CheckpointFile& f : files) {
+    MINGPT_RETURN_IF_ERROR(WriteSafetensors(JoinPath(dir, f.filename), f.tensors));
+    count_file();
+  }
+  MINGPT_RETURN_IF_ERROR(FsyncDirectory(dir));
+  return FsyncParentDirectory(dir);
+}
+
+// Step 3: makes `dir` name `new_dir` atomically.
+Status SwapIn(const std::string& dir, const std::string& new_dir) {
+  const std::string link = dir + kLinkSuffix;
+  std::error_code ec;
+  fs::remove_all(link, ec);
+  if (::symlink(Basename(new_dir).c_str(), link.c_str()) != 0) {
+    return ErrnoError("cannot create symlink", link, errno);
+  }
+  struct stat st;
+  const bool exists = ::lstat(dir.c_str(), &st) == 0;
+  if (exists && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+    ::unlink(link.c_str());
+    return Status::Error("'" + dir + "' exists and is not a checkpoint directory");
+  }
+  if (!exists || S_ISLNK(st.st_mode)) {
+    // Absent, or our symlink: rename() replaces it atomically.
+    if (::rename(link.c_str(), dir.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(link.c_str());
+      return ErrnoError("cannot rename symlink over", dir, err);
+    }
+  } else if (::renameat2(AT_FDCWD, link.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) != 0) {
+    // No RENAME_EXCHANGE here: move the directory aside (onto an empty
+    // version-named directory, so a crash leaves a removable leftover).
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+      const int err = errno;
+      ::unlink(link.c_str());
+      return ErrnoError("cannot exchange symlink with", dir, err);
+    }
+    MINGPT_ASSIGN_OR_RETURN(std::string aside, MakeTempDirBeside(dir, kVersionTag));
+    if (::rename(dir.c_str(), aside.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(link.c_str());
+      return ErrnoError("cannot move aside directory", dir, err);
+    }
+    if (::rename(link.c_str(), dir.c_str()) != 0) {
+      const int err = errno;
+      ::rename(aside.c_str(), dir.c_str());  // put the old checkpoint back
+      ::unlink(link.c_str());
+      return ErrnoError("cannot rename symlink over", dir, err);
+    }
+  }
+  return FsyncParentDirectory(dir);
+}
+
+}  // namespace
+
+Status SaveCheckpoint(const std::string& dir_in, const nlohmann::json& meta,
+                      const std::vector<CheckpointFile>& files) {
+  const std::string dir = StripTrailingSlashes(dir_in);
+  const std::string context = "cannot save checkpoint '" + dir + "'";
+  if (dir.empty() || dir == "/" || Basename(dir) == "." || Basename(dir) == "..") {
+    return Status::Error(context + ": not a usable checkpoint path");
+  }
+  MINGPT_RETURN_IF_ERROR(ValidateFilenames(files).WithContext(context));
+  StatusOr<nlohmann::json> full_meta = MetaWithVersion(meta);
+  if (!full_meta.ok()) return full_meta.status().WithContext(context);
+
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+    return Status::Error(context + ": '" + dir + "' exists and is not a checkpoint directory");
+  }
+  std::error_code ec;
+  fs::create_directories(Dirname(dir), ec);
+  if (ec) return Status::Error(context + ": cannot create parent directory: " + ec.message());
+
+  RemoveStaleSaves(dir);
+  StatusOr<std::string> new_dir = MakeTempDirBeside(dir, kVersionTag);
+  if (!new_dir.ok()) return new_dir.status().WithContext(context);
+  Status s = WriteContents(*new_dir, *full_meta, files);
+  if (s.ok()) s = SwapIn(dir, *new_dir);
+  if (!s.ok()) {
+    fs::remove_all(*new_dir, ec);
+    return s.WithContext(context);
+  }
+  RemoveStaleSaves(dir);
+  return Status::Ok();
+}
+
+StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
+  const std::string dir = StripTrailingSlashes(dir_in);
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Error("checkpoint directory '" + dir + "' does not exist");
+    return ErrnoError("cannot access checkpoint directory", dir, errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::Error("checkpoint path '" + dir + "' is not a directory");
+  }
+  Checkpoint ckpt;
+  ckpt.dir = dir;
+  ckpt.data_dir = dir;
+  const std::string target = ReadLink(dir);
+  if (!target.empty()) {
+    ckpt.data_dir = target[0] == '/' ? target : JoinPath(Dirname(dir), target);
+  }
+
+  const std::string meta_path = JoinPath(ckpt.data_dir, kCheckpointMetaFile);
+  const std::string shown = JoinPath(dir, kCheckpointMetaFile);
+  if (::stat(meta_path.c_str(), &st) != 0 && errno == ENOENT) {
+    return Status::Error("checkpoint '" + dir + "' has no meta.json (not a checkpoint?)");
+  }
+  MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(meta_path));
+  ckpt.meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (ckpt.meta.is_discarded()) return Status::Error(shown + ": not valid JSON");
+  if (!ckpt.meta.is_object()) return Status::Error(shown + ": not a JSON object");
+  auto it = ckpt.meta.find("format_version");
+  if (it == ckpt.meta.end()) return Status::Error(shown + ": missing \"format_version\"");
+  if (!it->is_number_integer() || it->get<int64_t>() != kCheckpointFormatVersion) {
+    return Status::Error(shown + ": unsupported format_version " + VersionText(*it) +
+                         " (this build reads format_version " +
+                         std::to_string(kCheckpointFormatVersion) + ")");
+  }
+  return ckpt;
+}
+
+StatusOr<SafetensorsFile> Checkpoint::Open(const std::string& filename) const {
+  if (filename.empty() || filename.find('/') != std::string::npos) {
+    return Status::Error("checkpoint '" + dir + "': '" + filename + "' is not a plain file name");
+  }
+  return SafetensorsFile::Open(JoinPath(data_dir, filename));
+}
+
+}  // namespace mingpt

@@ -1,0 +1,207 @@
+#include "io/file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <utility>
+#include <vector>
+
+namespace mingpt {
+
+namespace {
+
+// close() that reports failure (a delayed write error can surface here).
+Status CloseFd(int fd, const std::string& path) {
+  if (::close(fd) != 0) return ErrnoError("cannot close", path, errno);
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    // Writes of more than ~2 GiB are split by the kernel anyway.
+    const size_t chunk = size < (size_t{1} << 30) ? size : (size_t{1} << 30);
+    const ssize_t n = ::write(fd, p, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("cannot write", path, errno);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ErrnoError(const std::string& what, const std::string& path, int err) {
+  return Status::Error(what + " '" + path + "': " + ::strerror(err));
+}
+
+std::string StripTrailingSlashes(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+std::string Dirname(const std::string& path) {
+  const std::string p = StripTrailingSlashes(path);
+  const size_t slash = p.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return p.substr(0, slash);
+}
+
+std::string Basename(const std::string& path) {
+  const std::string p = StripTrailingSlashes(path);
+  const size_t slash = p.rfind('/');
+  return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  if (dir.empty()) return name;
+  if (dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Error("file '" + path + "' does not exist");
+    return ErrnoError("cannot open", path, errno);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot stat", path, err);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return Status::Error("'" + path + "' is a directory, not a file");
+  }
+  std::string out;
+  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(st.st_size));
+  std::vector<char> buf(1 << 16);
+  while (true) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError("cannot read", path, err);
+    }
+    if (n == 0) break;
+    out.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+StatusOr<DurableFileWriter> DurableFileWriter::Create(const std::string& path) {
+  std::string temp = path + ".tmp-XXXXXX";
+  const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot create a temporary file beside", path, errno);
+  // mkstemp uses 0600; a weight file is an ordinary file.
+  if (::fchmod(fd, 0644) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(temp.c_str());
+    return ErrnoError("cannot chmod", temp, err);
+  }
+  return DurableFileWriter(path, std::move(temp), fd);
+}
+
+DurableFileWriter::DurableFileWriter(DurableFileWriter&& other) noexcept
+    : path_(std::move(other.path_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::exchange(other.fd_, -1)) {}
+
+DurableFileWriter& DurableFileWriter::operator=(DurableFileWriter&& other) noexcept {
+  if (this != &other) {
+    Abandon();
+    path_ = std::move(other.path_);
+    temp_path_ = std::move(other.temp_path_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+DurableFileWriter::~DurableFileWriter() { Abandon(); }
+
+void DurableFileWriter::Abandon() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  ::unlink(temp_path_.c_str());
+  fd_ = -1;
+}
+
+Status DurableFileWriter::Append(const void* data, size_t size) {
+  if (fd_ < 0) return Status::Error("write to '" + path_ + "' after it was closed");
+  Status s = WriteAll(fd_, data, size, path_);
+  if (!s.ok()) Abandon();
+  return s;
+}
+
+Status DurableFileWriter::Commit() {
+  if (fd_ < 0) return Status::Error("commit of '" + path_ + "' after it was closed");
+  if (::fsync(fd_) != 0) {
+    const int err = errno;
+    Abandon();
+    return ErrnoError("cannot fsync", path_, err);
+  }
+  const int fd = std::exchange(fd_, -1);
+  Status s = CloseFd(fd, path_);
+  if (s.ok() && ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    s = ErrnoError("cannot rename a temporary file to", path_, errno);
+  }
+  if (!s.ok()) {
+    ::unlink(temp_path_.c_str());
+    return s;
+  }
+  return FsyncParentDirectory(path_);
+}
+
+Status WriteFileDurably(const std::string& path, std::string_view bytes) {
+  MINGPT_ASSIGN_OR_RETURN(DurableFileWriter writer, DurableFileWriter::Create(path));
+  MINGPT_RETURN_IF_ERROR(writer.Append(bytes));
+  return writer.Commit();
+}
+
+Status FsyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", dir, errno);
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot fsync directory", dir, err);
+  }
+  return CloseFd(fd, dir);
+}
+
+Status FsyncParentDirectory(const std::string& path) {
+  return FsyncDirectory(Dirname(path));
+}
+
+StatusOr<std::string> MakeTempDirBeside(const std::string& path, const std::string& tag) {
+  const std::string base = StripTrailingSlashes(path);
+  if (base.empty() || base == "/") {
+    return Status::Error("cannot make a temporary directory beside '" + path + "'");
+  }
+  std::string temp = base + "." + tag + "-XXXXXX";
+  if (::mkdtemp(temp.data()) == nullptr) {
+    return ErrnoError("cannot create a temporary directory beside", base, errno);
+  }
+  if (::chmod(temp.c_str(), 0755) != 0) {
+    const int err = errno;
+    ::rmdir(temp.c_str());
+    return ErrnoError("cannot chmod", temp, err);
+  }
+  return temp;
+}
+
+}  // namespace mingpt

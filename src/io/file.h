@@ -1,0 +1,79 @@
+// Small POSIX file helpers with Status errors: whole-file reads, durable
+// (fsync'd, atomically replaced) writes, directory fsync, and temporary
+// directories created beside a path. Every error is one line naming the path.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "core/status.h"
+
+namespace mingpt {
+
+// Reads the whole file. Errors name the path: missing, unreadable, is a
+// directory, or a read failure.
+StatusOr<std::string> ReadFile(const std::string& path);
+
+// Writes a file so that after it returns OK the bytes are on disk and `path`
+// names them: the data goes to a temporary file beside `path`, which is
+// fsync'd, renamed over `path`, and the parent directory fsync'd. A crash
+// leaves either the old file or the new one at `path` (and possibly a stale
+// "<path>.tmp-XXXXXX" beside it), never a torn file.
+Status WriteFileDurably(const std::string& path, std::string_view bytes);
+
+// Streaming form of WriteFileDurably, for data too large to hold twice.
+// Move-only. If destroyed without a successful Commit(), the temporary file
+// is removed and `path` is untouched.
+class DurableFileWriter {
+ public:
+  // Creates "<path>.tmp-XXXXXX" beside `path`.
+  static StatusOr<DurableFileWriter> Create(const std::string& path);
+
+  DurableFileWriter(DurableFileWriter&& other) noexcept;
+  DurableFileWriter& operator=(DurableFileWriter&& other) noexcept;
+  DurableFileWriter(const DurableFileWriter&) = delete;
+  DurableFileWriter& operator=(const DurableFileWriter&) = delete;
+  ~DurableFileWriter();
+
+  // Appends bytes (retrying short writes and EINTR).
+  Status Append(const void* data, size_t size);
+  Status Append(std::string_view bytes) { return Append(bytes.data(), bytes.size()); }
+  // fsync, close, rename over the final path, fsync the parent directory.
+  Status Commit();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  DurableFileWriter(std::string path, std::string temp_path, int fd)
+      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(fd) {}
+  void Abandon();
+
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+};
+
+// fsyncs a directory, making renames and creations inside it durable.
+Status FsyncDirectory(const std::string& dir);
+// fsyncs the directory that contains `path` ("." for a bare file name).
+Status FsyncParentDirectory(const std::string& path);
+
+// Creates a fresh, empty directory "<path>.<tag>-XXXXXX" (mkdtemp, mode 0700
+// adjusted by chmod to 0755) beside `path` and returns its path. Trailing
+// slashes of `path` are ignored.
+StatusOr<std::string> MakeTempDirBeside(const std::string& path,
+                                        const std::string& tag = "tmp");
+
+// Path helpers on plain strings: "a/b/" -> "a/b"; Dirname("a/b") == "a",
+// Dirname("b") == "."; Basename("a/b") == "b"; JoinPath("a", "b") == "a/b".
+std::string StripTrailingSlashes(const std::string& path);
+std::string Dirname(const std::string& path);
+std::string Basename(const std::string& path);
+std::string JoinPath(const std::string& dir, const std::string& name);
+
+// "<what> '<path>': <strerror(err)>", the one-line form of a failed syscall.
+Status ErrnoError(const std::string& what, const std::string& path, int err);
+
+}  // namespace mingpt

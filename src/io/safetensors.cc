@@ -1,0 +1,436 @@
+#include "io/safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <utility>
+
+#include "io/file.h"
+
+namespace mingpt {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; this code copies host bytes");
+
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kMetadataKey = "__metadata__";
+
+struct DTypeEntry {
+  TensorDType dtype;
+  const char* name;
+  int64_t size;
+};
+constexpr DTypeEntry kDTypes[] = {
+    {TensorDType::kF64, "F64", 8}, {TensorDType::kF32, "F32", 4},
+    {TensorDType::kF16, "F16", 2}, {TensorDType::kBF16, "BF16", 2},
+    {TensorDType::kI64, "I64", 8}, {TensorDType::kI32, "I32", 4},
+    {TensorDType::kI16, "I16", 2}, {TensorDType::kI8, "I8", 1},
+    {TensorDType::kU8, "U8", 1},   {TensorDType::kBool, "BOOL", 1},
+};
+
+// numel * DTypeSize(dtype) in bytes; nullopt on a negative dimension or
+// overflow of int64.
+std::optional<int64_t> CheckedNumel(const std::vector<int64_t>& shape) {
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(numel, d, &numel)) return std::nullopt;
+  }
+  return numel;
+}
+
+std::optional<int64_t> CheckedBytes(int64_t numel, TensorDType dtype) {
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(numel, DTypeSize(dtype), &bytes)) return std::nullopt;
+  return bytes;
+}
+
+// Reads exactly `size` bytes at `offset`; a short read means the file shrank.
+Status PreadAll(int fd, void* dst, uint64_t size, uint64_t offset) {
+  char* p = static_cast<char*>(dst);
+  while (size > 0) {
+    const size_t chunk = size < (uint64_t{1} << 30) ? size : (size_t{1} << 30);
+    const ssize_t n = ::pread(fd, p, chunk, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Error(std::string("read failed: ") + ::strerror(errno));
+    }
+    if (n == 0) return Status::Error("unexpected end of file (truncated?)");
+    p += n;
+    size -= static_cast<uint64_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Parses JSON and rejects duplicate keys in any object (nlohmann would
+// silently keep the last one).
+StatusOr<json> ParseJsonNoDuplicates(const std::string& text) {
+  std::vector<std::set<std::string>> open_objects;
+  std::optional<std::string> duplicate;
+  json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event,
+                                         json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+        open_objects.emplace_back();
+        break;
+      case json::parse_event_t::object_end:
+        if (!open_objects.empty()) open_objects.pop_back();
+        break;
+      case json::parse_event_t::key:
+        if (!open_objects.empty() && parsed.is_string() &&
+            !open_objects.back().insert(parsed.get<std::string>()).second && !duplicate) {
+          duplicate = parsed.get<std::string>();
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  json parsed = json::parse(text, callback, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) return Status::Error("header is not valid JSON");
+  if (duplicate) return Status::Error("header has duplicate key '" + *duplicate + "'");
+  return parsed;
+}
+
+// A JSON integer >= 0 that fits in int64 (rejects floats, negatives, bools).
+std::optional<int64_t> NonNegativeInt(const json& j) {
+  if (j.is_number_unsigned()) {
+    const uint64_t v = j.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(v);
+  }
+  if (j.is_number_integer()) {
+    const int64_t v = j.get<int64_t>();
+    if (v < 0) return std::nullopt;
+    return v;
+  }
+  return std::nullopt;
+}
+
+// A short description of a JSON value that never recurses (a hostile header
+// may nest arrays millions deep, and dump() would recurse that deep).
+std::string Describe(const json& j) {
+  if (j.is_array()) return "an array";
+  if (j.is_object()) return "an object";
+  std::string s = j.dump();
+  if (s.size() > 40) s = s.substr(0, 37) + "...";
+  return s;
+}
+
+StatusOr<TensorInfo> ParseEntry(const std::string& name, const json& entry,
+                                uint64_t data_size) {
+  auto fail = [&](const std::string& what) {
+    return Status::Error("tensor '" + name + "': " + what);
+  };
+  if (!entry.is_object()) return fail("entry is not a JSON object");
+  TensorInfo info;
+  info.name = name;
+
+  auto dtype_it = entry.find("dtype");
+  if (dtype_it == entry.end() || !dtype_it->is_string()) return fail("missing string 'dtype'");
+  const std::optional<TensorDType> dtype = ParseDType(dtype_it->get<std::string>());
+  if (!dtype) return fail("unknown dtype '" + dtype_it->get<std::string>() + "'");
+  info.dtype = *dtype;
+
+  auto shape_it = entry.find("shape");
+  if (shape_it == entry.end() || !shape_it->is_array()) return fail("missing array 'shape'");
+  for (size_t i = 0; i < shape_it->size(); ++i) {
+    const std::optional<int64_t> dim = NonNegativeInt((*shape_it)[i]);
+    if (!dim) {
+      return fail("shape dimension " + std::to_string(i) + " is " + Describe((*shape_it)[i]) +
+                  ", not an integer >= 0");
+    }
+    info.shape.push_back(*dim);
+  }
+  const std::optional<int64_t> numel = CheckedNumel(info.shape);
+  const std::optional<int64_t> bytes = numel ? CheckedBytes(*numel, info.dtype) : std::nullopt;
+  if (!bytes) return fail("shape " + ShapeString(info.shape) + " overflows 64-bit byte count");
+  info.numel = *numel;
+
+  auto offsets_it = entry.find("data_offsets");
+  if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2) {
+    return fail("missing 'data_offsets' [begin, end]");
+  }
+  int64_t offsets[2];
+  for (size_t i = 0; i < 2; ++i) {
+    const std::optional<int64_t> v = NonNegativeInt((*offsets_it)[i]);
+    if (!v) {
+      return fail("data_offsets element " + std::to_string(i) + " is " +
+                  Describe((*offsets_it)[i]) + ", not an integer >= 0");
+    }
+    offsets[i] = *v;
+  }
+  info.begin = static_cast<uint64_t>(offsets[0]);
+  info.end = static_cast<uint64_t>(offsets[1]);
+  const std::string offsets_str =
+      "data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "]";
+  if (info.begin > info.end || info.end > data_size) {
+    return fail(offsets_str + " lie outside the data section (" + std::to_string(data_size) +
+                " bytes; file truncated?)");
+  }
+  if (info.end - info.begin != static_cast<uint64_t>(*bytes)) {
+    return fail(offsets_str + " span " + std::to_string(info.end - info.begin) +
+                " bytes but shape " + ShapeString(info.shape) + " of " + DTypeName(info.dtype) +
+                " needs " + std::to_string(*bytes));
+  }
+  return info;
+}
+
+struct ParsedHeader {
+  std::vector<TensorInfo> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+StatusOr<ParsedHeader> ParseHeader(const std::string& text, uint64_t data_size) {
+  MINGPT_ASSIGN_OR_RETURN(json header, ParseJsonNoDuplicates(text));
+  if (!header.is_object()) return Status::Error("header is not a JSON object");
+  ParsedHeader out;
+  for (const auto& [key, value] : header.items()) {
+    if (key == kMetadataKey) {
+      if (!value.is_object()) return Status::Error("__metadata__ is not a JSON object");
+      for (const auto& [mkey, mvalue] : value.items()) {
+        if (!mvalue.is_string()) {
+          return Status::Error("__metadata__ value for '" + mkey + "' is not a string");
+        }
+        out.metadata[mkey] = mvalue.get<std::string>();
+      }
+      continue;
+    }
+    MINGPT_ASSIGN_OR_RETURN(TensorInfo info, ParseEntry(key, value, data_size));
+    out.tensors.push_back(std::move(info));
+  }
+  std::sort(out.tensors.begin(), out.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    return a.end != b.end ? a.end < b.end : a.name < b.name;
+  });
+  return out;
+}
+
+Status ValidateForWrite(const std::vector<TensorRef>& tensors, std::vector<int64_t>* bytes) {
+  std::set<std::string> seen;
+  for (const TensorRef& t : tensors) {
+    if (t.name == kMetadataKey) return Status::Error("'__metadata__' is not a tensor name");
+    if (!seen.insert(t.name).second) {
+      return Status::Error("duplicate tensor name '" + t.name + "'");
+    }
+    const std::optional<int64_t> numel = CheckedNumel(t.shape);
+    const std::optional<int64_t> size = numel ? CheckedBytes(*numel, t.dtype) : std::nullopt;
+    if (!size) {
+      return Status::Error("tensor '" + t.name + "' has invalid shape " + ShapeString(t.shape));
+    }
+    if (*size > 0 && t.data == nullptr) {
+      return Status::Error("tensor '" + t.name + "' has no data");
+    }
+    bytes->push_back(*size);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+const char* DTypeName(TensorDType dtype) {
+  for (const DTypeEntry& e : kDTypes) {
+    if (e.dtype == dtype) return e.name;
+  }
+  return "?";
+}
+
+int64_t DTypeSize(TensorDType dtype) {
+  for (const DTypeEntry& e : kDTypes) {
+    if (e.dtype == dtype) return e.size;
+  }
+  return 0;
+}
+
+std::optional<TensorDType> ParseDType(std::string_view name) {
+  for (const DTypeEntry& e : kDTypes) {
+    if (name == e.name) return e.dtype;
+  }
+  return std::nullopt;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  std::vector<int64_t> bytes;
+  MINGPT_RETURN_IF_ERROR(ValidateForWrite(tensors, &bytes).WithContext("cannot write '" + path + "'"));
+
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header[kMetadataKey] = metadata;
+  uint64_t offset = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t end = offset + static_cast<uint64_t>(bytes[i]);
+    header[tensors[i].name] = {{"dtype", DTypeName(tensors[i].dtype)},
+                               {"shape", tensors[i].shape},
+                               {"data_offsets", {offset, end}}};
+    offset = end;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
+
+  MINGPT_ASSIGN_OR_RETURN(DurableFileWriter writer, DurableFileWriter::Create(path));
+  MINGPT_RETURN_IF_ERROR(writer.Append(length, sizeof(length)));
+  MINGPT_RETURN_IF_ERROR(writer.Append(text));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    MINGPT_RETURN_IF_ERROR(writer.Append(tensors[i].data, static_cast<size_t>(bytes[i])));
+  }
+  return writer.Commit();
+}
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      data_start_(other.data_start_),
+      tensors_(std::move(other.tensors_)),
+      index_(std::move(other.index_)),
+      metadata_(std::move(other.metadata_)) {}
+
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+    data_start_ = other.data_start_;
+    tensors_ = std::move(other.tensors_);
+    index_ = std::move(other.index_);
+    metadata_ = std::move(other.metadata_);
+  }
+  return *this;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status SafetensorsFile::Error(const std::string& message) const {
+  return Status::Error(path_ + ": " + message);
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  SafetensorsFile file;
+  file.path_ = path;
+  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (file.fd_ < 0) {
+    if (errno == ENOENT) return file.Error("file does not exist");
+    return file.Error(std::string("cannot open: ") + ::strerror(errno));
+  }
+  struct stat st;
+  if (::fstat(file.fd_, &st) != 0) return file.Error(std::string("cannot stat: ") + ::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return file.Error("is a directory, not a safetensors file");
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    return file.Error("file is " + std::to_string(file_size) +
+                      " bytes, too short for a safetensors header (at least 8)");
+  }
+  unsigned char length_bytes[8];
+  MINGPT_RETURN_IF_ERROR(PreadAll(file.fd_, length_bytes, 8, 0).WithContext(path));
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | length_bytes[i];
+  if (header_size > kMaxSafetensorsHeaderBytes) {
+    return file.Error("header length " + std::to_string(header_size) + " exceeds the limit of " +
+                      std::to_string(kMaxSafetensorsHeaderBytes) + " bytes (not a safetensors file?)");
+  }
+  if (header_size > file_size - 8) {
+    return file.Error("header length " + std::to_string(header_size) + " exceeds the file size (" +
+                      std::to_string(file_size) + " bytes; truncated?)");
+  }
+  std::string header(header_size, '\0');
+  MINGPT_RETURN_IF_ERROR(PreadAll(file.fd_, header.data(), header_size, 8).WithContext(path));
+  file.data_start_ = 8 + header_size;
+  StatusOr<ParsedHeader> parsed = ParseHeader(header, file_size - file.data_start_);
+  if (!parsed.ok()) return parsed.status().WithContext(path);
+  file.tensors_ = std::move(parsed->tensors);
+  file.metadata_ = std::move(parsed->metadata);
+  for (size_t i = 0; i < file.tensors_.size(); ++i) file.index_[file.tensors_[i].name] = i;
+  return file;
+}
+
+std::vector<std::string> SafetensorsFile::names() const {
+  std::vector<std::string> out;
+  out.reserve(tensors_.size());
+  for (const TensorInfo& t : tensors_) out.push_back(t.name);
+  return out;
+}
+
+const TensorInfo* SafetensorsFile::Find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+StatusOr<const TensorInfo*> SafetensorsFile::FindChecked(
+    const std::string& name, const std::vector<int64_t>& expected_shape) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) return Error("missing tensor '" + name + "'");
+  if (info->shape != expected_shape) {
+    return Error("tensor '" + name + "' has shape " + ShapeString(info->shape) + ", expected " +
+                 ShapeString(expected_shape));
+  }
+  return info;
+}
+
+Status SafetensorsFile::ReadRaw(const TensorInfo& info, void* dst) const {
+  if (fd_ < 0) return Error("file is not open");
+  Status s = PreadAll(fd_, dst, info.byte_size(), data_start_ + info.begin);
+  return s.ok() ? s : Error("tensor '" + info.name + "': " + s.message());
+}
+
+Status SafetensorsFile::ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
+                                float* dst) const {
+  MINGPT_ASSIGN_OR_RETURN(const TensorInfo* info, FindChecked(name, expected_shape));
+  if (info->dtype != TensorDType::kF32) {
+    return Error("tensor '" + name + "' has dtype " + DTypeName(info->dtype) + ", expected F32");
+  }
+  return ReadRaw(*info, dst);
+}
+
+Status SafetensorsFile::ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,
+                                int32_t* dst) const {
+  MINGPT_ASSIGN_OR_RETURN(const TensorInfo* info, FindChecked(name, expected_shape));
+  if (info->dtype == TensorDType::kI32) return ReadRaw(*info, dst);
+  if (info->dtype != TensorDType::kI64) {
+    return Error("tensor '" + name + "' has dtype " + DTypeName(info->dtype) +
+                 ", expected I32 or I64");
+  }
+  // Convert in chunks so a large tensor needs no second full-size buffer.
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<int64_t> buf(static_cast<size_t>(std::min(info->numel, kChunk)));
+  for (int64_t start = 0; start < info->numel; start += kChunk) {
+    const int64_t n = std::min(kChunk, info->numel - start);
+    Status s = PreadAll(fd_, buf.data(), static_cast<uint64_t>(n) * 8,
+                        data_start_ + info->begin + static_cast<uint64_t>(start) * 8);
+    if (!s.ok()) return Error("tensor '" + name + "': " + s.message());
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t v = buf[static_cast<size_t>(i)];
+      if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
+        return Error("tensor '" + name + "' element " + std::to_string(start + i) + " = " +
+                     std::to_string(v) + " does not fit in int32");
+      }
+      dst[start + i] = static_cast<int32_t>(v);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace mingpt

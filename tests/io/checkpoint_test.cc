@@ -1,0 +1,463 @@
+// Tests of io/checkpoint.h: round trip, replacement, cleanup of leftovers,
+// load errors, and atomicity: a save that crashes (the MINGPT_CRASH_DURING_SAVE
+// hook, or SIGKILL at random moments) never leaves anything but a complete old
+// or new checkpoint at the path.
+#include "io/checkpoint.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "io/file.h"
+
+namespace mingpt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    std::string pattern = ::testing::TempDir() + "mingpt_checkpoint_test_XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
+    path_ = pattern;
+  }
+  ~ScopedTempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::set<std::string> ListDir(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// The deterministic contents of one checkpoint version: for each file, a
+// float matrix "w" [rows, 64], a scalar "step" and int64 token ids "ids".
+class Version {
+ public:
+  Version(int id, std::vector<std::string> filenames, int64_t rows) : id_(id), rows_(rows) {
+    for (size_t f = 0; f < filenames.size(); ++f) {
+      Part part;
+      part.filename = filenames[f];
+      part.w.resize(static_cast<size_t>(rows * 64));
+      for (size_t j = 0; j < part.w.size(); ++j) {
+        part.w[j] = static_cast<float>(id) * 0.5f + static_cast<float>(f) * 0.25f +
+                    static_cast<float>(j % 100003) * 1e-3f;
+      }
+      part.step = static_cast<float>(id * 10 + static_cast<int>(f));
+      part.ids = {id, -id, static_cast<int64_t>(f), 65};
+      parts_.push_back(std::move(part));
+    }
+    meta_ = {{"version", id},
+             {"config", {{"n_layer", 2}, {"n_head", 2}, {"n_embd", 64}, {"vocab_size", 65}}},
+             {"vocab", "\n !abc"},
+             {"files", filenames}};
+  }
+
+  int id() const { return id_; }
+  const json& meta() const { return meta_; }
+  int num_writes() const { return 1 + static_cast<int>(parts_.size()); }  // + meta.json
+
+  std::vector<CheckpointFile> Files() const {
+    std::vector<CheckpointFile> files;
+    for (const Part& p : parts_) {
+      files.push_back({p.filename,
+                       {{"w", {rows_, 64}, TensorDType::kF32, p.w.data()},
+                        {"step", {}, TensorDType::kF32, &p.step},
+                        {"ids", {4}, TensorDType::kI64, p.ids.data()}}});
+    }
+    return files;
+  }
+
+  Status Save(const std::string& dir) const { return SaveCheckpoint(dir, meta_, Files()); }
+
+  // The checkpoint at `dir` is exactly this version: meta, files, tensors.
+  ::testing::AssertionResult Matches(const std::string& dir) const {
+    StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir);
+    if (!ckpt.ok()) return ::testing::AssertionFailure() << ckpt.status().message();
+    json expected_meta = meta_;
+    expected_meta["format_version"] = kCheckpointFormatVersion;
+    if (ckpt->meta != expected_meta) {
+      return ::testing::AssertionFailure() << "meta " << ckpt->meta.dump() << " != "
+                                           << expected_meta.dump();
+    }
+    std::set<std::string> expected_files = {"meta.json"};
+    for (const Part& p : parts_) expected_files.insert(p.filename);
+    if (ListDir(ckpt->data_dir) != expected_files) {
+      return ::testing::AssertionFailure() << "unexpected files in " << ckpt->data_dir;
+    }
+    std::vector<float> w(static_cast<size_t>(rows_ * 64));
+    for (const Part& p : parts_) {
+      StatusOr<SafetensorsFile> file = ckpt->Open(p.filename);
+      if (!file.ok()) return ::testing::AssertionFailure() << file.status().message();
+      if (file->names() != std::vector<std::string>{"w", "step", "ids"}) {
+        return ::testing::AssertionFailure() << p.filename << ": wrong tensors";
+      }
+      float step = 0;
+      std::vector<int32_t> ids(4);
+      Status s = file->ReadF32("w", {rows_, 64}, w.data());
+      if (s.ok()) s = file->ReadF32("step", {}, &step);
+      if (s.ok()) s = file->ReadI32("ids", {4}, ids.data());
+      if (!s.ok()) return ::testing::AssertionFailure() << s.message();
+      if (std::memcmp(w.data(), p.w.data(), w.size() * sizeof(float)) != 0 || step != p.step ||
+          !std::equal(ids.begin(), ids.end(), p.ids.begin())) {
+        return ::testing::AssertionFailure() << p.filename << ": contents differ from version "
+                                             << id_;
+      }
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ private:
+  struct Part {
+    std::string filename;
+    std::vector<float> w;
+    float step = 0;
+    std::vector<int64_t> ids;
+  };
+  int id_;
+  int64_t rows_;
+  json meta_;
+  std::vector<Part> parts_;
+};
+
+// Runs `body` in a forked child, which exits with body's return value (or
+// however it dies); returns the waitpid status.
+template <typename Body>
+int RunInChild(Body body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) std::abort();
+  if (pid == 0) ::_exit(body());
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) std::abort();
+  return status;
+}
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  std::string dir() const { return tmp_.Join("best"); }
+  ScopedTempDir tmp_;
+};
+
+TEST_F(CheckpointTest, RoundTrip) {
+  const Version v(1, {"model.safetensors", "optim.rank0.safetensors"}, 3);
+  ASSERT_TRUE(v.Save(dir()).ok());
+  EXPECT_TRUE(v.Matches(dir()));
+  // The layout of the scheme: `best` is a relative symlink to its version.
+  ASSERT_TRUE(fs::is_symlink(dir()));
+  const std::string target = fs::read_symlink(dir()).string();
+  EXPECT_EQ(target.rfind("best.ckpt-", 0), 0u) << target;
+  EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target}));
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir() + "/");
+  ASSERT_TRUE(ckpt.ok());
+  EXPECT_EQ(ckpt->dir, dir());
+  EXPECT_EQ(ckpt->data_dir, tmp_.Join(target));
+}
+
+TEST_F(CheckpointTest, SavesWithNoSafetensorsFilesAndCreatesParents) {
+  const std::string nested = tmp_.Join("runs/x/checkpoints/last");
+  ASSERT_TRUE(SaveCheckpoint(nested, {{"step", 7}}, {}).ok());
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(nested);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+  EXPECT_EQ(ckpt->meta, json({{"step", 7}, {"format_version", 1}}));
+}
+
+TEST_F(CheckpointTest, OverwriteKeepsOnlyTheNewCheckpoint) {
+  const Version a(1, {"model.safetensors", "extra.safetensors"}, 2);
+  const Version b(2, {"model.safetensors"}, 5);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));  // also checks extra.safetensors is gone
+  const std::string target = fs::read_symlink(dir()).string();
+  EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target}));
+  ASSERT_TRUE(a.Save(dir()).ok());
+  EXPECT_TRUE(a.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);
+}
+
+TEST_F(CheckpointTest, SeveralCheckpointsSideBySide) {
+  const Version a(1, {"model.safetensors"}, 2);
+  const Version b(2, {"model.safetensors"}, 3);
+  ASSERT_TRUE(a.Save(tmp_.Join("best")).ok());
+  ASSERT_TRUE(b.Save(tmp_.Join("last")).ok());
+  ASSERT_TRUE(b.Save(tmp_.Join("last")).ok());
+  EXPECT_TRUE(a.Matches(tmp_.Join("best")));
+  EXPECT_TRUE(b.Matches(tmp_.Join("last")));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 4u);
+}
+
+TEST_F(CheckpointTest, StaleLeftoversAreCleaned) {
+  const Version a(1, {"model.safetensors"}, 2);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  // Leftovers of crashed saves: version dirs, a dangling link, an old real
+  // directory under the link name (crash right after an exchange).
+  fs::create_directories(tmp_.Join("best.ckpt-AAAAAA/sub"));
+  std::ofstream(tmp_.Join("best.ckpt-AAAAAA/sub/junk")) << "junk";
+  fs::create_directory(tmp_.Join("best.ckpt-Zz0123"));
+  fs::create_directory_symlink("best.ckpt-gone00", tmp_.Join("best.tmp-link"));
+  // Not leftovers of `best`: must survive.
+  fs::create_directory(tmp_.Join("best.ckpt-toolong"));
+  fs::create_directory(tmp_.Join("bestx.ckpt-AAAAAA"));
+  fs::create_directory(tmp_.Join("other"));
+  std::ofstream(tmp_.Join("best.ckpt-FILE00")) << "a file, not a directory";
+
+  const Version b(2, {"model.safetensors"}, 4);
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));
+  const std::string target = fs::read_symlink(dir()).string();
+  EXPECT_EQ(ListDir(tmp_.path()),
+            (std::set<std::string>{"best", target, "best.ckpt-toolong", "bestx.ckpt-AAAAAA",
+                                   "other", "best.ckpt-FILE00"}));
+
+  // An old real directory left under the link name is removed too.
+  fs::create_directories(tmp_.Join("best.tmp-link/inner"));
+  ASSERT_TRUE(a.Save(dir()).ok());
+  EXPECT_FALSE(fs::exists(fs::symlink_status(tmp_.Join("best.tmp-link"))));
+}
+
+TEST_F(CheckpointTest, ReplacesARealDirectory) {
+  // A checkpoint directory written by other means (e.g. copied with cp -rL).
+  const Version a(1, {"model.safetensors"}, 2);
+  ASSERT_TRUE(a.Save(tmp_.Join("src")).ok());
+  fs::copy(tmp_.Join("src"), dir(), fs::copy_options::recursive);
+  ASSERT_TRUE(fs::is_directory(fs::symlink_status(dir())));
+  EXPECT_TRUE(a.Matches(dir()));
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+  ASSERT_TRUE(ckpt.ok());
+  EXPECT_EQ(ckpt->data_dir, dir());
+
+  const Version b(2, {"model.safetensors", "more.safetensors"}, 3);
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_TRUE(fs::is_symlink(dir()));
+  const std::string target = fs::read_symlink(dir()).string();
+  const std::string src_target = fs::read_symlink(tmp_.Join("src")).string();
+  EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target, "src", src_target}));
+}
+
+TEST_F(CheckpointTest, LoadedCheckpointReadsOneVersion) {
+  const Version a(1, {"model.safetensors"}, 2);
+  const Version b(2, {"model.safetensors"}, 2);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+  ASSERT_TRUE(ckpt.ok());
+  ASSERT_TRUE(b.Save(dir()).ok());
+  // Version 1 is gone: its files fail to open (naming the file) rather than
+  // silently mixing version 1's meta with version 2's weights.
+  StatusOr<SafetensorsFile> f = ckpt->Open("model.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find(ckpt->data_dir + "/model.safetensors: file does not exist"),
+            std::string::npos)
+      << f.status().message();
+}
+
+TEST_F(CheckpointTest, LoadErrors) {
+  auto load_error = [](const std::string& path) {
+    StatusOr<Checkpoint> c = LoadCheckpoint(path);
+    return c.ok() ? std::string("OK") : c.status().message();
+  };
+  EXPECT_EQ(load_error(tmp_.Join("x")), "checkpoint directory '" + tmp_.Join("x") + "' does not exist");
+  std::ofstream(tmp_.Join("file")) << "x";
+  EXPECT_EQ(load_error(tmp_.Join("file")), "checkpoint path '" + tmp_.Join("file") + "' is not a directory");
+  fs::create_directory_symlink("nowhere", tmp_.Join("dangling"));
+  EXPECT_EQ(load_error(tmp_.Join("dangling")),
+            "checkpoint directory '" + tmp_.Join("dangling") + "' does not exist");
+
+  const std::string d = tmp_.Join("d");
+  fs::create_directory(d);
+  EXPECT_EQ(load_error(d), "checkpoint '" + d + "' has no meta.json (not a checkpoint?)");
+  fs::create_directory(d + "/meta.json");
+  EXPECT_NE(load_error(d).find("is a directory"), std::string::npos);
+  fs::remove(d + "/meta.json");
+  const std::string shown = d + "/meta.json: ";
+  auto with_meta = [&](const std::string& text) {
+    std::ofstream(d + "/meta.json", std::ios::trunc) << text;
+    return load_error(d);
+  };
+  EXPECT_EQ(with_meta("{\"format_version\": 1,"), shown + "not valid JSON");
+  EXPECT_EQ(with_meta(""), shown + "not valid JSON");
+  EXPECT_EQ(with_meta("[1]"), shown + "not a JSON object");
+  EXPECT_EQ(with_meta("{\"step\": 1}"), shown + "missing \"format_version\"");
+  EXPECT_EQ(with_meta("{\"format_version\": 2}"),
+            shown + "unsupported format_version 2 (this build reads format_version 1)");
+  EXPECT_EQ(with_meta("{\"format_version\": \"1\"}"),
+            shown + "unsupported format_version \"1\" (this build reads format_version 1)");
+  EXPECT_EQ(with_meta("{\"format_version\": [[[1]]]}"),
+            shown + "unsupported format_version (an array) (this build reads format_version 1)");
+  EXPECT_EQ(with_meta("{\"format_version\": 1}"), "OK");
+
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(d);
+  ASSERT_TRUE(ckpt.ok());
+  StatusOr<SafetensorsFile> f = ckpt->Open("model.safetensors");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().message(), d + "/model.safetensors: file does not exist");
+  EXPECT_FALSE(ckpt->Open("../d/meta.json").ok());
+}
+
+TEST_F(CheckpointTest, SaveErrors) {
+  const float v = 1.0f;
+  auto save_error = [&](const std::string& path, const json& meta,
+                        const std::vector<CheckpointFile>& files) {
+    Status s = SaveCheckpoint(path, meta, files);
+    return s.ok() ? std::string("OK") : s.message();
+  };
+  const std::string prefix = "cannot save checkpoint '" + dir() + "': ";
+  EXPECT_EQ(save_error(dir(), json::array(), {}), prefix + "meta is not a JSON object");
+  EXPECT_EQ(save_error(dir(), {{"format_version", 3}}, {}),
+            prefix + "meta has format_version 3, expected 1");
+  EXPECT_EQ(save_error(dir(), json::object(), {{"a/b.safetensors", {}}}),
+            prefix + "file name 'a/b.safetensors' is not a plain file name");
+  EXPECT_EQ(save_error(dir(), json::object(), {{"..", {}}}),
+            prefix + "file name '..' is not a plain file name");
+  EXPECT_EQ(save_error(dir(), json::object(), {{"meta.json", {}}}),
+            prefix + "file name 'meta.json' is reserved");
+  EXPECT_EQ(save_error(dir(), json::object(), {{"m", {}}, {"m", {}}}),
+            prefix + "file name 'm' appears twice");
+  // A bad tensor fails the save and leaves nothing behind.
+  const std::string err = save_error(
+      dir(), json::object(), {{"m", {{"x", {2}, TensorDType::kF32, nullptr}}}});
+  EXPECT_NE(err.find("tensor 'x' has no data"), std::string::npos) << err;
+  EXPECT_TRUE(ListDir(tmp_.path()).empty());
+  // A regular file at the path is not replaced.
+  std::ofstream(dir()) << "precious";
+  EXPECT_EQ(save_error(dir(), json::object(), {{"m", {{"x", {}, TensorDType::kF32, &v}}}}),
+            prefix + "'" + dir() + "' exists and is not a checkpoint directory");
+  EXPECT_EQ(ListDir(tmp_.path()), std::set<std::string>{"best"});
+  EXPECT_EQ(ReadFile(dir()).value(), "precious");
+}
+
+// The crash hook: a save of B over A that dies after its k-th file, for
+// every k, leaves A loadable and intact at the path.
+TEST_F(CheckpointTest, CrashDuringSaveKeepsPreviousCheckpoint) {
+  const Version a(1, {"model.safetensors", "optim.rank0.safetensors", "optim.rank1.safetensors"}, 8);
+  const Version b(2, {"model.safetensors", "optim.rank0.safetensors", "other.safetensors"}, 9);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  for (int k = 1; k <= b.num_writes(); ++k) {
+    SCOPED_TRACE("crash after file " + std::to_string(k));
+    const int status = RunInChild([&] {
+      ::setenv(kCrashDuringSaveEnv, std::to_string(k).c_str(), 1);
+      return b.Save(dir()).ok() ? 0 : 1;
+    });
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
+    EXPECT_TRUE(a.Matches(dir()));
+    EXPECT_GE(ListDir(tmp_.path()).size(), 3u);  // the crashed save's directory is left
+  }
+  // With k past the last file the hook never fires.
+  const int status = RunInChild([&] {
+    ::setenv(kCrashDuringSaveEnv, std::to_string(b.num_writes() + 1).c_str(), 1);
+    return b.Save(dir()).ok() ? 0 : 1;
+  });
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);  // the successful save cleaned up
+}
+
+TEST_F(CheckpointTest, CrashDuringFirstSaveLeavesNoCheckpoint) {
+  const Version a(1, {"model.safetensors"}, 2);
+  const int status = RunInChild([&] {
+    ::setenv(kCrashDuringSaveEnv, "2", 1);
+    return a.Save(dir()).ok() ? 0 : 1;
+  });
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_EQ(ckpt.status().message(), "checkpoint directory '" + dir() + "' does not exist");
+  ASSERT_TRUE(a.Save(dir()).ok());
+  EXPECT_TRUE(a.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);
+}
+
+TEST_F(CheckpointTest, CrashWhileReplacingARealDirectory) {
+  const Version a(1, {"model.safetensors"}, 2);
+  const Version b(2, {"model.safetensors", "x.safetensors"}, 3);
+  ASSERT_TRUE(a.Save(tmp_.Join("src")).ok());
+  fs::copy(tmp_.Join("src"), dir(), fs::copy_options::recursive);
+  for (int k = 1; k <= b.num_writes(); ++k) {
+    const int status = RunInChild([&] {
+      ::setenv(kCrashDuringSaveEnv, std::to_string(k).c_str(), 1);
+      return b.Save(dir()).ok() ? 0 : 1;
+    });
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
+    EXPECT_TRUE(a.Matches(dir()));
+    EXPECT_TRUE(fs::is_directory(fs::symlink_status(dir())));
+  }
+}
+
+// SIGKILL at random moments while a child saves large checkpoints in a loop:
+// the path always holds one complete version, the old or the new one.
+TEST_F(CheckpointTest, SigkillAtRandomMomentsLeavesOldOrNew) {
+  const std::vector<std::string> names = {"model.safetensors", "optim.rank0.safetensors",
+                                          "optim.rank1.safetensors"};
+  const int64_t rows = 40000;  // 3 files x 40000 x 64 floats = ~30 MB per version
+  const Version v1(1, names, rows);
+  const Version v2(2, names, rows);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(v1.Save(dir()).ok());
+  const double save_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::mt19937 rng(12345);
+  std::uniform_real_distribution<double> delay(0.0, 3.0 * save_s);
+  int seen[3] = {0, 0, 0};
+  for (int trial = 0; trial < 10; ++trial) {
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (int i = 0;; ++i) {
+        if (!(i % 2 == 0 ? v2 : v1).Save(dir()).ok()) ::_exit(1);
+      }
+    }
+    const double d = delay(rng);
+    const struct timespec ts = {static_cast<time_t>(d),
+                                static_cast<long>((d - static_cast<double>(static_cast<time_t>(d))) * 1e9)};
+    ::nanosleep(&ts, nullptr);
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "child failed to save, status " << status;
+
+    StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+    ASSERT_TRUE(ckpt.ok()) << "trial " << trial << ": " << ckpt.status().message();
+    const int id = ckpt->meta.value("version", 0);
+    ASSERT_TRUE(id == 1 || id == 2) << ckpt->meta.dump();
+    EXPECT_TRUE((id == 1 ? v1 : v2).Matches(dir())) << "trial " << trial << " after " << d << " s";
+    ++seen[id];
+  }
+  std::printf("one save took %.3f s; after 10 kills: version 1 %d times, version 2 %d times\n",
+              save_s, seen[1], seen[2]);
+  // The next save removes whatever the killed saves left.
+  ASSERT_TRUE(v2.Save(dir()).ok());
+  EXPECT_TRUE(v2.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);
+}
+
+}  // namespace
+}  // namespace mingpt

@@ -1,0 +1,477 @@
+// Tests of io/safetensors.h: round trips, the exact byte layout, a file in
+// the form other writers produce, and every kind of corrupt file, each of
+// which must give one error naming the file and the problem, never a crash.
+#include "io/safetensors.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/file.h"
+
+namespace mingpt {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    std::string pattern = ::testing::TempDir() + "mingpt_safetensors_test_XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
+    path_ = pattern;
+  }
+  ~ScopedTempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good());
+}
+
+std::string U64Le(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+// A safetensors file from a raw header string and `data_bytes` zero bytes.
+std::string FileBytes(const std::string& header, size_t data_bytes) {
+  return U64Le(header.size()) + header + std::string(data_bytes, '\0');
+}
+
+uint64_t ReadU64Le(const std::string& s) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(s[i]);
+  return v;
+}
+
+// Open must fail with a message naming the file and containing `problem`.
+void ExpectOpenFails(const std::string& path, const std::string& problem) {
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_FALSE(f.ok()) << "expected an error about: " << problem;
+  const std::string msg = f.status().message();
+  EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
+  EXPECT_NE(msg.find(problem), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+}
+
+class SafetensorsTest : public ::testing::Test {
+ protected:
+  // Writes `header` (+ zero data) to a file and expects Open to fail.
+  void ExpectHeaderFails(const std::string& header, size_t data_bytes,
+                         const std::string& problem) {
+    const std::string path = tmp_.Join("bad.safetensors");
+    WriteBytes(path, FileBytes(header, data_bytes));
+    ExpectOpenFails(path, problem);
+  }
+  // Writes a file with one tensor entry and expects Open to fail.
+  void ExpectEntryFails(const std::string& entry, size_t data_bytes, const std::string& problem) {
+    ExpectHeaderFails("{\"x\":" + entry + "}", data_bytes, problem);
+  }
+
+  ScopedTempDir tmp_;
+};
+
+TEST_F(SafetensorsTest, RoundTripAllKinds) {
+  std::vector<float> matrix(2 * 3);
+  for (size_t i = 0; i < matrix.size(); ++i) matrix[i] = 0.5f * static_cast<float>(i) - 1.0f;
+  const float scalar = 3.25f;
+  std::vector<float> vec = {1e-30f, -0.0f, 7.0f, 1e30f, -2.5f, 0.125f, 42.0f};
+  std::vector<int32_t> ids32 = {0, -1, 2147483647, -2147483647 - 1};
+  std::vector<int64_t> ids64 = {1, -2, 3, 1LL << 40};
+  const std::vector<TensorRef> tensors = {
+      {"blocks.0.attn.key.weight", {2, 3}, TensorDType::kF32, matrix.data()},
+      {"scalar", {}, TensorDType::kF32, &scalar},
+      {"empty", {0, 5}, TensorDType::kF32, nullptr},
+      {"vec", {7}, TensorDType::kF32, vec.data()},
+      {"ids32", {4}, TensorDType::kI32, ids32.data()},
+      {"ids64", {2, 2}, TensorDType::kI64, ids64.data()},
+  };
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"step", "12"}};
+  const std::string path = tmp_.Join("a.safetensors");
+  Status s = WriteSafetensors(path, tensors, metadata);
+  ASSERT_TRUE(s.ok()) << s.message();
+
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->path(), path);
+  EXPECT_EQ(f->metadata(), metadata);
+  // names() in write order, which is data-offset order ("empty" occupies
+  // [28, 28), before "vec" at [28, 56)).
+  EXPECT_EQ(f->names(), (std::vector<std::string>{"blocks.0.attn.key.weight", "scalar", "empty",
+                                                  "vec", "ids32", "ids64"}));
+  const TensorInfo* info = f->Find("ids64");
+  ASSERT_NE(info, nullptr);
+  EXPECT_EQ(info->dtype, TensorDType::kI64);
+  EXPECT_EQ(info->shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(info->numel, 4);
+  EXPECT_EQ(info->byte_size(), 32u);
+  EXPECT_EQ(f->Find("nope"), nullptr);
+  EXPECT_EQ(f->Find("scalar")->numel, 1);
+  EXPECT_EQ(f->Find("empty")->numel, 0);
+
+  std::vector<float> m2(6, -99.0f);
+  ASSERT_TRUE(f->ReadF32("blocks.0.attn.key.weight", {2, 3}, m2.data()).ok());
+  EXPECT_EQ(m2, matrix);
+  float scalar2 = 0;
+  ASSERT_TRUE(f->ReadF32("scalar", {}, &scalar2).ok());
+  EXPECT_EQ(scalar2, scalar);
+  ASSERT_TRUE(f->ReadF32("empty", {0, 5}, nullptr).ok());
+  std::vector<float> v2(7);
+  ASSERT_TRUE(f->ReadF32("vec", {7}, v2.data()).ok());
+  EXPECT_EQ(std::memcmp(v2.data(), vec.data(), 7 * sizeof(float)), 0);  // bitwise, incl. -0
+  std::vector<int32_t> i2(4);
+  ASSERT_TRUE(f->ReadI32("ids32", {4}, i2.data()).ok());
+  EXPECT_EQ(i2, ids32);
+  std::vector<int64_t> i3(4);
+  ASSERT_TRUE(f->ReadRaw(*info, i3.data()).ok());
+  EXPECT_EQ(i3, ids64);
+}
+
+TEST_F(SafetensorsTest, ReadI32AcceptsI64ThatFits) {
+  std::vector<int64_t> ids(200000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i % 65) - 3;
+  const std::string path = tmp_.Join("ids.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"ids", {400, 500}, TensorDType::kI64, ids.data()}}).ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  std::vector<int32_t> out(ids.size());
+  ASSERT_TRUE(f->ReadI32("ids", {400, 500}, out.data()).ok());
+  for (size_t i = 0; i < ids.size(); ++i) ASSERT_EQ(out[i], ids[i]) << i;
+}
+
+TEST_F(SafetensorsTest, ReadI32RejectsI64OutOfRange) {
+  const std::vector<int64_t> ids = {1, 2, 1LL << 31};
+  const std::string path = tmp_.Join("ids.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"ids", {3}, TensorDType::kI64, ids.data()}}).ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  std::vector<int32_t> out(3);
+  Status s = f->ReadI32("ids", {3}, out.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(),
+            path + ": tensor 'ids' element 2 = 2147483648 does not fit in int32");
+}
+
+TEST_F(SafetensorsTest, ByteLayout) {
+  std::vector<float> a(5, 1.5f);
+  std::vector<int32_t> b = {7, 8, 9};
+  const float c = -4.0f;
+  const std::string path = tmp_.Join("layout.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path,
+                               {{"z_first", {5}, TensorDType::kF32, a.data()},
+                                {"a_second", {3, 1}, TensorDType::kI32, b.data()},
+                                {"m_third", {}, TensorDType::kF32, &c}},
+                               {{"k", "v"}})
+                  .ok());
+  const std::string bytes = ReadFile(path).value();
+  ASSERT_GE(bytes.size(), 8u);
+  const uint64_t n = ReadU64Le(bytes);
+  EXPECT_EQ(n % 8, 0u);
+  ASSERT_LE(8 + n, bytes.size());
+  const std::string header = bytes.substr(8, n);
+  EXPECT_EQ(header.front(), '{');
+  const size_t last = header.find_last_not_of(' ');
+  EXPECT_EQ(header[last], '}');
+  EXPECT_LT(header.size() - last - 1, 8u);  // padding only to the next multiple of 8
+  nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j["__metadata__"], nlohmann::json({{"k", "v"}}));
+  // Back to back in write order, from 0 to the end of the file.
+  EXPECT_EQ(j["z_first"]["data_offsets"], nlohmann::json({0, 20}));
+  EXPECT_EQ(j["a_second"]["data_offsets"], nlohmann::json({20, 32}));
+  EXPECT_EQ(j["m_third"]["data_offsets"], nlohmann::json({32, 36}));
+  EXPECT_EQ(j["a_second"]["dtype"], "I32");
+  EXPECT_EQ(j["a_second"]["shape"], nlohmann::json({3, 1}));
+  EXPECT_EQ(j["m_third"]["shape"], nlohmann::json::array());
+  EXPECT_EQ(bytes.size(), 8 + n + 36);
+  const char* data = bytes.data() + 8 + n;
+  EXPECT_EQ(std::memcmp(data, a.data(), 20), 0);
+  EXPECT_EQ(std::memcmp(data + 20, b.data(), 12), 0);
+  EXPECT_EQ(std::memcmp(data + 32, &c, 4), 0);
+}
+
+// A file as another writer may produce it: unpadded header, keys in any
+// order, metadata last, explicit little-endian bytes.
+TEST_F(SafetensorsTest, ReadsHandMadeFile) {
+  const std::string header =
+      R"({"test":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]},)"
+      R"("w":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},"__metadata__":{"foo":"bar"}})";
+  std::string data;
+  for (int v : {1, 2, 3, -4}) {
+    const uint32_t u = static_cast<uint32_t>(v);
+    for (int i = 0; i < 4; ++i) data += static_cast<char>((u >> (8 * i)) & 0xff);
+  }
+  data += std::string("\x00\x00\xc0\x3f", 4);  // 1.5f
+  const std::string path = tmp_.Join("hand.safetensors");
+  WriteBytes(path, U64Le(header.size()) + header + data);
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->metadata().at("foo"), "bar");
+  std::vector<int32_t> ids(4);
+  ASSERT_TRUE(f->ReadI32("test", {2, 2}, ids.data()).ok());
+  EXPECT_EQ(ids, (std::vector<int32_t>{1, 2, 3, -4}));
+  float w = 0;
+  ASSERT_TRUE(f->ReadF32("w", {1}, &w).ok());
+  EXPECT_EQ(w, 1.5f);
+}
+
+TEST_F(SafetensorsTest, ReadErrorsAreClear) {
+  std::vector<float> x(12, 1.0f);
+  std::vector<uint16_t> half(4, 0x3c00);
+  const std::string path = tmp_.Join("m.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {3, 4}, TensorDType::kF32, x.data()},
+                                      {"h", {4}, TensorDType::kF16, half.data()}})
+                  .ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  std::vector<float> dst(16);
+  Status s = f->ReadF32("blocks.0.attn.key.weight", {4, 4}, dst.data());
+  EXPECT_EQ(s.message(), path + ": missing tensor 'blocks.0.attn.key.weight'");
+  s = f->ReadF32("x", {4, 4}, dst.data());
+  EXPECT_EQ(s.message(), path + ": tensor 'x' has shape [3, 4], expected [4, 4]");
+  s = f->ReadF32("x", {12}, dst.data());
+  EXPECT_EQ(s.message(), path + ": tensor 'x' has shape [3, 4], expected [12]");
+  s = f->ReadF32("h", {4}, dst.data());
+  EXPECT_EQ(s.message(), path + ": tensor 'h' has dtype F16, expected F32");
+  std::vector<int32_t> ids(12);
+  s = f->ReadI32("x", {3, 4}, ids.data());
+  EXPECT_EQ(s.message(), path + ": tensor 'x' has dtype F32, expected I32 or I64");
+  EXPECT_TRUE(f->ReadF32("x", {3, 4}, dst.data()).ok());
+}
+
+TEST_F(SafetensorsTest, FileTruncatedAfterOpen) {
+  std::vector<float> x(1000, 2.0f);
+  const std::string path = tmp_.Join("t.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {1000}, TensorDType::kF32, x.data()}}).ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(fs::file_size(path) - 100)), 0);
+  std::vector<float> dst(1000);
+  Status s = f->ReadF32("x", {1000}, dst.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), path + ": tensor 'x': unexpected end of file (truncated?)");
+}
+
+TEST_F(SafetensorsTest, MovedFileStillReads) {
+  const float v = 9.0f;
+  const std::string path = tmp_.Join("mv.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"v", {}, TensorDType::kF32, &v}}).ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  SafetensorsFile a = std::move(f).value();
+  SafetensorsFile b = std::move(a);
+  float out = 0;
+  ASSERT_TRUE(b.ReadF32("v", {}, &out).ok());
+  EXPECT_EQ(out, 9.0f);
+}
+
+TEST_F(SafetensorsTest, WriteRejectsBadInput) {
+  const float v = 1.0f;
+  const std::string path = tmp_.Join("w.safetensors");
+  Status s = WriteSafetensors(path, {{"a", {}, TensorDType::kF32, &v}, {"a", {}, TensorDType::kF32, &v}});
+  EXPECT_EQ(s.message(), "cannot write '" + path + "': duplicate tensor name 'a'");
+  s = WriteSafetensors(path, {{"__metadata__", {}, TensorDType::kF32, &v}});
+  EXPECT_FALSE(s.ok());
+  s = WriteSafetensors(path, {{"neg", {-1}, TensorDType::kF32, &v}});
+  EXPECT_EQ(s.message(), "cannot write '" + path + "': tensor 'neg' has invalid shape [-1]");
+  s = WriteSafetensors(path, {{"huge", {1LL << 40, 1LL << 40}, TensorDType::kF32, &v}});
+  EXPECT_FALSE(s.ok());
+  s = WriteSafetensors(path, {{"null", {2}, TensorDType::kF32, nullptr}});
+  EXPECT_EQ(s.message(), "cannot write '" + path + "': tensor 'null' has no data");
+  EXPECT_FALSE(fs::exists(path));
+  s = WriteSafetensors(tmp_.Join("no/dir/x.safetensors"), {{"v", {}, TensorDType::kF32, &v}});
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(tmp_.Join("no/dir/x.safetensors")), std::string::npos) << s.message();
+}
+
+TEST_F(SafetensorsTest, OpenMissingOrDirectory) {
+  ExpectOpenFails(tmp_.Join("missing.safetensors"), "file does not exist");
+  fs::create_directory(tmp_.Join("d"));
+  ExpectOpenFails(tmp_.Join("d"), "is a directory");
+}
+
+TEST_F(SafetensorsTest, FileShorterThan8Bytes) {
+  const std::string path = tmp_.Join("short.safetensors");
+  WriteBytes(path, "");
+  ExpectOpenFails(path, "file is 0 bytes, too short");
+  WriteBytes(path, std::string("\x05\x00\x00\x00\x00", 5));
+  ExpectOpenFails(path, "file is 5 bytes, too short");
+}
+
+TEST_F(SafetensorsTest, HeaderLengthLargerThanFile) {
+  const std::string path = tmp_.Join("h.safetensors");
+  WriteBytes(path, U64Le(100) + "{}");
+  ExpectOpenFails(path, "header length 100 exceeds the file size (10 bytes");
+  WriteBytes(path, U64Le(1ULL << 63) + "{}");
+  ExpectOpenFails(path, "header length 9223372036854775808 exceeds the limit");
+  WriteBytes(path, U64Le(~0ULL) + "{}");
+  ExpectOpenFails(path, "header length 18446744073709551615 exceeds the limit");
+  WriteBytes(path, U64Le(kMaxSafetensorsHeaderBytes + 1) + "{}");
+  ExpectOpenFails(path, "exceeds the limit of 100000000 bytes");
+}
+
+TEST_F(SafetensorsTest, HeaderNotJsonObject) {
+  ExpectHeaderFails("{not json", 0, "header is not valid JSON");
+  ExpectHeaderFails("", 0, "header is not valid JSON");
+  ExpectHeaderFails("{\"a\":1} trailing", 0, "header is not valid JSON");
+  ExpectHeaderFails(std::string("{\"a\xff\":{}}"), 0, "header is not valid JSON");  // bad UTF-8
+  ExpectHeaderFails("[1, 2]", 0, "header is not a JSON object");
+  ExpectHeaderFails("\"str\"  ", 0, "header is not a JSON object");
+  ExpectHeaderFails("{\"__metadata__\": [1]}", 0, "__metadata__ is not a JSON object");
+  ExpectHeaderFails("{\"__metadata__\": {\"k\": 1}}", 0,
+                    "__metadata__ value for 'k' is not a string");
+}
+
+TEST_F(SafetensorsTest, DeeplyNestedJsonDoesNotCrash) {
+  const int depth = 50000;
+  ExpectHeaderFails(std::string(depth, '[') + std::string(depth, ']'), 0,
+                    "header is not a JSON object");
+  std::string nested;
+  for (int i = 0; i < depth; ++i) nested += "{\"a\":";
+  nested += "1" + std::string(depth, '}');
+  ExpectHeaderFails(nested, 0, "tensor 'a': missing string 'dtype'");
+  ExpectEntryFails(R"({"dtype":"F32","shape":)" + std::string(depth, '[') + std::string(depth, ']') +
+                       R"(,"data_offsets":[0,4]})",
+                   4, "shape dimension 0 is an array, not an integer >= 0");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1],"data_offsets":[)" + std::string(depth, '[') +
+                       std::string(depth, ']') + ",4]}",
+                   4, "data_offsets element 0 is an array, not an integer >= 0");
+}
+
+TEST_F(SafetensorsTest, DuplicateKeys) {
+  ExpectHeaderFails(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                    R"( "x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                    8, "header has duplicate key 'x'");
+  ExpectEntryFails(R"({"dtype":"F32","dtype":"I32","shape":[1],"data_offsets":[0,4]})", 4,
+                   "header has duplicate key 'dtype'");
+}
+
+TEST_F(SafetensorsTest, BadEntries) {
+  ExpectEntryFails("[1]", 0, "tensor 'x': entry is not a JSON object");
+  ExpectEntryFails(R"({"shape":[1],"data_offsets":[0,4]})", 4, "tensor 'x': missing string 'dtype'");
+  ExpectEntryFails(R"({"dtype":"Q4","shape":[1],"data_offsets":[0,4]})", 4,
+                   "tensor 'x': unknown dtype 'Q4'");
+  ExpectEntryFails(R"({"dtype":"f32","shape":[1],"data_offsets":[0,4]})", 4,
+                   "tensor 'x': unknown dtype 'f32'");
+  ExpectEntryFails(R"({"dtype":"F32","data_offsets":[0,4]})", 4, "tensor 'x': missing array 'shape'");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[-1,2],"data_offsets":[0,4]})", 4,
+                   "tensor 'x': shape dimension 0 is -1, not an integer >= 0");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[2.5],"data_offsets":[0,4]})", 4,
+                   "shape dimension 0 is 2.5, not an integer >= 0");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1,"2"],"data_offsets":[0,4]})", 4,
+                   "shape dimension 1 is \"2\", not an integer >= 0");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,4]})", 4,
+                   "shape dimension 0 is 18446744073709551615, not an integer >= 0");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1]})", 4, "tensor 'x': missing 'data_offsets'");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1],"data_offsets":[0]})", 4, "missing 'data_offsets'");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1],"data_offsets":[-4,0]})", 4,
+                   "data_offsets element 0 is -4, not an integer >= 0");
+}
+
+TEST_F(SafetensorsTest, DataOffsetsOutOfRange) {
+  ExpectEntryFails(R"({"dtype":"F32","shape":[250],"data_offsets":[0,1000]})", 16,
+                   "tensor 'x': data_offsets [0, 1000] lie outside the data section (16 bytes");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[0],"data_offsets":[17,17]})", 16,
+                   "data_offsets [17, 17] lie outside the data section");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1],"data_offsets":[8,4]})", 16,
+                   "data_offsets [8, 4] lie outside the data section");
+  ExpectEntryFails(R"({"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]})", 16,
+                   "data_offsets element 1 is 18446744073709551615, not an integer >= 0");
+}
+
+TEST_F(SafetensorsTest, OffsetsDisagreeWithShape) {
+  ExpectEntryFails(R"({"dtype":"F32","shape":[2,2],"data_offsets":[0,8]})", 16,
+                   "tensor 'x': data_offsets [0, 8] span 8 bytes but shape [2, 2] of F32 needs 16");
+  ExpectEntryFails(R"({"dtype":"I64","shape":[2],"data_offsets":[0,8]})", 16,
+                   "span 8 bytes but shape [2] of I64 needs 16");
+}
+
+TEST_F(SafetensorsTest, NumelOverflow) {
+  ExpectEntryFails(R"({"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,4]})", 4,
+                   "tensor 'x': shape [4294967296, 4294967296, 4] overflows 64-bit byte count");
+  // numel fits in int64 but the byte count does not.
+  ExpectEntryFails(R"({"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,4]})", 4,
+                   "overflows 64-bit byte count");
+  // A zero dimension makes any product 0 (no overflow, no bytes).
+  const std::string path = tmp_.Join("zero.safetensors");
+  WriteBytes(path, FileBytes(R"({"x":{"dtype":"F32","shape":[0,9223372036854775807],)"
+                             R"("data_offsets":[0,0]}})",
+                             0));
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->Find("x")->numel, 0);
+}
+
+TEST_F(SafetensorsTest, TruncatedDataSection) {
+  std::vector<float> a(64, 1.0f), b(64, 2.0f);
+  const std::string path = tmp_.Join("trunc.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"a", {64}, TensorDType::kF32, a.data()},
+                                      {"b", {8, 8}, TensorDType::kF32, b.data()}})
+                  .ok());
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(fs::file_size(path) - 1)), 0);
+  ExpectOpenFails(path, "tensor 'b': data_offsets [256, 512] lie outside the data section (511 bytes");
+}
+
+// Random corruptions of a valid file: Open and reads must never crash or
+// read out of bounds (run under ASan), whatever they return.
+TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
+  std::vector<float> a(33, 1.0f);
+  std::vector<int64_t> ids = {1, 2, 3};
+  const std::string good_path = tmp_.Join("good.safetensors");
+  ASSERT_TRUE(WriteSafetensors(good_path, {{"a", {3, 11}, TensorDType::kF32, a.data()},
+                                           {"ids", {3}, TensorDType::kI64, ids.data()}},
+                               {{"m", "v"}})
+                  .ok());
+  const std::string good = ReadFile(good_path).value();
+  const std::string path = tmp_.Join("fuzz.safetensors");
+  std::mt19937 rng(20240601);
+  int opened = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string bytes = good;
+    const int kind = iter % 3;
+    if (kind == 0) {
+      bytes.resize(rng() % (bytes.size() + 1));
+    } else {
+      const int flips = 1 + static_cast<int>(rng() % 4);
+      for (int i = 0; i < flips; ++i) {
+        // Mostly in the length and header, where the parsing happens.
+        const size_t limit = kind == 1 ? std::min<size_t>(bytes.size(), 8 + 140) : bytes.size();
+        bytes[rng() % limit] = static_cast<char>(rng() & 0xff);
+      }
+    }
+    fs::remove(path);  // a fresh file: rewriting a truncated one makes ext4 flush it
+    WriteBytes(path, bytes);
+    StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+    if (!f.ok()) {
+      EXPECT_EQ(f.status().message().rfind(path + ": ", 0), 0u) << f.status().message();
+      continue;
+    }
+    ++opened;
+    for (const TensorInfo& t : f->tensors()) {
+      std::vector<char> buf(t.byte_size() + 1);
+      EXPECT_TRUE(f->ReadRaw(t, buf.data()).ok());  // validated offsets are in range
+    }
+  }
+  EXPECT_GT(opened, 0);  // some flips only touch data bytes
+}
+
+}  // namespace
+}  // namespace mingpt
