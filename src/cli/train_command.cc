@@ -13,9 +13,16 @@
 namespace mingpt::cli {
 namespace {
 
-// Set by SIGINT/SIGTERM: the trainer finishes its step, saves `last`, stops.
+// The first SIGINT/SIGTERM sets g_stop: the trainer finishes its step, saves
+// `last`, and stops. A second one ends the process at once (the checkpoint
+// on disk stays whole: saving is atomic).
 std::atomic<bool> g_stop{false};
-extern "C" void OnSignal(int) { g_stop.store(true); }
+extern "C" void OnSignal(int sig) {
+  if (g_stop.exchange(true)) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
 
 int AvailableCores() {
   cpu_set_t set;

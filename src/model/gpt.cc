@@ -36,45 +36,55 @@ struct GPT::Arena {
   size_t bytes = 0;
 };
 
+namespace {
+
+// Lays the arena out for (B, block_size): hands out pointers from `base`, or
+// with base == nullptr only counts. Returns the number of floats.
+template <typename ArenaT>
+int64_t PlanArena(const ModelConfig& config, int64_t B, ArenaT* a, float* base) {
+  const int64_t T = config.block_size, C = config.n_embd, NH = config.n_head;
+  const int64_t V = config.vocab_size;
+  const int64_t BTC = B * T * C, BT = B * T;
+  int64_t used = 0;
+  auto take = [&](float** p, int64_t n) {
+    *p = base ? base + used : nullptr;
+    used += (n + kAlign - 1) / kAlign * kAlign;
+  };
+  a->layers.resize(config.n_layer);
+  take(&a->encoded, BTC);
+  for (auto& l : a->layers) {
+    take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
+    take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
+    take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
+    take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
+    take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC); take(&l.x_out, BTC);
+  }
+  take(&a->tmp, BTC);
+  take(&a->lnf, BTC); take(&a->lnf_mean, BT); take(&a->lnf_rstd, BT);
+  take(&a->logits, BT * V); take(&a->losses, BT);
+  take(&a->dres, BTC); take(&a->dbranch, BTC); take(&a->dln, BTC); take(&a->dbig, 4 * BTC);
+  take(&a->dq, BTC); take(&a->dk, BTC); take(&a->dv, BTC); take(&a->datty, BTC);
+  return used;
+}
+
+}  // namespace
+
+size_t GPT::ActivationBytes(const ModelConfig& config, int max_batch) {
+  Arena plan;
+  return PlanArena(config, max_batch, &plan, nullptr) * sizeof(float) +
+         2 * static_cast<size_t>(max_batch) * config.block_size * sizeof(int32_t);
+}
+
 GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch)
     : backend_(backend), config_(config), layout_(config), max_batch_(max_batch),
       arena_(std::make_unique<Arena>()) {
   MINGPT_CHECK(config.Validate().ok(), "%s", config.Validate().message().c_str());
   MINGPT_CHECK(max_batch > 0, "max_batch %d", max_batch);
-  const int64_t B = max_batch, T = config.block_size, C = config.n_embd;
-  const int64_t NH = config.n_head, V = config.vocab_size, L = config.n_layer;
-  const int64_t BTC = B * T * C, BT = B * T;
-
-  // First pass counts floats, second pass hands out pointers.
   Arena& a = *arena_;
-  a.layers.resize(L);
-  float* base = nullptr;
-  int64_t used = 0;
-  auto take = [&](float** p, int64_t n) {
-    if (base) *p = base + used;
-    used += (n + kAlign - 1) / kAlign * kAlign;
-  };
-  for (int pass = 0; pass < 2; ++pass) {
-    used = 0;
-    take(&a.encoded, BTC);
-    for (auto& l : a.layers) {
-      take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
-      take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
-      take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
-      take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
-      take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC); take(&l.x_out, BTC);
-    }
-    take(&a.tmp, BTC);
-    take(&a.lnf, BTC); take(&a.lnf_mean, BT); take(&a.lnf_rstd, BT);
-    take(&a.logits, BT * V); take(&a.losses, BT);
-    take(&a.dres, BTC); take(&a.dbranch, BTC); take(&a.dln, BTC); take(&a.dbig, 4 * BTC);
-    take(&a.dq, BTC); take(&a.dk, BTC); take(&a.dv, BTC); take(&a.datty, BTC);
-    if (pass == 0) {
-      a.bytes = used * sizeof(float);
-      a.memory = Buffer(backend, a.bytes);
-      base = a.memory.f32();
-    }
-  }
+  a.bytes = PlanArena(config, max_batch, &a, nullptr) * sizeof(float);
+  a.memory = Buffer(backend, a.bytes);
+  PlanArena(config, max_batch, &a, a.memory.f32());
+  const int64_t BT = static_cast<int64_t>(max_batch) * config.block_size;
   a.tokens = Buffer(backend, 2 * BT * sizeof(int32_t));
   a.host_losses.resize(BT);
 }

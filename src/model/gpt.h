@@ -63,6 +63,8 @@ class GPT {
 
   // Bytes held by the activation arena.
   size_t activation_bytes() const;
+  // What activation_bytes() will be for (config, max_batch), before allocating.
+  static size_t ActivationBytes(const ModelConfig& config, int max_batch);
 
  private:
   struct Arena;

@@ -4,13 +4,20 @@
 
 namespace mingpt {
 
+namespace {
+constexpr int kMaxAccumulate = 1 << 16;
+}  // namespace
+
 Status ValidateTrainOptions(const TrainOptions& o) {
   ModelConfig shape = o.model;  // the vocabulary comes from the data later
   if (shape.vocab_size == 0) shape.vocab_size = 1;
   MINGPT_RETURN_IF_ERROR(shape.Validate());
   auto err = [](const std::string& m) { return Status::Error(m); };
   if (o.batch_size <= 0) return err("--batch_size must be positive, got " + std::to_string(o.batch_size));
-  if (o.accumulate_grad_batches <= 0) return err("--accumulate_grad_batches must be positive");
+  if (o.accumulate_grad_batches <= 0 || o.accumulate_grad_batches > kMaxAccumulate) {
+    return err("--accumulate_grad_batches must be in [1, " + std::to_string(kMaxAccumulate) + "], got " +
+               std::to_string(o.accumulate_grad_batches));
+  }
   if (!(o.optim.learning_rate > 0)) return err("--learning_rate must be positive");
   if (o.max_steps == 0 || o.max_steps < -1) return err("--max_steps must be positive (or -1 for max_epochs)");
   if (o.max_epochs <= 0) return err("--max_epochs must be positive");
