@@ -1,0 +1,268 @@
+// Corrupt checkpoints: every command that reads one (info, evaluate, sample,
+// train --ckpt_path) refuses it with one error line naming the file or the
+// tensor, exit 1, and a refused resume leaves no run directory.
+//
+// Corruptions of meta.json are seen by all four commands; corruptions of
+// model.safetensors only by those that read weights (info reads meta.json
+// alone, by design).
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/trained_checkpoint.h"
+#include "io/safetensors.h"
+
+namespace mingpt::cli_test {
+namespace {
+
+class CheckpointErrorTest : public TrainedCheckpointTest {
+ protected:
+  // Every command that reads `ckpt` must refuse it with exit 1 and an error
+  // line holding `keywords`. `with_info`: info must refuse it too.
+  void ExpectRefusedEverywhere(const std::string& ckpt, const std::vector<std::string>& keywords,
+                               bool with_info) {
+    if (with_info) {
+      EXPECT_TRUE(FailsWith(Mingpt(InfoArgs(ckpt)), 1, keywords)) << "(info)";
+    }
+    EXPECT_TRUE(FailsWith(Mingpt(EvaluateArgs(ckpt)), 1, keywords)) << "(evaluate)";
+    EXPECT_TRUE(FailsWith(Mingpt(SampleArgs(ckpt)), 1, keywords)) << "(sample)";
+    const ProcessResult resume = Mingpt(ResumeArgs(ckpt, "resumed"));
+    EXPECT_TRUE(FailsWith(resume, 1, keywords)) << "(train --ckpt_path)";
+    EXPECT_FALSE(Exists(tmp_ / "resumed")) << "a refused resume left its run directory behind";
+  }
+
+  // Rewrites <ckpt>/model.safetensors from the original's tensors, passing
+  // each (name, shape, dtype, bytes) through `edit`, which may drop it by
+  // clearing the name.
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    TensorDType dtype;
+    std::vector<char> bytes;
+  };
+  template <typename Edit>
+  void RewriteModel(const std::string& ckpt, Edit edit) {
+    const std::string path = ckpt + "/model.safetensors";
+    std::vector<Tensor> tensors;
+    {
+      auto file = SafetensorsFile::Open(path);
+      ASSERT_TRUE(file.ok()) << file.status().message();
+      for (const TensorInfo& info : file->tensors()) {
+        Tensor t{info.name, info.shape, info.dtype, std::vector<char>(info.byte_size())};
+        ASSERT_TRUE(file->ReadRaw(info, t.bytes.data()).ok());
+        edit(&t);
+        if (!t.name.empty()) tensors.push_back(std::move(t));
+      }
+    }
+    std::vector<TensorRef> refs;
+    for (const Tensor& t : tensors) refs.push_back({t.name, t.shape, t.dtype, t.bytes.data()});
+    std::filesystem::remove(path);
+    const Status s = WriteSafetensors(path, refs);
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+
+  nlohmann::json ReadMeta(const std::string& ckpt) {
+    return nlohmann::json::parse(ReadText(ckpt + "/meta.json"));
+  }
+  void WriteMeta(const std::string& ckpt, const nlohmann::json& meta) {
+    WriteText(ckpt + "/meta.json", meta.dump(2));
+  }
+};
+
+TEST_F(CheckpointErrorTest, IntactCopyLoads) {
+  // The baseline: the copies the tests below corrupt load everywhere.
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  EXPECT_TRUE(Succeeded(Mingpt(InfoArgs(ckpt))));
+  EXPECT_TRUE(Succeeded(Mingpt(EvaluateArgs(ckpt))));
+  EXPECT_TRUE(Succeeded(Mingpt(SampleArgs(ckpt))));
+  const ProcessResult resume = Mingpt(ResumeArgs(ckpt, "resumed"));
+  EXPECT_TRUE(Succeeded(resume));
+}
+
+TEST_F(CheckpointErrorTest, DirectoryMissing) {
+  const std::string ckpt = tmp_ / "no_such_checkpoint";
+  ExpectRefusedEverywhere(ckpt, {"no_such_checkpoint", "does not exist"}, true);
+}
+
+TEST_F(CheckpointErrorTest, PathIsAFile) {
+  ExpectRefusedEverywhere(data_, {"input.txt", "not a directory"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonMissing) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::filesystem::remove(ckpt + "/meta.json");
+  ExpectRefusedEverywhere(ckpt, {"meta.json"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonNotJson) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  WriteText(ckpt + "/meta.json", "{\"format_version\": 1, \"config\": {oops");
+  ExpectRefusedEverywhere(ckpt, {"meta.json", "JSON"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonNotAnObject) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  WriteText(ckpt + "/meta.json", "[1, 2, 3]\n");
+  ExpectRefusedEverywhere(ckpt, {"meta.json", "object"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonWithoutFormatVersion) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta.erase("format_version");
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"meta.json", "format_version"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonFutureFormatVersion) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["format_version"] = 999;
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"format_version", "999"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonWithoutConfig) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta.erase("config");
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"meta.json", "config"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonImpossibleConfig) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["config"]["n_head"] = 3;  // n_embd 16 is not divisible by 3
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"divisible"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonVocabDisagreesWithVocabSize) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["vocab"] = meta["vocab"].get<std::string>().substr(1);
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"vocab"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonConfigDisagreesWithWeights) {
+  // meta.json says two blocks, model.safetensors holds one.
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["config"]["n_layer"] = 2;
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "blocks.1."}, false);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonConfigFarLargerThanWeights) {
+  // A block_size no memory holds, the weights' pos_emb being 8 long: the
+  // mismatch (or the size) must be refused before the model is allocated,
+  // not by an abort or a sanitizer report. Any one clean line will do (the
+  // shape mismatch, the memory needed, or data too short for the block), so
+  // no keyword is required. (The allocation it would need exceeds any 64-bit
+  // address space, so it fails at once rather than eating memory.)
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["config"]["block_size"] = 2000000000;
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {}, false);
+}
+
+TEST_F(CheckpointErrorTest, ModelSafetensorsMissing) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::filesystem::remove(ckpt + "/model.safetensors");
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, false);
+}
+
+TEST_F(CheckpointErrorTest, ModelSafetensorsTruncated) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/model.safetensors";
+  const auto size = std::filesystem::file_size(path);
+  std::filesystem::resize_file(path, size / 2);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, false);
+}
+
+TEST_F(CheckpointErrorTest, ModelSafetensorsHugeHeaderLength) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/model.safetensors";
+  std::string bytes = ReadText(path);
+  ASSERT_GT(bytes.size(), 8u);
+  const uint64_t huge = 0x7fffffffffffff00ull;
+  std::memcpy(bytes.data(), &huge, 8);  // little-endian machine
+  WriteText(path, bytes);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "header"}, false);
+}
+
+TEST_F(CheckpointErrorTest, ModelSafetensorsGarbageHeader) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/model.safetensors";
+  std::string bytes = ReadText(path);
+  uint64_t n = 0;
+  ASSERT_GT(bytes.size(), 8u);
+  std::memcpy(&n, bytes.data(), 8);
+  ASSERT_LE(n, bytes.size() - 8);
+  for (uint64_t i = 0; i < n; ++i) bytes[8 + i] = "{]x\"#"[i % 5];  // same length, not JSON
+  WriteText(path, bytes);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "JSON"}, false);
+}
+
+TEST_F(CheckpointErrorTest, TensorWithWrongShape) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::string changed;
+  RewriteModel(ckpt, [&](Tensor* t) {
+    if (changed.empty() && t->shape.size() == 2 && t->shape[0] != t->shape[1]) {
+      std::swap(t->shape[0], t->shape[1]);  // same bytes, transposed shape
+      changed = t->name;
+    }
+  });
+  ASSERT_FALSE(changed.empty());
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "shape"}, false);
+}
+
+TEST_F(CheckpointErrorTest, TensorWithWrongDtype) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::string changed;
+  RewriteModel(ckpt, [&](Tensor* t) {
+    if (changed.empty() && t->dtype == TensorDType::kF32) {
+      t->dtype = TensorDType::kF16;
+      t->bytes.resize(t->bytes.size() / 2);  // 2 bytes per element
+      changed = t->name;
+    }
+  });
+  ASSERT_FALSE(changed.empty());
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "F16"}, false);
+}
+
+TEST_F(CheckpointErrorTest, TensorMissing) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::string dropped;
+  RewriteModel(ckpt, [&](Tensor* t) {
+    if (t->name.find("blocks.0.") == 0 && dropped.empty()) {
+      dropped = t->name;
+      t->name.clear();
+    }
+  });
+  ASSERT_FALSE(dropped.empty());
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "missing", "'" + dropped + "'"}, false);
+}
+
+TEST_F(CheckpointErrorTest, OptimizerStateTruncatedRefusesResumeOnly) {
+  // Inference never reads optimizer.safetensors; a resume must refuse it.
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/optimizer.safetensors";
+  ASSERT_TRUE(Exists(path));
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  EXPECT_TRUE(Succeeded(Mingpt(EvaluateArgs(ckpt))));
+  EXPECT_TRUE(Succeeded(Mingpt(SampleArgs(ckpt))));
+  const ProcessResult resume = Mingpt(ResumeArgs(ckpt, "resumed"));
+  EXPECT_TRUE(FailsWith(resume, 1, {"optimizer.safetensors"}));
+  EXPECT_FALSE(Exists(tmp_ / "resumed")) << "a refused resume left its run directory behind";
+}
+
+}  // namespace
+}  // namespace mingpt::cli_test

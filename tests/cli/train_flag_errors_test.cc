@@ -1,0 +1,106 @@
+// `mingpt train` refuses impossible models and unsupported or unknown flags
+// with one error line (exit 1; 2 for command-line parse errors) and leaves no
+// run directory.
+#include <string>
+#include <tuple>
+
+#include "cli/cli_fixture.h"
+
+namespace mingpt::cli_test {
+namespace {
+
+using TrainFlagTest = CliTest;
+
+TEST_F(TrainFlagTest, TinyModelTrains) {
+  // The baseline every refusal below departs from by one flag.
+  const ProcessResult r = Train("ok_run");
+  ASSERT_TRUE(Succeeded(r));
+  EXPECT_TRUE(Exists(tmp_ / "ok_run/checkpoints/last/meta.json"));
+  EXPECT_TRUE(Exists(tmp_ / "ok_run/metrics.csv"));
+}
+
+TEST_F(TrainFlagTest, EmbdNotDivisibleByHead) {
+  ExpectTrainRefused({{"--n_embd", "16"}, {"--n_head", "3"}}, 1, {"divisible", "n_head"});
+}
+
+// Zero and negative sizes, one test per (flag, value).
+class NonPositiveSizeTest
+    : public CliTest,
+      public ::testing::WithParamInterface<std::tuple<std::string, std::string>> {};
+
+TEST_P(NonPositiveSizeTest, Refused) {
+  const auto& [name, value] = GetParam();
+  ExpectTrainRefused({{"--" + name, value}}, 1, {name, "positive"});
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TrainFlags, NonPositiveSizeTest,
+    ::testing::Combine(::testing::Values("n_layer", "n_head", "n_embd", "block_size", "batch_size"),
+                       ::testing::Values("0", "-1")),
+    [](const ::testing::TestParamInfo<NonPositiveSizeTest::ParamType>& info) {
+      const std::string& v = std::get<1>(info.param);
+      return std::get<0>(info.param) + (v == "0" ? "_zero" : "_negative");
+    });
+
+TEST_F(TrainFlagTest, DropoutAboveOne) {
+  ExpectTrainRefused({{"--dropout", "1.5"}}, 1, {"dropout", "[0, 1)"});
+}
+
+TEST_F(TrainFlagTest, UnknownFlag) {
+  ExpectTrainRefused({{"--no_such_flag", "3"}}, 2, {"--no_such_flag"});
+}
+
+TEST_F(TrainFlagTest, UnknownModelType) {
+  ExpectTrainRefused({{"--model_type", "gpt-enormous"}}, 1, {"--model_type", "gpt-enormous"});
+}
+
+TEST_F(TrainFlagTest, UnknownStrategy) {
+  ExpectTrainRefused({{"--strategy", "telepathy"}}, 1, {"unknown --strategy", "telepathy"});
+}
+
+TEST_F(TrainFlagTest, StrategyDdpRefusedInThisVersion) {
+  ExpectTrainRefused({{"--strategy", "ddp"}}, 1, {"--strategy ddp", "not"});
+}
+
+TEST_F(TrainFlagTest, TwoDevicesRefused) {
+  ExpectTrainRefused({{"--devices", "2"}}, 1, {"--devices 2", "not supported"});
+}
+
+TEST_F(TrainFlagTest, PrecisionBf16NotSupportedYet) {
+  ExpectTrainRefused({{"--precision", "bf16"}}, 1, {"--precision bf16", "not supported yet"});
+}
+
+TEST_F(TrainFlagTest, PrecisionUnknown) {
+  ExpectTrainRefused({{"--precision", "64"}}, 1, {"unknown --precision", "64"});
+}
+
+TEST_F(TrainFlagTest, NonNumericLayerCount) {
+  ExpectTrainRefused({{"--n_layer", "abc"}}, 2, {"--n_layer", "abc"});
+}
+
+// Sizes too large for the data or for memory are refused like any other bad
+// flag, before anything is allocated: never an abort. (Both sizes below fail
+// any allocation at once: more bytes than a 64-bit address space holds.)
+TEST_F(TrainFlagTest, HugeBlockSizeLongerThanData) {
+  // block_size + 2 overflows an int: the data-length check must not (UBSan
+  // reports it). Refused for the data's length or for memory, either is right.
+  const ProcessResult r = Train("refused_run", {{"--block_size", "2147483647"}});
+  EXPECT_TRUE(FailsWithOneOf(r, 1, {"block_size", "GiB"}));
+  EXPECT_FALSE(Exists(tmp_ / "refused_run"));
+}
+
+TEST_F(TrainFlagTest, HugeBatchSizeRefusedNotAborted) {
+  // Any one clear line will do (memory, or batch_size): no keyword required.
+  ExpectTrainRefused({{"--batch_size", "1000000000"}}, 1, {});
+}
+
+TEST_F(TrainFlagTest, NoCommandIsAParseError) {
+  EXPECT_TRUE(FailsWith(Mingpt({}), 2, {"command"}));
+}
+
+TEST_F(TrainFlagTest, UnknownCommandIsAParseError) {
+  EXPECT_TRUE(FailsWith(Mingpt({"frobnicate"}), 2, {"frobnicate"}));
+}
+
+}  // namespace
+}  // namespace mingpt::cli_test
