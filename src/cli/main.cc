@@ -25,7 +25,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string what = e.what();
     if (what.empty() || what == "A subcommand is required") {
-      what = "a command is required (train, evaluate, sample, info); see mingpt --help";
+      what = argc > 1 && argv[1][0] != '-'
+                 ? "unknown command '" + std::string(argv[1]) + "' (known: train, evaluate, sample, info)"
+                 : "a command is required (train, evaluate, sample, info); see mingpt --help";
     }
     std::fprintf(stderr, "mingpt: error: %s\n", what.c_str());
     return 2;

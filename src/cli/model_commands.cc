@@ -11,6 +11,7 @@
 #include "io/file.h"
 #include "model/gpt.h"
 #include "train/inference.h"
+#include "train/memory.h"
 #include "train/model_checkpoint.h"
 
 namespace mingpt::cli {
@@ -30,6 +31,8 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int thr
   MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
   ModelConfig config = m->ckpt.config;
   config.dropout = 0.0f;
+  MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(m->ckpt));
+  MINGPT_RETURN_IF_ERROR(CheckMemoryFits(config, max_batch, /*training=*/false));
   m->backend = MakeCpuBackend(threads);
   m->gpt = std::make_unique<GPT>(m->backend.get(), config, max_batch);
   m->params = std::make_unique<SingleProcess>(m->backend.get(), m->gpt->layout(), false);

@@ -51,7 +51,7 @@ Status Reconcile(TrainFlags* f) {
   const ModelConfig& c = ckpt.config;
   const ModelConfig& g = f->o.model;
   const bool preset = f->model_type_opt->count() > 0;  // sets n_layer, n_head, n_embd
-  auto check = [&](CLI::Option* opt, const char* name, double given, double saved) -> Status {
+  auto check = [&](CLI::Option* opt, const char* name, int given, int saved) -> Status {
     const bool by_preset = preset && std::string(name) != "block_size";
     if ((opt->count() > 0 || by_preset) && given != saved) {
       return Status::Error("--" + std::string(name) + " " + std::to_string(given) +

@@ -65,10 +65,11 @@ StatusOr<CharDataset> CharDataset::Create(std::vector<int32_t> tokens, int block
   d.train_end_ = n * 90 / 100;
   d.val_end_ = n * 95 / 100;
   d.block_size_ = block_size;
-  if (d.train_end_ < block_size + 2) {
+  const int64_t needed = static_cast<int64_t>(block_size) + 2;
+  if (d.train_end_ < needed) {
     return Status::Error("the data has " + std::to_string(n) + " characters; its 90% train split (" +
                          std::to_string(d.train_end_) + ") must hold at least block_size+2 = " +
-                         std::to_string(block_size + 2));
+                         std::to_string(needed));
   }
   d.tokens_ = std::move(tokens);
   return d;

@@ -7,15 +7,21 @@
 namespace mingpt {
 
 Status ModelConfig::Validate() const {
-  auto positive = [](const char* name, int v) -> Status {
+  // Upper bounds far beyond any trainable model keep every size product
+  // within 64 bits.
+  auto in_range = [](const char* name, int v, int max) -> Status {
     if (v <= 0) return Status::Error(std::string(name) + " must be positive, got " + std::to_string(v));
+    if (v > max) {
+      return Status::Error(std::string(name) + " must be at most " + std::to_string(max) + ", got " +
+                           std::to_string(v));
+    }
     return Status::Ok();
   };
-  MINGPT_RETURN_IF_ERROR(positive("n_layer", n_layer));
-  MINGPT_RETURN_IF_ERROR(positive("n_head", n_head));
-  MINGPT_RETURN_IF_ERROR(positive("n_embd", n_embd));
-  MINGPT_RETURN_IF_ERROR(positive("block_size", block_size));
-  MINGPT_RETURN_IF_ERROR(positive("vocab_size", vocab_size));
+  MINGPT_RETURN_IF_ERROR(in_range("n_layer", n_layer, 1 << 12));
+  MINGPT_RETURN_IF_ERROR(in_range("n_head", n_head, 1 << 12));
+  MINGPT_RETURN_IF_ERROR(in_range("n_embd", n_embd, 1 << 17));
+  MINGPT_RETURN_IF_ERROR(in_range("block_size", block_size, 1 << 20));
+  MINGPT_RETURN_IF_ERROR(in_range("vocab_size", vocab_size, 1 << 24));
   if (n_embd % n_head != 0) {
     return Status::Error("n_embd (" + std::to_string(n_embd) + ") must be divisible by n_head (" +
                          std::to_string(n_head) + ")");

@@ -122,6 +122,30 @@ StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir) {
   return out;
 }
 
+Status CheckWeightsMatchConfig(const OpenedCheckpoint& ckpt) {
+  MINGPT_ASSIGN_OR_RETURN(SafetensorsFile model, ckpt.checkpoint.Open("model.safetensors"));
+  const ModelLayout layout(ckpt.config);
+  for (const Unit& u : layout.units()) {
+    for (const ParamEntry& e : u.params) {
+      const TensorInfo* t = model.Find(e.name);
+      if (t == nullptr) return Status::Error(model.path() + ": missing tensor '" + e.name + "'");
+      if (t->shape != e.shape) {
+        return Status::Error(model.path() + ": tensor '" + e.name + "' has shape " +
+                             ShapeString(t->shape) + ", but meta.json's config implies " +
+                             ShapeString(e.shape));
+      }
+    }
+  }
+  int64_t expected = 0;
+  for (const Unit& u : layout.units()) expected += static_cast<int64_t>(u.params.size());
+  if (static_cast<int64_t>(model.tensors().size()) != expected) {
+    return Status::Error(model.path() + ": holds " + std::to_string(model.tensors().size()) +
+                         " tensors, but meta.json's config (" + ckpt.config.ToString() +
+                         ") implies " + std::to_string(expected));
+  }
+  return Status::Ok();
+}
+
 Status ReadCheckpointTensors(const OpenedCheckpoint& ckpt, const ModelLayout& layout,
                              float* params, float* exp_avg, float* exp_avg_sq) {
   auto read_all = [&](const SafetensorsFile& file, const std::string& prefix, float* flat) {

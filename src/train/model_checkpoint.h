@@ -50,6 +50,11 @@ struct OpenedCheckpoint {
 };
 StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir);
 
+// Checks, from model.safetensors' header alone, that the file holds exactly
+// the tensors the checkpoint's config implies, with their shapes: a corrupted
+// meta.json is caught before anything is allocated for it.
+Status CheckWeightsMatchConfig(const OpenedCheckpoint& ckpt);
+
 // Reads the weights (and, if moments are non-null, the AdamW moments) into
 // flat host buffers of layout.total_numel() floats, checking every name,
 // shape and dtype.

@@ -1,7 +1,5 @@
 #include "train/trainer.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -14,6 +12,7 @@
 #include "io/file.h"
 #include "model/gpt.h"
 #include "train/inference.h"
+#include "train/memory.h"
 #include "train/model_checkpoint.h"
 #include "train/progress.h"
 
@@ -62,22 +61,6 @@ int64_t ApplyLimit(double limit, int64_t total) {
   return std::min<int64_t>(total, static_cast<int64_t>(limit));
 }
 
-// Refuses, with the numbers, a run whose activations and training state
-// cannot fit in this machine's physical memory (instead of being killed).
-Status CheckMemory(const TrainOptions& o) {
-  const double activations = static_cast<double>(GPT::ActivationBytes(o.model, o.batch_size));
-  const double state = 16.0 * static_cast<double>(ModelLayout(o.model).total_numel());
-  const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  if (activations + state <= physical) return Status::Ok();
-  char msg[256];
-  std::snprintf(msg, sizeof(msg),
-                "this configuration needs %.1f GiB (activations %.1f GiB for --batch_size %d, "
-                "parameters/gradients/AdamW %.1f GiB) but the machine has %.1f GiB",
-                (activations + state) / 1073741824.0, activations / 1073741824.0, o.batch_size,
-                state / 1073741824.0, physical / 1073741824.0);
-  return Status::Error(msg);
-}
-
 HostState CopyToHost(Backend* backend, SingleProcess* sp) {
   HostState h;
   const size_t n = sp->numel(), bytes = n * sizeof(float);
@@ -120,7 +103,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
   MINGPT_ASSIGN_OR_RETURN(CharDataset data,
                           CharDataset::Create(std::move(encoded).value(), o.model.block_size));
 
-  MINGPT_RETURN_IF_ERROR(CheckMemory(o));
+  MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o.model, o.batch_size, /*training=*/true));
 
   // Model, strategy and state.
   std::unique_ptr<Backend> backend = MakeCpuBackend(o.num_threads);
