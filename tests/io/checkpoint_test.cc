@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "common/scoped_temp_dir.h"
 #include "io/file.h"
 
 namespace mingpt {
@@ -29,23 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string pattern = ::testing::TempDir() + "mingpt_checkpoint_test_XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
-    path_ = pattern;
-  }
-  ~ScopedTempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 std::set<std::string> ListDir(const std::string& dir) {
   std::set<std::string> names;

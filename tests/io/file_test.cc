@@ -1,5 +1,6 @@
 // Tests of io/file.h: whole-file reads with one-line errors, durable writes,
 // temp directories beside a path, path helpers.
+#include "common/scoped_temp_dir.h"
 #include "io/file.h"
 
 #include <gtest/gtest.h>
@@ -16,24 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory under the test temp dir, removed with its contents.
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string pattern = ::testing::TempDir() + "mingpt_file_test_XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
-    path_ = pattern;
-  }
-  ~ScopedTempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 size_t CountEntries(const std::string& dir) {
   size_t n = 0;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/scoped_temp_dir.h"
 #include "io/file.h"
 
 namespace mingpt {
@@ -22,22 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string pattern = ::testing::TempDir() + "mingpt_safetensors_test_XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) std::abort();
-    path_ = pattern;
-  }
-  ~ScopedTempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
