@@ -296,10 +296,13 @@ int64_t AttentionScratchSize(int T, int C, int NH, int threads) {
   return Layout(T, C, NH).PerThread() * threads;
 }
 
-template <typename Real>
-void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
-                      const Real* v, int B, int T, int C, int NH,
-                      const DropoutSpec& dropout, Real* scratch, int threads) {
+namespace {
+
+// Runs fn(at, bh, b, h, scratch) for every (batch row, head) pair in
+// parallel: `at` is the head's offset in a [B,T,C] tensor, `bh` its index
+// among the B*NH heads, `scratch` the calling thread's slice.
+template <typename Real, typename Fn>
+void ForEachHead(int B, int T, int C, int NH, Real* scratch, int threads, Fn&& fn) {
   MINGPT_CHECK(NH > 0 && C % NH == 0, "C=%d not divisible by NH=%d", C, NH);
   MINGPT_CHECK(threads > 0, "threads=%d", threads);
   const Layout L(T, C, NH);
@@ -308,12 +311,23 @@ void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
     num_threads(threads) if (Parallel(int64_t{B} * NH * T * T * hs))
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < NH; ++h) {
-      const int64_t at = b * T * C + h * hs;  // head h of batch row b
-      ForwardHead(out + at, probs + (b * NH + h) * T * T, q + at, k + at,
-                  v + at, C, L, b, h, dropout,
-                  scratch + omp_get_thread_num() * L.PerThread());
+      fn(b * T * C + h * hs, b * NH + h, b, h, L,
+         scratch + omp_get_thread_num() * L.PerThread());
     }
   }
+}
+
+}  // namespace
+
+template <typename Real>
+void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
+                      const Real* v, int B, int T, int C, int NH,
+                      const DropoutSpec& dropout, Real* scratch, int threads) {
+  ForEachHead(B, T, C, NH, scratch, threads,
+              [&](int64_t at, int64_t bh, int64_t b, int64_t h, const Layout& L, Real* s) {
+                ForwardHead(out + at, probs + bh * T * T, q + at, k + at, v + at, C, L, b, h,
+                            dropout, s);
+              });
 }
 
 template <typename Real>
@@ -321,20 +335,11 @@ void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
                        const Real* q, const Real* k, const Real* v,
                        const Real* probs, int B, int T, int C, int NH,
                        const DropoutSpec& dropout, Real* scratch, int threads) {
-  MINGPT_CHECK(NH > 0 && C % NH == 0, "C=%d not divisible by NH=%d", C, NH);
-  MINGPT_CHECK(threads > 0, "threads=%d", threads);
-  const Layout L(T, C, NH);
-  const int64_t hs = L.hs;
-#pragma omp parallel for collapse(2) schedule(static) \
-    num_threads(threads) if (Parallel(int64_t{B} * NH * T * T * hs))
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t h = 0; h < NH; ++h) {
-      const int64_t at = b * T * C + h * hs;
-      BackwardHead(dq + at, dk + at, dv + at, dout + at, q + at, k + at, v + at,
-                   probs + (b * NH + h) * T * T, C, L, b, h, dropout,
-                   scratch + omp_get_thread_num() * L.PerThread());
-    }
-  }
+  ForEachHead(B, T, C, NH, scratch, threads,
+              [&](int64_t at, int64_t bh, int64_t b, int64_t h, const Layout& L, Real* s) {
+                BackwardHead(dq + at, dk + at, dv + at, dout + at, q + at, k + at, v + at,
+                             probs + bh * T * T, C, L, b, h, dropout, s);
+              });
 }
 
 template void AttentionForward<float>(float*, float*, const float*,
