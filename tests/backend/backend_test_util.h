@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "backend/dropout.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +15,18 @@
 #include <vector>
 
 namespace mingpt::testing {
+
+// A fixed, non-trivial dropout site for tests (every coordinate non-zero).
+inline DropoutSpec FixedDropout(float p, uint64_t seed, uint32_t step, uint32_t site,
+                                uint64_t sample_base) {
+  DropoutSpec d;
+  d.p = p;
+  d.seed = seed;
+  d.step = step;
+  d.site = site;
+  d.sample_base = sample_base;
+  return d;
+}
 
 inline std::vector<double> RandomVec(std::mt19937_64& rng, size_t n,
                                      double lo = -1.0, double hi = 1.0) {

@@ -224,15 +224,7 @@ struct AttnShape {
   int B, T, C, NH;
 };
 
-DropoutSpec AttnDropout(float p) {
-  DropoutSpec d;
-  d.p = p;
-  d.seed = 99;
-  d.step = 3;
-  d.site = 1;
-  d.sample_base = 11;
-  return d;
-}
+DropoutSpec AttnDropout(float p) { return testing::FixedDropout(p, 99, 3, 1, 11); }
 
 TEST_F(CpuBackendTest, AttentionMatchesReference) {
   for (AttnShape s : {AttnShape{1, 1, 4, 1}, AttnShape{2, 33, 48, 3},

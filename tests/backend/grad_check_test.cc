@@ -28,15 +28,7 @@ using Vec = std::vector<double>;
 
 constexpr double kTol = 1e-6;
 
-DropoutSpec TestDropout(float p) {
-  DropoutSpec d;
-  d.p = p;
-  d.seed = 1234;
-  d.step = 7;
-  d.site = 3;
-  d.sample_base = 5;
-  return d;
-}
+DropoutSpec TestDropout(float p) { return testing::FixedDropout(p, 1234, 7, 3, 5); }
 
 TEST(GradCheck, Encoder) {
   std::mt19937_64 rng(1);

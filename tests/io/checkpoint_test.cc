@@ -143,6 +143,15 @@ int RunInChild(Body body) {
 class CheckpointTest : public ::testing::Test {
  protected:
   std::string dir() const { return tmp_.Join("best"); }
+  // Saves `v` at dir() in a child process whose save exits after file k
+  // (MINGPT_CRASH_DURING_SAVE=k); returns the child's wait status.
+  template <typename V>
+  int SaveCrashingAfter(const V& v, int k) {
+    return RunInChild([&] {
+      ::setenv(kCrashDuringSaveEnv, std::to_string(k).c_str(), 1);
+      return v.Save(dir()).ok() ? 0 : 1;
+    });
+  }
   ScopedTempDir tmp_;
 };
 
@@ -341,20 +350,14 @@ TEST_F(CheckpointTest, CrashDuringSaveKeepsPreviousCheckpoint) {
   ASSERT_TRUE(a.Save(dir()).ok());
   for (int k = 1; k <= b.num_writes(); ++k) {
     SCOPED_TRACE("crash after file " + std::to_string(k));
-    const int status = RunInChild([&] {
-      ::setenv(kCrashDuringSaveEnv, std::to_string(k).c_str(), 1);
-      return b.Save(dir()).ok() ? 0 : 1;
-    });
+    const int status = SaveCrashingAfter(b, k);
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
     EXPECT_TRUE(a.Matches(dir()));
     EXPECT_GE(ListDir(tmp_.path()).size(), 3u);  // the crashed save's directory is left
   }
   // With k past the last file the hook never fires.
-  const int status = RunInChild([&] {
-    ::setenv(kCrashDuringSaveEnv, std::to_string(b.num_writes() + 1).c_str(), 1);
-    return b.Save(dir()).ok() ? 0 : 1;
-  });
+  const int status = SaveCrashingAfter(b, b.num_writes() + 1);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_TRUE(b.Matches(dir()));
@@ -363,10 +366,7 @@ TEST_F(CheckpointTest, CrashDuringSaveKeepsPreviousCheckpoint) {
 
 TEST_F(CheckpointTest, CrashDuringFirstSaveLeavesNoCheckpoint) {
   const Version a(1, {"model.safetensors"}, 2);
-  const int status = RunInChild([&] {
-    ::setenv(kCrashDuringSaveEnv, "2", 1);
-    return a.Save(dir()).ok() ? 0 : 1;
-  });
+  const int status = SaveCrashingAfter(a, 2);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
   StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
@@ -383,10 +383,7 @@ TEST_F(CheckpointTest, CrashWhileReplacingARealDirectory) {
   ASSERT_TRUE(a.Save(tmp_.Join("src")).ok());
   fs::copy(tmp_.Join("src"), dir(), fs::copy_options::recursive);
   for (int k = 1; k <= b.num_writes(); ++k) {
-    const int status = RunInChild([&] {
-      ::setenv(kCrashDuringSaveEnv, std::to_string(k).c_str(), 1);
-      return b.Save(dir()).ok() ? 0 : 1;
-    });
+    const int status = SaveCrashingAfter(b, k);
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
     EXPECT_TRUE(a.Matches(dir()));
