@@ -17,6 +17,8 @@ Command AddTrain(CLI::App* app);
 Command AddEvaluate(CLI::App* app);
 Command AddSample(CLI::App* app);
 Command AddInfo(CLI::App* app);
+Command AddConvert(CLI::App* app);
+Command AddPlan(CLI::App* app);
 
 // --data resolution: the flag if given, else $MINGPT_DATA, else
 // data/tinyshakespeare.txt, downloaded from its public URL when missing.

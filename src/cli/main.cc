@@ -1,21 +1,58 @@
-// mingpt: train, evaluate and sample GPT models. Expected failures print one
-// line "mingpt: error: ..." and exit 1 (2 for bad command lines).
+// mingpt: train, evaluate and sample GPT models, and convert checkpoints.
+// Expected failures print one line "mingpt: error: ..." and exit 1 (2 for
+// bad command lines).
+#include <malloc.h>
+
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 
+namespace {
+
+// The subcommands, in --help order.
+struct CommandEntry {
+  const char* name;
+  const char* description;
+  mingpt::cli::Command (*add)(CLI::App* app);
+};
+constexpr CommandEntry kCommands[] = {
+    {"train", "Train a GPT on a text file", mingpt::cli::AddTrain},
+    {"evaluate", "Loss, perplexity and bits per character of a checkpoint",
+     mingpt::cli::AddEvaluate},
+    {"sample", "Generate text from a checkpoint", mingpt::cli::AddSample},
+    {"info", "Describe a checkpoint", mingpt::cli::AddInfo},
+    {"convert", "Consolidate a checkpoint (single or sharded) into one PyTorch weights file",
+     mingpt::cli::AddConvert},
+    {"plan", "Predict each rank's peak memory for every strategy (train's flags), training nothing",
+     mingpt::cli::AddPlan},
+};
+
+std::string KnownCommands() {
+  std::string known;
+  for (const CommandEntry& c : kCommands) known += (known.empty() ? "" : ", ") + std::string(c.name);
+  return known;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  // Blocks of 128 KiB and more come from and go back to the OS at once.
+  // glibc would otherwise raise this threshold after the first large free
+  // and keep later large blocks on its heap: tens of MiB of freed transient
+  // buffers (checkpoint copies) held for the rest of the run, and a peak
+  // that no plan can predict.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   CLI::App app{"mingpt: train, evaluate and sample GPT models on the CPU", "mingpt"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
-  mingpt::cli::Command commands[] = {
-      mingpt::cli::AddTrain(app.add_subcommand("train", "Train a GPT on a text file")),
-      mingpt::cli::AddEvaluate(app.add_subcommand("evaluate", "Loss, perplexity and bits per character of a checkpoint")),
-      mingpt::cli::AddSample(app.add_subcommand("sample", "Generate text from a checkpoint")),
-      mingpt::cli::AddInfo(app.add_subcommand("info", "Describe a checkpoint")),
-  };
+  std::vector<mingpt::cli::Command> commands;
+  for (const CommandEntry& c : kCommands) {
+    commands.push_back(c.add(app.add_subcommand(c.name, c.description)));
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -26,17 +63,15 @@ int main(int argc, char** argv) {
     std::string what = e.what();
     if (what.empty() || what == "A subcommand is required") {
       what = argc > 1 && argv[1][0] != '-'
-                 ? "unknown command '" + std::string(argv[1]) + "' (known: train, evaluate, sample, info)"
-                 : "a command is required (train, evaluate, sample, info); see mingpt --help";
+                 ? "unknown command '" + std::string(argv[1]) + "' (known: " + KnownCommands() + ")"
+                 : "a command is required (" + KnownCommands() + "); see mingpt --help";
     }
     std::fprintf(stderr, "mingpt: error: %s\n", what.c_str());
     return 2;
   }
-  for (size_t i = 0; i < app.get_subcommands().size(); ++i) {
-    const auto* sub = app.get_subcommands()[i];
-    const char* names[] = {"train", "evaluate", "sample", "info"};
-    for (int c = 0; c < 4; ++c) {
-      if (sub->get_name() != names[c]) continue;
+  for (const CLI::App* sub : app.get_subcommands()) {
+    for (size_t c = 0; c < commands.size(); ++c) {
+      if (sub->get_name() != kCommands[c].name) continue;
       mingpt::Status status = commands[c]();
       if (!status.ok()) {
         std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());

@@ -1,13 +1,18 @@
 #include <csignal>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <thread>
 
-#include <sched.h>
 
 #include "cli/commands.h"
+#include "dist/agree.h"
+#include "dist/launch.h"
+#include "dist/mpi_communicator.h"
+#include "io/file.h"
 #include "train/model_checkpoint.h"
+#include "train/planner.h"
 #include "train/trainer.h"
 
 namespace mingpt::cli {
@@ -24,12 +29,6 @@ extern "C" void OnSignal(int sig) {
   }
 }
 
-int AvailableCores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
 std::string DefaultRunDir() {
   char buf[64];
   std::time_t now = std::time(nullptr);
@@ -41,7 +40,9 @@ struct TrainFlags {
   TrainOptions o;
   std::string model_type;
   std::string data;
+  std::string memory_budget;
   CLI::Option *n_layer, *n_head, *n_embd, *block_size, *dropout, *model_type_opt;
+  CLI::Option *devices, *num_threads;
 };
 
 // With --ckpt_path the model comes from the checkpoint; flags given
@@ -75,15 +76,87 @@ Status Reconcile(TrainFlags* f) {
   return Status::Ok();
 }
 
-}  // namespace
+// This process's own arguments after the program name, from /proc/self/cmdline.
+std::vector<std::string> OwnArguments() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  for (std::string a; std::getline(in, a, '\0');) args.push_back(a);
+  if (!args.empty()) args.erase(args.begin());
+  return args;
+}
 
-Command AddTrain(CLI::App* app) {
+// Starts `devices` ranks of this command through mpirun, each given the
+// data file and run directory this process resolved (so all agree), and
+// ends this process with mpirun's exit code.
+Status Launch(const TrainOptions& o) {
+  std::vector<std::string> args;
+  const std::vector<std::string> own = OwnArguments();
+  for (size_t i = 0; i < own.size(); ++i) {
+    const std::string& a = own[i];
+    if (a == "--data" || a == "--default_root_dir") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--data=", 0) == 0 || a.rfind("--default_root_dir=", 0) == 0) continue;
+    args.push_back(a);
+  }
+  for (const std::string& a : {std::string("--data"), o.data_path, std::string("--default_root_dir"),
+                               std::filesystem::absolute(o.default_root_dir).string()}) {
+    args.push_back(a);
+  }
+  MINGPT_ASSIGN_OR_RETURN(int code, RunUnderMpirun(o.devices, args));
+  std::fflush(nullptr);
+  std::exit(code);
+}
+
+// Parses "8GiB", "512M", "1.5G", "1000000" (bytes) into bytes.
+StatusOr<size_t> ParseBytes(const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (const char* tail : {"iB", "B"}) {
+    const std::string t = tail;
+    if (unit.size() >= t.size() && unit.compare(unit.size() - t.size(), t.size(), t) == 0) {
+      unit.resize(unit.size() - t.size());
+      break;
+    }
+  }
+  double scale = 0;
+  if (unit.empty()) scale = 1;
+  if (unit == "K" || unit == "k") scale = 1024.0;
+  if (unit == "M") scale = 1048576.0;
+  if (unit == "G") scale = 1073741824.0;
+  if (unit == "T") scale = 1099511627776.0;
+  if (used == 0 || scale == 0 || !(value > 0) || value * scale > 1e18) {
+    return Status::Error("--memory_budget '" + text + "' is not a size such as 12GiB or 800M");
+  }
+  return static_cast<size_t>(value * scale);
+}
+
+// Applies the preset, the checkpoint's model, the data path and the run
+// directory: the flags as `train` and `plan` use them.
+Status ResolveFlags(TrainFlags* f) {
+  if (!f->model_type.empty()) MINGPT_RETURN_IF_ERROR(ApplyPreset(f->model_type, &f->o.model));
+  if (!f->o.ckpt_path.empty()) MINGPT_RETURN_IF_ERROR(Reconcile(f));
+  MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
+  if (f->o.default_root_dir.empty()) f->o.default_root_dir = DefaultRunDir();
+  if (!f->memory_budget.empty()) {
+    MINGPT_ASSIGN_OR_RETURN(f->o.memory_budget, ParseBytes(f->memory_budget));
+  }
+  return Status::Ok();
+}
+
+std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   auto f = std::make_shared<TrainFlags>();
   TrainOptions& o = f->o;
   o.model.n_layer = 4;
   o.model.n_head = 4;
   o.model.n_embd = 128;
-  o.num_threads = AvailableCores();
   f->n_layer = app->add_option("--n_layer", o.model.n_layer, "Transformer blocks")->capture_default_str();
   f->n_head = app->add_option("--n_head", o.model.n_head, "Attention heads")->capture_default_str();
   f->n_embd = app->add_option("--n_embd", o.model.n_embd, "Embedding width")->capture_default_str();
@@ -106,24 +179,85 @@ Command AddTrain(CLI::App* app) {
   app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")->capture_default_str();
   app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>");
   app->add_option("--data", f->data, "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt, downloaded)");
-  app->add_option("--num_threads", o.num_threads, "CPU threads")->capture_default_str();
   app->add_option("--ckpt_path", o.ckpt_path, "Resume from this checkpoint directory");
   app->add_option("--log_every_n_steps", o.log_every_n_steps, "Metrics and log-line interval")->capture_default_str();
-  app->add_option("--strategy", o.strategy, "auto (ddp and deepspeed_stage_1/2/3 come with sharding)")->capture_default_str();
-  app->add_option("--devices,--gpus", o.devices, "Processes/devices (1 in this version)")->capture_default_str();
+  app->add_option("--strategy", o.strategy,
+                  "auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3")
+      ->capture_default_str();
+  f->devices = app->add_option("--devices,--gpus", o.devices,
+                               "Ranks: N > 1 starts N processes through mpirun (under mpirun or "
+                               "srun, the job's world is used)")
+                   ->capture_default_str();
+  f->num_threads = app->add_option("--num_threads", o.num_threads, "CPU threads per rank (default: the cores / the ranks on this machine)");
+  app->add_flag("--activation_checkpointing", o.activation_checkpointing,
+                "Keep only each block's input; recompute the block in backward");
+  app->add_flag("--profile_memory", o.profile_memory, "Print each rank's memory at the end");
+  app->add_flag("--profile", o.profile,
+                "Print each rank's time per phase at the end: compute, optimizer, and the "
+                "waits for communication that overlap did not hide");
+  app->add_option("--memory_budget", f->memory_budget,
+                  "Bytes per rank --strategy auto may plan for, e.g. 8GiB (default: available "
+                  "memory / ranks on this machine)");
+  return f;
+}
 
+}  // namespace
+
+Command AddTrain(CLI::App* app) {
+  std::shared_ptr<TrainFlags> f = AddTrainFlags(app);
   return [f]() -> Status {
-    if (!f->model_type.empty()) MINGPT_RETURN_IF_ERROR(ApplyPreset(f->model_type, &f->o.model));
-    if (!f->o.ckpt_path.empty()) MINGPT_RETURN_IF_ERROR(Reconcile(f.get()));
-    MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
-    if (f->o.default_root_dir.empty()) f->o.default_root_dir = DefaultRunDir();
+    MINGPT_RETURN_IF_ERROR(ResolveFlags(f.get()));
+    MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(f->o));
+    const MpiEnvironment env = DetectMpiEnvironment();
+    if (!env.launched && f->o.devices > 1) {
+      // Checked here once, before any process starts.
+      MINGPT_RETURN_IF_ERROR(CheckTrainSetup(f->o));
+      return Launch(f->o);
+    }
+    if (f->num_threads->count() == 0) f->o.num_threads = LocalCoresPerRank(env);
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
-    MINGPT_ASSIGN_OR_RETURN(TrainSummary s, Train(f->o, &g_stop));
+    std::unique_ptr<Communicator> comm;
+    if (env.launched) {
+      MINGPT_ASSIGN_OR_RETURN(comm, MakeMpiCommunicator());
+    } else {
+      comm = MakeLocalCommunicator();
+    }
+    const int rank = comm->rank();
+    if (f->devices->count() > 0 && f->o.devices != comm->world()) {
+      // Every rank sees the same flags and world: all stop, rank 0 reports.
+      if (rank != 0) return Status::Ok();
+      return Status::Error("--devices " + std::to_string(f->o.devices) + " disagrees with the " +
+                           std::to_string(comm->world()) + " ranks the launcher started");
+    }
+    f->o.devices = comm->world();
+    StatusOr<TrainSummary> r = Train(f->o, comm.get(), &g_stop);
+    comm.reset();  // every rank leaves the job cleanly, whatever happened
+    if (!r.ok() && IsPeerFailure(r.status())) std::exit(1);  // the failing rank reported
+    MINGPT_RETURN_IF_ERROR(r.status());
+    if (rank != 0) return Status::Ok();
+    const TrainSummary& s = *r;
     std::printf("trained %lld steps (%lld tokens); last train loss %.4f; best val loss %.4f\n",
                 static_cast<long long>(s.steps), static_cast<long long>(s.tokens), s.last_train_loss,
                 s.best_val_loss);
     std::printf("checkpoints: %s/checkpoints/{best,last}\n", f->o.default_root_dir.c_str());
+    return Status::Ok();
+  };
+}
+
+Command AddPlan(CLI::App* app) {
+  std::shared_ptr<TrainFlags> f = AddTrainFlags(app);
+  return [f]() -> Status {
+    MINGPT_RETURN_IF_ERROR(ResolveFlags(f.get()));
+    MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(f->o));
+    MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(f->o.data_path));
+    f->o.model.vocab_size = CharTokenizer::FromText(text).size();
+    MINGPT_RETURN_IF_ERROR(f->o.model.Validate());
+    const PlanInput in{f->o.model, f->o.batch_size, f->o.devices, text.size()};
+    const size_t budget = f->o.memory_budget > 0 ? f->o.memory_budget : DefaultMemoryBudget(f->o.devices);
+    std::printf("%s", FormatPlan(in, PlanMemory(in), budget).c_str());
+    const std::string chosen = ChooseStrategy(in, f->o.activation_checkpointing, budget);
+    std::printf("--strategy auto would choose: %s\n", chosen.empty() ? "nothing (none fits)" : chosen.c_str());
     return Status::Ok();
   };
 }

@@ -9,6 +9,7 @@
 
 #include <cctype>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <system_error>
 
@@ -44,7 +45,7 @@ std::string ReadLink(const std::string& path) {
   return ec ? "" : target.string();
 }
 
-// Step 1/4 of the scheme: removes D.tmp-link and all version directories of
+// Steps 1 and 6 of the scheme: removes D.tmp-link and all version directories of
 // D except the one D points to. Best effort: a failure here never fails a
 // save (the next save tries again).
 void RemoveStaleSaves(const std::string& dir) {
@@ -63,16 +64,18 @@ void RemoveStaleSaves(const std::string& dir) {
   for (const std::string& name : stale) fs::remove_all(JoinPath(parent, name), ec);
 }
 
+Status ValidateFilename(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+    return Status::Error("file name '" + name + "' is not a plain file name");
+  }
+  if (name == kCheckpointMetaFile) return Status::Error("file name 'meta.json' is reserved");
+  return Status::Ok();
+}
+
 Status ValidateFilenames(const std::vector<CheckpointFile>& files) {
   std::set<std::string> seen;
   for (const CheckpointFile& f : files) {
-    if (f.filename.empty() || f.filename == "." || f.filename == ".." ||
-        f.filename.find('/') != std::string::npos) {
-      return Status::Error("file name '" + f.filename + "' is not a plain file name");
-    }
-    if (f.filename == kCheckpointMetaFile) {
-      return Status::Error("file name 'meta.json' is reserved");
-    }
+    MINGPT_RETURN_IF_ERROR(ValidateFilename(f.filename));
     if (!seen.insert(f.filename).second) {
       return Status::Error("file name '" + f.filename + "' appears twice");
     }
@@ -109,26 +112,32 @@ long CrashAfterFiles() {
   return (end != v && *end == '\0' && k > 0) ? k : 0;
 }
 
-// Step 2: writes meta.json and all files into the fresh directory `dir`.
-Status WriteContents(const std::string& dir, const nlohmann::json& meta,
-                     const std::vector<CheckpointFile>& files) {
+// The test hook: exits once this process has written its k-th file into
+// one version directory (the count restarts with each new directory).
+void CountWrittenFile(const std::string& version_dir) {
   const long crash_after = CrashAfterFiles();
-  long written = 0;
-  auto count_file = [&]() {
-    if (++written == crash_after) ::_exit(kCrashDuringSaveExitCode);
-  };
-  MINGPT_RETURN_IF_ERROR(
-      WriteFileDurably(JoinPath(dir, kCheckpointMetaFile), meta.dump(2) + "\n"));
-  count_file();
-  for (const CheckpointFile& f : files) {
-    MINGPT_RETURN_IF_ERROR(WriteSafetensors(JoinPath(dir, f.filename), f.tensors));
-    count_file();
+  if (crash_after == 0) return;
+  static std::mutex mu;
+  static std::string counted_dir;
+  static long written = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (counted_dir != version_dir) {
+    counted_dir = version_dir;
+    written = 0;
   }
-  MINGPT_RETURN_IF_ERROR(FsyncDirectory(dir));
-  return FsyncParentDirectory(dir);
+  if (++written == crash_after) ::_exit(kCrashDuringSaveExitCode);
 }
 
-// Step 3: makes `dir` name `new_dir` atomically.
+std::string SaveContext(const std::string& dir) {
+  return "cannot save checkpoint '" + dir + "'";
+}
+
+bool IsRegularFile(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Step 5: makes `dir` name `new_dir` atomically.
 Status SwapIn(const std::string& dir, const std::string& new_dir) {
   const std::string link = dir + kLinkSuffix;
   std::error_code ec;
@@ -173,19 +182,33 @@ Status SwapIn(const std::string& dir, const std::string& new_dir) {
   return FsyncParentDirectory(dir);
 }
 
+// Steps 4-5: meta.json, fsyncs, and the swap.
+Status CommitVersion(const PendingCheckpoint& pending, const nlohmann::json& meta,
+                     const std::vector<std::string>& expected_files) {
+  MINGPT_ASSIGN_OR_RETURN(nlohmann::json full_meta, MetaWithVersion(meta));
+  for (const std::string& name : expected_files) {
+    if (!IsRegularFile(JoinPath(pending.version_dir, name))) {
+      return Status::Error("file '" + name + "' was not written into '" + pending.version_dir +
+                           "'");
+    }
+  }
+  const std::string& v = pending.version_dir;
+  MINGPT_RETURN_IF_ERROR(
+      WriteFileDurably(JoinPath(v, kCheckpointMetaFile), full_meta.dump(2) + "\n"));
+  CountWrittenFile(v);
+  MINGPT_RETURN_IF_ERROR(FsyncDirectory(v));
+  MINGPT_RETURN_IF_ERROR(FsyncParentDirectory(v));
+  return SwapIn(pending.dir, v);
+}
+
 }  // namespace
 
-Status SaveCheckpoint(const std::string& dir_in, const nlohmann::json& meta,
-                      const std::vector<CheckpointFile>& files) {
+StatusOr<PendingCheckpoint> BeginCheckpoint(const std::string& dir_in) {
   const std::string dir = StripTrailingSlashes(dir_in);
-  const std::string context = "cannot save checkpoint '" + dir + "'";
+  const std::string context = SaveContext(dir);
   if (dir.empty() || dir == "/" || Basename(dir) == "." || Basename(dir) == "..") {
     return Status::Error(context + ": not a usable checkpoint path");
   }
-  MINGPT_RETURN_IF_ERROR(ValidateFilenames(files).WithContext(context));
-  StatusOr<nlohmann::json> full_meta = MetaWithVersion(meta);
-  if (!full_meta.ok()) return full_meta.status().WithContext(context);
-
   struct stat st;
   if (::lstat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
     return Status::Error(context + ": '" + dir + "' exists and is not a checkpoint directory");
@@ -193,18 +216,53 @@ Status SaveCheckpoint(const std::string& dir_in, const nlohmann::json& meta,
   std::error_code ec;
   fs::create_directories(Dirname(dir), ec);
   if (ec) return Status::Error(context + ": cannot create parent directory: " + ec.message());
+  RemoveStaleSaves(dir);
+  StatusOr<std::string> version_dir = MakeTempDirBeside(dir, kVersionTag);
+  if (!version_dir.ok()) return version_dir.status().WithContext(context);
+  return PendingCheckpoint{dir, *version_dir};
+}
 
-  RemoveStaleSaves(dir);
-  StatusOr<std::string> new_dir = MakeTempDirBeside(dir, kVersionTag);
-  if (!new_dir.ok()) return new_dir.status().WithContext(context);
-  Status s = WriteContents(*new_dir, *full_meta, files);
-  if (s.ok()) s = SwapIn(dir, *new_dir);
-  if (!s.ok()) {
-    fs::remove_all(*new_dir, ec);
-    return s.WithContext(context);
-  }
-  RemoveStaleSaves(dir);
+Status WriteCheckpointFile(const std::string& version_dir, const CheckpointFile& file) {
+  MINGPT_RETURN_IF_ERROR(ValidateFilename(file.filename)
+                             .WithContext("cannot write into '" + version_dir + "'"));
+  MINGPT_RETURN_IF_ERROR(
+      WriteSafetensors(JoinPath(version_dir, file.filename), file.tensors, file.metadata));
+  CountWrittenFile(version_dir);
   return Status::Ok();
+}
+
+Status CommitCheckpoint(const PendingCheckpoint& pending, const nlohmann::json& meta,
+                        const std::vector<std::string>& expected_files) {
+  Status s = CommitVersion(pending, meta, expected_files);
+  if (!s.ok()) {
+    AbortCheckpoint(pending);
+    return s.WithContext(SaveContext(pending.dir));
+  }
+  RemoveStaleSaves(pending.dir);
+  return Status::Ok();
+}
+
+void AbortCheckpoint(const PendingCheckpoint& pending) {
+  // Never remove the version that `dir` names (a failure after the swap).
+  if (ReadLink(pending.dir) == Basename(pending.version_dir)) return;
+  std::error_code ec;
+  fs::remove_all(pending.version_dir, ec);
+}
+
+Status SaveCheckpoint(const std::string& dir_in, const nlohmann::json& meta,
+                      const std::vector<CheckpointFile>& files) {
+  const std::string context = SaveContext(StripTrailingSlashes(dir_in));
+  MINGPT_RETURN_IF_ERROR(ValidateFilenames(files).WithContext(context));
+  MINGPT_RETURN_IF_ERROR(MetaWithVersion(meta).status().WithContext(context));
+  MINGPT_ASSIGN_OR_RETURN(PendingCheckpoint pending, BeginCheckpoint(dir_in));
+  for (const CheckpointFile& f : files) {
+    Status s = WriteCheckpointFile(pending.version_dir, f);
+    if (!s.ok()) {
+      AbortCheckpoint(pending);
+      return s.WithContext(context);
+    }
+  }
+  return CommitCheckpoint(pending, meta);
 }
 
 StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {

@@ -405,6 +405,25 @@ Status SafetensorsFile::ReadF32(const std::string& name, const std::vector<int64
   return ReadRaw(*info, dst);
 }
 
+Status SafetensorsFile::ReadF32Range(const std::string& name, int64_t elem_offset,
+                                     int64_t count, float* dst) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) return Error("missing tensor '" + name + "'");
+  if (info->dtype != TensorDType::kF32) {
+    return Error("tensor '" + name + "' has dtype " + DTypeName(info->dtype) + ", expected F32");
+  }
+  if (elem_offset < 0 || count < 0 || elem_offset > info->numel ||
+      count > info->numel - elem_offset) {
+    return Error("tensor '" + name + "': elements [" + std::to_string(elem_offset) + ", +" +
+                 std::to_string(count) + ") lie outside its " + std::to_string(info->numel));
+  }
+  if (count == 0) return Status::Ok();
+  if (fd_ < 0) return Error("file is not open");
+  const uint64_t start = data_start_ + info->begin + static_cast<uint64_t>(elem_offset) * 4;
+  Status s = PreadAll(fd_, dst, static_cast<uint64_t>(count) * 4, start);
+  return s.ok() ? s : Error("tensor '" + name + "': " + s.message());
+}
+
 Status SafetensorsFile::ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,
                                 int32_t* dst) const {
   MINGPT_ASSIGN_OR_RETURN(const TensorInfo* info, FindChecked(name, expected_shape));

@@ -12,8 +12,9 @@
 // WriteSafetensors lays tensors back to back in the given order. The reader
 // validates the whole header in Open(), so a corrupt or hostile file yields
 // one error line naming the file, never a crash or an out-of-range read.
-// Data is read with pread() straight into the caller's buffer; nothing is
-// mapped, and SafetensorsFile holds only an open file descriptor.
+// Data is read with pread() straight into the caller's buffer, a whole
+// tensor or (ReadF32Range) any element range of one; nothing is mapped, and
+// SafetensorsFile holds only an open file descriptor.
 #pragma once
 
 #include <cstdint>
@@ -97,6 +98,13 @@ class SafetensorsFile {
   // short read (file truncated after Open).
   Status ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
                  float* dst) const;
+  // Reads elements [elem_offset, elem_offset + count) of tensor `name`, in
+  // its row-major order, into dst (count floats); count 0 reads nothing.
+  // Errors, each naming the file: missing tensor, dtype is not F32, the
+  // range is negative or does not lie inside the tensor's numel elements,
+  // short read (file truncated after Open).
+  Status ReadF32Range(const std::string& name, int64_t elem_offset, int64_t count,
+                      float* dst) const;
   // As ReadF32 for token ids: accepts I32 storage, or I64 storage whose
   // values all fit in int32 (PyTorch's default integer dtype is int64).
   Status ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,

@@ -21,7 +21,9 @@ uint32_t Resid2Site(int l) { return 3 + 3 * l; }
 }  // namespace
 
 // One allocation holding every activation for (max_batch, block_size), plus
-// the backward scratch. Per-layer tensors are indexed [layer].
+// the backward scratch. Per-layer tensors are indexed [layer]; with activation
+// checkpointing every layer's intermediates point at layer 0's (the scratch)
+// and only x_out is per layer.
 struct GPT::Arena {
   struct Layer {
     float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *atty, *x_mid;
@@ -41,7 +43,8 @@ namespace {
 // Lays the arena out for (B, block_size): hands out pointers from `base`, or
 // with base == nullptr only counts. Returns the number of floats.
 template <typename ArenaT>
-int64_t PlanArena(const ModelConfig& config, int64_t B, ArenaT* a, float* base) {
+int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, ArenaT* a,
+                  float* base) {
   const int64_t T = config.block_size, C = config.n_embd, NH = config.n_head;
   const int64_t V = config.vocab_size;
   const int64_t BTC = B * T * C, BT = B * T;
@@ -52,12 +55,18 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, ArenaT* a, float* base) 
   };
   a->layers.resize(config.n_layer);
   take(&a->encoded, BTC);
-  for (auto& l : a->layers) {
-    take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
-    take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
-    take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
-    take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
-    take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC); take(&l.x_out, BTC);
+  for (size_t i = 0; i < a->layers.size(); ++i) {
+    auto& l = a->layers[i];
+    if (checkpointing && i > 0) {
+      l = a->layers[0];  // shares layer 0's intermediates; x_out is set below
+    } else {
+      take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
+      take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
+      take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
+      take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
+      take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC);
+    }
+    take(&l.x_out, BTC);
   }
   take(&a->tmp, BTC);
   take(&a->lnf, BTC); take(&a->lnf_mean, BT); take(&a->lnf_rstd, BT);
@@ -69,21 +78,23 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, ArenaT* a, float* base) 
 
 }  // namespace
 
-size_t GPT::ActivationBytes(const ModelConfig& config, int max_batch) {
+size_t GPT::ActivationBytes(const ModelConfig& config, int max_batch,
+                            bool activation_checkpointing) {
   Arena plan;
-  return PlanArena(config, max_batch, &plan, nullptr) * sizeof(float) +
+  return PlanArena(config, max_batch, activation_checkpointing, &plan, nullptr) * sizeof(float) +
          2 * static_cast<size_t>(max_batch) * config.block_size * sizeof(int32_t);
 }
 
-GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch)
+GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch,
+         bool activation_checkpointing)
     : backend_(backend), config_(config), layout_(config), max_batch_(max_batch),
-      arena_(std::make_unique<Arena>()) {
+      activation_checkpointing_(activation_checkpointing), arena_(std::make_unique<Arena>()) {
   MINGPT_CHECK(config.Validate().ok(), "%s", config.Validate().message().c_str());
   MINGPT_CHECK(max_batch > 0, "max_batch %d", max_batch);
   Arena& a = *arena_;
-  a.bytes = PlanArena(config, max_batch, &a, nullptr) * sizeof(float);
+  a.bytes = PlanArena(config, max_batch, activation_checkpointing, &a, nullptr) * sizeof(float);
   a.memory = Buffer(backend, a.bytes);
-  PlanArena(config, max_batch, &a, a.memory.f32());
+  PlanArena(config, max_batch, activation_checkpointing, &a, a.memory.f32());
   const int64_t BT = static_cast<int64_t>(max_batch) * config.block_size;
   a.tokens = Buffer(backend, 2 * BT * sizeof(int32_t));
   a.host_losses.resize(BT);
@@ -149,7 +160,7 @@ float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* tar
   MINGPT_CHECK(T >= 1 && T <= config_.block_size, "T %d outside [1, %d]", T, config_.block_size);
   Backend& be = *backend_;
   Arena& a = *arena_;
-  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size;
+  const int C = config_.n_embd, V = config_.vocab_size;
   const int N = B * T;
   const float p = config_.dropout;
   int32_t* d_idx = a.tokens.as<int32_t>();
@@ -166,33 +177,17 @@ float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* tar
     params->Release(u);
   }
   // Blocks.
-  const float* x_in = a.encoded;
   for (int l = 0; l < config_.n_layer; ++l) {
     const int u = layout_.block_unit(l);
-    UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
-    Arena::Layer& s = a.layers[l];
-    be.LayerNormForward(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
-    be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
-    be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
-    be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
-    be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH, Site(dropout, p, AttnSite(l)));
-    be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
-    be.Dropout(a.tmp, a.tmp, B, static_cast<int64_t>(T) * C, Site(dropout, p, Resid1Site(l)));
-    be.Add(s.x_mid, x_in, a.tmp, static_cast<int64_t>(N) * C);
-    be.LayerNormForward(s.ln2, s.ln2_mean, s.ln2_rstd, s.x_mid, P[kLn2W], P[kLn2B], N, C);
-    be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
-    be.GeluForward(s.fch_gelu, s.fch, static_cast<int64_t>(N) * 4 * C);
-    be.MatmulForward(a.tmp, s.fch_gelu, P[kFc2W], P[kFc2B], N, 4 * C, C);
-    be.Dropout(a.tmp, a.tmp, B, static_cast<int64_t>(T) * C, Site(dropout, p, Resid2Site(l)));
-    be.Add(s.x_out, s.x_mid, a.tmp, static_cast<int64_t>(N) * C);
+    BlockForward(l, params->Acquire(u), B, T, dropout, /*through_output=*/true);
     params->Release(u);
-    x_in = s.x_out;
   }
   // Head.
   {
     const int u = layout_.head_unit();
     UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
-    be.LayerNormForward(a.lnf, a.lnf_mean, a.lnf_rstd, x_in, P[kLnfW], P[kLnfB], N, C);
+    be.LayerNormForward(a.lnf, a.lnf_mean, a.lnf_rstd, BlockInput(config_.n_layer), P[kLnfW],
+                        P[kLnfB], N, C);
     be.MatmulForward(a.logits, a.lnf, P[kHeadW], nullptr, N, C, V);
     params->Release(u);
   }
@@ -202,6 +197,39 @@ float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* tar
   double sum = 0;
   for (int i = 0; i < N; ++i) sum += a.host_losses[i];
   return static_cast<float>(sum / N);
+}
+
+const float* GPT::BlockInput(int layer) const {
+  return layer == 0 ? arena_->encoded : arena_->layers[layer - 1].x_out;
+}
+
+void GPT::BlockForward(int l, const float* params, int B, int T, const DropoutContext& dropout,
+                       bool through_output) {
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const int C = config_.n_embd, NH = config_.n_head;
+  const int N = B * T;
+  const int64_t NC = static_cast<int64_t>(N) * C, TC = static_cast<int64_t>(T) * C;
+  const float p = config_.dropout;
+  const int u = layout_.block_unit(l);
+  UnitView P{const_cast<float*>(params), &layout_.units()[u]};
+  Arena::Layer& s = a.layers[l];
+  const float* x_in = BlockInput(l);
+  be.LayerNormForward(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
+  be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
+  be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
+  be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
+  be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH, Site(dropout, p, AttnSite(l)));
+  be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
+  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(l)));
+  be.Add(s.x_mid, x_in, a.tmp, NC);
+  be.LayerNormForward(s.ln2, s.ln2_mean, s.ln2_rstd, s.x_mid, P[kLn2W], P[kLn2B], N, C);
+  be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
+  be.GeluForward(s.fch_gelu, s.fch, 4 * NC);
+  if (!through_output) return;
+  be.MatmulForward(a.tmp, s.fch_gelu, P[kFc2W], P[kFc2B], N, 4 * C, C);
+  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid2Site(l)));
+  be.Add(s.x_out, s.x_mid, a.tmp, NC);
 }
 
 float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int32_t* targets,
@@ -232,7 +260,7 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     return a.dbranch;
   };
 
-  const float* last_out = config_.n_layer > 0 ? a.layers.back().x_out : a.encoded;
+  const float* last_out = BlockInput(config_.n_layer);
   {
     const int u = layout_.head_unit();
     UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
@@ -248,8 +276,13 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     const int u = layout_.block_unit(l);
     UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
     UnitView G{params->Grads(u), &layout_.units()[u]};
+    // Checkpointing: the scratch still holds the last block's intermediates
+    // from the forward; every other block recomputes its own.
+    if (activation_checkpointing_ && l != config_.n_layer - 1) {
+      BlockForward(l, P.base, B, T, dropout, /*through_output=*/false);
+    }
     Arena::Layer& s = a.layers[l];
-    const float* x_in = l == 0 ? a.encoded : a.layers[l - 1].x_out;
+    const float* x_in = BlockInput(l);
     // MLP branch: x_out = x_mid + drop(mlp.2(gelu(mlp.0(ln2(x_mid))))).
     const float* dm = branch_grad(Resid2Site(l));
     be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, s.fch_gelu, P[kFc2W], N, 4 * C, C, false);

@@ -7,7 +7,24 @@
 //   logits = head(ln_f(x))
 //
 // Activations live in one arena sized for (max_batch, block_size) at
-// construction: a step allocates nothing.
+// construction: a step allocates nothing. The arena holds the embedding
+// output (block 0's input), per block its output x_out (the next block's
+// input; the last one feeds the head), the block intermediates (ln1 and its
+// mean/rstd, q, k, v, the attention probabilities, the attention output, the
+// mid-block residual, ln2 and its mean/rstd, the MLP pre-activation and GELU
+// output), the head's activations and logits, and the backward scratch.
+//
+// Block intermediates are kept for every block, or, with activation
+// checkpointing, for one block only: all blocks share one set as scratch and
+// keep only their outputs. The backward of block l then first recomputes
+// block l's forward from its saved input (same ops, same dropout masks, so
+// the same floats) into that scratch, between Acquire and Release of its unit;
+// the last block needs no recompute, its intermediates are still there from
+// the forward, and the recompute stops after the GELU (the MLP's output
+// projection feeds only the next block). Block activations then take
+// (n_layer + 1)·B·T·C floats plus one block's intermediates instead of
+// n_layer blocks', for about two thirds of a block forward's matrix products
+// per block and step.
 #pragma once
 
 #include <cstdint>
@@ -31,11 +48,15 @@ struct DropoutContext {
 
 class GPT {
  public:
-  GPT(Backend* backend, const ModelConfig& config, int max_batch);
+  // With `activation_checkpointing` the arena keeps one block's
+  // intermediates and the backward recomputes them (see above).
+  GPT(Backend* backend, const ModelConfig& config, int max_batch,
+      bool activation_checkpointing = false);
   ~GPT();
 
   const ModelConfig& config() const { return config_; }
   const ModelLayout& layout() const { return layout_; }
+  bool activation_checkpointing() const { return activation_checkpointing_; }
 
   // Fills a flat parameter buffer (layout order, host memory, total_numel
   // floats) with the seed's init: Linear/Embedding weights N(0, 0.02) from
@@ -63,15 +84,27 @@ class GPT {
 
   // Bytes held by the activation arena.
   size_t activation_bytes() const;
-  // What activation_bytes() will be for (config, max_batch), before allocating.
-  static size_t ActivationBytes(const ModelConfig& config, int max_batch);
+  // What activation_bytes() will be for (config, max_batch,
+  // activation_checkpointing), before allocating.
+  static size_t ActivationBytes(const ModelConfig& config, int max_batch,
+                                bool activation_checkpointing = false);
 
  private:
   struct Arena;
+  // The residual stream entering block `layer` (layer == n_layer: the head).
+  const float* BlockInput(int layer) const;
+  // Block `layer`'s forward from BlockInput(layer) into its arena slots, with
+  // the unit's parameters at `params`. With `through_output` false it stops
+  // after the GELU: the MLP's output projection and the residual add feed only
+  // the next block, and the backward of this block does not read them.
+  void BlockForward(int layer, const float* params, int B, int T,
+                    const DropoutContext& dropout, bool through_output);
+
   Backend* backend_;
   ModelConfig config_;
   ModelLayout layout_;
   int max_batch_;
+  bool activation_checkpointing_;
   std::unique_ptr<Arena> arena_;
 };
 

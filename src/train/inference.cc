@@ -9,18 +9,32 @@ namespace mingpt {
 
 EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
                          int64_t max_windows, int batch_size) {
+  std::unique_ptr<Communicator> local = MakeLocalCommunicator();
+  return EvaluateSplit(gpt, params, data, split, max_windows, batch_size, local.get());
+}
+
+EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
+                         int64_t max_windows, int batch_size, Communicator* comm) {
   EvalResult r;
   const int T = data.eval_window_length(split);
   int64_t n = data.num_eval_windows(split);
   if (max_windows >= 0) n = std::min(n, max_windows);
   if (n == 0 || T == 0) return r;
+  const int world = comm->world();
   std::vector<int32_t> x(static_cast<size_t>(batch_size) * T), y(x.size());
   double total = 0;
-  for (int64_t w = 0; w < n; w += batch_size) {
-    const int B = static_cast<int>(std::min<int64_t>(batch_size, n - w));
-    for (int b = 0; b < B; ++b) data.EvalWindow(split, w + b, &x[b * T], &y[b * T]);
-    total += static_cast<double>(gpt->Forward(params, x.data(), y.data(), B, T, {})) * B * T;
+  // Round i: rank r takes windows [(i*world + r)*B, +B) of those that exist;
+  // a rank left without windows runs a discarded one-window pass.
+  for (int64_t w = 0; w < n; w += static_cast<int64_t>(batch_size) * world) {
+    const int64_t first = w + static_cast<int64_t>(comm->rank()) * batch_size;
+    const int B = static_cast<int>(std::clamp<int64_t>(n - first, 0, batch_size));
+    for (int b = 0; b < std::max(B, 1); ++b) {
+      data.EvalWindow(split, B > 0 ? first + b : 0, &x[b * T], &y[b * T]);
+    }
+    const double loss = gpt->Forward(params, x.data(), y.data(), std::max(B, 1), T, {});
+    if (B > 0) total += loss * B * T;
   }
+  comm->AllReduce(&total, 1).Wait();
   r.windows = n;
   r.tokens = n * T;
   r.loss = total / r.tokens;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "data/char_dataset.h"
+#include "dist/communicator.h"
 #include "model/gpt.h"
 
 namespace mingpt {
@@ -20,6 +21,12 @@ struct EvalResult {
 // split, batch_size windows per forward pass (<= the model's max batch).
 EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
                          int64_t max_windows, int batch_size);
+
+// The same, the windows shared among the ranks of `comm` (a collective; every
+// rank returns the same result). Every rank runs the same number of forward
+// passes, as a sharded strategy's parameter gathers require.
+EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
+                         int64_t max_windows, int batch_size, Communicator* comm);
 
 struct SampleOptions {
   int steps = 500;

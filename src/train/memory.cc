@@ -35,4 +35,16 @@ Status CheckMemoryFits(const ModelConfig& c, int batch, bool training) {
   return Status::Error(msg);
 }
 
+int64_t PeakRssBytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  long long kb = 0;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
 }  // namespace mingpt

@@ -2,6 +2,8 @@
 // this machine's physical memory, instead of being killed or aborting.
 #pragma once
 
+#include <cstdint>
+
 #include "core/status.h"
 #include "model/config.h"
 
@@ -10,5 +12,8 @@ namespace mingpt {
 // Activations for `batch` sequences of block_size, plus the parameters (and,
 // when training, gradients and both AdamW moments).
 Status CheckMemoryFits(const ModelConfig& config, int batch, bool training);
+
+// This process's peak resident set size so far (VmHWM), in bytes; 0 if unknown.
+int64_t PeakRssBytes();
 
 }  // namespace mingpt

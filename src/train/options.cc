@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "engine/strategies.h"
+
 namespace mingpt {
 
 namespace {
@@ -34,22 +36,11 @@ Status ValidateTrainOptions(const TrainOptions& o) {
     }
     return err("unknown --precision '" + o.precision + "' (known: 32, 32-true, 16, 16-mixed, bf16, bf16-mixed)");
   }
-  static const char* kSharded[] = {"ddp", "deepspeed_stage_1", "deepspeed_stage_2",
-                                   "deepspeed_stage_3", "deepspeed_stage_2_offload",
-                                   "deepspeed_stage_3_offload"};
-  bool sharded = false;
-  for (const char* s : kSharded) sharded |= o.strategy == s;
-  if (sharded) {
-    return err("--strategy " + o.strategy +
-               " needs several processes, which this version does not run yet; use --strategy auto");
-  }
-  if (o.strategy != "auto" && o.strategy != "single_device") {
-    return err("unknown --strategy '" + o.strategy +
-               "' (known: auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, "
-               "deepspeed_stage_3, deepspeed_stage_2_offload, deepspeed_stage_3_offload)");
-  }
-  if (o.devices != 1) {
-    return err("--devices " + std::to_string(o.devices) + " is not supported yet; this version runs one process");
+  MINGPT_RETURN_IF_ERROR(ValidateStrategyName(o.strategy));
+  if (o.devices <= 0) return err("--devices must be positive, got " + std::to_string(o.devices));
+  if (o.strategy == "single_device" && o.devices > 1) {
+    return err("--strategy single_device runs one process; with --devices " +
+               std::to_string(o.devices) + " use ddp or deepspeed_stage_1/2/3 (or auto)");
   }
   return Status::Ok();
 }

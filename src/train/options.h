@@ -31,7 +31,11 @@ struct TrainOptions {
   std::string ckpt_path;            // resume from this checkpoint
   int log_every_n_steps = 50;
   std::string strategy = "auto";
-  int devices = 1;
+  int devices = 1;                  // ranks; the launcher's world size decides under mpirun
+  bool activation_checkpointing = false;
+  bool profile_memory = false;      // print each rank's memory at the end
+  bool profile = false;             // print each rank's time per phase at the end
+  size_t memory_budget = 0;         // bytes per rank for --strategy auto; 0: available / local ranks
   int progress = -1;                // -1: a bar when stderr is a terminal
 };
 

@@ -4,9 +4,10 @@
 
 namespace mingpt {
 
-Progress::Progress(int64_t first_step, int64_t total_steps, int every, int interactive)
+Progress::Progress(int64_t first_step, int64_t total_steps, int every, int interactive,
+                   bool silent)
     : first_step_(first_step), total_(total_steps), every_(every),
-      tty_(interactive < 0 ? isatty(STDERR_FILENO) != 0 : interactive != 0),
+      tty_(interactive < 0 ? isatty(STDERR_FILENO) != 0 : interactive != 0), silent_(silent),
       start_(std::chrono::steady_clock::now()) {}
 
 std::string Progress::Eta(int64_t step) const {
@@ -27,6 +28,7 @@ std::string Progress::Eta(int64_t step) const {
 }
 
 void Progress::Update(int64_t step, double loss, double lr, double tokens_per_s) {
+  if (silent_) return;
   if (tty_) {
     constexpr int kWidth = 24;
     const int filled = total_ > 0 ? static_cast<int>(kWidth * step / total_) : 0;
@@ -45,6 +47,7 @@ void Progress::Update(int64_t step, double loss, double lr, double tokens_per_s)
 }
 
 void Progress::Message(const std::string& line) {
+  if (silent_) return;
   if (tty_ && bar_drawn_) std::fprintf(stderr, "\r\033[K");
   std::fprintf(stderr, "%s\n", line.c_str());
   bar_drawn_ = false;

@@ -12,8 +12,10 @@ namespace mingpt {
 
 class Progress {
  public:
-  // interactive: -1 decides by isatty(stderr).
-  Progress(int64_t first_step, int64_t total_steps, int every, int interactive = -1);
+  // interactive: -1 decides by isatty(stderr). silent: print nothing (the
+  // ranks other than 0).
+  Progress(int64_t first_step, int64_t total_steps, int every, int interactive = -1,
+           bool silent = false);
 
   // Reports that `step` (1-based count of steps done) finished.
   void Update(int64_t step, double loss, double lr, double tokens_per_s);
@@ -26,6 +28,7 @@ class Progress {
   int64_t first_step_, total_;
   int every_;
   bool tty_;
+  bool silent_;
   bool bar_drawn_ = false;
   std::chrono::steady_clock::time_point start_;
 };

@@ -8,13 +8,17 @@
 #include <memory>
 #include <optional>
 
-#include "engine/single_process.h"
+#include "dist/agree.h"
+#include "dist/launch.h"
+#include "engine/strategies.h"
 #include "io/file.h"
 #include "model/gpt.h"
 #include "train/inference.h"
 #include "train/memory.h"
 #include "train/model_checkpoint.h"
+#include "train/planner.h"
 #include "train/progress.h"
+#include "train/state_io.h"
 
 namespace mingpt {
 namespace {
@@ -27,7 +31,8 @@ class MetricsWriter {
     std::FILE* f = std::fopen(path.c_str(), "a");
     if (!f) return Status::Error("cannot open '" + path + "' for writing");
     if (fresh) {
-      std::fprintf(f, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed\n");
+      std::fprintf(f, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,"
+                      "state_bytes,peak_rss_bytes\n");
     }
     return MetricsWriter(f);
   }
@@ -35,18 +40,26 @@ class MetricsWriter {
   ~MetricsWriter() {
     if (f_) std::fclose(f_);
   }
+  static MetricsWriter Disabled() { return MetricsWriter(nullptr); }
   void Row(int64_t step, int64_t tokens, std::optional<double> train_loss,
            std::optional<double> val_loss, double lr, std::optional<double> grad_norm,
-           std::optional<double> tokens_per_s, double elapsed) {
+           std::optional<double> tokens_per_s, double elapsed,
+           std::optional<double> state_bytes = std::nullopt,
+           std::optional<double> peak_rss = std::nullopt) {
+    if (!f_) return;
     auto opt = [](std::optional<double> v) {
       if (!v) return std::string();
       char b[32];
       std::snprintf(b, sizeof(b), "%.6g", *v);
       return std::string(b);
     };
-    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.3f\n", static_cast<long long>(step),
+    auto count = [](std::optional<double> v) {
+      return v ? std::to_string(static_cast<long long>(*v)) : std::string();
+    };
+    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.3f,%s,%s\n", static_cast<long long>(step),
                  static_cast<long long>(tokens), opt(train_loss).c_str(), opt(val_loss).c_str(),
-                 lr, opt(grad_norm).c_str(), opt(tokens_per_s).c_str(), elapsed);
+                 lr, opt(grad_norm).c_str(), opt(tokens_per_s).c_str(), elapsed,
+                 count(state_bytes).c_str(), count(peak_rss).c_str());
     std::fflush(f_);
   }
 
@@ -61,78 +74,231 @@ int64_t ApplyLimit(double limit, int64_t total) {
   return std::min<int64_t>(total, static_cast<int64_t>(limit));
 }
 
-HostState CopyToHost(Backend* backend, SingleProcess* sp) {
-  HostState h;
-  const size_t n = sp->numel(), bytes = n * sizeof(float);
-  h.params.resize(n);
-  h.exp_avg.resize(n);
-  h.exp_avg_sq.resize(n);
-  backend->CopyToHost(h.params.data(), sp->params(), bytes);
-  backend->CopyToHost(h.exp_avg.data(), sp->exp_avg(), bytes);
-  backend->CopyToHost(h.exp_avg_sq.data(), sp->exp_avg_sq(), bytes);
-  return h;
+// A canonical description of everything that must agree across ranks.
+std::string ConfigFingerprint(const TrainOptions& o) {
+  nlohmann::json j = {
+      {"model", o.model.ToString()}, {"dropout", o.model.dropout}, {"batch_size", o.batch_size},
+      {"lr", o.optim.learning_rate}, {"wd", o.optim.weight_decay}, {"warmup", o.warmup_tokens},
+      {"max_steps", o.max_steps}, {"max_epochs", o.max_epochs},
+      {"limit_train_batches", o.limit_train_batches}, {"val_check_interval", o.val_check_interval},
+      {"limit_val_batches", o.limit_val_batches}, {"clip", o.gradient_clip_val},
+      {"accumulate", o.accumulate_grad_batches}, {"precision", o.precision}, {"seed", o.seed},
+      {"root", o.default_root_dir}, {"data", o.data_path}, {"ckpt_path", o.ckpt_path},
+      {"strategy", o.strategy}, {"activation_checkpointing", o.activation_checkpointing}};
+  return j.dump();
+}
+
+// Every rank's memory, gathered on all ranks: per rank {params, grads,
+// optimizer, working, activations, peak RSS} in bytes.
+constexpr int kMemoryFields = 6;
+std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t activations) {
+  std::vector<double> all(static_cast<size_t>(comm->world()) * kMemoryFields, 0.0);
+  const MemoryAccount m = s.memory();
+  double* mine = all.data() + static_cast<size_t>(comm->rank()) * kMemoryFields;
+  const double fields[kMemoryFields] = {
+      static_cast<double>(m.params), static_cast<double>(m.grads),
+      static_cast<double>(m.optimizer), static_cast<double>(m.working),
+      static_cast<double>(activations), static_cast<double>(PeakRssBytes())};
+  std::copy(fields, fields + kMemoryFields, mine);
+  comm->AllReduce(all.data(), static_cast<int64_t>(all.size())).Wait();
+  return all;
+}
+
+// memory.csv: one row per rank and report.
+void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<double>& all) {
+  const bool fresh = !std::filesystem::exists(path);
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) return;
+  if (fresh) {
+    std::fprintf(f, "step,rank,params_bytes,grads_bytes,optimizer_bytes,working_bytes,"
+                    "activation_bytes,peak_rss_bytes\n");
+  }
+  for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
+    std::fprintf(f, "%lld,%zu", static_cast<long long>(step), r);
+    for (int i = 0; i < kMemoryFields; ++i) {
+      std::fprintf(f, ",%lld", static_cast<long long>(all[r * kMemoryFields + i]));
+    }
+    std::fprintf(f, "\n");
+  }
+  std::fclose(f);
+}
+
+void PrintMemoryTable(const std::vector<double>& all) {
+  std::printf("%-5s %12s %12s %12s %12s %12s %12s\n", "rank", "params_MiB", "grads_MiB",
+              "optim_MiB", "working_MiB", "activ_MiB", "peak_rss_MiB");
+  for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
+    std::printf("%-5zu", r);
+    for (int i = 0; i < kMemoryFields; ++i) {
+      std::printf(" %12.2f", all[r * kMemoryFields + i] / 1048576.0);
+    }
+    std::printf("\n");
+  }
+}
+
+// --profile: every rank's seconds in forward+backward, in the optimizer
+// (norm, clipping, AdamW and what follows), and blocked on communication.
+constexpr int kPhaseFields = 5;
+void PrintPhaseTable(Communicator* comm, double fwdbwd, double optimizer, const WaitTimes& w,
+                     int64_t steps) {
+  std::vector<double> all(static_cast<size_t>(comm->world()) * kPhaseFields, 0.0);
+  const double mine[kPhaseFields] = {fwdbwd, optimizer, w.params, w.grads, w.other};
+  std::copy(mine, mine + kPhaseFields, all.begin() + comm->rank() * kPhaseFields);
+  comm->AllReduce(all.data(), static_cast<int64_t>(all.size())).Wait();
+  if (comm->rank() != 0) return;
+  std::printf("time per step (ms) over %lld steps; waits are communication not hidden by compute\n",
+              static_cast<long long>(steps));
+  std::printf("%-5s %12s %12s %14s %14s %14s\n", "rank", "fwd+bwd", "optimizer",
+              "wait_params", "wait_grads", "wait_other");
+  for (int r = 0; r < comm->world(); ++r) {
+    std::printf("%-5d", r);
+    for (int i = 0; i < kPhaseFields; ++i) {
+      std::printf(" %*.2f", i < 2 ? 12 : 14, 1e3 * all[r * kPhaseFields + i] / std::max<int64_t>(1, steps));
+    }
+    std::printf("\n");
+  }
+}
+
+// Resolves --strategy auto: the planner's fastest strategy that fits the
+// budget, with its reasoning printed by rank 0.
+StatusOr<std::string> ResolveStrategy(const TrainOptions& o, int rank, int world, size_t data_bytes) {
+  if (o.strategy != "auto") return o.strategy;
+  if (world == 1) return std::string("single_device");
+  PlanInput in{o.model, o.batch_size, world, data_bytes};
+  const size_t budget = o.memory_budget > 0 ? o.memory_budget
+                                            : DefaultMemoryBudget(DetectMpiEnvironment().local_size);
+  const std::vector<PlanRow> rows = PlanMemory(in);
+  const std::string chosen = ChooseStrategy(in, o.activation_checkpointing, budget);
+  if (rank == 0) std::fprintf(stderr, "%s", FormatPlan(in, rows, budget).c_str());
+  // (rank -1: a dry run, which prints nothing)
+  if (chosen.empty()) {
+    return Status::Error("--strategy auto: no strategy fits the memory budget of " +
+                         std::to_string(budget >> 20) + " MiB per rank (see the plan above); use "
+                         "more ranks, a smaller --batch_size, --activation_checkpointing or a "
+                         "larger --memory_budget");
+  }
+  if (rank == 0) std::fprintf(stderr, "--strategy auto: %s, the fastest that fits\n", chosen.c_str());
+  return chosen;
 }
 
 }  // namespace
 
 StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
-  MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(o));
+  std::unique_ptr<Communicator> local = MakeLocalCommunicator();
+  return Train(std::move(o), local.get(), stop);
+}
 
-  // Resume state and vocabulary.
+namespace {
+
+// Everything Train needs before its first step; built on every rank.
+struct Setup {
   std::optional<OpenedCheckpoint> resume;
-  if (!o.ckpt_path.empty()) {
-    MINGPT_ASSIGN_OR_RETURN(resume, OpenTrainingCheckpoint(o.ckpt_path));
-    o.seed = resume->state.seed;
-  }
+  CharTokenizer tokenizer;
+  std::optional<CharDataset> data;
+};
 
-  // Data (recorded in checkpoints by absolute path).
-  MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(o.data_path));
-  o.data_path = std::filesystem::absolute(o.data_path).lexically_normal().string();
-  if (text.empty()) return Status::Error("data file '" + o.data_path + "' is empty");
-  CharTokenizer tokenizer = resume ? resume->tokenizer : CharTokenizer::FromText(text);
-  auto encoded = tokenizer.Encode(text);
-  if (!encoded.ok()) {
-    return encoded.status().WithContext("data file '" + o.data_path + "' does not fit the checkpoint");
+// With dry_run, only checks: nothing is created or printed.
+StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = false) {
+  MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(*o));
+  if (o->strategy == "single_device" && comm->world() > 1) {
+    return Status::Error("--strategy single_device runs one process, but " +
+                         std::to_string(comm->world()) + " were started");
   }
-  o.model.vocab_size = tokenizer.size();
-  MINGPT_RETURN_IF_ERROR(o.model.Validate());
-  if (resume && !o.model.SameShape(resume->config)) {
-    return Status::Error("--ckpt_path model (" + resume->config.ToString() +
-                         ") differs from the flags (" + o.model.ToString() + ")");
+  Setup s;
+  if (!o->ckpt_path.empty()) {
+    MINGPT_ASSIGN_OR_RETURN(s.resume, OpenTrainingCheckpoint(o->ckpt_path));
+    o->seed = s.resume->state.seed;
+  }
+  // Data (recorded in checkpoints by absolute path).
+  MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(o->data_path));
+  o->data_path = std::filesystem::absolute(o->data_path).lexically_normal().string();
+  if (text.empty()) return Status::Error("data file '" + o->data_path + "' is empty");
+  s.tokenizer = s.resume ? s.resume->tokenizer : CharTokenizer::FromText(text);
+  auto encoded = s.tokenizer.Encode(text);
+  if (!encoded.ok()) {
+    return encoded.status().WithContext("data file '" + o->data_path + "' does not fit the checkpoint");
+  }
+  o->model.vocab_size = s.tokenizer.size();
+  MINGPT_RETURN_IF_ERROR(o->model.Validate());
+  if (s.resume && !o->model.SameShape(s.resume->config)) {
+    return Status::Error("--ckpt_path model (" + s.resume->config.ToString() +
+                         ") differs from the flags (" + o->model.ToString() + ")");
   }
   MINGPT_ASSIGN_OR_RETURN(CharDataset data,
-                          CharDataset::Create(std::move(encoded).value(), o.model.block_size));
+                          CharDataset::Create(std::move(encoded).value(), o->model.block_size));
+  s.data.emplace(std::move(data));
+  MINGPT_ASSIGN_OR_RETURN(o->strategy, ResolveStrategy(*o, dry_run ? -1 : comm->rank(),
+                                                        comm->world(), text.size()));
+  if (comm->world() == 1) {
+    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o->model, o->batch_size, /*training=*/true));
+  }
+  if (s.resume) {
+    // Every file of the checkpoint checked before anything is created.
+    MINGPT_RETURN_IF_ERROR(CheckpointReader::Open(*s.resume, ModelLayout(o->model)).status());
+  }
+  if (dry_run) return s;
+  std::error_code ec;
+  if (comm->rank() == 0) std::filesystem::create_directories(o->default_root_dir + "/checkpoints", ec);
+  if (ec) return Status::Error("cannot create '" + o->default_root_dir + "': " + ec.message());
+  return s;
+}
 
-  MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o.model, o.batch_size, /*training=*/true));
+// A world of `world` ranks that only answers rank() and world(): enough
+// for Prepare's dry run, which communicates nothing.
+class DryRunWorld : public Communicator {
+ public:
+  explicit DryRunWorld(int world) : world_(world) {}
+  int rank() const override { return 0; }
+  int world() const override { return world_; }
+  const char* name() const override { return "dry-run"; }
+  Work AllReduce(float*, int64_t) override { return Work(); }
+  Work AllReduce(double*, int64_t) override { return Work(); }
+  Work ReduceScatter(const float*, float*, int64_t) override { return Work(); }
+  Work AllGather(const float*, float*, int64_t) override { return Work(); }
+  Work Broadcast(void*, size_t, int) override { return Work(); }
+  void Barrier() override {}
+  [[noreturn]] void Abort(int code) override { std::_Exit(code); }
+
+ private:
+  int world_;
+};
+
+}  // namespace
+
+Status CheckTrainSetup(TrainOptions o) {
+  DryRunWorld world(o.devices);
+  return Prepare(&o, &world, /*dry_run=*/true).status();
+}
+
+StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atomic<bool>* stop) {
+  const int rank = comm->rank(), world = comm->world();
+  const bool lead = rank == 0;
+  MINGPT_RETURN_IF_ERROR(CheckSameOnAllRanks(comm, "configuration", ConfigFingerprint(o)));
+  StatusOr<Setup> setup_or = Prepare(&o, comm);
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, setup_or.status()));
+  Setup setup = std::move(setup_or).value();
+  const CharDataset& data = *setup.data;
+  const CharTokenizer& tokenizer = setup.tokenizer;
 
   // Model, strategy and state.
   std::unique_ptr<Backend> backend = MakeCpuBackend(o.num_threads);
-  GPT gpt(backend.get(), o.model, o.batch_size);
+  GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
-  SingleProcess sp(backend.get(), layout);
+  std::unique_ptr<Strategy> strategy = MakeStrategy(o.strategy, backend.get(), layout, comm);
+  Strategy& sp = *strategy;
   TrainState state;
   state.seed = o.seed;
-  {
-    const size_t bytes = layout.total_numel() * sizeof(float);
-    HostState h;
-    h.params.assign(layout.total_numel(), 0.0f);
-    if (resume) {
-      h.exp_avg.assign(layout.total_numel(), 0.0f);
-      h.exp_avg_sq.assign(layout.total_numel(), 0.0f);
-      MINGPT_RETURN_IF_ERROR(ReadCheckpointTensors(*resume, layout, h.params.data(),
-                                                   h.exp_avg.data(), h.exp_avg_sq.data()));
-      backend->CopyToDevice(sp.exp_avg(), h.exp_avg.data(), bytes);
-      backend->CopyToDevice(sp.exp_avg_sq(), h.exp_avg_sq.data(), bytes);
-      state = resume->state;
-    } else {
-      gpt.InitParameters(o.seed, h.params.data());
-    }
-    backend->CopyToDevice(sp.params(), h.params.data(), bytes);
+  if (setup.resume) {
+    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, LoadTrainingState(*setup.resume, layout, &sp)));
+    state = setup.resume->state;
+  } else {
+    InitTrainingState(gpt, o.seed, &sp);
   }
 
-  // Schedule in steps and tokens.
+  // Schedule in steps and tokens. Rank r's rows of micro-batch m of step s
+  // are the global samples (s*k + m)*B*world + r*B + b: N ranks with batch B
+  // see exactly the samples of one process with batch N*B.
   const int B = o.batch_size, T = o.model.block_size, k = o.accumulate_grad_batches;
-  const int64_t global_batch = static_cast<int64_t>(B) * k;
+  const int64_t global_batch = static_cast<int64_t>(B) * world * k;
   const int64_t tokens_per_step = global_batch * T;
   const int64_t full_epoch_steps = (data.epoch_samples() + global_batch - 1) / global_batch;
   const int64_t epoch_steps = std::max<int64_t>(1, ApplyLimit(o.limit_train_batches, full_epoch_steps));
@@ -140,23 +306,25 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
   const int64_t val_every = o.val_check_interval <= 1.0
       ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_check_interval * epoch_steps)))
       : static_cast<int64_t>(o.val_check_interval);
-  const int64_t val_windows_total = (data.num_eval_windows(Split::kVal) + B - 1) / B;
-  const int64_t val_batches = ApplyLimit(o.limit_val_batches, val_windows_total);
+  // Validation batches are counted per rank, as Lightning counts them.
+  const int64_t val_batches_total = (data.num_eval_windows(Split::kVal) + B * world - 1) / (B * world);
+  const int64_t val_batches = ApplyLimit(o.limit_val_batches, val_batches_total);
   LrSchedule schedule{o.optim.learning_rate, o.warmup_tokens,
                       2.0 * static_cast<double>(data.epoch_samples()) * T, true};
 
-  // Run directory.
-  std::error_code ec;
-  std::filesystem::create_directories(o.default_root_dir + "/checkpoints", ec);
-  if (ec) return Status::Error("cannot create '" + o.default_root_dir + "': " + ec.message());
-  MINGPT_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::Open(o.default_root_dir + "/metrics.csv"));
+  // Rank 0 alone writes metrics.csv and prints.
+  StatusOr<MetricsWriter> metrics_or = lead ? MetricsWriter::Open(o.default_root_dir + "/metrics.csv")
+                                            : StatusOr<MetricsWriter>(MetricsWriter::Disabled());
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, metrics_or.status()));
+  MetricsWriter metrics = std::move(metrics_or).value();
   const std::string ckpt_dir = o.default_root_dir + "/checkpoints";
 
-  Progress progress(state.step, total_steps, o.log_every_n_steps, o.progress);
+  Progress progress(state.step, total_steps, o.log_every_n_steps, o.progress, /*silent=*/!lead);
   progress.Message("mingpt: " + o.model.ToString() + ", " + std::to_string(layout.num_parameters()) +
                    " parameters; " + std::to_string(total_steps) + " steps of " +
                    std::to_string(global_batch) + "x" + std::to_string(T) + " tokens" +
-                   (resume ? ", resuming at step " + std::to_string(state.step) : ""));
+                   (world > 1 ? " on " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
+                   (setup.resume ? ", resuming at step " + std::to_string(state.step) : ""));
 
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
   const auto start = std::chrono::steady_clock::now();
@@ -169,12 +337,11 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
   double tokens_per_s = 0;
 
   auto save = [&](const std::string& name) -> Status {
-    HostState h = CopyToHost(backend.get(), &sp);
-    return SaveTrainingCheckpoint(ckpt_dir + "/" + name, layout, o.model, tokenizer, o, state, h);
+    return SaveTrainingState(ckpt_dir + "/" + name, layout, tokenizer, o, state, &sp, comm);
   };
   auto validate = [&]() -> Status {
     if (val_batches <= 0) return save("last");
-    EvalResult r = EvaluateSplit(&gpt, &sp, data, Split::kVal, val_batches * B, B);
+    EvalResult r = EvaluateSplit(&gpt, &sp, data, Split::kVal, val_batches * B * world, B, comm);
     metrics.Row(state.step, state.tokens, std::nullopt, r.loss,
                 schedule.LearningRate(static_cast<double>(state.tokens)), std::nullopt,
                 std::nullopt, elapsed());
@@ -188,18 +355,28 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
     return best ? save("best") : Status::Ok();
   };
 
+  double fwdbwd_s = 0, optimizer_s = 0;
+  const int64_t first_step = state.step;
   while (state.step < total_steps) {
     const int64_t s = state.step;
+    const double t0 = elapsed();
     const double lr = schedule.LearningRate(static_cast<double>(state.tokens + tokens_per_step));
     sp.ZeroGrads();
     double loss = 0;
     for (int m = 0; m < k; ++m) {
-      const uint64_t base = (static_cast<uint64_t>(s) * k + m) * B;
+      const uint64_t base = ((static_cast<uint64_t>(s) * k + m) * world + rank) * B;
       for (int b = 0; b < B; ++b) data.TrainSample(o.seed, base + b, &x[b * T], &y[b * T]);
       DropoutContext dc{true, o.seed, static_cast<uint32_t>(s), base};
-      loss += gpt.ForwardBackward(&sp, x.data(), y.data(), B, T, dc, 1.0f / k);
+      sp.BeginMicroBatch(m == k - 1);
+      loss += gpt.ForwardBackward(&sp, x.data(), y.data(), B, T, dc, 1.0f / (k * world));
     }
-    loss /= k;
+    // The step's mean loss over all ranks, and whether any rank was asked to stop.
+    double shared[2] = {loss / k, stop && stop->load() ? 1.0 : 0.0};
+    comm->AllReduce(shared, 2).Wait();
+    loss = shared[0] / world;
+    const double t1 = elapsed();
+    fwdbwd_s += t1 - t0;
+    const bool interrupted = shared[1] > 0;
     if (!std::isfinite(loss)) {
       return Status::Error("training diverged at step " + std::to_string(s + 1) +
                            " (loss is " + std::to_string(loss) + "); try a lower --learning_rate");
@@ -207,6 +384,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
     const double norm = sp.GradNorm();
     sp.ClipGrads(norm, o.gradient_clip_val);
     sp.OptimizerStep(o.optim, static_cast<float>(lr), static_cast<int>(s + 1));
+    optimizer_s += elapsed() - t1;
     state.step = s + 1;
     state.tokens += tokens_per_step;
     summary.last_train_loss = loss;
@@ -217,13 +395,21 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
       tokens_per_s = window_tokens / std::max(1e-9, now - window_time);
       window_time = now;
       window_tokens = 0;
-      metrics.Row(state.step, state.tokens, loss, std::nullopt, lr, norm, tokens_per_s, now);
+      const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+      double state_max = 0, rss_max = 0;
+      for (int r = 0; r < world; ++r) {
+        const double* m = &mem[static_cast<size_t>(r) * kMemoryFields];
+        state_max = std::max(state_max, m[0] + m[1] + m[2] + m[3]);
+        rss_max = std::max(rss_max, m[5]);
+      }
+      metrics.Row(state.step, state.tokens, loss, std::nullopt, lr, norm, tokens_per_s, now,
+                  state_max, rss_max);
+      if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
     } else if (tokens_per_s == 0) {
       tokens_per_s = window_tokens / std::max(1e-9, elapsed() - window_time);
     }
     progress.Update(state.step, loss, lr, tokens_per_s);
 
-    const bool interrupted = stop && stop->load();
     if (state.step % val_every == 0 || state.step == total_steps || interrupted) {
       MINGPT_RETURN_IF_ERROR(validate());
     }
@@ -234,9 +420,23 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
     }
   }
   progress.Finish();
+  {
+    // The final memory report, after the last save: the run's peak.
+    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+    if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
+  }
+  if (o.profile) {
+    PrintPhaseTable(comm, fwdbwd_s, optimizer_s, sp.wait_times(), state.step - first_step);
+  }
+  if (o.profile_memory) {
+    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+    if (lead) PrintMemoryTable(mem);
+  }
   summary.steps = state.step;
   summary.tokens = state.tokens;
   summary.best_val_loss = state.best_val_loss;
+  summary.memory = sp.memory();
+  summary.activation_bytes = gpt.activation_bytes();
   return summary;
 }
 

@@ -15,6 +15,8 @@
 #include <string>
 
 #include "core/status.h"
+#include "dist/communicator.h"
+#include "engine/strategy.h"
 #include "train/options.h"
 
 namespace mingpt {
@@ -25,10 +27,23 @@ struct TrainSummary {
   double last_train_loss = 0;
   double best_val_loss = 0;   // inf when never validated
   bool interrupted = false;   // stopped early by *stop
+  MemoryAccount memory;       // this rank's training state
+  size_t activation_bytes = 0;
 };
 
 // `stop`, when set to true (e.g. by SIGINT), ends training after the current
 // step with a last checkpoint written.
 StatusOr<TrainSummary> Train(TrainOptions options, const std::atomic<bool>* stop = nullptr);
+
+// Checks everything Train checks before its first collective (flags, data,
+// checkpoint, memory) for a run of options.devices ranks, creating nothing:
+// the launcher calls it before it starts any rank.
+Status CheckTrainSetup(TrainOptions options);
+
+// The same on the ranks of `comm` (a collective: every rank calls it with the
+// same options). options.batch_size is per rank. Every rank gets the same
+// result; errors met by one rank reach the others as IsPeerFailure errors.
+StatusOr<TrainSummary> Train(TrainOptions options, Communicator* comm,
+                             const std::atomic<bool>* stop = nullptr);
 
 }  // namespace mingpt

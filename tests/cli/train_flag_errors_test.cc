@@ -58,12 +58,18 @@ TEST_F(TrainFlagTest, UnknownStrategy) {
   ExpectTrainRefused({{"--strategy", "telepathy"}}, 1, {"unknown --strategy", "telepathy"});
 }
 
-TEST_F(TrainFlagTest, StrategyDdpRefusedInThisVersion) {
-  ExpectTrainRefused({{"--strategy", "ddp"}}, 1, {"--strategy ddp", "not"});
+TEST_F(TrainFlagTest, OffloadStrategyNotAvailableYet) {
+  ExpectTrainRefused({{"--strategy", "deepspeed_stage_2_offload"}}, 1,
+                     {"--strategy deepspeed_stage_2_offload", "not available yet"});
 }
 
-TEST_F(TrainFlagTest, TwoDevicesRefused) {
-  ExpectTrainRefused({{"--devices", "2"}}, 1, {"--devices 2", "not supported"});
+TEST_F(TrainFlagTest, SingleDeviceWithTwoDevicesRefused) {
+  ExpectTrainRefused({{"--devices", "2"}, {"--strategy", "single_device"}}, 1,
+                     {"single_device", "--devices 2"});
+}
+
+TEST_F(TrainFlagTest, ZeroDevicesRefused) {
+  ExpectTrainRefused({{"--devices", "0"}}, 1, {"--devices must be positive"});
 }
 
 TEST_F(TrainFlagTest, PrecisionBf16NotSupportedYet) {

@@ -1,7 +1,8 @@
 // Tests of io/checkpoint.h: round trip, replacement, cleanup of leftovers,
-// load errors, and atomicity: a save that crashes (the MINGPT_CRASH_DURING_SAVE
-// hook, or SIGKILL at random moments) never leaves anything but a complete old
-// or new checkpoint at the path.
+// load errors, the save's phases run by several processes, and atomicity: a
+// save that crashes (the MINGPT_CRASH_DURING_SAVE hook in the saving process
+// or in one of several writing processes, or SIGKILL at random moments) never
+// leaves anything but a complete old or new checkpoint at the path.
 #include "io/checkpoint.h"
 
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -389,6 +391,151 @@ TEST_F(CheckpointTest, CrashWhileReplacingARealDirectory) {
     EXPECT_TRUE(a.Matches(dir()));
     EXPECT_TRUE(fs::is_directory(fs::symlink_status(dir())));
   }
+}
+
+// The phases of a save run by several processes, as the ranks of a sharded
+// run do: this process begins and commits; each file is written by its own
+// forked "rank". Returns the "ranks'" wait statuses (all-reduced by the
+// caller).
+std::vector<int> WriteFilesInChildren(const std::string& version_dir,
+                                      const std::vector<CheckpointFile>& files,
+                                      int crashing_rank = -1) {
+  std::vector<pid_t> pids;
+  std::fflush(nullptr);
+  for (size_t r = 0; r < files.size(); ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) std::abort();
+    if (pid == 0) {
+      if (static_cast<int>(r) == crashing_rank) ::setenv(kCrashDuringSaveEnv, "1", 1);
+      ::_exit(WriteCheckpointFile(version_dir, files[r]).ok() ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  std::vector<int> statuses;
+  for (pid_t pid : pids) {
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid) std::abort();
+    statuses.push_back(status);
+  }
+  return statuses;
+}
+
+bool AllExitedOk(const std::vector<int>& statuses) {
+  for (int s : statuses) {
+    if (!WIFEXITED(s) || WEXITSTATUS(s) != 0) return false;
+  }
+  return true;
+}
+
+std::vector<std::string> FileNames(const std::vector<CheckpointFile>& files) {
+  std::vector<std::string> names;
+  for (const CheckpointFile& f : files) names.push_back(f.filename);
+  return names;
+}
+
+TEST_F(CheckpointTest, PhasedSaveBySeveralProcesses) {
+  const Version a(1, {"shard-0.safetensors", "shard-1.safetensors"}, 2);
+  const Version b(2, {"shard-0.safetensors", "shard-1.safetensors", "shard-2.safetensors"}, 3);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  StatusOr<PendingCheckpoint> pending = BeginCheckpoint(dir() + "/");
+  ASSERT_TRUE(pending.ok()) << pending.status().message();
+  EXPECT_EQ(pending->dir, dir());
+  EXPECT_EQ(Dirname(pending->version_dir), tmp_.path());
+  EXPECT_EQ(Basename(pending->version_dir).rfind("best.ckpt-", 0), 0u);
+  EXPECT_TRUE(a.Matches(dir()));  // nothing visible before the commit
+  ASSERT_TRUE(AllExitedOk(WriteFilesInChildren(pending->version_dir, b.Files())));
+  EXPECT_TRUE(a.Matches(dir()));
+  const Status s = CommitCheckpoint(*pending, b.meta(), FileNames(b.Files()));
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);  // the link and its version
+}
+
+TEST_F(CheckpointTest, WriteCheckpointFileWritesMetadata) {
+  StatusOr<PendingCheckpoint> pending = BeginCheckpoint(dir());
+  ASSERT_TRUE(pending.ok());
+  const float v = 1.5f;
+  CheckpointFile file{"shard.safetensors", {{"v", {1}, TensorDType::kF32, &v}},
+                      {{"rank", "2"}, {"world_size", "3"}}};
+  ASSERT_TRUE(WriteCheckpointFile(pending->version_dir, file).ok());
+  ASSERT_TRUE(CommitCheckpoint(*pending, {{"step", 1}}, {"shard.safetensors"}).ok());
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+  ASSERT_TRUE(ckpt.ok());
+  StatusOr<SafetensorsFile> f = ckpt->Open("shard.safetensors");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->metadata(), (std::map<std::string, std::string>{{"rank", "2"}, {"world_size", "3"}}));
+}
+
+TEST_F(CheckpointTest, PhaseErrors) {
+  const Version a(1, {"model.safetensors"}, 2);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  StatusOr<PendingCheckpoint> pending = BeginCheckpoint(dir());
+  ASSERT_TRUE(pending.ok());
+  const std::string v = pending->version_dir;
+  auto write_error = [&](const std::string& name) {
+    const Status s = WriteCheckpointFile(v, {name, {}, {}});
+    return s.ok() ? std::string("OK") : s.message();
+  };
+  EXPECT_EQ(write_error("a/b"), "cannot write into '" + v + "': file name 'a/b' is not a plain file name");
+  EXPECT_EQ(write_error("meta.json"), "cannot write into '" + v + "': file name 'meta.json' is reserved");
+  EXPECT_EQ(write_error("ok.safetensors"), "OK");
+  // A file some rank never wrote: the commit fails naming it, removes the
+  // version directory, and the old checkpoint stays.
+  const Status s = CommitCheckpoint(*pending, {{"step", 2}}, {"ok.safetensors", "rank1.safetensors"});
+  EXPECT_EQ(s.message(), "cannot save checkpoint '" + dir() + "': file 'rank1.safetensors' was not written into '" + v + "'");
+  EXPECT_FALSE(fs::exists(v));
+  EXPECT_TRUE(a.Matches(dir()));
+  // A bad meta fails the commit the same way.
+  pending = BeginCheckpoint(dir());
+  ASSERT_TRUE(pending.ok());
+  EXPECT_EQ(CommitCheckpoint(*pending, json::array()).message(),
+            "cannot save checkpoint '" + dir() + "': meta is not a JSON object");
+  EXPECT_FALSE(fs::exists(pending->version_dir));
+  EXPECT_TRUE(a.Matches(dir()));
+  // Begin refuses what SaveCheckpoint refuses.
+  EXPECT_EQ(BeginCheckpoint("/").status().message(), "cannot save checkpoint '/': not a usable checkpoint path");
+  std::ofstream(tmp_.Join("file")) << "x";
+  EXPECT_EQ(BeginCheckpoint(tmp_.Join("file")).status().message(),
+            "cannot save checkpoint '" + tmp_.Join("file") + "': '" + tmp_.Join("file") +
+                "' exists and is not a checkpoint directory");
+}
+
+// A "rank" that fails or dies while writing its file: the caller aborts (or,
+// if the process that began dies too, never commits); the old checkpoint
+// stays and the next save cleans up.
+TEST_F(CheckpointTest, AWriterProcessCrashingKeepsPreviousCheckpoint) {
+  const Version a(1, {"r0.safetensors", "r1.safetensors", "r2.safetensors"}, 4);
+  const Version b(2, {"r0.safetensors", "r1.safetensors", "r2.safetensors"}, 5);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  for (int crashing = 0; crashing < 3; ++crashing) {
+    SCOPED_TRACE("rank " + std::to_string(crashing) + " crashes");
+    StatusOr<PendingCheckpoint> pending = BeginCheckpoint(dir());
+    ASSERT_TRUE(pending.ok());
+    const std::vector<int> statuses = WriteFilesInChildren(pending->version_dir, b.Files(), crashing);
+    ASSERT_TRUE(WIFEXITED(statuses[crashing]));
+    EXPECT_EQ(WEXITSTATUS(statuses[crashing]), kCrashDuringSaveExitCode);
+    EXPECT_FALSE(AllExitedOk(statuses));
+    if (crashing == 0) {
+      AbortCheckpoint(*pending);
+      EXPECT_FALSE(fs::exists(pending->version_dir));
+    }  // else: as if the beginning process died as well; the directory is left
+    EXPECT_TRUE(a.Matches(dir()));
+  }
+  // The committing process dies right after meta.json (its first file).
+  const int status = RunInChild([&] {
+    StatusOr<PendingCheckpoint> pending = BeginCheckpoint(dir());
+    if (!pending.ok() || !AllExitedOk(WriteFilesInChildren(pending->version_dir, b.Files()))) {
+      return 1;
+    }
+    ::setenv(kCrashDuringSaveEnv, "1", 1);
+    return CommitCheckpoint(*pending, b.meta()).ok() ? 0 : 1;
+  });
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kCrashDuringSaveExitCode);
+  EXPECT_TRUE(a.Matches(dir()));
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);  // every leftover removed
 }
 
 // SIGKILL at random moments while a child saves large checkpoints in a loop:

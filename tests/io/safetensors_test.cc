@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -252,6 +253,76 @@ TEST_F(SafetensorsTest, FileTruncatedAfterOpen) {
   std::vector<float> dst(1000);
   Status s = f->ReadF32("x", {1000}, dst.data());
   ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), path + ": tensor 'x': unexpected end of file (truncated?)");
+}
+
+// ReadF32Range reads any element range of a tensor, in row-major order.
+TEST_F(SafetensorsTest, ReadF32RangeReadsEveryRange) {
+  std::vector<float> before(5, -1.0f), x(3 * 7);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.25f * static_cast<float>(i) + 1.0f;
+  const std::string path = tmp_.Join("r.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"before", {5}, TensorDType::kF32, before.data()},
+                                      {"x", {3, 7}, TensorDType::kF32, x.data()}})
+                  .ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  const int64_t n = static_cast<int64_t>(x.size());
+  for (int64_t begin = 0; begin <= n; ++begin) {
+    for (int64_t count = 0; begin + count <= n; ++count) {
+      std::vector<float> dst(static_cast<size_t>(count) + 1, 42.0f);  // +1: a guard element
+      const Status s = f->ReadF32Range("x", begin, count, dst.data());
+      ASSERT_TRUE(s.ok()) << s.message();
+      for (int64_t i = 0; i < count; ++i) {
+        ASSERT_EQ(dst[static_cast<size_t>(i)], x[static_cast<size_t>(begin + i)])
+            << "range [" << begin << ", +" << count << ") element " << i;
+      }
+      ASSERT_EQ(dst.back(), 42.0f) << "wrote past the range [" << begin << ", +" << count << ")";
+    }
+  }
+}
+
+TEST_F(SafetensorsTest, ReadF32RangeErrorsAreClear) {
+  std::vector<float> x(12, 1.0f);
+  std::vector<uint16_t> half(4, 0x3c00);
+  const std::string path = tmp_.Join("re.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {3, 4}, TensorDType::kF32, x.data()},
+                                      {"h", {4}, TensorDType::kF16, half.data()},
+                                      {"empty", {0}, TensorDType::kF32, nullptr}})
+                  .ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  std::vector<float> dst(16);
+  auto error = [&](const std::string& name, int64_t offset, int64_t count) {
+    const Status s = f->ReadF32Range(name, offset, count, dst.data());
+    return s.ok() ? std::string("OK") : s.message();
+  };
+  EXPECT_EQ(error("nope", 0, 1), path + ": missing tensor 'nope'");
+  EXPECT_EQ(error("h", 0, 1), path + ": tensor 'h' has dtype F16, expected F32");
+  EXPECT_EQ(error("x", 0, 13), path + ": tensor 'x': elements [0, +13) lie outside its 12");
+  EXPECT_EQ(error("x", 12, 1), path + ": tensor 'x': elements [12, +1) lie outside its 12");
+  EXPECT_EQ(error("x", 13, 0), path + ": tensor 'x': elements [13, +0) lie outside its 12");
+  EXPECT_EQ(error("x", -1, 2), path + ": tensor 'x': elements [-1, +2) lie outside its 12");
+  EXPECT_EQ(error("x", 2, -1), path + ": tensor 'x': elements [2, +-1) lie outside its 12");
+  const int64_t big = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(error("x", 5, big), path + ": tensor 'x': elements [5, +" + std::to_string(big) +
+                                    ") lie outside its 12");
+  EXPECT_EQ(error("x", big, big), path + ": tensor 'x': elements [" + std::to_string(big) +
+                                      ", +" + std::to_string(big) + ") lie outside its 12");
+  EXPECT_EQ(error("x", 12, 0), "OK");
+  EXPECT_EQ(error("empty", 0, 0), "OK");
+  EXPECT_EQ(error("empty", 0, 1), path + ": tensor 'empty': elements [0, +1) lie outside its 0");
+}
+
+TEST_F(SafetensorsTest, ReadF32RangeOfFileTruncatedAfterOpen) {
+  std::vector<float> x(1000, 2.0f);
+  const std::string path = tmp_.Join("rt.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {1000}, TensorDType::kF32, x.data()}}).ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(fs::file_size(path) - 100)), 0);
+  std::vector<float> dst(1000);
+  EXPECT_TRUE(f->ReadF32Range("x", 0, 900, dst.data()).ok());  // still on disk
+  Status s = f->ReadF32Range("x", 900, 100, dst.data());
   EXPECT_EQ(s.message(), path + ": tensor 'x': unexpected end of file (truncated?)");
 }
 

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Loads a mingpt checkpoint into the seed's PyTorch GPT and evaluates it.
 
-The check that checkpoints are PyTorch's: model.safetensors goes into the
-reference model (tests/reference/model.py, the seed's module names) with
-load_state_dict(strict=True), and the loss over a split's non-overlapping
-(block_size+1)-character windows is printed as JSON, computed as
-`mingpt evaluate --json` computes it, for the C++ test to compare.
+The check that checkpoints are PyTorch's: model.safetensors (or the weights
+file given with --weights, e.g. from `mingpt convert` of a sharded checkpoint)
+goes into the reference model (tests/reference/model.py, the seed's module
+names) with load_state_dict(strict=True), and the loss over a split's
+non-overlapping (block_size+1)-character windows is printed as JSON, computed
+as `mingpt evaluate --json` computes it, for the C++ test to compare. The
+config and vocabulary come from CHECKPOINT_DIR/meta.json.
 
-  evaluate_checkpoint.py CHECKPOINT_DIR DATA_FILE [--split test|val]
+  evaluate_checkpoint.py CHECKPOINT_DIR DATA_FILE [--split test|val] [--weights FILE]
 """
 
 import argparse
@@ -30,12 +32,13 @@ def main():
     p.add_argument("checkpoint")
     p.add_argument("data")
     p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--weights", help="safetensors weights (default: CHECKPOINT_DIR/model.safetensors)")
     a = p.parse_args()
 
     meta = json.load(open(os.path.join(a.checkpoint, "meta.json")))
     c = meta["config"]
     model = GPT(c["vocab_size"], c["block_size"], c["n_layer"], c["n_head"], c["n_embd"], dropout=0.0)
-    weights = load_file(os.path.join(a.checkpoint, "model.safetensors"))
+    weights = load_file(a.weights or os.path.join(a.checkpoint, "model.safetensors"))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
     model.eval()
     model.double()  # the exact value the fp32 C++ result is compared with

@@ -130,7 +130,7 @@ TEST_F(TrainerTest, WritesMetricsAndBestAndLastCheckpoints) {
   std::ifstream f(dir_ / "run/metrics.csv");
   std::string header;
   std::getline(f, header);
-  EXPECT_EQ(header, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed");
+  EXPECT_EQ(header, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,state_bytes,peak_rss_bytes");
   EXPECT_EQ(TrainLosses("run").size(), 6u);
   auto best = OpenTrainingCheckpoint((dir_ / "run/checkpoints/best").string());
   auto last = OpenTrainingCheckpoint((dir_ / "run/checkpoints/last").string());

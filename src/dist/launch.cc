@@ -1,0 +1,398 @@
+// Launch (see launch.h): the launcher environment variables, the mpirun
+// command line and its MCA defaults, and running mpirun with SIGINT/SIGTERM
+// forwarded to the ranks.
+#include "dist/launch.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string_view>
+#include <thread>
+#include <utility>
+
+namespace mingpt {
+namespace {
+
+// ---- the launcher's environment ----
+
+// A non-negative integer environment variable; nullopt if unset or malformed.
+std::optional<int> EnvInt(const char* name) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return std::nullopt;
+  int value = 0;
+  const char* end = text + std::strlen(text);
+  auto [ptr, ec] = std::from_chars(text, end, value);
+  if (ec != std::errc() || ptr != end || value < 0) return std::nullopt;
+  return value;
+}
+
+// `env` marked launched, or nullopt if its numbers contradict each other.
+// size 0 (unknown) only where the launcher does not publish it.
+std::optional<MpiEnvironment> Consistent(MpiEnvironment env, bool size_known = true) {
+  const bool size_ok = size_known ? env.rank < env.size : env.size == 0;
+  const bool ok = size_ok && env.local_rank < env.local_size;
+  if (!ok) return std::nullopt;
+  env.launched = true;
+  return env;
+}
+
+std::optional<MpiEnvironment> FromOpenMpi() {
+  auto rank = EnvInt("OMPI_COMM_WORLD_RANK"), size = EnvInt("OMPI_COMM_WORLD_SIZE");
+  if (!rank || !size) return std::nullopt;
+  return Consistent({.rank = *rank,
+                     .size = *size,
+                     .local_rank = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK").value_or(0),
+                     .local_size = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE").value_or(1)});
+}
+
+// Slurm's compressed task counts per node, "2(x3),1" = 2,2,2,1: the count of
+// node `node`, or nullopt if the list is malformed or shorter.
+std::optional<int> SlurmTasksOnNode(const char* text, int node) {
+  if (text == nullptr) return std::nullopt;
+  std::istringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    int count = 0, repeat = 1;
+    char tail[8] = {};
+    const int fields = std::sscanf(item.c_str(), "%d(x%d)%7s", &count, &repeat, tail);
+    if (fields < 1 || fields > 2 || count < 0 || repeat < 1) return std::nullopt;
+    if (node < repeat) return count;
+    node -= repeat;
+  }
+  return std::nullopt;
+}
+
+std::optional<MpiEnvironment> FromSlurmStep() {
+  auto rank = EnvInt("SLURM_PROCID"), size = EnvInt("SLURM_STEP_NUM_TASKS");
+  if (!rank || !size) return std::nullopt;
+  const std::optional<int> local_size = SlurmTasksOnNode(std::getenv("SLURM_STEP_TASKS_PER_NODE"),
+                                                         EnvInt("SLURM_NODEID").value_or(0));
+  return Consistent({.rank = *rank,
+                     .size = *size,
+                     .local_rank = EnvInt("SLURM_LOCALID").value_or(0),
+                     .local_size = local_size.value_or(1)});
+}
+
+std::optional<MpiEnvironment> FromPmi() {
+  auto rank = EnvInt("PMI_RANK"), size = EnvInt("PMI_SIZE");
+  if (!rank || !size) return std::nullopt;
+  return Consistent({.rank = *rank,
+                     .size = *size,
+                     .local_rank = EnvInt("MPI_LOCALRANKID").value_or(0),
+                     .local_size = EnvInt("MPI_LOCALNRANKS").value_or(1)});
+}
+
+std::optional<MpiEnvironment> FromPmix() {
+  auto rank = EnvInt("PMIX_RANK");
+  if (!rank) return std::nullopt;
+  return Consistent({.rank = *rank, .size = 0}, /*size_known=*/false);
+}
+
+// ---- the machine ----
+
+int AllowedCpuCount() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+std::string ReadFirstLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// Distinct (package, core) pairs among the CPUs this process may use: the
+// slots mpirun counts. Falls back to the CPU count.
+int AllowedPhysicalCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  std::set<std::string> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    const std::string package = ReadFirstLine(dir + "physical_package_id");
+    const std::string core = ReadFirstLine(dir + "core_id");
+    if (package.empty() || core.empty()) return AllowedCpuCount();
+    cores.insert(package + ":" + core);
+  }
+  return std::max<int>(1, static_cast<int>(cores.size()));
+}
+
+// Whether this process may read a child's memory with process_vm_readv:
+// what OpenMPI's shared-memory transport does between ranks for large
+// messages (each rank allows it with PR_SET_PTRACER_ANY, as the child here).
+bool CrossMemoryAttachWorks() {
+  volatile uint64_t probe = 0x6d696e6770742121ull;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return false;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+    char c;
+    ::close(fds[1]);
+    while (::read(fds[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    ::_exit(0);
+  }
+  ::close(fds[0]);
+  uint64_t seen = 0;
+  bool ok = false;
+  if (pid > 0) {
+    iovec local{&seen, sizeof(seen)};
+    iovec remote{const_cast<uint64_t*>(&probe), sizeof(seen)};
+    ok = ::process_vm_readv(pid, &local, 1, &remote, 1, 0) == sizeof(seen) && seen == probe;
+  }
+  ::close(fds[1]);  // the child's read returns; it exits
+  if (pid > 0) {
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  return ok;
+}
+
+// ---- the mpirun command ----
+
+std::optional<std::string> FindOnPath(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path != nullptr ? path : "");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+  }
+  return std::nullopt;
+}
+
+StatusOr<std::string> SelfExecutable() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return Status::Error("cannot read /proc/self/exe: " + ec.message());
+  const std::string text = exe.string();
+  static constexpr std::string_view kDeleted = " (deleted)";
+  if (text.size() > kDeleted.size() && text.ends_with(kDeleted)) {
+    return Status::Error("the running executable " + text + " was replaced or removed");
+  }
+  return text;
+}
+
+// Whether the user set MCA parameter `name` for mpirun: in the environment
+// or in ~/.openmpi/mca-params.conf.
+bool UserSetMca(const std::string& name) {
+  if (std::getenv(("OMPI_MCA_" + name).c_str()) != nullptr) return true;
+  const char* home = std::getenv("HOME");
+  if (home == nullptr) return false;
+  std::ifstream conf(std::string(home) + "/.openmpi/mca-params.conf");
+  std::string line;
+  while (std::getline(conf, line)) {
+    const size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    const size_t end = line.find_first_of(" \t=", start);
+    if (line.compare(start, end - start, name) == 0) return true;
+  }
+  return false;
+}
+
+std::vector<std::pair<std::string, std::string>> DefaultMca() {
+  std::vector<std::pair<std::string, std::string>> mca = {
+      {"pml", "ob1"}, {"btl", "self,vader"}, {"btl_base_warn_component_unused", "0"}};
+  if (!UserSetMca("btl_vader_single_copy_mechanism") && !CrossMemoryAttachWorks()) {
+    mca.push_back({"btl_vader_single_copy_mechanism", "none"});
+  }
+  std::vector<std::pair<std::string, std::string>> unset;
+  for (auto& [name, value] : mca) {
+    if (!UserSetMca(name)) unset.emplace_back(name, value);
+  }
+  return unset;
+}
+
+// ---- running mpirun ----
+
+// SIGINT/SIGTERM received while mpirun runs: a count and the latest one.
+// Process-wide because signal handlers are; lock-free atomics only.
+std::atomic<int> g_signal_count{0};
+std::atomic<int> g_last_signal{0};
+
+void RecordSignal(int signal) {
+  g_last_signal.store(signal);
+  g_signal_count.fetch_add(1);
+}
+
+// Installs RecordSignal for SIGINT and SIGTERM; puts the old handlers back.
+class ScopedSignalRecorder {
+ public:
+  ScopedSignalRecorder() {
+    g_signal_count.store(0);
+    struct sigaction action = {};
+    action.sa_handler = RecordSignal;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, &old_int_);
+    ::sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~ScopedSignalRecorder() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  ScopedSignalRecorder(const ScopedSignalRecorder&) = delete;
+  ScopedSignalRecorder& operator=(const ScopedSignalRecorder&) = delete;
+
+ private:
+  struct sigaction old_int_ = {}, old_term_ = {};
+};
+
+// The processes whose parent is `parent` (from /proc/<pid>/stat).
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> children;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = ReadFirstLine("/proc/" + name + "/stat");
+    const size_t close = stat.rfind(')');  // the command name may hold anything
+    if (close == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0;
+    if (std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) != 2) continue;
+    if (ppid == parent) children.push_back(static_cast<pid_t>(std::stoi(name)));
+  }
+  return children;
+}
+
+// The first signal goes to the ranks, any later one to mpirun (see launch.h).
+void ForwardSignal(pid_t mpirun, int signal, bool first) {
+  if (first) {
+    const std::vector<pid_t> ranks = ChildrenOf(mpirun);
+    for (pid_t rank : ranks) ::kill(rank, signal);
+    if (!ranks.empty()) {
+      std::fprintf(stderr, "mingpt: SIG%s sent to the %zu ranks; send it again to abort the job\n",
+                   ::sigabbrev_np(signal), ranks.size());
+      return;
+    }
+  }
+  ::kill(mpirun, signal);
+}
+
+struct Argv {
+  std::vector<std::string> strings;
+  std::vector<char*> pointers;  // null-terminated, into strings
+};
+
+Argv MakeArgv(std::vector<std::string> strings) {
+  Argv argv{std::move(strings), {}};
+  for (std::string& s : argv.strings) argv.pointers.push_back(s.data());
+  argv.pointers.push_back(nullptr);
+  return argv;
+}
+
+// In the forked child: only async-signal-safe calls until execv.
+[[noreturn]] void ExecMpirun(const Argv& argv, pid_t parent) {
+  ::setpgid(0, 0);
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+  if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  const int devnull = ::open("/dev/null", O_RDONLY);
+  if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+  ::execv(argv.pointers[0], argv.pointers.data());
+  ::_exit(127);
+}
+
+// Waits for mpirun, forwarding the signals RecordSignal saw; its wait status.
+StatusOr<int> WaitForwardingSignals(pid_t pid) {
+  int forwarded = 0;
+  while (true) {
+    int status = 0;
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) return status;
+    if (done < 0 && errno != EINTR) {
+      return Status::Error(std::string("waiting for mpirun: ") + std::strerror(errno));
+    }
+    for (const int count = g_signal_count.load(); forwarded < count; ++forwarded) {
+      ForwardSignal(pid, g_last_signal.load(), forwarded == 0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+}  // namespace
+
+MpiEnvironment DetectMpiEnvironment() {
+  for (auto detect : {FromOpenMpi, FromSlurmStep, FromPmi, FromPmix}) {
+    if (std::optional<MpiEnvironment> env = detect()) return *env;
+  }
+  return MpiEnvironment{};
+}
+
+StatusOr<std::vector<std::string>> MpirunCommand(int ranks, const std::vector<std::string>& args) {
+  if (ranks < 1) {
+    return Status::Error("the number of ranks must be at least 1, got " + std::to_string(ranks));
+  }
+  const std::optional<std::string> mpirun = FindOnPath("mpirun");
+  if (!mpirun) {
+    return Status::Error(
+        "mpirun not found on PATH: install OpenMPI (Debian/Ubuntu: apt install openmpi-bin) or "
+        "start the ranks yourself with mpirun or srun");
+  }
+  MINGPT_ASSIGN_OR_RETURN(const std::string exe, SelfExecutable());
+  std::vector<std::string> command = {*mpirun};
+  if (::geteuid() == 0) command.push_back("--allow-run-as-root");
+  command.insert(command.end(), {"-np", std::to_string(ranks)});
+  if (ranks > AllowedPhysicalCores()) command.push_back("--oversubscribe");
+  command.insert(command.end(), {"--bind-to", "none"});
+  for (const auto& [name, value] : DefaultMca()) {
+    command.insert(command.end(), {"--mca", name, value});
+  }
+  command.push_back(exe);
+  command.insert(command.end(), args.begin(), args.end());
+  return command;
+}
+
+StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
+  const MpiEnvironment env = DetectMpiEnvironment();
+  if (env.launched) {
+    return Status::Error("this process is already rank " + std::to_string(env.rank) +
+                         " of an MPI job; it cannot start another");
+  }
+  MINGPT_ASSIGN_OR_RETURN(std::vector<std::string> command, MpirunCommand(ranks, args));
+  const Argv argv = MakeArgv(std::move(command));
+  ScopedSignalRecorder recorder;  // before fork: no signal is lost
+  std::fflush(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) return Status::Error(std::string("cannot start mpirun: ") + std::strerror(errno));
+  if (pid == 0) ExecMpirun(argv, parent);
+  MINGPT_ASSIGN_OR_RETURN(const int status, WaitForwardingSignals(pid));
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+int LocalCoresPerRank(const MpiEnvironment& env) {
+  return std::max(1, AllowedCpuCount() / std::max(1, env.local_size));
+}
+
+}  // namespace mingpt

@@ -1,0 +1,101 @@
+// How a mingpt process finds its MPI world, or creates one.
+//
+// A process started by a launcher (OpenMPI's mpirun, Slurm's srun, MPICH's
+// mpiexec) learns its place from the environment: DetectMpiEnvironment. A
+// process started by hand that wants N ranks re-runs its own executable N
+// times under the system's mpirun: RunUnderMpirun (one machine only; for
+// several machines start the job with mpirun or srun yourself).
+//
+// Stopping a job that RunUnderMpirun started (measured with OpenMPI 4.1.4):
+//   - mpirun runs in its own process group with stdin from /dev/null, so a
+//     terminal's Ctrl-C reaches only the launching process, never mpirun
+//     directly. (mpirun puts each rank in a process group of its own too.)
+//   - The first SIGINT or SIGTERM the launching process gets is sent, as the
+//     same signal, straight to every rank (the children of mpirun), and the
+//     launcher prints one line saying so. A rank that handles it (the
+//     trainer: finish the step, save `last`, exit 0) ends normally; mpirun
+//     then exits 0 and RunUnderMpirun returns 0. The ranks must agree on the
+//     step to stop after (each learns of the signal at its own moment): the
+//     trainer all-reduces a stop flag every step.
+//   - A second SIGINT or SIGTERM goes to mpirun, which aborts the job: the
+//     ranks get SIGTERM about 1 s later and SIGKILL 1 s after that
+//     (odls_base_sigkill_timeout), and mpirun exits 1 without a message. A
+//     third makes mpirun kill the ranks and exit 1 at once.
+//     (mpirun would abort like this on the first signal too: OpenMPI cannot
+//     forward SIGINT/SIGTERM to the ranks, ess_base_forward_signals refuses
+//     them, so the ranks would get only ~1 s to save. Hence the launcher
+//     signals the ranks itself.)
+//   - If the launching process dies, mpirun gets SIGTERM (PR_SET_PDEATHSIG)
+//     and aborts the job as above.
+// A rank that dies of a signal or exits non-zero makes mpirun abort the job
+// the same way (nothing hangs): it prints "mpirun noticed that process rank
+// R with PID P on node H exited on signal S (...)" (OpenMPI 4.1.4 prints
+// PID 0 for a killed rank) or names the rank and exit code, and exits with
+// 128 + S or that exit code. MPI_Abort(code) on one rank prints "MPI_ABORT
+// was invoked on rank R ..." and ends the job with exit code `code`.
+//
+// Under a mpirun started by hand, Ctrl-C gives the ranks only the ~1 s above
+// before SIGKILL; to stop such a job gracefully, send SIGTERM to the rank
+// processes (`pkill -TERM -P <mpirun pid>`). Under srun, Ctrl-C twice within
+// a second (or scancel) sends SIGINT (SIGTERM) to every task and SIGKILL
+// after Slurm's KillWait (30 s by default).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace mingpt {
+
+// This process's place in an MPI job, from the launcher's environment.
+struct MpiEnvironment {
+  bool launched = false;  // started by an MPI launcher
+  int rank = 0;
+  int size = 1;  // 0 when the launcher does not say (PMIx alone): ask MPI
+  int local_rank = 0;
+  int local_size = 1;  // ranks on this machine
+};
+
+// Reads, first found wins: OpenMPI's OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,
+// LOCAL_SIZE}; an srun step's SLURM_PROCID, SLURM_STEP_NUM_TASKS (only srun
+// sets it, so a batch script is not taken for a rank), SLURM_LOCALID and
+// SLURM_STEP_TASKS_PER_NODE at SLURM_NODEID; MPICH's PMI_RANK, PMI_SIZE,
+// MPI_LOCALRANKID, MPI_LOCALNRANKS; PMIx's PMIX_RANK. Malformed or
+// inconsistent values count as absent.
+MpiEnvironment DetectMpiEnvironment();
+
+// The command RunUnderMpirun runs:
+//   mpirun [--allow-run-as-root] -np N [--oversubscribe] --bind-to none
+//          [--mca NAME VALUE]... <this executable> args...
+// --allow-run-as-root when the effective uid is 0; --oversubscribe when N
+// exceeds the physical cores this process may use. The MCA settings make a
+// one-machine job start fast and quietly anywhere, each only when the user
+// has not set it (OMPI_MCA_<name> in the environment or a line in
+// ~/.openmpi/mca-params.conf):
+//   pml ob1, btl self,vader           one machine: shared memory only; no
+//                                     probing of UCX/verbs/OFI/TCP hardware
+//   btl_base_warn_component_unused 0  no warnings about absent fast networks
+//   btl_vader_single_copy_mechanism none
+//                                     only when cross-memory attach
+//                                     (process_vm_readv, used by the fastest
+//                                     path for large messages) is denied, as
+//                                     in containers without CAP_SYS_PTRACE;
+//                                     otherwise the job would fail at the
+//                                     first large message.
+// Errors: ranks < 1, mpirun not on PATH, this executable unreadable.
+StatusOr<std::vector<std::string>> MpirunCommand(int ranks, const std::vector<std::string>& args);
+
+// Runs MpirunCommand(ranks, args) (args: this process's argv[1..]) and waits
+// for it, forwarding SIGINT/SIGTERM as described above. Returns mpirun's
+// exit code, 128 + the signal if a signal ended it. Errors: those of
+// MpirunCommand, already being a rank of an MPI job, fork failure.
+StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args);
+
+// Cores for one rank's threads: the CPUs this process may run on
+// (sched_getaffinity) divided by env.local_size, at least 1. (Under a
+// launcher that binds ranks, the affinity is already this rank's share and
+// the result errs low, never oversubscribing.)
+int LocalCoresPerRank(const MpiEnvironment& env);
+
+}  // namespace mingpt

@@ -1,0 +1,61 @@
+// LocalCommunicator: the Communicator of a one-process world. Every
+// collective is complete when it returns: a sum over one rank is the rank's
+// own data, so AllReduce and Broadcast do nothing and ReduceScatter and
+// AllGather are copies.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/check.h"
+#include "dist/communicator.h"
+
+namespace mingpt {
+namespace {
+
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world() const override { return 1; }
+  const char* name() const override { return "local"; }
+
+  Work AllReduce(float* data, int64_t n) override { return Work(); }
+  Work AllReduce(double* data, int64_t n) override { return Work(); }
+
+  Work ReduceScatter(const float* send, float* recv, int64_t n) override {
+    Copy(send, recv, n);
+    return Work();
+  }
+
+  Work AllGather(const float* send, float* recv, int64_t n) override {
+    Copy(send, recv, n);
+    return Work();
+  }
+
+  Work Broadcast(void* data, size_t bytes, int root) override {
+    MINGPT_CHECK(root == 0, "broadcast root %d outside a world of 1", root);
+    return Work();
+  }
+
+  void Barrier() override {}
+
+  [[noreturn]] void Abort(int code) override {
+    std::fflush(nullptr);
+    std::_Exit(code);
+  }
+
+ private:
+  // n floats from send to recv; nothing when they are the same buffer.
+  static void Copy(const float* send, float* recv, int64_t n) {
+    MINGPT_CHECK(n >= 0, "negative element count %lld", static_cast<long long>(n));
+    if (n == 0 || send == recv) return;
+    std::memmove(recv, send, static_cast<size_t>(n) * sizeof(float));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> MakeLocalCommunicator() {
+  return std::make_unique<LocalCommunicator>();
+}
+
+}  // namespace mingpt

@@ -1,0 +1,36 @@
+#include "engine/strategies.h"
+
+#include "core/check.h"
+#include "engine/zero_engine.h"
+
+namespace mingpt {
+
+Status ValidateStrategyName(const std::string& s) {
+  if (s == "auto" || s == "single_device" || s == "ddp" || s == "deepspeed_stage_1" ||
+      s == "deepspeed_stage_2" || s == "deepspeed_stage_3") {
+    return Status::Ok();
+  }
+  if (s == "deepspeed_stage_2_offload" || s == "deepspeed_stage_3_offload" ||
+      s == "deepspeed_stage_3_offload_nvme") {
+    return Status::Error("--strategy " + s + " is not available yet (offload comes with the "
+                         "CUDA and NVMe work); use deepspeed_stage_2 or deepspeed_stage_3");
+  }
+  return Status::Error("unknown --strategy '" + s +
+                       "' (known: auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, "
+                       "deepspeed_stage_3)");
+}
+
+int ZeroStageOf(const std::string& s) {
+  if (s == "deepspeed_stage_1") return 1;
+  if (s == "deepspeed_stage_2") return 2;
+  if (s == "deepspeed_stage_3") return 3;
+  MINGPT_CHECK(s == "ddp" || s == "single_device", "strategy '%s' not resolved", s.c_str());
+  return 0;
+}
+
+std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
+                                       const ModelLayout& layout, Communicator* comm) {
+  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name);
+}
+
+}  // namespace mingpt

@@ -1,0 +1,309 @@
+#include "engine/zero_engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <utility>
+
+#include "core/check.h"
+
+namespace mingpt {
+
+ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm,
+                       int stage, std::string name)
+    : backend_(backend), layout_(layout), comm_(comm), stage_(stage), name_(std::move(name)) {
+  MINGPT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage %d", stage);
+  const int U = layout.num_units();
+  for (int u = 0; u < U; ++u) {
+    shards_.emplace_back(layout.units()[u].numel, comm->rank(), comm->world());
+    whole_base_.push_back(whole_numel_);
+    shard_base_.push_back(shard_numel_);
+    whole_numel_ += shards_[u].padded;
+    shard_numel_ += shards_[u].shard;
+    max_padded_ = std::max(max_padded_, shards_[u].padded);
+    max_shard_ = std::max(max_shard_, shards_[u].shard);
+  }
+  auto alloc = [&](Buffer* b, bool whole) {
+    const size_t bytes = (whole ? whole_numel_ : shard_numel_) * sizeof(float);
+    *b = Buffer(backend, bytes);
+    backend->Memset0(b->f32(), bytes);
+  };
+  alloc(&params_, params_whole());
+  alloc(&grads_, grads_whole());
+  alloc(&exp_avg_, moments_whole());
+  alloc(&exp_avg_sq_, moments_whole());
+  param_gathers_.resize(U);
+  grad_reduces_.resize(U);
+  if (stage_ >= 2) {
+    for (Staging& s : staging_) {
+      s.whole = Buffer(backend, max_padded_ * sizeof(float));
+      s.reduced = Buffer(backend, max_shard_ * sizeof(float));
+    }
+  }
+  if (stage_ == 3) {
+    for (Slot& s : slots_) {
+      s.memory = Buffer(backend, max_padded_ * sizeof(float));
+      backend->Memset0(s.memory.f32(), s.memory.bytes());
+    }
+  }
+}
+
+ZeroEngine::~ZeroEngine() {
+  // No collective may still write into memory about to be freed.
+  WaitAllParams();
+  for (Work& w : grad_reduces_) w.Wait();
+  for (Staging& s : staging_) s.work.Wait();
+  for (Slot& s : slots_) s.gather.Wait();
+}
+
+float* ZeroEngine::Base(StateKind kind, int unit) const {
+  switch (kind) {
+    case StateKind::kParams:
+      return params_.f32() + (params_whole() ? whole_base_[unit] : shard_base_[unit]);
+    case StateKind::kExpAvg:
+      return exp_avg_.f32() + (moments_whole() ? whole_base_[unit] : shard_base_[unit]);
+    case StateKind::kExpAvgSq:
+      return exp_avg_sq_.f32() + (moments_whole() ? whole_base_[unit] : shard_base_[unit]);
+  }
+  return nullptr;
+}
+
+float* ZeroEngine::GradBase(int unit) const {
+  return grads_.f32() + (grads_whole() ? whole_base_[unit] : shard_base_[unit]);
+}
+
+void ZeroEngine::TimedWait(Work& work, double* seconds) {
+  if (work.completed()) return;
+  const auto start = std::chrono::steady_clock::now();
+  work.Wait();
+  *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void ZeroEngine::WaitParams(int unit) const { TimedWait(param_gathers_[unit], &waits_.params); }
+
+void ZeroEngine::WaitAllParams() const {
+  for (Work& w : param_gathers_) TimedWait(w, &waits_.params);
+}
+
+// ---- ParamProvider ---------------------------------------------------------
+
+const float* ZeroEngine::Acquire(int unit) {
+  if (stage_ < 3) {
+    WaitParams(unit);
+    return params_.f32() + whole_base_[unit];
+  }
+  int s = -1;
+  for (int i = 0; i < 2; ++i) {
+    if (slots_[i].unit == unit) s = i;
+  }
+  if (s < 0) s = GatherInto(unit, -1);
+  TimedWait(slots_[s].gather, &waits_.params);
+  slots_[s].in_use = true;
+  // Prefetch the next unit of the pass: forward ascends; backward descends
+  // from the head (acquired twice in a row) down to block 0 (the stem's
+  // backward needs no parameters).
+  const bool forward = unit == 0 || unit > last_acquired_;
+  last_acquired_ = unit;
+  const int next = forward ? unit + 1 : unit - 1;
+  const bool valid = forward ? next < layout_.num_units() : next >= 1;
+  if (valid && slots_[0].unit != next && slots_[1].unit != next && !slots_[1 - s].in_use) {
+    GatherInto(next, s);
+  }
+  return slots_[s].memory.f32();
+}
+
+int ZeroEngine::GatherInto(int unit, int avoid_slot) {
+  int s = -1;
+  for (int i = 0; i < 2 && s < 0; ++i) {
+    if (i != avoid_slot && !slots_[i].in_use) s = i;
+  }
+  MINGPT_CHECK(s >= 0, "no free slot to gather unit %d: the model holds two units", unit);
+  Slot& slot = slots_[s];
+  slot.gather.Wait();
+  slot.unit = unit;
+  slot.gather = comm_->AllGather(Base(StateKind::kParams, unit), slot.memory.f32(),
+                                 shards_[unit].shard);
+  return s;
+}
+
+void ZeroEngine::InvalidateSlots() {
+  for (Slot& s : slots_) {
+    s.gather.Wait();
+    s.unit = -1;
+  }
+}
+
+void ZeroEngine::Release(int unit) {
+  if (stage_ < 3) return;
+  for (Slot& s : slots_) {
+    if (s.unit == unit) s.in_use = false;
+  }
+}
+
+float* ZeroEngine::Grads(int unit) {
+  if (grads_whole()) return GradBase(unit);
+  Staging& s = staging_[next_staging_];
+  next_staging_ ^= 1;
+  FinishStaging(&s);
+  s.unit = unit;
+  backend_->Memset0(s.whole.f32(), shards_[unit].padded * sizeof(float));
+  return s.whole.f32();
+}
+
+void ZeroEngine::GradsReady(int unit) {
+  const ShardRange& sr = shards_[unit];
+  if (grads_whole()) {
+    if (last_micro_batch_ && world() > 1) {
+      grad_reduces_[unit] = comm_->AllReduce(GradBase(unit), sr.padded);
+    }
+    return;
+  }
+  for (Staging& s : staging_) {
+    if (s.unit != unit || s.in_flight) continue;
+    s.work = comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
+    s.in_flight = true;
+    return;
+  }
+  MINGPT_CHECK(false, "GradsReady(%d) without Grads(%d)", unit, unit);
+}
+
+void ZeroEngine::FinishStaging(Staging* s) {
+  TimedWait(s->work, &waits_.grads);
+  if (s->in_flight) {
+    float* shard = GradBase(s->unit);
+    backend_->Add(shard, shard, s->reduced.f32(), shards_[s->unit].shard);
+  }
+  s->in_flight = false;
+  s->unit = -1;
+}
+
+void ZeroEngine::FinishGradComm() {
+  if (grads_whole()) {
+    for (Work& w : grad_reduces_) TimedWait(w, &waits_.grads);
+  } else {
+    for (Staging& s : staging_) FinishStaging(&s);
+  }
+}
+
+// ---- Strategy --------------------------------------------------------------
+
+void ZeroEngine::ZeroGrads() {
+  FinishGradComm();
+  backend_->Memset0(grads_.f32(), grads_.bytes());
+  last_micro_batch_ = true;
+}
+
+double ZeroEngine::GradNorm() {
+  FinishGradComm();
+  if (stage_ == 0) return std::sqrt(backend_->SumSquares(grads_.f32(), whole_numel_));
+  double sum = 0;
+  if (stage_ == 1) {
+    for (int u = 0; u < layout_.num_units(); ++u) {
+      sum += backend_->SumSquares(GradBase(u) + shards_[u].offset, shards_[u].shard);
+    }
+  } else {
+    sum = backend_->SumSquares(grads_.f32(), shard_numel_);
+  }
+  Work w = comm_->AllReduce(&sum, 1);
+  TimedWait(w, &waits_.other);
+  return std::sqrt(sum);
+}
+
+void ZeroEngine::ClipGrads(double norm, double max_norm) {
+  const double f = ClipFactor(norm, max_norm);
+  if (f >= 1.0) return;
+  if (stage_ == 1) {
+    for (int u = 0; u < layout_.num_units(); ++u) {
+      backend_->Scale(GradBase(u) + shards_[u].offset, shards_[u].shard, static_cast<float>(f));
+    }
+  } else {
+    backend_->Scale(grads_.f32(), static_cast<int64_t>(grads_.bytes() / sizeof(float)),
+                    static_cast<float>(f));
+  }
+}
+
+void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
+  WaitAllParams();
+  for (int u = 0; u < layout_.num_units(); ++u) {
+    const ShardRange& sr = shards_[u];
+    const ElementRange mine = Held(u, StateKind::kExpAvg);
+    float *p = Base(StateKind::kParams, u), *g = GradBase(u);
+    float *m = Base(StateKind::kExpAvg, u), *v = Base(StateKind::kExpAvgSq, u);
+    for (const ParamEntry& e : layout_.units()[u].params) {
+      const int64_t a = std::max(mine.begin, e.offset);
+      const int64_t b = std::min(mine.end, e.offset + e.numel);
+      if (a >= b) continue;
+      backend_->AdamW(At(p, params_whole(), sr, a), At(g, grads_whole(), sr, a),
+                      At(m, moments_whole(), sr, a), At(v, moments_whole(), sr, a), b - a, lr,
+                      c.beta1, c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+    }
+  }
+  if ((stage_ == 1 || stage_ == 2) && world() > 1) {
+    for (int u = 0; u < layout_.num_units(); ++u) {
+      float* whole = params_.f32() + whole_base_[u];
+      param_gathers_[u] = comm_->AllGather(whole + shards_[u].offset, whole, shards_[u].shard);
+    }
+  }
+  if (stage_ == 3) InvalidateSlots();
+}
+
+MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world, int stage) {
+  int64_t whole = 0, shard = 0, max_padded = 0, max_shard = 0;
+  for (const Unit& u : layout.units()) {
+    const ShardRange r(u.numel, rank, world);
+    whole += r.padded;
+    shard += r.shard;
+    max_padded = std::max(max_padded, r.padded);
+    max_shard = std::max(max_shard, r.shard);
+  }
+  MemoryAccount m;
+  m.params = (stage <= 2 ? whole : shard) * sizeof(float);
+  m.grads = (stage <= 1 ? whole : shard) * sizeof(float);
+  m.optimizer = 2 * (stage == 0 ? whole : shard) * sizeof(float);
+  if (stage >= 2) m.working += 2 * (max_padded + max_shard) * sizeof(float);
+  if (stage == 3) m.working += 2 * max_padded * sizeof(float);
+  return m;
+}
+
+MemoryAccount ZeroEngine::memory() const {
+  MemoryAccount m;
+  m.params = params_.bytes();
+  m.grads = grads_.bytes();
+  m.optimizer = exp_avg_.bytes() + exp_avg_sq_.bytes();
+  for (const Staging& s : staging_) m.working += s.whole.bytes() + s.reduced.bytes();
+  for (const Slot& s : slots_) m.working += s.memory.bytes();
+  return m;
+}
+
+// ---- state in and out ------------------------------------------------------
+
+ElementRange ZeroEngine::Held(int unit, StateKind kind) const {
+  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
+  if (whole) return {0, layout_.units()[unit].numel};
+  return {shards_[unit].begin, shards_[unit].end};
+}
+
+void ZeroEngine::Upload(int unit, StateKind kind, const float* host) {
+  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
+  const ElementRange r = Held(unit, kind);
+  if (kind == StateKind::kParams) {
+    WaitParams(unit);
+    if (stage_ == 3) InvalidateSlots();
+  }
+  backend_->CopyToDevice(At(Base(kind, unit), whole, shards_[unit], r.begin), host,
+                         r.size() * sizeof(float));
+}
+
+void ZeroEngine::Download(int unit, StateKind kind, ElementRange range, float* host) const {
+  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
+  const ElementRange held = Held(unit, kind);
+  MINGPT_CHECK(range.begin >= held.begin && range.end <= held.end && range.begin <= range.end,
+               "Download [%lld, %lld) outside the held [%lld, %lld)",
+               static_cast<long long>(range.begin), static_cast<long long>(range.end),
+               static_cast<long long>(held.begin), static_cast<long long>(held.end));
+  if (kind == StateKind::kParams) WaitParams(unit);
+  backend_->CopyToHost(host, At(Base(kind, unit), whole, shards_[unit], range.begin),
+                       range.size() * sizeof(float));
+}
+
+}  // namespace mingpt

@@ -1,0 +1,138 @@
+// ZeroEngine: the Strategy of ddp and ZeRO stages 1-3 on any Communicator
+// (strategy.h says what each stage shards). One class, because the stages
+// differ only in which of the three states is whole or a shard:
+//
+//                 params        grads                 AdamW moments
+//   stage 0 (ddp) whole         whole, all-reduced    whole
+//   stage 1       whole         whole, all-reduced    shard
+//   stage 2       whole         shard, reduce-scat.   shard
+//   stage 3       shard         shard, reduce-scat.   shard
+//
+// Storage. "Whole" buffers hold every unit back to back, unit u padded to
+// ShardRange(u).padded = world*shard elements, so that rank r's shard of u is
+// the contiguous block at offset r*shard: all-gathers run in place. "Shard"
+// buffers hold every unit's shard (ShardRange(u).shard elements) back to
+// back. Padding is zero and never stepped.
+//
+// Communication, overlapped with compute:
+//   ddp, stage 1  GradsReady(u) of the step's last micro-batch starts an
+//                 all-reduce of unit u's gradients (units are the buckets).
+//   stage 2, 3    Grads(u) hands out one of two staging buffers of a whole
+//                 unit; GradsReady(u) starts its reduce-scatter, whose result
+//                 is added into the gradient shard when the staging buffer is
+//                 next needed (or before the norm).
+//   stage 1, 2    OptimizerStep ends by starting an in-place all-gather of
+//                 each unit's parameters; Acquire(u) waits for unit u's only,
+//                 so the gathers overlap the next forward.
+//   stage 3       Acquire(u) gathers unit u into one of two slots (unless the
+//                 prefetch already did) and starts the gather of the next
+//                 unit in the pass direction into the other slot; a slot keeps
+//                 its unit after Release, so the head is gathered once for
+//                 the end of forward and the start of backward.
+//
+// With world 1 and stage 0 this is the single-process trainer (no copies,
+// the same layout as SingleProcess).
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "dist/communicator.h"
+#include "engine/shard.h"
+#include "engine/strategy.h"
+#include "model/layout.h"
+
+namespace mingpt {
+
+class ZeroEngine : public Strategy {
+ public:
+  // stage 0 is ddp. `name` is what the user asked for (e.g. "ddp").
+  ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm, int stage,
+             std::string name);
+  ~ZeroEngine() override;
+
+  // ParamProvider
+  const float* Acquire(int unit) override;
+  void Release(int unit) override;
+  float* Grads(int unit) override;
+  void GradsReady(int unit) override;
+
+  // Strategy
+  const std::string& name() const override { return name_; }
+  int rank() const override { return comm_->rank(); }
+  int world() const override { return comm_->world(); }
+  void ZeroGrads() override;
+  void BeginMicroBatch(bool last) override { last_micro_batch_ = last; }
+  double GradNorm() override;
+  void ClipGrads(double norm, double max_norm) override;
+  void OptimizerStep(const AdamWConfig& config, float lr, int t) override;
+  MemoryAccount memory() const override;
+  WaitTimes wait_times() const override { return waits_; }
+  ElementRange Held(int unit, StateKind kind) const override;
+  void Upload(int unit, StateKind kind, const float* host) override;
+  void Download(int unit, StateKind kind, ElementRange range, float* host) const override;
+
+  // What a rank of `world` would hold under `stage` for this layout: the
+  // allocations the constructor makes, counted without making them.
+  static MemoryAccount Account(const ModelLayout& layout, int rank, int world, int stage);
+
+  int stage() const { return stage_; }
+  const ShardRange& shard(int unit) const { return shards_[unit]; }
+
+ private:
+  struct Slot {  // stage 3: one gathered unit
+    Buffer memory;
+    int unit = -1;
+    bool in_use = false;
+    Work gather;
+  };
+  struct Staging {  // stages 2, 3: one unit's gradients on their way to the shard
+    Buffer whole, reduced;
+    int unit = -1;           // the unit it holds; -1 none
+    bool in_flight = false;  // its reduce-scatter started; FinishStaging adds the result
+    Work work;
+  };
+
+  bool params_whole() const { return stage_ <= 2; }
+  bool grads_whole() const { return stage_ <= 1; }
+  bool moments_whole() const { return stage_ == 0; }
+  // Pointer to element 0 of unit u's storage of one state (for shard
+  // storage: element shards_[u].offset).
+  float* Base(StateKind kind, int unit) const;
+  float* GradBase(int unit) const;
+  // Pointer at element i (in [offset, offset+shard) for shard storage).
+  static float* At(float* base, bool whole, const ShardRange& s, int64_t i) {
+    return base + (whole ? i : i - s.offset);
+  }
+  // Waits for `work`, adding the time blocked to *seconds.
+  static void TimedWait(Work& work, double* seconds);
+  void WaitParams(int unit) const;
+  void WaitAllParams() const;
+  void FinishStaging(Staging* s);
+  void FinishGradComm();
+  int GatherInto(int unit, int avoid_slot);
+  void InvalidateSlots();
+
+  Backend* backend_;
+  const ModelLayout& layout_;
+  Communicator* comm_;
+  int stage_;
+  std::string name_;
+  std::vector<ShardRange> shards_;
+  std::vector<int64_t> whole_base_, shard_base_;  // per unit, in floats
+  int64_t whole_numel_ = 0, shard_numel_ = 0, max_padded_ = 0, max_shard_ = 0;
+
+  Buffer params_, grads_, exp_avg_, exp_avg_sq_;
+  mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit
+  std::vector<Work> grad_reduces_;           // ddp, stage 1: per unit
+  std::array<Staging, 2> staging_;
+  int next_staging_ = 0;
+  std::array<Slot, 2> slots_;
+  int last_acquired_ = -1;
+  mutable WaitTimes waits_;
+  bool last_micro_batch_ = true;
+};
+
+}  // namespace mingpt

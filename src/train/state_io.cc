@@ -1,0 +1,108 @@
+#include "train/state_io.h"
+
+#include <vector>
+
+#include "dist/agree.h"
+#include "engine/shard.h"
+
+namespace mingpt {
+namespace {
+
+constexpr StateKind kKinds[] = {StateKind::kParams, StateKind::kExpAvg, StateKind::kExpAvgSq};
+
+// This rank's shard of every unit and kind, copied out of the strategy.
+ShardState CopyShard(const ModelLayout& layout, const Strategy& s) {
+  ShardState shard;
+  shard.rank = s.rank();
+  shard.world = s.world();
+  std::vector<std::vector<float>>* dst[] = {&shard.params, &shard.exp_avg, &shard.exp_avg_sq};
+  for (int k = 0; k < 3; ++k) {
+    dst[k]->resize(layout.num_units());
+    for (int u = 0; u < layout.num_units(); ++u) {
+      const ShardRange r(layout.units()[u].numel, s.rank(), s.world());
+      (*dst[k])[u].resize(r.size());
+      s.Download(u, kKinds[k], {r.begin, r.end}, (*dst[k])[u].data());
+    }
+  }
+  return shard;
+}
+
+// The single format from one process: the whole state in layout order.
+Status SaveSingle(const std::string& dir, const ModelLayout& layout, const CharTokenizer& tokenizer,
+                  const TrainOptions& o, const TrainState& state, const Strategy& s) {
+  HostState h;
+  std::vector<float>* dst[] = {&h.params, &h.exp_avg, &h.exp_avg_sq};
+  for (int k = 0; k < 3; ++k) {
+    dst[k]->assign(layout.total_numel(), 0.0f);
+    for (int u = 0; u < layout.num_units(); ++u) {
+      const ElementRange r{0, layout.units()[u].numel};
+      s.Download(u, kKinds[k], r, dst[k]->data() + layout.unit_offset(u));
+    }
+  }
+  return SaveTrainingCheckpoint(dir, layout, o.model, tokenizer, o, state, h);
+}
+
+// The sharded format, every rank writing its file (model_checkpoint.h's
+// sequence).
+Status SaveSharded(const std::string& dir, const ModelLayout& layout,
+                   const CharTokenizer& tokenizer, const TrainOptions& o, const TrainState& state,
+                   const Strategy& s, Communicator* comm) {
+  const ShardState shard = CopyShard(layout, s);
+  StatusOr<PendingCheckpoint> pending = Status::Error("not begun");
+  std::string version_dir;
+  if (comm->rank() == 0) {
+    pending = BeginCheckpoint(dir);
+    if (pending.ok()) version_dir = pending->version_dir;
+  }
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, comm->rank() == 0 ? pending.status() : Status::Ok()));
+  BroadcastString(comm, &version_dir);
+  const Status written = WriteCheckpointFile(version_dir, ShardFile(layout, shard));
+  const Status all_written = AgreeOnStatus(comm, written);
+  Status committed = Status::Ok();
+  if (comm->rank() == 0) {
+    if (all_written.ok()) {
+      committed = CommitCheckpoint(
+          *pending, ShardedCheckpointMeta(layout, o.model, tokenizer, o, state, comm->world()),
+          ShardFileNames(comm->world()));
+    } else {
+      AbortCheckpoint(*pending);
+    }
+  }
+  MINGPT_RETURN_IF_ERROR(all_written);
+  return AgreeOnStatus(comm, committed);
+}
+
+}  // namespace
+
+void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* s) {
+  const ModelLayout& layout = gpt.layout();
+  std::vector<float> host(layout.total_numel(), 0.0f);
+  gpt.InitParameters(seed, host.data());
+  for (int u = 0; u < layout.num_units(); ++u) {
+    const ElementRange r = s->Held(u, StateKind::kParams);
+    s->Upload(u, StateKind::kParams, host.data() + layout.unit_offset(u) + r.begin);
+  }
+}
+
+Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s) {
+  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(ckpt, layout));
+  std::vector<float> buffer;
+  for (StateKind kind : kKinds) {
+    for (int u = 0; u < layout.num_units(); ++u) {
+      const ElementRange r = s->Held(u, kind);
+      buffer.resize(r.size());
+      MINGPT_RETURN_IF_ERROR(reader.Read(u, kind, r, buffer.data()));
+      s->Upload(u, kind, buffer.data());
+    }
+  }
+  return Status::Ok();
+}
+
+Status SaveTrainingState(const std::string& dir, const ModelLayout& layout,
+                         const CharTokenizer& tokenizer, const TrainOptions& o,
+                         const TrainState& state, Strategy* s, Communicator* comm) {
+  if (comm->world() == 1) return SaveSingle(dir, layout, tokenizer, o, state, *s);
+  return SaveSharded(dir, layout, tokenizer, o, state, *s, comm);
+}
+
+}  // namespace mingpt

@@ -1,0 +1,29 @@
+// Moving a strategy's training state (parameters and AdamW moments, unit by
+// unit, each rank its own part) in from an initialisation or a checkpoint
+// and out to a checkpoint.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "dist/communicator.h"
+#include "engine/strategy.h"
+#include "model/gpt.h"
+#include "train/model_checkpoint.h"
+
+namespace mingpt {
+
+// The seed's initialisation (GPT::InitParameters), each rank keeping its part.
+void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* strategy);
+
+// Loads parameters and moments from a checkpoint saved at any world size.
+Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout,
+                         Strategy* strategy);
+
+// Saves the state as the checkpoint `dir`. A collective: every rank calls it;
+// every rank gets the same result.
+Status SaveTrainingState(const std::string& dir, const ModelLayout& layout,
+                         const CharTokenizer& tokenizer, const TrainOptions& options,
+                         const TrainState& state, Strategy* strategy, Communicator* comm);
+
+}  // namespace mingpt

@@ -1,0 +1,164 @@
+// `mingpt train --devices N` end to end: the ranks started through mpirun,
+// checkpoints that resume at another world size and strategy, a crash during
+// a sharded save, a rank killed mid-step, ranks given different flags.
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "cli/cli_fixture.h"
+
+namespace mingpt::cli_test {
+namespace {
+
+namespace fs = std::filesystem;
+
+// train_loss by step from a run's metrics.csv.
+std::map<int, double> TrainLosses(const std::string& root) {
+  std::ifstream f(root + "/metrics.csv");
+  std::string line;
+  std::getline(f, line);
+  std::map<int, double> out;
+  while (std::getline(f, line)) {
+    std::stringstream ss(line);
+    std::string step, tokens, loss;
+    std::getline(ss, step, ',');
+    std::getline(ss, tokens, ',');
+    std::getline(ss, loss, ',');
+    if (!loss.empty()) out[std::stoi(step)] = std::stod(loss);
+  }
+  return out;
+}
+
+class ShardedTraining : public CliTest {
+ protected:
+  // A small model; `devices` ranks of `batch` each.
+  ProcessResult Run(const std::string& root, int devices, int batch, const std::string& strategy,
+                    std::vector<std::pair<std::string, std::string>> extra = {},
+                    RunOptions opts = {}) {
+    std::vector<std::pair<std::string, std::string>> flags = {
+        {"--n_layer", "2"},       {"--n_embd", "24"},          {"--block_size", "8"},
+        {"--devices", std::to_string(devices)}, {"--batch_size", std::to_string(batch)},
+        {"--strategy", strategy}, {"--log_every_n_steps", "1"}, {"--learning_rate", "1e-3"},
+        {"--warmup_tokens", "64"}, {"--limit_val_batches", "2"}, {"--num_threads", "1"}};
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    if (opts.cwd.empty()) {
+      opts.env["MINGPT_DATA"] = data_;
+      opts.cwd = tmp_.path();
+    }
+    return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), opts);
+  }
+};
+
+// A checkpoint saved by 4 ranks under ZeRO-3 resumes on 2 ranks under
+// ZeRO-2 and on 1 process, continuing the trajectory of an uninterrupted run
+// with the same global batch.
+TEST_F(ShardedTraining, ResumesAtAnotherWorldSizeAndStrategy) {
+  ASSERT_TRUE(Succeeded(Run("whole", 1, 4, "auto", {{"--max_steps", "10"}})));
+  ASSERT_TRUE(Succeeded(Run("first", 4, 1, "deepspeed_stage_3",
+                            {{"--max_steps", "5"}, {"--val_check_interval", "5"}})));
+  const std::string ckpt = tmp_ / "first/checkpoints/last";
+  ASSERT_TRUE(Exists(ckpt + "/shard-00003-of-00004.safetensors"));
+  const auto whole = TrainLosses(tmp_ / "whole");
+  for (const auto& [root, devices, strategy] :
+       {std::tuple<std::string, int, std::string>{"on2", 2, "deepspeed_stage_2"},
+        {"on1", 1, "single_device"}}) {
+    SCOPED_TRACE(root);
+    ASSERT_TRUE(Succeeded(Run(root, devices, 4 / devices, strategy,
+                              {{"--max_steps", "10"}, {"--ckpt_path", ckpt}})));
+    const auto resumed = TrainLosses(tmp_ / root);
+    ASSERT_EQ(resumed.size(), 5u);
+    for (const auto& [step, loss] : resumed) {
+      EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << "step " << step;
+    }
+  }
+}
+
+// A rank that crashes while writing its shard leaves the previous checkpoint.
+TEST_F(ShardedTraining, CrashDuringAShardedSaveKeepsThePreviousCheckpoint) {
+  ASSERT_TRUE(Succeeded(Run("run", 2, 2, "deepspeed_stage_3",
+                            {{"--max_steps", "2"}, {"--val_check_interval", "2"}})));
+  const std::string before = ReadText(tmp_ / "run/checkpoints/last/meta.json");
+  RunOptions crash;
+  crash.env["MINGPT_DATA"] = data_;
+  crash.env["MINGPT_CRASH_DURING_SAVE"] = "1";  // each rank dies after its first file
+  crash.cwd = tmp_.path();
+  const ProcessResult r = Run("run", 2, 2, "deepspeed_stage_3",
+                              {{"--max_steps", "4"}, {"--val_check_interval", "2"},
+                               {"--ckpt_path", tmp_ / "run/checkpoints/last"}},
+                              crash);
+  EXPECT_NE(r.exit_code, 0) << r.Describe();
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(ReadText(tmp_ / "run/checkpoints/last/meta.json"), before);
+  const ProcessResult info = Mingpt({"info", "--checkpoint", tmp_ / "run/checkpoints/last"});
+  EXPECT_TRUE(Succeeded(info));
+  EXPECT_NE(info.out.find("step"), std::string::npos);
+}
+
+// Rank 1 killed mid-run: every rank stops within 30 s, and the output names
+// the rank.
+TEST_F(ShardedTraining, AKilledRankStopsEveryRankAndIsNamed) {
+  const std::string root = tmp_ / "long";
+  ProcessResult result;
+  std::thread run([&] {
+    RunOptions o;
+    o.timeout_s = 90;
+    result = Run("long", 2, 2, "deepspeed_stage_3", {{"--max_steps", "1000000"}}, o);
+  });
+  // Wait for training to be under way, then find rank 1 and kill it.
+  pid_t victim = 0;
+  for (int i = 0; i < 400 && victim == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (TrainLosses(root).size() < 3) continue;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      const std::string name = entry.path().filename();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      const std::string cmd = ReadText(entry.path() / "cmdline");
+      const std::string env = ReadText(entry.path() / "environ");
+      if (cmd.find(root) != std::string::npos &&
+          env.find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') != std::string::npos) {
+        victim = std::stoi(name);
+      }
+    }
+  }
+  ASSERT_NE(victim, 0) << "rank 1 never appeared";
+  const auto killed = std::chrono::steady_clock::now();
+  ::kill(victim, SIGKILL);
+  run.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_FALSE(result.timed_out) << result.Describe();
+  EXPECT_LT(seconds, 30.0);
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE((result.out + result.err).find("rank 1"), std::string::npos) << result.Describe();
+}
+
+// Ranks started by hand with different flags refuse to train, saying so.
+TEST_F(ShardedTraining, RanksGivenDifferentConfigurationsRefuse) {
+  std::vector<std::string> argv = {"/bin/sh", "-c",
+      std::string("mpirun --allow-run-as-root --oversubscribe --mca btl self,vader "
+                  "--mca btl_vader_single_copy_mechanism none -np 1 ") + MINGPT_BIN +
+      " train --data " + data_ + " --default_root_dir " + (tmp_ / "mixed") +
+      " --n_layer 1 --max_steps 2 --seed 1 : -np 1 " + MINGPT_BIN + " train --data " + data_ +
+      " --default_root_dir " + (tmp_ / "mixed") + " --n_layer 1 --max_steps 2 --seed 2"};
+  const ProcessResult r = RunProcess(argv, Options());
+  EXPECT_NE(r.exit_code, 0) << r.Describe();
+  EXPECT_NE(r.err.find("not given the same configuration"), std::string::npos) << r.Describe();
+  EXPECT_FALSE(Exists(tmp_ / "mixed/metrics.csv"));
+}
+
+TEST_F(ShardedTraining, BadDevicesAndStrategiesGetOneClearLine) {
+  EXPECT_TRUE(FailsWith(Train("r", {{"--devices", "0"}}), 1, {"--devices"}));
+  EXPECT_TRUE(FailsWith(Train("r", {{"--strategy", "zero9"}}), 1, {"unknown --strategy", "zero9"}));
+  EXPECT_TRUE(FailsWith(Train("r", {{"--strategy", "deepspeed_stage_3_offload"}}), 1,
+                        {"deepspeed_stage_3_offload", "not available yet"}));
+  EXPECT_TRUE(FailsWith(Train("r", {{"--devices", "2"}, {"--strategy", "single_device"}}), 1,
+                        {"single_device"}));
+}
+
+}  // namespace
+}  // namespace mingpt::cli_test
