@@ -7,7 +7,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <map>
+#include <memory>
+#include <string>
+
 #include "core/status.h"
+#include "dist/communicator.h"
+#include "dist/launch.h"
 
 namespace mingpt::cli {
 
@@ -19,6 +25,14 @@ Command AddSample(CLI::App* app);
 Command AddInfo(CLI::App* app);
 Command AddConvert(CLI::App* app);
 Command AddPlan(CLI::App* app);
+
+// Several ranks (cli/ranks.cc). RelaunchUnderMpirun runs this same command
+// line as `devices` ranks under mpirun, each flag of `replace` given the
+// value here instead of the one on the command line, waits, and ends this
+// process with mpirun's exit code (it returns only on an error). JoinWorld
+// gives a process its world: MPI's when a launcher started it, else its own.
+Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
+StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
 
 // --data resolution: the flag if given, else $MINGPT_DATA, else
 // data/tinyshakespeare.txt, downloaded from its public URL when missing.

@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "dist/agree.h"
 #include "engine/single_process.h"
+#include "engine/strategies.h"
 #include "io/file.h"
 #include "model/gpt.h"
 #include "train/inference.h"
@@ -43,41 +45,87 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int thr
   return m;
 }
 
-int DefaultThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 }  // namespace
 
+// The checkpoint's parameters, each rank holding what `strategy` gives it.
+Status LoadParameters(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s) {
+  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader,
+                          CheckpointReader::Open(ckpt, layout, /*with_optimizer=*/false));
+  std::vector<float> buffer;
+  for (int u = 0; u < layout.num_units(); ++u) {
+    const ElementRange r = s->Held(u, StateKind::kParams);
+    buffer.resize(r.size());
+    MINGPT_RETURN_IF_ERROR(reader.Read(u, StateKind::kParams, r, buffer.data()));
+    s->Upload(u, StateKind::kParams, buffer.data());
+  }
+  return Status::Ok();
+}
+
 Command AddEvaluate(CLI::App* app) {
   struct Flags {
-    std::string checkpoint, data, split = "test";
+    std::string checkpoint, data, split = "test", strategy = "auto";
     bool json = false;
-    int batch_size = 32, threads = DefaultThreads();
+    int batch_size = 32, threads = 0, devices = 1;
+    CLI::Option *devices_opt = nullptr, *threads_opt = nullptr;
   };
   auto f = std::make_shared<Flags>();
   app->add_option("--checkpoint", f->checkpoint, "Checkpoint directory")->required();
   app->add_option("--data", f->data, "Text file (default: the one recorded in the checkpoint)");
   app->add_option("--split", f->split, "val or test")->capture_default_str();
   app->add_option("--batch_size", f->batch_size, "Windows per forward pass")->capture_default_str();
-  app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
+  f->threads_opt = app->add_option("--num_threads", f->threads,
+                                   "CPU threads per rank (default: the cores / the ranks on this machine)");
   app->add_flag("--json", f->json, "Print one JSON object");
+  f->devices_opt = app->add_option("--devices,--gpus", f->devices,
+                                   "Ranks sharing the windows (N > 1 starts N processes through mpirun)")
+                       ->capture_default_str();
+  app->add_option("--strategy", f->strategy,
+                  "How the ranks hold the weights: auto, ddp, deepspeed_stage_1/2/3 (stage 3 "
+                  "shards them)")
+      ->capture_default_str();
   return [f]() -> Status {
     if (f->split != "val" && f->split != "test") {
       return Status::Error("--split must be val or test, got '" + f->split + "'");
     }
     if (f->batch_size <= 0) return Status::Error("--batch_size must be positive");
-    if (f->threads <= 0) return Status::Error("--num_threads must be positive");
-    MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, f->threads, f->batch_size));
-    std::string path = f->data.empty() ? m->ckpt.data_path : f->data;
+    if (f->threads_opt->count() > 0 && f->threads <= 0) {
+      return Status::Error("--num_threads must be positive");
+    }
+    if (f->devices <= 0) return Status::Error("--devices must be positive, got " + std::to_string(f->devices));
+    MINGPT_RETURN_IF_ERROR(ValidateStrategyName(f->strategy));
+    // Everything that can fail on bad input, checked before any rank starts.
+    MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint(f->checkpoint));
+    MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(ckpt));
+    ModelConfig config = ckpt.config;
+    config.dropout = 0.0f;
+    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(config, f->batch_size, /*training=*/false));
+    const std::string path = f->data.empty() ? ckpt.data_path : f->data;
     if (path.empty()) return Status::Error("the checkpoint records no data file; pass --data");
     MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
     if (text.empty()) return Status::Error("data file '" + path + "' is empty");
-    auto ids = m->ckpt.tokenizer.Encode(text);
+    auto ids = ckpt.tokenizer.Encode(text);
     if (!ids.ok()) return ids.status().WithContext("data file '" + path + "'");
     MINGPT_ASSIGN_OR_RETURN(CharDataset data,
-                            CharDataset::Create(std::move(ids).value(), m->ckpt.config.block_size));
+                            CharDataset::Create(std::move(ids).value(), ckpt.config.block_size));
     const Split split = f->split == "val" ? Split::kVal : Split::kTest;
-    EvalResult r = EvaluateSplit(m->gpt.get(), m->params.get(), data, split, -1, f->batch_size);
-    if (r.tokens == 0) return Status::Error("the " + f->split + " split of '" + path + "' is too short to evaluate");
+    if (data.num_eval_windows(split) == 0 || data.eval_window_length(split) == 0) {
+      return Status::Error("the " + f->split + " split of '" + path + "' is too short to evaluate");
+    }
+    const MpiEnvironment env = DetectMpiEnvironment();
+    if (!env.launched && f->devices > 1) return RelaunchUnderMpirun(f->devices, {});
+
+    const int threads = f->threads > 0 ? f->threads : LocalCoresPerRank(env);
+    MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
+    std::string strategy = f->strategy;
+    if (strategy == "auto") strategy = comm->world() == 1 ? "single_device" : "ddp";
+    auto backend = MakeCpuBackend(threads);
+    GPT gpt(backend.get(), config, f->batch_size);
+    std::unique_ptr<Strategy> params =
+        MakeStrategy(strategy, backend.get(), gpt.layout(), comm.get(), /*training=*/false);
+    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadParameters(ckpt, gpt.layout(), params.get())));
+    EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
+    if (comm->rank() != 0) return Status::Ok();
     const double ppl = std::exp(r.loss), bpc = r.loss / std::log(2.0);
     if (f->json) {
       nlohmann::json j = {{"split", f->split}, {"loss", r.loss}, {"perplexity", ppl},

@@ -1,7 +1,6 @@
 #include <csignal>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <thread>
 
@@ -9,7 +8,6 @@
 #include "cli/commands.h"
 #include "dist/agree.h"
 #include "dist/launch.h"
-#include "dist/mpi_communicator.h"
 #include "io/file.h"
 #include "train/model_checkpoint.h"
 #include "train/planner.h"
@@ -76,37 +74,13 @@ Status Reconcile(TrainFlags* f) {
   return Status::Ok();
 }
 
-// This process's own arguments after the program name, from /proc/self/cmdline.
-std::vector<std::string> OwnArguments() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::vector<std::string> args;
-  for (std::string a; std::getline(in, a, '\0');) args.push_back(a);
-  if (!args.empty()) args.erase(args.begin());
-  return args;
-}
-
 // Starts `devices` ranks of this command through mpirun, each given the
 // data file and run directory this process resolved (so all agree), and
 // ends this process with mpirun's exit code.
 Status Launch(const TrainOptions& o) {
-  std::vector<std::string> args;
-  const std::vector<std::string> own = OwnArguments();
-  for (size_t i = 0; i < own.size(); ++i) {
-    const std::string& a = own[i];
-    if (a == "--data" || a == "--default_root_dir") {
-      ++i;
-      continue;
-    }
-    if (a.rfind("--data=", 0) == 0 || a.rfind("--default_root_dir=", 0) == 0) continue;
-    args.push_back(a);
-  }
-  for (const std::string& a : {std::string("--data"), o.data_path, std::string("--default_root_dir"),
-                               std::filesystem::absolute(o.default_root_dir).string()}) {
-    args.push_back(a);
-  }
-  MINGPT_ASSIGN_OR_RETURN(int code, RunUnderMpirun(o.devices, args));
-  std::fflush(nullptr);
-  std::exit(code);
+  return RelaunchUnderMpirun(
+      o.devices, {{"--data", o.data_path},
+                  {"--default_root_dir", std::filesystem::absolute(o.default_root_dir).string()}});
 }
 
 // Parses "8GiB", "512M", "1.5G", "1000000" (bytes) into bytes.
@@ -217,12 +191,7 @@ Command AddTrain(CLI::App* app) {
     if (f->num_threads->count() == 0) f->o.num_threads = LocalCoresPerRank(env);
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
-    std::unique_ptr<Communicator> comm;
-    if (env.launched) {
-      MINGPT_ASSIGN_OR_RETURN(comm, MakeMpiCommunicator());
-    } else {
-      comm = MakeLocalCommunicator();
-    }
+    MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
     const int rank = comm->rank();
     if (f->devices->count() > 0 && f->o.devices != comm->world()) {
       // Every rank sees the same flags and world: all stop, rank 0 reports.

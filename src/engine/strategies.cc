@@ -29,8 +29,9 @@ int ZeroStageOf(const std::string& s) {
 }
 
 std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
-                                       const ModelLayout& layout, Communicator* comm) {
-  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name);
+                                       const ModelLayout& layout, Communicator* comm,
+                                       bool training) {
+  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name, training);
 }
 
 }  // namespace mingpt

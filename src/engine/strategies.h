@@ -20,8 +20,10 @@ Status ValidateStrategyName(const std::string& name);
 // must have been resolved by the planner before.
 int ZeroStageOf(const std::string& name);
 
-// The strategy for this rank.
+// The strategy for this rank; with training false, for inference only
+// (parameters alone).
 std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
-                                       const ModelLayout& layout, Communicator* comm);
+                                       const ModelLayout& layout, Communicator* comm,
+                                       bool training = true);
 
 }  // namespace mingpt

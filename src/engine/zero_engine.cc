@@ -10,7 +10,7 @@
 namespace mingpt {
 
 ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm,
-                       int stage, std::string name)
+                       int stage, std::string name, bool training)
     : backend_(backend), layout_(layout), comm_(comm), stage_(stage), name_(std::move(name)) {
   MINGPT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage %d", stage);
   const int U = layout.num_units();
@@ -29,12 +29,14 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     backend->Memset0(b->f32(), bytes);
   };
   alloc(&params_, params_whole());
-  alloc(&grads_, grads_whole());
-  alloc(&exp_avg_, moments_whole());
-  alloc(&exp_avg_sq_, moments_whole());
   param_gathers_.resize(U);
   grad_reduces_.resize(U);
-  if (stage_ >= 2) {
+  if (training) {
+    alloc(&grads_, grads_whole());
+    alloc(&exp_avg_, moments_whole());
+    alloc(&exp_avg_sq_, moments_whole());
+  }
+  if (stage_ >= 2 && training) {
     for (Staging& s : staging_) {
       s.whole = Buffer(backend, max_padded_ * sizeof(float));
       s.reduced = Buffer(backend, max_shard_ * sizeof(float));

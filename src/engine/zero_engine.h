@@ -48,9 +48,12 @@ namespace mingpt {
 
 class ZeroEngine : public Strategy {
  public:
-  // stage 0 is ddp. `name` is what the user asked for (e.g. "ddp").
+  // stage 0 is ddp. `name` is what the user asked for (e.g. "ddp"). With
+  // training false only the parameters (and stage 3's gather slots) exist:
+  // Forward works; nothing else may be called but Held/Upload/Download of
+  // parameters.
   ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm, int stage,
-             std::string name);
+             std::string name, bool training = true);
   ~ZeroEngine() override;
 
   // ParamProvider

@@ -203,7 +203,7 @@ const float* GPT::BlockInput(int layer) const {
   return layer == 0 ? arena_->encoded : arena_->layers[layer - 1].x_out;
 }
 
-void GPT::BlockForward(int l, const float* params, int B, int T, const DropoutContext& dropout,
+void GPT::BlockForward(int layer, const float* params, int B, int T, const DropoutContext& dropout,
                        bool through_output) {
   Backend& be = *backend_;
   Arena& a = *arena_;
@@ -211,24 +211,25 @@ void GPT::BlockForward(int l, const float* params, int B, int T, const DropoutCo
   const int N = B * T;
   const int64_t NC = static_cast<int64_t>(N) * C, TC = static_cast<int64_t>(T) * C;
   const float p = config_.dropout;
-  const int u = layout_.block_unit(l);
+  const int u = layout_.block_unit(layer);
   UnitView P{const_cast<float*>(params), &layout_.units()[u]};
-  Arena::Layer& s = a.layers[l];
-  const float* x_in = BlockInput(l);
+  Arena::Layer& s = a.layers[layer];
+  const float* x_in = BlockInput(layer);
   be.LayerNormForward(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
   be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
   be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
   be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
-  be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH, Site(dropout, p, AttnSite(l)));
+  be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH,
+                      Site(dropout, p, AttnSite(layer)));
   be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
-  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(l)));
+  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(layer)));
   be.Add(s.x_mid, x_in, a.tmp, NC);
   be.LayerNormForward(s.ln2, s.ln2_mean, s.ln2_rstd, s.x_mid, P[kLn2W], P[kLn2B], N, C);
   be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
   be.GeluForward(s.fch_gelu, s.fch, 4 * NC);
   if (!through_output) return;
   be.MatmulForward(a.tmp, s.fch_gelu, P[kFc2W], P[kFc2B], N, 4 * C, C);
-  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid2Site(l)));
+  be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid2Site(layer)));
   be.Add(s.x_out, s.x_mid, a.tmp, NC);
 }
 

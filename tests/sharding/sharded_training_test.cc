@@ -151,6 +151,26 @@ TEST_F(ShardedTraining, RanksGivenDifferentConfigurationsRefuse) {
   EXPECT_FALSE(Exists(tmp_ / "mixed/metrics.csv"));
 }
 
+// `mingpt evaluate` under any strategy and number of ranks prints the loss
+// of one process, on a checkpoint written by 3 ranks.
+TEST_F(ShardedTraining, EvaluateGivesTheSameLossUnderAnyStrategyAndWorld) {
+  ASSERT_TRUE(Succeeded(Run("run", 3, 2, "deepspeed_stage_3", {{"--max_steps", "4"}})));
+  const std::string ckpt = tmp_ / "run/checkpoints/last";
+  double reference = 0;
+  for (const auto& [devices, strategy] :
+       {std::pair<std::string, std::string>{"1", "auto"}, {"2", "ddp"},
+        {"3", "deepspeed_stage_3"}, {"4", "deepspeed_stage_1"}}) {
+    const ProcessResult r = Mingpt({"evaluate", "--checkpoint", ckpt, "--devices", devices,
+                                    "--strategy", strategy, "--json", "--batch_size", "3"});
+    ASSERT_TRUE(Succeeded(r));
+    const size_t at = r.out.find("\"loss\":");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    const double loss = std::stod(r.out.substr(at + 7));
+    if (reference == 0) reference = loss;
+    EXPECT_NEAR(loss, reference, 1e-6 * reference) << devices << " ranks, " << strategy;
+  }
+}
+
 TEST_F(ShardedTraining, BadDevicesAndStrategiesGetOneClearLine) {
   EXPECT_TRUE(FailsWith(Train("r", {{"--devices", "0"}}), 1, {"--devices"}));
   EXPECT_TRUE(FailsWith(Train("r", {{"--strategy", "zero9"}}), 1, {"unknown --strategy", "zero9"}));
