@@ -9,7 +9,8 @@
 
 namespace mingpt {
 
-Status CheckMemoryFits(const ModelConfig& c, int batch, bool training) {
+Status CheckMemoryFits(const ModelConfig& c, int batch, bool training,
+                       bool activation_checkpointing) {
   const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
   // A generous bound in double precision first, so that absurd sizes never
   // reach the exact (64-bit) count.
@@ -19,7 +20,7 @@ Status CheckMemoryFits(const ModelConfig& c, int batch, bool training) {
                               (L * (12 * C * C + 16 * C) + 2 * V * C + T * C + 64 * (L + 2)) * 4);
   double activations = 0, state = 0;
   if (bound <= physical) {
-    activations = static_cast<double>(GPT::ActivationBytes(c, batch));
+    activations = static_cast<double>(GPT::ActivationBytes(c, batch, activation_checkpointing));
     state = (training ? 16.0 : 4.0) * static_cast<double>(ModelLayout(c).total_numel());
     if (activations + state <= physical) return Status::Ok();
   } else {

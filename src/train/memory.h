@@ -11,7 +11,8 @@ namespace mingpt {
 
 // Activations for `batch` sequences of block_size, plus the parameters (and,
 // when training, gradients and both AdamW moments).
-Status CheckMemoryFits(const ModelConfig& config, int batch, bool training);
+Status CheckMemoryFits(const ModelConfig& config, int batch, bool training,
+                       bool activation_checkpointing = false);
 
 // This process's peak resident set size so far (VmHWM), in bytes; 0 if unknown.
 int64_t PeakRssBytes();

@@ -229,7 +229,7 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   MINGPT_ASSIGN_OR_RETURN(o->strategy, ResolveStrategy(*o, dry_run ? -1 : comm->rank(),
                                                         comm->world(), text.size()));
   if (comm->world() == 1) {
-    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o->model, o->batch_size, /*training=*/true));
+    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o->model, o->batch_size, /*training=*/true, o->activation_checkpointing));
   }
   if (s.resume) {
     // Every file of the checkpoint checked before anything is created.
