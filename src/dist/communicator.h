@@ -68,4 +68,9 @@ class Communicator {
 // The world of one process.
 std::unique_ptr<Communicator> MakeLocalCommunicator();
 
+// Rank `rank` of a world of `world` that answers rank() and world() only:
+// for what is planned or checked without communicating (memory accounting,
+// a launcher's dry run). Any collective stops the process (a bug).
+std::unique_ptr<Communicator> MakeSizeOnlyCommunicator(int rank, int world);
+
 }  // namespace mingpt

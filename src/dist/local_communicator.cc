@@ -52,7 +52,38 @@ class LocalCommunicator final : public Communicator {
   }
 };
 
+// A world seen from one of its ranks without any connection to the others.
+class SizeOnlyCommunicator final : public Communicator {
+ public:
+  SizeOnlyCommunicator(int rank, int world) : rank_(rank), world_(world) {}
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+  const char* name() const override { return "size-only"; }
+  Work AllReduce(float*, int64_t) override { Unreachable(); }
+  Work AllReduce(double*, int64_t) override { Unreachable(); }
+  Work ReduceScatter(const float*, float*, int64_t) override { Unreachable(); }
+  Work AllGather(const float*, float*, int64_t) override { Unreachable(); }
+  Work Broadcast(void*, size_t, int) override { Unreachable(); }
+  void Barrier() override { Unreachable(); }
+  [[noreturn]] void Abort(int code) override {
+    std::fflush(nullptr);
+    std::_Exit(code);
+  }
+
+ private:
+  [[noreturn]] static void Unreachable() {
+    MINGPT_CHECK(false, "a collective on a size-only communicator");
+    std::abort();
+  }
+  int rank_, world_;
+};
+
 }  // namespace
+
+std::unique_ptr<Communicator> MakeSizeOnlyCommunicator(int rank, int world) {
+  MINGPT_CHECK(world >= 1 && rank >= 0 && rank < world, "rank %d of %d", rank, world);
+  return std::make_unique<SizeOnlyCommunicator>(rank, world);
+}
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() {
   return std::make_unique<LocalCommunicator>();

@@ -242,31 +242,11 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   return s;
 }
 
-// A world of `world` ranks that only answers rank() and world(): enough
-// for Prepare's dry run, which communicates nothing.
-class DryRunWorld : public Communicator {
- public:
-  explicit DryRunWorld(int world) : world_(world) {}
-  int rank() const override { return 0; }
-  int world() const override { return world_; }
-  const char* name() const override { return "dry-run"; }
-  Work AllReduce(float*, int64_t) override { return Work(); }
-  Work AllReduce(double*, int64_t) override { return Work(); }
-  Work ReduceScatter(const float*, float*, int64_t) override { return Work(); }
-  Work AllGather(const float*, float*, int64_t) override { return Work(); }
-  Work Broadcast(void*, size_t, int) override { return Work(); }
-  void Barrier() override {}
-  [[noreturn]] void Abort(int code) override { std::_Exit(code); }
-
- private:
-  int world_;
-};
-
 }  // namespace
 
 Status CheckTrainSetup(TrainOptions o) {
-  DryRunWorld world(o.devices);
-  return Prepare(&o, &world, /*dry_run=*/true).status();
+  std::unique_ptr<Communicator> world = MakeSizeOnlyCommunicator(0, o.devices);
+  return Prepare(&o, world.get(), /*dry_run=*/true).status();
 }
 
 StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atomic<bool>* stop) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/metrics_csv.h"
 #include "core/rng.h"
 #include "dist/agree.h"
 #include "dist/launch.h"
@@ -70,22 +71,6 @@ TrainOptions Options(const fs::path& dir, const std::string& root, const std::st
   return o;
 }
 
-std::map<int, double> TrainLosses(const fs::path& root) {
-  std::ifstream f(root / "metrics.csv");
-  std::string line;
-  std::getline(f, line);
-  std::map<int, double> out;
-  while (std::getline(f, line)) {
-    std::stringstream ss(line);
-    std::string step, tokens, loss;
-    std::getline(ss, step, ',');
-    std::getline(ss, tokens, ',');
-    std::getline(ss, loss, ',');
-    if (!loss.empty()) out[std::stoi(step)] = std::stod(loss);
-  }
-  return out;
-}
-
 StatusOr<std::vector<float>> Weights(const fs::path& root) {
   MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint((root / "checkpoints/last").string()));
   ModelLayout layout(ckpt.config);
@@ -101,7 +86,7 @@ Status Compare(const fs::path& dir, const std::string& strategy, int world, cons
   TrainOptions o = Options(dir, single, "single_device", kBatch * world, c);
   o.activation_checkpointing = false;
   MINGPT_RETURN_IF_ERROR(Train(o, local.get()).status());
-  const auto a = TrainLosses(dir / sharded), b = TrainLosses(dir / single);
+  const auto a = test::TrainLosses(dir / sharded), b = test::TrainLosses(dir / single);
   if (a.size() != kSteps || b.size() != kSteps) return Status::Error("metrics.csv lacks steps");
   double worst_loss = 0, worst_weight = 0;
   for (const auto& [step, loss] : b) {

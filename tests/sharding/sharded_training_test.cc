@@ -11,28 +11,14 @@
 #include <thread>
 
 #include "cli/cli_fixture.h"
+#include "common/metrics_csv.h"
 
 namespace mingpt::cli_test {
 namespace {
 
 namespace fs = std::filesystem;
 
-// train_loss by step from a run's metrics.csv.
-std::map<int, double> TrainLosses(const std::string& root) {
-  std::ifstream f(root + "/metrics.csv");
-  std::string line;
-  std::getline(f, line);
-  std::map<int, double> out;
-  while (std::getline(f, line)) {
-    std::stringstream ss(line);
-    std::string step, tokens, loss;
-    std::getline(ss, step, ',');
-    std::getline(ss, tokens, ',');
-    std::getline(ss, loss, ',');
-    if (!loss.empty()) out[std::stoi(step)] = std::stod(loss);
-  }
-  return out;
-}
+using test::TrainLosses;
 
 class ShardedTraining : public CliTest {
  protected:

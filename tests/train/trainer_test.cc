@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/metrics_csv.h"
 #include "io/file.h"
 #include "train/model_checkpoint.h"
 #include "train/trainer.h"
@@ -60,19 +61,7 @@ class TrainerTest : public ::testing::Test {
 
   // train_loss column of metrics.csv, by step.
   std::map<int, std::string> TrainLosses(const std::string& root) {
-    std::ifstream f(dir_ / root / "metrics.csv");
-    std::string line;
-    std::getline(f, line);
-    std::map<int, std::string> out;
-    while (std::getline(f, line)) {
-      std::stringstream ss(line);
-      std::string step, tokens, loss;
-      std::getline(ss, step, ',');
-      std::getline(ss, tokens, ',');
-      std::getline(ss, loss, ',');
-      if (!loss.empty()) out[std::stoi(step)] = loss;
-    }
-    return out;
+    return test::TrainLossCells((dir_ / root).string());
   }
 
   fs::path dir_;
