@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -63,6 +64,7 @@ struct ProcessResult {
 
 struct RunOptions {
   std::map<std::string, std::string> env;  // set (overriding the parent's)
+  std::function<void(pid_t)> on_start;     // called with the child's pid once it runs
   std::string cwd;                         // empty: the parent's
   double timeout_s = 60;
 };
@@ -124,6 +126,7 @@ inline ProcessResult RunProcess(const std::vector<std::string>& argv, const RunO
     ::_exit(127);
   }
   ::setpgid(pid, pid);  // also from the parent, so the kill below never misses
+  if (opts.on_start) opts.on_start(pid);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
 

@@ -3,6 +3,7 @@
 // a sharded save, a rank killed mid-step, ranks given different flags.
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -121,6 +122,36 @@ TEST_F(ShardedTraining, AKilledRankStopsEveryRankAndIsNamed) {
   EXPECT_LT(seconds, 30.0);
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE((result.out + result.err).find("rank 1"), std::string::npos) << result.Describe();
+}
+
+// Ctrl-C (SIGINT to the launching process) reaches every rank: they stop
+// after the same step, save `last` there, and the run exits 0.
+TEST_F(ShardedTraining, InterruptSavesLastOnEveryRankAndExitsCleanly) {
+  const std::string root = tmp_ / "stopped";
+  ProcessResult result;
+  std::atomic<pid_t> launcher{0};
+  std::thread run([&] {
+    RunOptions o;
+    o.timeout_s = 90;
+    o.env["MINGPT_DATA"] = data_;
+    o.cwd = tmp_.path();
+    o.on_start = [&](pid_t pid) { launcher = pid; };
+    result = Run("stopped", 2, 2, "deepspeed_stage_2", {{"--max_steps", "1000000"}}, o);
+  });
+  for (int i = 0; i < 400 && (launcher == 0 || TrainLosses(root).size() < 3); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_NE(launcher, 0);
+  ::kill(launcher, SIGINT);
+  run.join();
+  EXPECT_TRUE(Succeeded(result));
+  EXPECT_NE(result.err.find("interrupted: saved"), std::string::npos) << result.Describe();
+  const ProcessResult info = Mingpt({"info", "--checkpoint", root + "/checkpoints/last"});
+  ASSERT_TRUE(Succeeded(info));
+  // The checkpoint is at the last step metrics.csv recorded.
+  const int last_step = TrainLosses(root).rbegin()->first;
+  EXPECT_NE(info.out.find("step           " + std::to_string(last_step) + "\n"), std::string::npos)
+      << info.out;
 }
 
 // Ranks started by hand with different flags refuse to train, saying so.
