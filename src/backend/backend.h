@@ -33,6 +33,8 @@ class Backend {
   virtual void Memset0(void* p, size_t bytes) = 0;
   virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  // Backend memory to backend memory.
+  virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void Synchronize() = 0;
 
   // ---- ops ----------------------------------------------------------------
@@ -72,6 +74,12 @@ class Backend {
   virtual void AttentionForward(float* out, float* probs, const float* q,
                                 const float* k, const float* v, int B, int T,
                                 int C, int NH, const DropoutSpec& dropout) = 0;
+  // One query position against cached keys and values (generation, no
+  // dropout): q, out [C]; k_cache, v_cache [T,C], rows 0..T-1 the positions
+  // up to and including the query's. Per head h:
+  //   out_h = sum_j softmax_j(q_h . k_j,h / sqrt(hs)) v_j,h               (=)
+  virtual void AttentionDecode(float* out, const float* q, const float* k_cache,
+                               const float* v_cache, int T, int C, int NH) = 0;
   // dq, dk, dv (=) from dout, using the saved probs and the same dropout.
   virtual void AttentionBackward(float* dq, float* dk, float* dv,
                                  const float* dout, const float* q,

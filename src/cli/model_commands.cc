@@ -155,6 +155,9 @@ Command AddSample(CLI::App* app) {
   app->add_option("--temperature", f->o.temperature, "Softmax temperature (> 0)")->capture_default_str();
   app->add_option("--top_k", f->o.top_k, "Sample among the k most likely (0: all)")->capture_default_str();
   app->add_flag("--greedy", f->o.greedy, "Take the most likely character instead of sampling");
+  app->add_flag("--no_kv_cache{false}", f->o.kv_cache,
+                "Recompute the whole context for every character instead of decoding from "
+                "cached keys and values (same text, slower)");
   app->add_option("--seed", f->o.seed, "Sampling seed")->capture_default_str();
   app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
   return [f]() -> Status {

@@ -103,6 +103,14 @@ GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch,
 GPT::~GPT() = default;
 
 const float* GPT::logits() const { return arena_->logits; }
+const float* GPT::keys(int layer) const {
+  MINGPT_CHECK(!activation_checkpointing_, "keys() with activation checkpointing");
+  return arena_->layers[layer].k;
+}
+const float* GPT::values(int layer) const {
+  MINGPT_CHECK(!activation_checkpointing_, "values() with activation checkpointing");
+  return arena_->layers[layer].v;
+}
 void GPT::CopyLogitsRow(int64_t row, float* host_dst) const {
   const int V = config_.vocab_size;
   backend_->CopyToHost(host_dst, arena_->logits + row * V, V * sizeof(float));

@@ -55,6 +55,7 @@ class GPT {
   ~GPT();
 
   const ModelConfig& config() const { return config_; }
+  Backend* backend() const { return backend_; }
   const ModelLayout& layout() const { return layout_; }
   bool activation_checkpointing() const { return activation_checkpointing_; }
 
@@ -81,6 +82,12 @@ class GPT {
   const float* logits() const;
   // Copies row `row` (= b*T + t) of the last logits into host memory [V].
   void CopyLogitsRow(int64_t row, float* host_dst) const;
+
+  // Layer `layer`'s keys / values [B,T,C] of the last Forward (backend
+  // memory). Without activation checkpointing only: with it the layers share
+  // one scratch.
+  const float* keys(int layer) const;
+  const float* values(int layer) const;
 
   // Bytes held by the activation arena.
   size_t activation_bytes() const;

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/rng.h"
+#include "model/kv_decoder.h"
 
 namespace mingpt {
 
@@ -45,13 +47,22 @@ std::vector<int32_t> Sample(GPT* gpt, ParamProvider* params, std::vector<int32_t
                             const SampleOptions& o, void (*on_token)(int32_t, void*), void* ctx) {
   const int V = gpt->config().vocab_size, block = gpt->config().block_size;
   std::vector<float> logits(V);
-  std::vector<int32_t> order(V);
   std::vector<double> probs(V);
+  std::optional<KvDecoder> decoder;
+  if (o.kv_cache) decoder.emplace(gpt->backend(), gpt);
   for (int s = 0; s < o.steps; ++s) {
     const int T = std::min<int>(static_cast<int>(ids.size()), block);
     const int32_t* context = ids.data() + ids.size() - T;
-    gpt->Forward(params, context, nullptr, 1, T, {});
-    gpt->CopyLogitsRow(T - 1, logits.data());
+    if (decoder && T == static_cast<int>(ids.size()) && decoder->length() == T - 1 && T > 1) {
+      // The context still starts at position 0 and the cache holds all but
+      // its last token: one row.
+      decoder->Decode(params, ids.back(), logits.data());
+    } else if (decoder) {
+      decoder->Prefill(params, context, T, logits.data());
+    } else {
+      gpt->Forward(params, context, nullptr, 1, T, {});
+      gpt->CopyLogitsRow(T - 1, logits.data());
+    }
     int32_t next;
     if (o.greedy) {
       next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());

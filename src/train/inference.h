@@ -34,6 +34,7 @@ struct SampleOptions {
   int top_k = 0;        // 0: no cropping
   bool greedy = false;  // take the most likely token instead of sampling
   uint64_t seed = 42;
+  bool kv_cache = true;  // decode from cached keys and values (model/kv_decoder.h)
 };
 
 // The seed's sample(): repeatedly feeds the last block_size tokens, takes the

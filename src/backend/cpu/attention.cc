@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "backend/cpu/dropout.h"
 #include "backend/cpu/omp_util.h"
@@ -342,6 +343,38 @@ void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
               });
 }
 
+template <typename Real>
+void AttentionDecode(Real* out, const Real* q, const Real* k_cache, const Real* v_cache, int T,
+                     int C, int NH) {
+  const int hs = C / NH;
+  const Real scale = Real(1) / std::sqrt(static_cast<Real>(hs));
+#pragma omp parallel for if (static_cast<int64_t>(T) * C > 65536)
+  for (int h = 0; h < NH; ++h) {
+    const Real* qh = q + h * hs;
+    std::vector<Real> p(T);
+    for (int j = 0; j < T; ++j) {
+      const Real* kj = k_cache + static_cast<int64_t>(j) * C + h * hs;
+      Real s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int c = 0; c < hs; ++c) s += qh[c] * kj[c];
+      p[j] = s * scale;
+    }
+    SoftmaxInPlace(p.data(), T);
+    Real* oh = out + h * hs;
+    for (int c = 0; c < hs; ++c) oh[c] = 0;
+    for (int j = 0; j < T; ++j) {
+      const Real* vj = v_cache + static_cast<int64_t>(j) * C + h * hs;
+      const Real pj = p[j];
+#pragma omp simd
+      for (int c = 0; c < hs; ++c) oh[c] += pj * vj[c];
+    }
+  }
+}
+
+template void AttentionDecode<float>(float*, const float*, const float*, const float*, int, int,
+                                     int);
+template void AttentionDecode<double>(double*, const double*, const double*, const double*, int,
+                                      int, int);
 template void AttentionForward<float>(float*, float*, const float*,
                                       const float*, const float*, int, int, int,
                                       int, const DropoutSpec&, float*, int);

@@ -28,6 +28,13 @@
 
 namespace mingpt::cpu {
 
+// One query row against cached keys and values (Backend::AttentionDecode):
+// per head, scores over the T cached rows, softmax, weighted sum of values.
+// Heads run in parallel; no scratch.
+template <typename Real>
+void AttentionDecode(Real* out, const Real* q, const Real* k_cache, const Real* v_cache, int T,
+                     int C, int NH);
+
 // Elements of scratch either direction needs when run on `threads` threads.
 int64_t AttentionScratchSize(int T, int C, int NH, int threads);
 

@@ -31,6 +31,9 @@ void CpuBackend::Memset0(void* p, size_t bytes) {
 void CpuBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
   if (bytes) std::memcpy(dst, host_src, bytes);
 }
+void CpuBackend::Copy(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
 void CpuBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   if (bytes) std::memcpy(host_dst, src, bytes);
 }
@@ -81,6 +84,10 @@ void CpuBackend::AttentionForward(float* out, float* probs, const float* q,
   const int threads = omp_get_max_threads();
   cpu::AttentionForward(out, probs, q, k, v, B, T, C, NH, dropout,
                         AttentionScratch(T, C, NH, threads), threads);
+}
+void CpuBackend::AttentionDecode(float* out, const float* q, const float* k_cache,
+                                 const float* v_cache, int T, int C, int NH) {
+  cpu::AttentionDecode(out, q, k_cache, v_cache, T, C, NH);
 }
 void CpuBackend::AttentionBackward(float* dq, float* dk, float* dv,
                                    const float* dout, const float* q,

@@ -28,6 +28,7 @@ class CpuBackend final : public Backend {
   void Memset0(void* p, size_t bytes) override;
   void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void Copy(void* dst, const void* src, size_t bytes) override;
   void Synchronize() override {}
 
   void EncoderForward(float* out, const int32_t* idx, const float* wte,
@@ -47,6 +48,8 @@ class CpuBackend final : public Backend {
   void AttentionForward(float* out, float* probs, const float* q,
                         const float* k, const float* v, int B, int T, int C,
                         int NH, const DropoutSpec& dropout) override;
+  void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                       int T, int C, int NH) override;
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
                          const float* q, const float* k, const float* v,
                          const float* probs, int B, int T, int C, int NH,
