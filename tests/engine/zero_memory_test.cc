@@ -57,7 +57,9 @@ TEST(ZeroMemory, EachStageHoldsItsShareOfTheState) {
         const double working_cap = (stage == 3 ? 2 : 0) * unit_bytes +
                                    (stage >= 2 ? 2 * unit_bytes * (1 + 1.0 / world) : 0);
         EXPECT_LE(static_cast<double>(m.working), working_cap);
-        if (stage < 2) EXPECT_EQ(m.working, 0u);
+        if (stage < 2) {
+          EXPECT_EQ(m.working, 0u);
+        }
         // The planner's count without allocating equals the allocations.
         const MemoryAccount a = ZeroEngine::Account(layout, rank, world, stage);
         EXPECT_EQ(a.params, m.params);
