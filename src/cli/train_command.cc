@@ -180,6 +180,7 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
 Command AddTrain(CLI::App* app) {
   std::shared_ptr<TrainFlags> f = AddTrainFlags(app);
   return [f]() -> Status {
+    const bool default_root = f->o.default_root_dir.empty();
     MINGPT_RETURN_IF_ERROR(ResolveFlags(f.get()));
     MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(f->o));
     const MpiEnvironment env = DetectMpiEnvironment();
@@ -193,6 +194,8 @@ Command AddTrain(CLI::App* app) {
     std::signal(SIGTERM, OnSignal);
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
     const int rank = comm->rank();
+    // runs/<time> read from each rank's clock could differ by a second.
+    if (default_root) BroadcastString(comm.get(), &f->o.default_root_dir);
     if (f->devices->count() > 0 && f->o.devices != comm->world()) {
       // Every rank sees the same flags and world: all stop, rank 0 reports.
       if (rank != 0) return Status::Ok();
