@@ -69,9 +69,10 @@ class Backend {
   // Causal self-attention over heads of size hs = C/NH:
   //   P = softmax(mask(Q K^T / sqrt(hs))),  out = dropout(P) V
   // q,k,v,out are [B,T,C] with head h in channels [h*hs, (h+1)*hs);
-  // probs[B,NH,T,T] saves P (before dropout) for backward.                  (=)
+  // lse[B,NH,T] saves log sum_j exp(S[i,j]) per row for backward, which
+  // recomputes P from it: no T x T matrix is kept.                        (=)
   // The attention dropout mask element index is (h*T + i)*T + j.
-  virtual void AttentionForward(float* out, float* probs, const float* q,
+  virtual void AttentionForward(float* out, float* lse, const float* q,
                                 const float* k, const float* v, int B, int T,
                                 int C, int NH, const DropoutSpec& dropout) = 0;
   // One query position against cached keys and values (generation, no
@@ -80,11 +81,11 @@ class Backend {
   //   out_h = sum_j softmax_j(q_h . k_j,h / sqrt(hs)) v_j,h               (=)
   virtual void AttentionDecode(float* out, const float* q, const float* k_cache,
                                const float* v_cache, int T, int C, int NH) = 0;
-  // dq, dk, dv (=) from dout, using the saved probs and the same dropout.
+  // dq, dk, dv (=) from dout, using the saved lse and the same dropout.
   virtual void AttentionBackward(float* dq, float* dk, float* dv,
                                  const float* dout, const float* q,
                                  const float* k, const float* v,
-                                 const float* probs, int B, int T, int C,
+                                 const float* lse, int B, int T, int C,
                                  int NH, const DropoutSpec& dropout) = 0;
 
   // out = x * Phi(x), exact erf form (nn.GELU()). In place allowed.         (=)

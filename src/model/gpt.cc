@@ -26,7 +26,7 @@ uint32_t Resid2Site(int l) { return 3 + 3 * l; }
 // and only x_out is per layer.
 struct GPT::Arena {
   struct Layer {
-    float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *probs, *atty, *x_mid;
+    float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *lse, *atty, *x_mid;
     float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *x_out;
   };
   Buffer memory;
@@ -62,7 +62,7 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, Aren
     } else {
       take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
       take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
-      take(&l.probs, B * NH * T * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
+      take(&l.lse, B * NH * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
       take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
       take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC);
     }
@@ -227,7 +227,7 @@ void GPT::BlockForward(int layer, const float* params, int B, int T, const Dropo
   be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
   be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
   be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
-  be.AttentionForward(s.atty, s.probs, s.q, s.k, s.v, B, T, C, NH,
+  be.AttentionForward(s.atty, s.lse, s.q, s.k, s.v, B, T, C, NH,
                       Site(dropout, p, AttnSite(layer)));
   be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
   be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(layer)));
@@ -302,7 +302,7 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     // Attention branch: x_mid = x_in + drop(proj(attn(q, k, v))), q/k/v = Linear(ln1(x_in)).
     const float* dp = branch_grad(Resid1Site(l));
     be.MatmulBackward(a.datty, G[kProjW], G[kProjB], dp, s.atty, P[kProjW], N, C, C, false);
-    be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.probs, B, T, C, NH,
+    be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.lse, B, T, C, NH,
                          Site(dropout, p, AttnSite(l)));
     be.MatmulBackward(a.dln, G[kQueryW], G[kQueryB], a.dq, s.ln1, P[kQueryW], N, C, C, false);
     be.MatmulBackward(a.dln, G[kKeyW], G[kKeyB], a.dk, s.ln1, P[kKeyW], N, C, C, true);

@@ -104,13 +104,13 @@ TEST_F(DropoutTest, AttentionDropoutShardsAgree) {
   const int64_t n = int64_t(T) * C;
   FVec q = RandomFloats(rng_, 4 * n), k = RandomFloats(rng_, 4 * n),
        v = RandomFloats(rng_, 4 * n), dout = RandomFloats(rng_, 4 * n);
-  FVec out(4 * n), probs(4 * NH * T * T), dq(4 * n), dk(4 * n), dv(4 * n);
+  FVec out(4 * n), probs(4 * NH * T), dq(4 * n), dk(4 * n), dv(4 * n);
   backend_.AttentionForward(out.data(), probs.data(), q.data(), k.data(),
                             v.data(), 4, T, C, NH, Spec(0.2f, 0));
   backend_.AttentionBackward(dq.data(), dk.data(), dv.data(), dout.data(),
                              q.data(), k.data(), v.data(), probs.data(), 4, T,
                              C, NH, Spec(0.2f, 0));
-  FVec out2(2 * n), probs2(2 * NH * T * T), dq2(2 * n), dk2(2 * n), dv2(2 * n);
+  FVec out2(2 * n), probs2(2 * NH * T), dq2(2 * n), dk2(2 * n), dv2(2 * n);
   backend_.AttentionForward(out2.data(), probs2.data(), q.data() + 2 * n,
                             k.data() + 2 * n, v.data() + 2 * n, 2, T, C, NH,
                             Spec(0.2f, 2));

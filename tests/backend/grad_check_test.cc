@@ -187,7 +187,7 @@ TEST(GradCheck, Attention) {
       Vec q = RandomVec(rng, B * T * C, -2, 2),
           k = RandomVec(rng, B * T * C, -2, 2), v = RandomVec(rng, B * T * C),
           r = RandomVec(rng, B * T * C);
-      Vec out(B * T * C), probs(B * NH * T * T);
+      Vec out(B * T * C), probs(B * NH * T);
       const int threads = 3;  // more threads than (b, h) pairs in some shapes
       Vec scratch(AttentionScratchSize(T, C, NH, threads));
       auto loss = [&] {

@@ -55,7 +55,7 @@ struct Workload {
                        targets = testing::RandomInts(rng, N, V);
   // Outputs.
   FVec x = FVec(N * C), ln = FVec(N * C), mean = FVec(N), rstd = FVec(N),
-       qkv = Rand(N * 3 * C), att = FVec(N * C), probs = FVec(B * NH * T * T),
+       qkv = Rand(N * 3 * C), att = FVec(N * C), probs = FVec(B * NH * T),
        h = FVec(N * C), logits = Rand(N * V), losses = FVec(N),
        dx = Rand(N * C), dln = Rand(N * C), dW = FVec(3 * C * C),
        db = FVec(3 * C), dq = FVec(N * C), dk = FVec(N * C), dv = FVec(N * C),

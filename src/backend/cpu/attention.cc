@@ -33,10 +33,10 @@ struct Layout {
         hs(C / NH),
         Tp(RoundUp(T_, kCols)),
         hsp(RoundUp(C / NH, kCols)) {}
-  int64_t Forward() const { return hs * Tp + T * hsp + kRows * Tp; }
+  int64_t Forward() const { return hs * Tp + T * hsp + 2 * kRows * Tp; }
   int64_t Backward() const {
-    return hs * Tp + T * hsp + 2 * Tp * hsp + 2 * kGroup * Tp +
-           2 * kGroup * hsp;
+    return 2 * hs * Tp + T * hsp + 2 * Tp * hsp + 2 * kGroup * Tp +
+           2 * kGroup * hsp + kRows * Tp;
   }
   int64_t PerThread() const { return std::max(Forward(), Backward()); }
 };
@@ -80,9 +80,9 @@ void StagePadded(Real* dst, const Real* src, const Layout& L, int64_t C) {
   }
 }
 
-// p[0..n) = softmax(p[0..n)).
+// p[0..n) = softmax(p[0..n)); returns log(sum_j exp(p_j)) of the input.
 template <typename Real>
-inline void SoftmaxInPlace(Real* p, int64_t n) {
+inline Real SoftmaxInPlace(Real* p, int64_t n) {
   Real max_s = -std::numeric_limits<Real>::infinity();
 #pragma omp simd reduction(max : max_s)
   for (int64_t j = 0; j < n; ++j) max_s = p[j] > max_s ? p[j] : max_s;
@@ -95,17 +95,19 @@ inline void SoftmaxInPlace(Real* p, int64_t n) {
   const Real inv_sum = Real(1) / sum;
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) p[j] *= inv_sum;
+  return max_s + std::log(sum);
 }
 
 template <typename Real>
-void ForwardHead(Real* out, Real* probs, const Real* q, const Real* k,
+void ForwardHead(Real* out, Real* lse, const Real* q, const Real* k,
                  const Real* v, int64_t C, const Layout& L, int64_t b,
                  int64_t h, const DropoutSpec& dropout, Real* scratch) {
   const int64_t T = L.T, hs = L.hs;
   const Real scale = Real(1) / std::sqrt(static_cast<Real>(hs));
-  Real* kt = scratch;           // [hs, Tp]   K^T
-  Real* vp = kt + hs * L.Tp;    // [T, hsp]   V
-  Real* dbuf = vp + T * L.hsp;  // [kRows, Tp] dropped probabilities
+  Real* kt = scratch;                // [hs, Tp]    K^T
+  Real* vp = kt + hs * L.Tp;         // [T, hsp]    V
+  Real* dbuf = vp + T * L.hsp;       // [kRows, Tp] dropped probabilities
+  Real* pbuf = dbuf + kRows * L.Tp;  // [kRows, Tp] probabilities of the row tile
   StageTransposed(kt, k, L, C);
   StagePadded(vp, v, L, C);
   for (int64_t i0 = 0; i0 < T; i0 += kRows) {
@@ -115,7 +117,7 @@ void ForwardHead(Real* out, Real* probs, const Real* q, const Real* k,
     const Real* qrow[kRows];
     for (int r = 0; r < kRows; ++r) {  // rows past the end repeat the last
       const int64_t i = i0 + std::min(r, rows - 1);
-      prow[r] = probs + i * T;
+      prow[r] = pbuf + std::min(r, rows - 1) * L.Tp;
       qrow[r] = q + i * C;
     }
     // Scores, masked to j <= i.
@@ -131,8 +133,8 @@ void ForwardHead(Real* out, Real* probs, const Real* q, const Real* k,
     const Real* drow[kRows];
     for (int r = 0; r < rows; ++r) {
       const int64_t i = i0 + r;
-      SoftmaxInPlace(prow[r], i + 1);
-      for (int64_t j = i + 1; j < T; ++j) prow[r][j] = 0;
+      lse[i] = SoftmaxInPlace(prow[r], i + 1);
+      for (int64_t j = i + 1; j < ncols; ++j) prow[r][j] = 0;
       if (dropout.enabled()) {
         Real* d = dbuf + r * L.Tp;
         const Real* p = prow[r];
@@ -168,7 +170,7 @@ void ForwardHead(Real* out, Real* probs, const Real* q, const Real* k,
 // is added to per-thread accumulators with register tiles, kGroup rows deep.
 template <typename Real>
 void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q,
-                  const Real* k, const Real* v, const Real* probs, int64_t C,
+                  const Real* k, const Real* v, const Real* lse, int64_t C,
                   const Layout& L, int64_t b, int64_t h,
                   const DropoutSpec& dropout, Real* scratch) {
   const int64_t T = L.T, hs = L.hs, Tp = L.Tp, hsp = L.hsp;
@@ -181,8 +183,11 @@ void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q,
   Real* dsbuf = dbuf + kGroup * Tp;  // [kGroup, Tp]   dD, then dS rows
   Real* obuf = dsbuf + kGroup * Tp;  // [kGroup, hsp]  dout rows of the group
   Real* qbuf = obuf + kGroup * hsp;  // [kGroup, hsp]  q rows of the group
+  Real* kt = qbuf + kGroup * hsp;    // [hs, Tp]       K^T
+  Real* pbuf = kt + hs * Tp;         // [kRows, Tp]    P rows of the tile
   StageTransposed(vt, v, L, C);
   StagePadded(kp, k, L, C);
+  StageTransposed(kt, k, L, C);
   std::fill(dv_acc, dv_acc + 2 * Tp * hsp, Real(0));  // dv_acc and dk_acc
 
   for (int64_t g0 = 0; g0 < T; g0 += kGroup) {
@@ -194,10 +199,12 @@ void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q,
       const int rows = static_cast<int>(std::min<int64_t>(kRows, T - i0));
       const int64_t ncols = i0 + rows;
       const Real* dorow[kRows];
+      const Real* qrow[kRows];
       Real* drow[kRows];
       Real* dsrow[kRows];
       for (int r = 0; r < kRows; ++r) {
         dorow[r] = dout + (i0 + std::min(r, rows - 1)) * C;
+        qrow[r] = q + (i0 + std::min(r, rows - 1)) * C;
         drow[r] = dbuf + (i0 - g0 + r) % kGroup * Tp;
         dsrow[r] = dsbuf + (i0 - g0 + r) % kGroup * Tp;
       }
@@ -209,11 +216,24 @@ void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* dout, const Real* q,
           for (int w = 0; w < kCols; ++w) dsrow[r][j0 + w] = acc[r][w];
         }
       }
+      // P recomputed: exp(q_i . k_j / sqrt(hs) - lse_i) for j <= i, else 0.
+      for (int64_t j0 = 0; j0 < ncols; j0 += kCols) {
+        Real acc[kRows][kCols];
+        TileProduct(qrow, 1, kt + j0, Tp, hs, acc);
+        for (int r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r;
+          Real* p = pbuf + r * Tp;
+          const int64_t jend = std::min(j0 + kCols, ncols);
+          for (int64_t j = j0; j < jend; ++j) {
+            p[j] = j <= i ? Exp(acc[r][j - j0] * scale - lse[i]) : Real(0);
+          }
+        }
+      }
       // Through the dropout and the softmax. P is 0 for j > i, so D and dS
       // come out 0 there without special cases.
       for (int r = 0; r < rows; ++r) {
         const int64_t i = i0 + r;
-        const Real* p = probs + i * T;
+        const Real* p = pbuf + r * Tp;
         Real* d = drow[r];
         Real* ds = dsrow[r];
         if (dropout.enabled()) {
@@ -321,12 +341,12 @@ void ForEachHead(int B, int T, int C, int NH, Real* scratch, int threads, Fn&& f
 }  // namespace
 
 template <typename Real>
-void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
+void AttentionForward(Real* out, Real* lse, const Real* q, const Real* k,
                       const Real* v, int B, int T, int C, int NH,
                       const DropoutSpec& dropout, Real* scratch, int threads) {
   ForEachHead(B, T, C, NH, scratch, threads,
               [&](int64_t at, int64_t bh, int64_t b, int64_t h, const Layout& L, Real* s) {
-                ForwardHead(out + at, probs + bh * T * T, q + at, k + at, v + at, C, L, b, h,
+                ForwardHead(out + at, lse + bh * T, q + at, k + at, v + at, C, L, b, h,
                             dropout, s);
               });
 }
@@ -334,12 +354,12 @@ void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
 template <typename Real>
 void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
                        const Real* q, const Real* k, const Real* v,
-                       const Real* probs, int B, int T, int C, int NH,
+                       const Real* lse, int B, int T, int C, int NH,
                        const DropoutSpec& dropout, Real* scratch, int threads) {
   ForEachHead(B, T, C, NH, scratch, threads,
               [&](int64_t at, int64_t bh, int64_t b, int64_t h, const Layout& L, Real* s) {
                 BackwardHead(dq + at, dk + at, dv + at, dout + at, q + at, k + at, v + at,
-                             probs + bh * T * T, C, L, b, h, dropout, s);
+                             lse + bh * T, C, L, b, h, dropout, s);
               });
 }
 

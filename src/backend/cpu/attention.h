@@ -3,16 +3,18 @@
 //
 // Per batch b and head h, with hs = C/NH, rows i and columns j of T x T:
 //   S[i,j] = q_i . k_j / sqrt(hs)  for j <= i (masked, -inf, for j > i)
-//   P = softmax_j(S)               saved in probs; entries j > i written 0 (=)
+//   P = softmax_j(S);  lse_i = log sum_j exp(S[i,j])  saved: lse only     (=)
 //   D = P * keep / (1-p)           mask element (h*T + i)*T + j of row b
 //   out_i = sum_j D[i,j] v_j                                               (=)
-// backward (masks recomputed, D recomputed from probs):
+// backward (P recomputed as exp(S - lse), masks recomputed):
 //   dD[i,j] = dout_i . v_j;  dv_j = sum_i D[i,j] dout_i                    (=)
 //   dP = dD * keep / (1-p);  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k])
 //   dq_i = sum_j dS[i,j] k_j / sqrt(hs);  dk_j = sum_i dS[i,j] q_i / sqrt(hs)
 //   (=)
 // shapes: q, k, v, out, dq, dk, dv, dout [B,T,C], head h in channels
-// [h*hs, (h+1)*hs); probs [B,NH,T,T].
+// [h*hs, (h+1)*hs); lse [B,NH,T]. No T x T matrix is stored: between forward
+// and backward a head keeps T numbers, and each thread works on a few rows
+// of scores at a time in its scratch.
 //
 // Both directions run one (b, h) pair per thread at a time: the head's K, V
 // (and Q) are staged, zero-padded and where useful transposed, in the
@@ -41,14 +43,14 @@ int64_t AttentionScratchSize(int T, int C, int NH, int threads);
 // Runs on (at most) `threads` threads; scratch holds
 // AttentionScratchSize(T, C, NH, threads) elements.
 template <typename Real>
-void AttentionForward(Real* out, Real* probs, const Real* q, const Real* k,
+void AttentionForward(Real* out, Real* lse, const Real* q, const Real* k,
                       const Real* v, int B, int T, int C, int NH,
                       const DropoutSpec& dropout, Real* scratch, int threads);
 
 template <typename Real>
 void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
                        const Real* q, const Real* k, const Real* v,
-                       const Real* probs, int B, int T, int C, int NH,
+                       const Real* lse, int B, int T, int C, int NH,
                        const DropoutSpec& dropout, Real* scratch, int threads);
 
 }  // namespace mingpt::cpu

@@ -78,11 +78,11 @@ float* CpuBackend::AttentionScratch(int T, int C, int NH, int threads) {
       sizeof(float) * AttentionScratchSize(T, C, NH, threads)));
 }
 
-void CpuBackend::AttentionForward(float* out, float* probs, const float* q,
+void CpuBackend::AttentionForward(float* out, float* lse, const float* q,
                                   const float* k, const float* v, int B, int T,
                                   int C, int NH, const DropoutSpec& dropout) {
   const int threads = omp_get_max_threads();
-  cpu::AttentionForward(out, probs, q, k, v, B, T, C, NH, dropout,
+  cpu::AttentionForward(out, lse, q, k, v, B, T, C, NH, dropout,
                         AttentionScratch(T, C, NH, threads), threads);
 }
 void CpuBackend::AttentionDecode(float* out, const float* q, const float* k_cache,
@@ -92,10 +92,10 @@ void CpuBackend::AttentionDecode(float* out, const float* q, const float* k_cach
 void CpuBackend::AttentionBackward(float* dq, float* dk, float* dv,
                                    const float* dout, const float* q,
                                    const float* k, const float* v,
-                                   const float* probs, int B, int T, int C,
+                                   const float* lse, int B, int T, int C,
                                    int NH, const DropoutSpec& dropout) {
   const int threads = omp_get_max_threads();
-  cpu::AttentionBackward(dq, dk, dv, dout, q, k, v, probs, B, T, C, NH, dropout,
+  cpu::AttentionBackward(dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout,
                          AttentionScratch(T, C, NH, threads), threads);
 }
 

@@ -45,14 +45,14 @@ class CpuBackend final : public Backend {
   void MatmulBackward(float* dinp, float* dW, float* dbias, const float* dout,
                       const float* inp, const float* W, int N, int IC, int OC,
                       bool accumulate_dinp) override;
-  void AttentionForward(float* out, float* probs, const float* q,
+  void AttentionForward(float* out, float* lse, const float* q,
                         const float* k, const float* v, int B, int T, int C,
                         int NH, const DropoutSpec& dropout) override;
   void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
                        int T, int C, int NH) override;
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
                          const float* q, const float* k, const float* v,
-                         const float* probs, int B, int T, int C, int NH,
+                         const float* lse, int B, int T, int C, int NH,
                          const DropoutSpec& dropout) override;
   void GeluForward(float* out, const float* x, int64_t n) override;
   void GeluBackward(float* dx, const float* x, const float* dout,
