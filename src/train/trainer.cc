@@ -242,6 +242,52 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   return s;
 }
 
+// The run in steps and tokens. Rank r's rows of micro-batch m of step s are
+// the global samples ((s*k + m)*world + r)*B + b: N ranks with batch B see
+// exactly the samples of one process with batch N*B.
+struct Plan {
+  int64_t global_batch = 0, tokens_per_step = 0, total_steps = 0, val_every = 0;
+  int64_t val_windows = 0;  // validation windows in all (0: no validation)
+  LrSchedule schedule;
+};
+
+Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
+  Plan p;
+  const int B = o.batch_size, T = o.model.block_size;
+  p.global_batch = static_cast<int64_t>(B) * world * o.accumulate_grad_batches;
+  p.tokens_per_step = p.global_batch * T;
+  const int64_t full_epoch_steps = (data.epoch_samples() + p.global_batch - 1) / p.global_batch;
+  const int64_t epoch_steps = std::max<int64_t>(1, ApplyLimit(o.limit_train_batches, full_epoch_steps));
+  p.total_steps = o.max_steps > 0 ? o.max_steps : o.max_epochs * epoch_steps;
+  p.val_every = o.val_check_interval <= 1.0
+      ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_check_interval * epoch_steps)))
+      : static_cast<int64_t>(o.val_check_interval);
+  // Validation batches are counted per rank, as Lightning counts them.
+  const int64_t per_round = static_cast<int64_t>(B) * world;
+  const int64_t val_rounds = (data.num_eval_windows(Split::kVal) + per_round - 1) / per_round;
+  p.val_windows = ApplyLimit(o.limit_val_batches, val_rounds) * per_round;
+  p.schedule = {o.optim.learning_rate, o.warmup_tokens,
+                2.0 * static_cast<double>(data.epoch_samples()) * T, true};
+  return p;
+}
+
+// Forward and backward of this rank's k micro-batches of step s, gradients
+// summed into the strategy's; returns the rank's mean loss.
+double ForwardBackwardStep(GPT* gpt, Strategy* sp, const CharDataset& data, const TrainOptions& o,
+                           int64_t s, std::vector<int32_t>* x, std::vector<int32_t>* y) {
+  const int B = o.batch_size, T = o.model.block_size, k = o.accumulate_grad_batches;
+  const int rank = sp->rank(), world = sp->world();
+  double loss = 0;
+  for (int m = 0; m < k; ++m) {
+    const uint64_t base = ((static_cast<uint64_t>(s) * k + m) * world + rank) * B;
+    for (int b = 0; b < B; ++b) data.TrainSample(o.seed, base + b, &(*x)[b * T], &(*y)[b * T]);
+    DropoutContext dc{true, o.seed, static_cast<uint32_t>(s), base};
+    sp->BeginMicroBatch(m == k - 1);
+    loss += gpt->ForwardBackward(sp, x->data(), y->data(), B, T, dc, 1.0f / (k * world));
+  }
+  return loss / k;
+}
+
 }  // namespace
 
 Status CheckTrainSetup(TrainOptions o) {
@@ -274,23 +320,10 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     InitTrainingState(gpt, o.seed, &sp);
   }
 
-  // Schedule in steps and tokens. Rank r's rows of micro-batch m of step s
-  // are the global samples (s*k + m)*B*world + r*B + b: N ranks with batch B
-  // see exactly the samples of one process with batch N*B.
-  const int B = o.batch_size, T = o.model.block_size, k = o.accumulate_grad_batches;
-  const int64_t global_batch = static_cast<int64_t>(B) * world * k;
-  const int64_t tokens_per_step = global_batch * T;
-  const int64_t full_epoch_steps = (data.epoch_samples() + global_batch - 1) / global_batch;
-  const int64_t epoch_steps = std::max<int64_t>(1, ApplyLimit(o.limit_train_batches, full_epoch_steps));
-  const int64_t total_steps = o.max_steps > 0 ? o.max_steps : o.max_epochs * epoch_steps;
-  const int64_t val_every = o.val_check_interval <= 1.0
-      ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_check_interval * epoch_steps)))
-      : static_cast<int64_t>(o.val_check_interval);
-  // Validation batches are counted per rank, as Lightning counts them.
-  const int64_t val_batches_total = (data.num_eval_windows(Split::kVal) + B * world - 1) / (B * world);
-  const int64_t val_batches = ApplyLimit(o.limit_val_batches, val_batches_total);
-  LrSchedule schedule{o.optim.learning_rate, o.warmup_tokens,
-                      2.0 * static_cast<double>(data.epoch_samples()) * T, true};
+  const int B = o.batch_size, T = o.model.block_size;
+  const Plan plan = MakePlan(o, data, world);
+  const LrSchedule& schedule = plan.schedule;
+  const int64_t total_steps = plan.total_steps, tokens_per_step = plan.tokens_per_step;
 
   // Rank 0 alone writes metrics.csv and prints.
   StatusOr<MetricsWriter> metrics_or = lead ? MetricsWriter::Open(o.default_root_dir + "/metrics.csv")
@@ -302,7 +335,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   Progress progress(state.step, total_steps, o.log_every_n_steps, o.progress, /*silent=*/!lead);
   progress.Message("mingpt: " + o.model.ToString() + ", " + std::to_string(layout.num_parameters()) +
                    " parameters; " + std::to_string(total_steps) + " steps of " +
-                   std::to_string(global_batch) + "x" + std::to_string(T) + " tokens" +
+                   std::to_string(plan.global_batch) + "x" + std::to_string(T) + " tokens" +
                    (world > 1 ? " on " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
                    (setup.resume ? ", resuming at step " + std::to_string(state.step) : ""));
 
@@ -320,8 +353,8 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     return SaveTrainingState(ckpt_dir + "/" + name, layout, tokenizer, o, state, &sp, comm);
   };
   auto validate = [&]() -> Status {
-    if (val_batches <= 0) return save("last");
-    EvalResult r = EvaluateSplit(&gpt, &sp, data, Split::kVal, val_batches * B * world, B, comm);
+    if (plan.val_windows <= 0) return save("last");
+    EvalResult r = EvaluateSplit(&gpt, &sp, data, Split::kVal, plan.val_windows, B, comm);
     metrics.Row(state.step, state.tokens, std::nullopt, r.loss,
                 schedule.LearningRate(static_cast<double>(state.tokens)), std::nullopt,
                 std::nullopt, elapsed());
@@ -342,18 +375,11 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     const double t0 = elapsed();
     const double lr = schedule.LearningRate(static_cast<double>(state.tokens + tokens_per_step));
     sp.ZeroGrads();
-    double loss = 0;
-    for (int m = 0; m < k; ++m) {
-      const uint64_t base = ((static_cast<uint64_t>(s) * k + m) * world + rank) * B;
-      for (int b = 0; b < B; ++b) data.TrainSample(o.seed, base + b, &x[b * T], &y[b * T]);
-      DropoutContext dc{true, o.seed, static_cast<uint32_t>(s), base};
-      sp.BeginMicroBatch(m == k - 1);
-      loss += gpt.ForwardBackward(&sp, x.data(), y.data(), B, T, dc, 1.0f / (k * world));
-    }
     // The step's mean loss over all ranks, and whether any rank was asked to stop.
-    double shared[2] = {loss / k, stop && stop->load() ? 1.0 : 0.0};
+    double shared[2] = {ForwardBackwardStep(&gpt, &sp, data, o, s, &x, &y),
+                        stop && stop->load() ? 1.0 : 0.0};
     comm->AllReduce(shared, 2).Wait();
-    loss = shared[0] / world;
+    const double loss = shared[0] / world;
     const double t1 = elapsed();
     fwdbwd_s += t1 - t0;
     const bool interrupted = shared[1] > 0;
@@ -390,7 +416,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     }
     progress.Update(state.step, loss, lr, tokens_per_s);
 
-    if (state.step % val_every == 0 || state.step == total_steps || interrupted) {
+    if (state.step % plan.val_every == 0 || state.step == total_steps || interrupted) {
       MINGPT_RETURN_IF_ERROR(validate());
     }
     if (interrupted) {
