@@ -15,6 +15,7 @@
 #include "train/inference.h"
 #include "train/memory.h"
 #include "train/model_checkpoint.h"
+#include "train/state_io.h"
 
 namespace mingpt::cli {
 namespace {
@@ -47,20 +48,6 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int thr
 
 
 }  // namespace
-
-// The checkpoint's parameters, each rank holding what `strategy` gives it.
-Status LoadParameters(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s) {
-  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader,
-                          CheckpointReader::Open(ckpt, layout, /*with_optimizer=*/false));
-  std::vector<float> buffer;
-  for (int u = 0; u < layout.num_units(); ++u) {
-    const ElementRange r = s->Held(u, StateKind::kParams);
-    buffer.resize(r.size());
-    MINGPT_RETURN_IF_ERROR(reader.Read(u, StateKind::kParams, r, buffer.data()));
-    s->Upload(u, StateKind::kParams, buffer.data());
-  }
-  return Status::Ok();
-}
 
 Command AddEvaluate(CLI::App* app) {
   struct Flags {
@@ -123,7 +110,7 @@ Command AddEvaluate(CLI::App* app) {
     GPT gpt(backend.get(), config, f->batch_size);
     std::unique_ptr<Strategy> params =
         MakeStrategy(strategy, backend.get(), gpt.layout(), comm.get(), /*training=*/false);
-    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadParameters(ckpt, gpt.layout(), params.get())));
+    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadTrainingState(ckpt, gpt.layout(), params.get(), /*with_optimizer=*/false)));
     EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
     if (comm->rank() != 0) return Status::Ok();
     const double ppl = std::exp(r.loss), bpc = r.loss / std::log(2.0);

@@ -242,8 +242,9 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
   }
   if ((stage_ == 1 || stage_ == 2) && world() > 1) {
     for (int u = 0; u < layout_.num_units(); ++u) {
-      float* whole = params_.f32() + whole_base_[u];
-      param_gathers_[u] = comm_->AllGather(whole + shards_[u].offset, whole, shards_[u].shard);
+      float* unit_params = params_.f32() + whole_base_[u];
+      param_gathers_[u] =
+          comm_->AllGather(unit_params + shards_[u].offset, unit_params, shards_[u].shard);
     }
   }
   if (stage_ == 3) InvalidateSlots();
@@ -280,31 +281,28 @@ MemoryAccount ZeroEngine::memory() const {
 // ---- state in and out ------------------------------------------------------
 
 ElementRange ZeroEngine::Held(int unit, StateKind kind) const {
-  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
-  if (whole) return {0, layout_.units()[unit].numel};
+  if (whole(kind)) return {0, layout_.units()[unit].numel};
   return {shards_[unit].begin, shards_[unit].end};
 }
 
 void ZeroEngine::Upload(int unit, StateKind kind, const float* host) {
-  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
   const ElementRange r = Held(unit, kind);
   if (kind == StateKind::kParams) {
     WaitParams(unit);
     if (stage_ == 3) InvalidateSlots();
   }
-  backend_->CopyToDevice(At(Base(kind, unit), whole, shards_[unit], r.begin), host,
+  backend_->CopyToDevice(At(Base(kind, unit), whole(kind), shards_[unit], r.begin), host,
                          r.size() * sizeof(float));
 }
 
 void ZeroEngine::Download(int unit, StateKind kind, ElementRange range, float* host) const {
-  const bool whole = kind == StateKind::kParams ? params_whole() : moments_whole();
   const ElementRange held = Held(unit, kind);
   MINGPT_CHECK(range.begin >= held.begin && range.end <= held.end && range.begin <= range.end,
                "Download [%lld, %lld) outside the held [%lld, %lld)",
                static_cast<long long>(range.begin), static_cast<long long>(range.end),
                static_cast<long long>(held.begin), static_cast<long long>(held.end));
   if (kind == StateKind::kParams) WaitParams(unit);
-  backend_->CopyToHost(host, At(Base(kind, unit), whole, shards_[unit], range.begin),
+  backend_->CopyToHost(host, At(Base(kind, unit), whole(kind), shards_[unit], range.begin),
                        range.size() * sizeof(float));
 }
 

@@ -101,6 +101,9 @@ class ZeroEngine : public Strategy {
   bool params_whole() const { return stage_ <= 2; }
   bool grads_whole() const { return stage_ <= 1; }
   bool moments_whole() const { return stage_ == 0; }
+  bool whole(StateKind kind) const {
+    return kind == StateKind::kParams ? params_whole() : moments_whole();
+  }
   // Pointer to element 0 of unit u's storage of one state (for shard
   // storage: element shards_[u].offset).
   float* Base(StateKind kind, int unit) const;

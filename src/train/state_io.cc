@@ -84,10 +84,13 @@ void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* s) {
   }
 }
 
-Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s) {
-  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(ckpt, layout));
+Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s,
+                         bool with_optimizer) {
+  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader,
+                          CheckpointReader::Open(ckpt, layout, with_optimizer));
   std::vector<float> buffer;
   for (StateKind kind : kKinds) {
+    if (kind != StateKind::kParams && !with_optimizer) continue;
     for (int u = 0; u < layout.num_units(); ++u) {
       const ElementRange r = s->Held(u, kind);
       buffer.resize(r.size());

@@ -16,9 +16,11 @@ namespace mingpt {
 // The seed's initialisation (GPT::InitParameters), each rank keeping its part.
 void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* strategy);
 
-// Loads parameters and moments from a checkpoint saved at any world size.
+// Loads parameters and moments (only the parameters, for a strategy built
+// for inference, with `with_optimizer` false) from a checkpoint saved at any
+// world size, each rank reading just what it holds.
 Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout,
-                         Strategy* strategy);
+                         Strategy* strategy, bool with_optimizer = true);
 
 // Saves the state as the checkpoint `dir`. A collective: every rank calls it;
 // every rank gets the same result.
