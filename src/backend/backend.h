@@ -11,7 +11,8 @@
 //     except where an op says otherwise (LayerNormBackward adds into the
 //     residual stream's gradient, MatmulBackward adds when asked);
 //   - activations and parameters are fp32 in this version; matrix-product
-//     precision is a backend setting, not a change of the buffers' dtype.
+//     precision is a backend setting (SetMatmulPrecision), not a change of
+//     the buffers' dtype.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +22,14 @@
 #include "backend/dropout.h"
 
 namespace mingpt {
+
+// The precision of the matrix products' operands (--precision): kBf16 and
+// kFp16 round both operands of MatmulForward / MatmulBackward to that type
+// (round to nearest even; fp16 overflows to inf past 65504 and has
+// subnormals) and accumulate in fp32 into fp32 results, as a bf16 / fp16 GEMM
+// with fp32 accumulation does. Everything else (layernorm, softmax,
+// attention, the loss, the optimizer) stays fp32.
+enum class MatmulPrecision { kFp32, kBf16, kFp16 };
 
 class Backend {
  public:
@@ -36,6 +45,10 @@ class Backend {
   // Backend memory to backend memory.
   virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void Synchronize() = 0;
+
+  // ---- settings -----------------------------------------------------------
+  virtual void SetMatmulPrecision(MatmulPrecision precision) = 0;
+  virtual MatmulPrecision matmul_precision() const = 0;
 
   // ---- ops ----------------------------------------------------------------
   // out[B,T,C] = wte[idx[b,t], :] + wpe[t, :]                               (=)

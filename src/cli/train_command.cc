@@ -149,7 +149,13 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_option("--limit_val_batches", o.limit_val_batches, "Validation batches: fraction (<=1) or count; 0 disables")->capture_default_str();
   app->add_option("--gradient_clip_val", o.gradient_clip_val, "Clip the global gradient norm (0 disables)")->capture_default_str();
   app->add_option("--accumulate_grad_batches", o.accumulate_grad_batches, "Micro-batches per optimizer step")->capture_default_str();
-  app->add_option("--precision", o.precision, "32 (bf16 and 16 come later)")->capture_default_str();
+  app->add_option("--precision", o.precision,
+                  "Matrix-product precision: 32 (32-true), bf16 (bf16-mixed), 16 (16-mixed, "
+                  "with dynamic loss scaling); master weights and Adam stay fp32")
+      ->capture_default_str();
+  app->add_option("--initial_scale_power", o.initial_scale_power,
+                  "--precision 16: the loss scale starts at 2^this (DeepSpeed's default)")
+      ->capture_default_str();
   app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")->capture_default_str();
   app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>");
   app->add_option("--data", f->data, "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt, downloaded)");

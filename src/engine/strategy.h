@@ -15,7 +15,7 @@
 // One optimizer step, as the trainer calls it:
 //   ZeroGrads();
 //   for m in 0..k-1: BeginMicroBatch(m == k-1); model.ForwardBackward(this, ...)
-//   norm = GradNorm(); ClipGrads(norm, clip); OptimizerStep(adamw, lr, t)
+//   norm = GradNorm(); ScaleGrads(ClipFactor(norm, clip)); OptimizerStep(adamw, lr, t)
 // with the loss of every micro-batch scaled by 1/(k*world) so that the summed
 // gradients are the mean over the global batch.
 #pragma once
@@ -67,8 +67,9 @@ class Strategy : public ParamProvider {
   // Global L2 norm of the step's gradients over all ranks (waits for the
   // gradient communication). Every rank gets the same value.
   virtual double GradNorm() = 0;
-  // Multiplies the gradients by ClipFactor(norm, max_norm).
-  virtual void ClipGrads(double norm, double max_norm) = 0;
+  // Multiplies this rank's gradients by `factor` (nothing to do at 1): the
+  // clipping factor, times 1/scale under loss scaling.
+  virtual void ScaleGrads(double factor) = 0;
   // AdamW (t 1-based) over this rank's part, then whatever communication
   // makes the parameters every rank needs current.
   virtual void OptimizerStep(const AdamWConfig& config, float lr, int t) = 0;

@@ -211,9 +211,8 @@ double ZeroEngine::GradNorm() {
   return std::sqrt(sum);
 }
 
-void ZeroEngine::ClipGrads(double norm, double max_norm) {
-  const double f = ClipFactor(norm, max_norm);
-  if (f >= 1.0) return;
+void ZeroEngine::ScaleGrads(double f) {
+  if (f == 1.0) return;
   if (stage_ == 1) {
     for (int u = 0; u < layout_.num_units(); ++u) {
       backend_->Scale(GradBase(u) + shards_[u].offset, shards_[u].shard, static_cast<float>(f));

@@ -69,7 +69,7 @@ class ZeroEngine : public Strategy {
   void ZeroGrads() override;
   void BeginMicroBatch(bool last) override { last_micro_batch_ = last; }
   double GradNorm() override;
-  void ClipGrads(double norm, double max_norm) override;
+  void ScaleGrads(double factor) override;
   void OptimizerStep(const AdamWConfig& config, float lr, int t) override;
   MemoryAccount memory() const override;
   WaitTimes wait_times() const override { return waits_; }

@@ -75,6 +75,15 @@ json BaseMeta(const ModelLayout& layout, const ModelConfig& c, const CharTokeniz
   meta["seed"] = s.seed;
   meta["rng"] = {{"kind", "philox4x32-10"}, {"seed", s.seed}, {"next_step", s.step}};
   meta["best_val_loss"] = std::isfinite(s.best_val_loss) ? json(s.best_val_loss) : json(nullptr);
+  meta["optimizer_steps"] = s.optimizer_steps;
+  if (s.loss_scaler) {
+    const LossScalerState& ls = *s.loss_scaler;
+    meta["loss_scaler"] = {{"scale", ls.scale},
+                           {"hysteresis", ls.hysteresis},
+                           {"iteration", ls.iteration},
+                           {"last_overflow", ls.last_overflow},
+                           {"skipped_steps", ls.skipped_steps}};
+  }
   meta["data"] = o.data_path;
   meta["strategy"] = o.strategy;
   meta["world_size"] = world;
@@ -408,6 +417,28 @@ StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir) {
   MINGPT_ASSIGN_OR_RETURN(out.state.seed, Field<uint64_t>(meta, "seed", where));
   auto best = meta.find("best_val_loss");
   if (best != meta.end() && best->is_number()) out.state.best_val_loss = best->get<double>();
+  out.state.optimizer_steps = out.state.step;
+  if (meta.contains("optimizer_steps")) {
+    MINGPT_ASSIGN_OR_RETURN(out.state.optimizer_steps, Field<int64_t>(meta, "optimizer_steps", where));
+    if (out.state.optimizer_steps < 0 || out.state.optimizer_steps > out.state.step) {
+      return Status::Error(where + ": meta.json 'optimizer_steps' must be in [0, step]");
+    }
+  }
+  if (meta.contains("loss_scaler")) {
+    const json& ls = meta["loss_scaler"];
+    const std::string at = where + " (loss_scaler)";
+    if (!ls.is_object()) return Status::Error(at + ": meta.json 'loss_scaler' is not an object");
+    LossScalerState st;
+    MINGPT_ASSIGN_OR_RETURN(st.scale, Field<double>(ls, "scale", at));
+    MINGPT_ASSIGN_OR_RETURN(st.hysteresis, Field<int>(ls, "hysteresis", at));
+    MINGPT_ASSIGN_OR_RETURN(st.iteration, Field<int64_t>(ls, "iteration", at));
+    MINGPT_ASSIGN_OR_RETURN(st.last_overflow, Field<int64_t>(ls, "last_overflow", at));
+    MINGPT_ASSIGN_OR_RETURN(st.skipped_steps, Field<int64_t>(ls, "skipped_steps", at));
+    if (!(st.scale >= 1.0 && std::isfinite(st.scale)) || st.hysteresis < 0 || st.skipped_steps < 0) {
+      return Status::Error(at + ": scale must be a finite number >= 1 and counts non-negative");
+    }
+    out.state.loss_scaler = st;
+  }
   auto data = meta.find("data");
   if (data != meta.end() && data->is_string()) out.data_path = data->get<std::string>();
   MINGPT_RETURN_IF_ERROR(ParseFormat(meta, where, &out));

@@ -47,6 +47,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/layout.h"
+#include "optim/loss_scaler.h"
 #include "train/options.h"
 
 namespace mingpt {
@@ -70,10 +72,15 @@ const char* CheckpointFormatName(CheckpointFormat format);  // "single", "sharde
 inline constexpr int kMaxCheckpointWorldSize = 99999;
 
 struct TrainState {
-  int64_t step = 0;    // optimizer steps completed
+  int64_t step = 0;    // training steps completed (skipped fp16 steps included)
   int64_t tokens = 0;  // training tokens consumed
   double best_val_loss = std::numeric_limits<double>::infinity();
   uint64_t seed = 42;
+  // AdamW updates applied: `step` less the fp16 steps skipped on overflow
+  // (Adam's bias correction counts these). Older checkpoints: = step.
+  int64_t optimizer_steps = 0;
+  // --precision 16 runs only: the dynamic loss scaler.
+  std::optional<LossScalerState> loss_scaler;
 };
 
 // Host copies of a model's flat buffers, in layout order.

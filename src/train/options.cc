@@ -10,6 +10,14 @@ namespace {
 constexpr int kMaxAccumulate = 1 << 16;
 }  // namespace
 
+StatusOr<MatmulPrecision> ParsePrecision(const std::string& p) {
+  if (p == "32" || p == "32-true") return MatmulPrecision::kFp32;
+  if (p == "bf16" || p == "bf16-mixed") return MatmulPrecision::kBf16;
+  if (p == "16" || p == "16-mixed") return MatmulPrecision::kFp16;
+  return Status::Error("unknown --precision '" + p +
+                       "' (known: 32, 32-true, bf16, bf16-mixed, 16, 16-mixed)");
+}
+
 Status ValidateTrainOptions(const TrainOptions& o) {
   ModelConfig shape = o.model;  // the vocabulary comes from the data later
   if (shape.vocab_size == 0) shape.vocab_size = 1;
@@ -29,12 +37,9 @@ Status ValidateTrainOptions(const TrainOptions& o) {
   if (!(o.gradient_clip_val >= 0)) return err("--gradient_clip_val must be >= 0");
   if (o.num_threads <= 0) return err("--num_threads must be positive");
   if (o.log_every_n_steps <= 0) return err("--log_every_n_steps must be positive");
-  if (o.precision != "32" && o.precision != "32-true") {
-    if (o.precision == "16" || o.precision == "16-mixed" || o.precision == "bf16" ||
-        o.precision == "bf16-mixed") {
-      return err("--precision " + o.precision + " is not supported yet; this version trains in 32");
-    }
-    return err("unknown --precision '" + o.precision + "' (known: 32, 32-true, 16, 16-mixed, bf16, bf16-mixed)");
+  MINGPT_RETURN_IF_ERROR(ParsePrecision(o.precision).status());
+  if (o.initial_scale_power < 0 || o.initial_scale_power > 32) {
+    return err("--initial_scale_power must be in [0, 32], got " + std::to_string(o.initial_scale_power));
   }
   MINGPT_RETURN_IF_ERROR(ValidateStrategyName(o.strategy));
   if (o.devices <= 0) return err("--devices must be positive, got " + std::to_string(o.devices));

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/backend.h"
+#include "core/status.h"
 #include "model/config.h"
 #include "optim/adamw.h"
 
@@ -23,7 +25,8 @@ struct TrainOptions {
   double limit_val_batches = 1.0;   // 0 disables validation
   double gradient_clip_val = 1.0;   // 0 disables clipping
   int accumulate_grad_batches = 1;
-  std::string precision = "32";
+  std::string precision = "32";      // 32 | 32-true | bf16 | bf16-mixed | 16 | 16-mixed
+  int initial_scale_power = 16;     // --precision 16: the loss scale starts at 2^this
   uint64_t seed = 42;
   std::string default_root_dir;
   std::string data_path;
@@ -38,6 +41,10 @@ struct TrainOptions {
   size_t memory_budget = 0;         // bytes per rank for --strategy auto; 0: available / local ranks
   int progress = -1;                // -1: a bar when stderr is a terminal
 };
+
+// The matrix-product precision a --precision value names, or an error
+// listing the known values.
+StatusOr<MatmulPrecision> ParsePrecision(const std::string& precision);
 
 // Checks the options that do not depend on the data (sizes, ranges,
 // strategy, precision, devices). One clear error for the first problem.

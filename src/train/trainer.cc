@@ -23,6 +23,15 @@
 namespace mingpt {
 namespace {
 
+// One row of metrics.csv; absent values are empty cells.
+struct MetricsRow {
+  int64_t step = 0, tokens = 0;
+  double lr = 0, elapsed = 0;
+  std::optional<double> train_loss, val_loss, grad_norm, tokens_per_s;
+  std::optional<double> state_bytes, peak_rss;       // maxima over ranks
+  std::optional<double> loss_scale, skipped_steps;   // --precision 16
+};
+
 // Appends rows to <root>/metrics.csv, writing the header when the file is new.
 class MetricsWriter {
  public:
@@ -32,7 +41,7 @@ class MetricsWriter {
     if (!f) return Status::Error("cannot open '" + path + "' for writing");
     if (fresh) {
       std::fprintf(f, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,"
-                      "state_bytes,peak_rss_bytes\n");
+                      "state_bytes,peak_rss_bytes,loss_scale,skipped_steps\n");
     }
     return MetricsWriter(f);
   }
@@ -41,11 +50,7 @@ class MetricsWriter {
     if (f_) std::fclose(f_);
   }
   static MetricsWriter Disabled() { return MetricsWriter(nullptr); }
-  void Row(int64_t step, int64_t tokens, std::optional<double> train_loss,
-           std::optional<double> val_loss, double lr, std::optional<double> grad_norm,
-           std::optional<double> tokens_per_s, double elapsed,
-           std::optional<double> state_bytes = std::nullopt,
-           std::optional<double> peak_rss = std::nullopt) {
+  void Write(const MetricsRow& r) {
     if (!f_) return;
     auto opt = [](std::optional<double> v) {
       if (!v) return std::string();
@@ -56,10 +61,12 @@ class MetricsWriter {
     auto count = [](std::optional<double> v) {
       return v ? std::to_string(static_cast<long long>(*v)) : std::string();
     };
-    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.3f,%s,%s\n", static_cast<long long>(step),
-                 static_cast<long long>(tokens), opt(train_loss).c_str(), opt(val_loss).c_str(),
-                 lr, opt(grad_norm).c_str(), opt(tokens_per_s).c_str(), elapsed,
-                 count(state_bytes).c_str(), count(peak_rss).c_str());
+    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.3f,%s,%s,%s,%s\n",
+                 static_cast<long long>(r.step), static_cast<long long>(r.tokens),
+                 opt(r.train_loss).c_str(), opt(r.val_loss).c_str(), r.lr, opt(r.grad_norm).c_str(),
+                 opt(r.tokens_per_s).c_str(), r.elapsed, count(r.state_bytes).c_str(),
+                 count(r.peak_rss).c_str(), count(r.loss_scale).c_str(),
+                 count(r.skipped_steps).c_str());
     std::fflush(f_);
   }
 
@@ -272,9 +279,11 @@ Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
 }
 
 // Forward and backward of this rank's k micro-batches of step s, gradients
-// summed into the strategy's; returns the rank's mean loss.
+// of the loss times `loss_scale` summed into the strategy's; returns the
+// rank's mean (unscaled) loss.
 double ForwardBackwardStep(GPT* gpt, Strategy* sp, const CharDataset& data, const TrainOptions& o,
-                           int64_t s, std::vector<int32_t>* x, std::vector<int32_t>* y) {
+                           int64_t s, double loss_scale, std::vector<int32_t>* x,
+                           std::vector<int32_t>* y) {
   const int B = o.batch_size, T = o.model.block_size, k = o.accumulate_grad_batches;
   const int rank = sp->rank(), world = sp->world();
   double loss = 0;
@@ -283,7 +292,8 @@ double ForwardBackwardStep(GPT* gpt, Strategy* sp, const CharDataset& data, cons
     for (int b = 0; b < B; ++b) data.TrainSample(o.seed, base + b, &(*x)[b * T], &(*y)[b * T]);
     DropoutContext dc{true, o.seed, static_cast<uint32_t>(s), base};
     sp->BeginMicroBatch(m == k - 1);
-    loss += gpt->ForwardBackward(sp, x->data(), y->data(), B, T, dc, 1.0f / (k * world));
+    loss += gpt->ForwardBackward(sp, x->data(), y->data(), B, T, dc,
+                                 static_cast<float>(loss_scale / (k * world)));
   }
   return loss / k;
 }
@@ -307,6 +317,8 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
 
   // Model, strategy and state.
   std::unique_ptr<Backend> backend = MakeCpuBackend(o.num_threads);
+  const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
+  backend->SetMatmulPrecision(precision);
   GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
   std::unique_ptr<Strategy> strategy = MakeStrategy(o.strategy, backend.get(), layout, comm);
@@ -318,6 +330,16 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     state = setup.resume->state;
   } else {
     InitTrainingState(gpt, o.seed, &sp);
+  }
+  // --precision 16: dynamic loss scaling, resumed from the checkpoint's.
+  std::optional<DynamicLossScaler> scaler;
+  if (precision == MatmulPrecision::kFp16) {
+    LossScalerConfig lc;
+    lc.initial_scale_power = o.initial_scale_power;
+    scaler = state.loss_scaler ? DynamicLossScaler(lc, *state.loss_scaler) : DynamicLossScaler(lc);
+    state.loss_scaler = scaler->state();
+  } else {
+    state.loss_scaler.reset();
   }
 
   const int B = o.batch_size, T = o.model.block_size;
@@ -355,9 +377,13 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   auto validate = [&]() -> Status {
     if (plan.val_windows <= 0) return save("last");
     EvalResult r = EvaluateSplit(&gpt, &sp, data, Split::kVal, plan.val_windows, B, comm);
-    metrics.Row(state.step, state.tokens, std::nullopt, r.loss,
-                schedule.LearningRate(static_cast<double>(state.tokens)), std::nullopt,
-                std::nullopt, elapsed());
+    MetricsRow row;
+    row.step = state.step;
+    row.tokens = state.tokens;
+    row.val_loss = r.loss;
+    row.lr = schedule.LearningRate(static_cast<double>(state.tokens));
+    row.elapsed = elapsed();
+    metrics.Write(row);
     char line[128];
     const bool best = r.loss < state.best_val_loss;
     std::snprintf(line, sizeof(line), "step %lld: val loss %.4f%s", static_cast<long long>(state.step),
@@ -375,25 +401,38 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     const double t0 = elapsed();
     const double lr = schedule.LearningRate(static_cast<double>(state.tokens + tokens_per_step));
     sp.ZeroGrads();
+    const double scale = scaler ? scaler->scale() : 1.0;
     // The step's mean loss over all ranks, and whether any rank was asked to stop.
-    double shared[2] = {ForwardBackwardStep(&gpt, &sp, data, o, s, &x, &y),
+    double shared[2] = {ForwardBackwardStep(&gpt, &sp, data, o, s, scale, &x, &y),
                         stop && stop->load() ? 1.0 : 0.0};
     comm->AllReduce(shared, 2).Wait();
     const double loss = shared[0] / world;
     const double t1 = elapsed();
     fwdbwd_s += t1 - t0;
     const bool interrupted = shared[1] > 0;
-    if (!std::isfinite(loss)) {
+    if (!std::isfinite(loss) && !scaler) {
       return Status::Error("training diverged at step " + std::to_string(s + 1) +
                            " (loss is " + std::to_string(loss) + "); try a lower --learning_rate");
     }
-    const double norm = sp.GradNorm();
-    sp.ClipGrads(norm, o.gradient_clip_val);
-    sp.OptimizerStep(o.optim, static_cast<float>(lr), static_cast<int>(s + 1));
+    // Every rank sees the same norm and loss, so all skip or all step.
+    const double norm = sp.GradNorm() / scale;
+    const bool overflow = scaler && !(std::isfinite(loss) && std::isfinite(norm));
+    if (overflow) {
+      if (!scaler->Update(true)) {
+        return Status::Error("training diverged at step " + std::to_string(s + 1) +
+                             ": fp16 overflows even at the minimum loss scale 1; try "
+                             "--precision bf16 or a lower --learning_rate");
+      }
+    } else {
+      sp.ScaleGrads(ClipFactor(norm, o.gradient_clip_val) / scale);
+      sp.OptimizerStep(o.optim, static_cast<float>(lr), static_cast<int>(++state.optimizer_steps));
+      if (scaler) scaler->Update(false);
+    }
+    if (scaler) state.loss_scaler = scaler->state();
     optimizer_s += elapsed() - t1;
     state.step = s + 1;
     state.tokens += tokens_per_step;
-    summary.last_train_loss = loss;
+    if (std::isfinite(loss)) summary.last_train_loss = loss;
 
     window_tokens += tokens_per_step;
     if (state.step % o.log_every_n_steps == 0 || state.step == total_steps) {
@@ -408,8 +447,21 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
         state_max = std::max(state_max, m[0] + m[1] + m[2] + m[3]);
         rss_max = std::max(rss_max, m[5]);
       }
-      metrics.Row(state.step, state.tokens, loss, std::nullopt, lr, norm, tokens_per_s, now,
-                  state_max, rss_max);
+      MetricsRow row;
+      row.step = state.step;
+      row.tokens = state.tokens;
+      row.train_loss = loss;
+      row.lr = lr;
+      if (!overflow) row.grad_norm = norm;
+      row.tokens_per_s = tokens_per_s;
+      row.elapsed = now;
+      row.state_bytes = state_max;
+      row.peak_rss = rss_max;
+      if (scaler) {
+        row.loss_scale = scale;
+        row.skipped_steps = static_cast<double>(scaler->state().skipped_steps);
+      }
+      metrics.Write(row);
       if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
     } else if (tokens_per_s == 0) {
       tokens_per_s = window_tokens / std::max(1e-9, elapsed() - window_time);
@@ -426,6 +478,12 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     }
   }
   progress.Finish();
+  if (scaler && scaler->state().skipped_steps > 0) {
+    char line[160];
+    std::snprintf(line, sizeof(line), "fp16: %lld steps skipped on gradient overflow; loss scale now %g",
+                  static_cast<long long>(scaler->state().skipped_steps), scaler->scale());
+    progress.Message(line);
+  }
   {
     // The final memory report, after the last save: the run's peak.
     const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
@@ -439,6 +497,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     if (lead) PrintMemoryTable(mem);
   }
   summary.steps = state.step;
+  summary.skipped_steps = scaler ? scaler->state().skipped_steps : 0;
   summary.tokens = state.tokens;
   summary.best_val_loss = state.best_val_loss;
   summary.memory = sp.memory();

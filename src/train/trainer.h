@@ -22,7 +22,8 @@
 namespace mingpt {
 
 struct TrainSummary {
-  int64_t steps = 0;          // optimizer steps completed in total
+  int64_t steps = 0;          // training steps completed in total
+  int64_t skipped_steps = 0;  // --precision 16: steps skipped on overflow
   int64_t tokens = 0;
   double last_train_loss = 0;
   double best_val_loss = 0;   // inf when never validated

@@ -125,7 +125,7 @@ TEST_F(ResumeTest, FailedResumeIntoTheOriginalRunDamagesNothing) {
   const std::vector<Case> cases = {
       {{{"--n_layer", "3"}}, {"--n_layer", "disagrees"}},
       {{{"--data", foreign}}, {"foreign.txt", "vocabulary"}},
-      {{{"--precision", "bf16"}}, {"--precision bf16"}},
+      {{{"--precision", "8"}}, {"unknown --precision", "8"}},
       {{{"--batch_size", "0"}}, {"--batch_size"}},
   };
   for (const Case& c : cases) {

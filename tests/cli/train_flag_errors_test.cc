@@ -72,8 +72,9 @@ TEST_F(TrainFlagTest, ZeroDevicesRefused) {
   ExpectTrainRefused({{"--devices", "0"}}, 1, {"--devices must be positive"});
 }
 
-TEST_F(TrainFlagTest, PrecisionBf16NotSupportedYet) {
-  ExpectTrainRefused({{"--precision", "bf16"}}, 1, {"--precision bf16", "not supported yet"});
+TEST_F(TrainFlagTest, InitialScalePowerOutOfRange) {
+  ExpectTrainRefused({{"--precision", "16"}, {"--initial_scale_power", "40"}}, 1,
+                     {"--initial_scale_power must be in [0, 32]", "40"});
 }
 
 TEST_F(TrainFlagTest, PrecisionUnknown) {

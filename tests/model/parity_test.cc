@@ -149,7 +149,7 @@ class ParityTest : public ::testing::TestWithParam<ParityCase> {
   }
 
   // Writes weights.safetensors and golden.safetensors into dir_.
-  void RunGolden(const ParityCase& c) {
+  void RunGolden(const ParityCase& c, const std::string& extra_args = "") {
     const std::string cmd = std::string(kPython) + " " + MINGPT_SOURCE_DIR +
                             "/tests/reference/golden.py --out " + dir_ +
                             " --n_layer " + std::to_string(c.n_layer) +
@@ -161,10 +161,40 @@ class ParityTest : public ::testing::TestWithParam<ParityCase> {
                             " --dropout 0 --seed " + std::to_string(c.seed) + " --lr " + Num(c.lr) +
                             " --weight_decay " + Num(c.weight_decay) + " --clip " + Num(c.clip) +
                             " --warmup_tokens " + Num(c.warmup_tokens) + " --final_tokens " +
-                            Num(c.final_tokens) + " --steps " + std::to_string(kSteps);
+                            Num(c.final_tokens) + " --steps " + std::to_string(kSteps) +
+                            extra_args;
     std::string out;
     const int rc = RunCommand(cmd, &out);
     ASSERT_EQ(rc, 0) << cmd << "\n" << out;
+  }
+
+  // The reference's initial weights in layout order; their names in *names.
+  void LoadInitialWeights(const ModelLayout& layout, std::vector<float>* host,
+                          std::set<std::string>* names) {
+    auto weights = SafetensorsFile::Open(dir_ + "/weights.safetensors");
+    ASSERT_TRUE(weights.ok()) << weights.status().message();
+    host->assign(layout.total_numel(), 0.0f);
+    for (int u = 0; u < layout.num_units(); ++u) {
+      for (const ParamEntry& e : layout.units()[u].params) {
+        names->insert(e.name);
+        Status s = weights->ReadF32(e.name, e.shape, host->data() + layout.unit_offset(u) + e.offset);
+        ASSERT_TRUE(s.ok()) << s.message();
+      }
+    }
+    const std::vector<std::string> file_names = weights->names();
+    EXPECT_EQ(std::set<std::string>(file_names.begin(), file_names.end()), *names)
+        << "state_dict names of the reference differ from the C++ layout";
+  }
+
+  static ModelConfig Config(const ParityCase& c) {
+    ModelConfig config;
+    config.n_layer = c.n_layer;
+    config.n_head = c.n_head;
+    config.n_embd = c.n_embd;
+    config.block_size = c.block_size;
+    config.vocab_size = c.vocab_size;
+    config.dropout = 0.0f;
+    return config;
   }
 
   std::string dir_;
@@ -174,13 +204,7 @@ TEST_P(ParityTest, MatchesPyTorch) {
   const ParityCase& c = GetParam();
   ASSERT_NO_FATAL_FAILURE(RunGolden(c));
 
-  ModelConfig config;
-  config.n_layer = c.n_layer;
-  config.n_head = c.n_head;
-  config.n_embd = c.n_embd;
-  config.block_size = c.block_size;
-  config.vocab_size = c.vocab_size;
-  config.dropout = 0.0f;
+  const ModelConfig config = Config(c);
   ASSERT_TRUE(config.Validate().ok()) << config.Validate().message();
 
   std::unique_ptr<Backend> backend = MakeCpuBackend(1);
@@ -191,20 +215,9 @@ TEST_P(ParityTest, MatchesPyTorch) {
   const int B = c.B, T = c.T, V = c.vocab_size;
 
   // ---- load the initial weights ------------------------------------------
-  auto weights = SafetensorsFile::Open(dir_ + "/weights.safetensors");
-  ASSERT_TRUE(weights.ok()) << weights.status().message();
   std::set<std::string> expected_names;
-  std::vector<float> host(total, 0.0f);
-  for (int u = 0; u < layout.num_units(); ++u) {
-    for (const ParamEntry& e : layout.units()[u].params) {
-      expected_names.insert(e.name);
-      Status s = weights->ReadF32(e.name, e.shape, host.data() + layout.unit_offset(u) + e.offset);
-      ASSERT_TRUE(s.ok()) << s.message();
-    }
-  }
-  const std::vector<std::string> file_names = weights->names();
-  EXPECT_EQ(std::set<std::string>(file_names.begin(), file_names.end()), expected_names)
-      << "state_dict names of the reference differ from the C++ layout";
+  std::vector<float> host;
+  ASSERT_NO_FATAL_FAILURE(LoadInitialWeights(layout, &host, &expected_names));
   backend->CopyToDevice(sp.params(), host.data(), total * sizeof(float));
 
   // ---- golden values -------------------------------------------------------
@@ -342,6 +355,113 @@ INSTANTIATE_TEST_SUITE_P(
         ParityCase{"short_T", 2, 2, 32, 16, 11, 3, 5, 1.0, 512 * 20, 1e9, 2},
         ParityCase{"one_head", 2, 1, 32, 16, 11, 3, 16, 1.0, 512 * 20, 1e9, 3},
         ParityCase{"clip_and_schedule", 2, 4, 32, 16, 11, 3, 16, 0.05, 60, 150, 4}),
+    [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.name; });
+
+// Mixed precision against PyTorch's own: one forward and backward of the
+// same weights and batch under --precision bf16 and 16, measured against the
+// float64 values, beside PyTorch's fp32 model under CPU bf16 autocast.
+// Tolerances are relative to PyTorch's error, not absolute numbers:
+//  - bf16: within 2x of autocast's own error. Both round matrix-product
+//    operands to bf16 (8 significant bits, relative rounding 2^-9); autocast
+//    also rounds each product's output (and so q, k, v and the attention
+//    products), which mingpt keeps in fp32, so mingpt is expected at or below
+//    autocast's error. The bf16 error must also be above 20x the fp32 floor
+//    (1e-5 in ParityTest), or the rounding is not happening.
+//  - fp16: 11 significant bits, 8x finer than bf16: within autocast bf16's
+//    error (no CPU fp16 autocast exists to compare with).
+class AutocastParityTest : public ParityTest {};
+
+struct Errors {
+  double logits = 0, loss = 0, grads = 0;
+};
+
+TEST_P(AutocastParityTest, LowPrecisionIsAsCloseAsPyTorchAutocast) {
+  const ParityCase& c = GetParam();
+  ASSERT_NO_FATAL_FAILURE(RunGolden(c, " --autocast_bf16"));
+  const ModelConfig config = Config(c);
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  GPT gpt(backend.get(), config, c.B);
+  const ModelLayout& layout = gpt.layout();
+  SingleProcess sp(backend.get(), layout);
+  const int64_t total = layout.total_numel();
+  const int B = c.B, T = c.T, V = c.vocab_size;
+  std::set<std::string> names;
+  std::vector<float> host;
+  ASSERT_NO_FATAL_FAILURE(LoadInitialWeights(layout, &host, &names));
+
+  auto golden = SafetensorsFile::Open(dir_ + "/golden.safetensors");
+  ASSERT_TRUE(golden.ok()) << golden.status().message();
+  std::vector<int32_t> idx(B * T), targets(B * T);
+  ASSERT_TRUE(golden->ReadI32("idx", {B, T}, idx.data()).ok());
+  ASSERT_TRUE(golden->ReadI32("targets", {B, T}, targets.data()).ok());
+  // Reference (prefix "") and autocast ("bf16.") values, grads in layout order.
+  struct Values {
+    std::vector<float> logits, grads;
+    float loss = 0;
+  };
+  auto read = [&](const std::string& prefix, Values* v) {
+    v->logits.resize(static_cast<size_t>(B) * T * V);
+    v->grads.assign(total, 0.0f);
+    ASSERT_TRUE(golden->ReadF32(prefix + "logits", {B, T, V}, v->logits.data()).ok());
+    ASSERT_TRUE(golden->ReadF32(prefix + "loss", {}, &v->loss).ok());
+    for (int u = 0; u < layout.num_units(); ++u) {
+      for (const ParamEntry& e : layout.units()[u].params) {
+        Status st = golden->ReadF32(prefix + "grad." + e.name, e.shape,
+                                    v->grads.data() + layout.unit_offset(u) + e.offset);
+        ASSERT_TRUE(st.ok()) << st.message();
+      }
+    }
+  };
+  Values exact, autocast;
+  ASSERT_NO_FATAL_FAILURE(read("", &exact));
+  ASSERT_NO_FATAL_FAILURE(read("bf16.", &autocast));
+  auto errors = [&](const Values& v) {
+    Errors e;
+    e.logits = RelErr(v.logits.data(), exact.logits.data(), v.logits.size());
+    e.loss = std::abs(static_cast<double>(v.loss) - exact.loss) / std::abs(exact.loss);
+    e.grads = RelErr(v.grads.data(), exact.grads.data(), total);
+    return e;
+  };
+  auto mingpt = [&](MatmulPrecision p) {
+    backend->SetMatmulPrecision(p);
+    backend->CopyToDevice(sp.params(), host.data(), total * sizeof(float));
+    Values v;
+    v.logits.resize(static_cast<size_t>(B) * T * V);
+    v.grads.resize(total);
+    DropoutContext eval;
+    v.loss = gpt.Forward(&sp, idx.data(), targets.data(), B, T, eval);
+    backend->CopyToHost(v.logits.data(), gpt.logits(), v.logits.size() * sizeof(float));
+    sp.ZeroGrads();
+    gpt.ForwardBackward(&sp, idx.data(), targets.data(), B, T, eval, 1.0f);
+    backend->CopyToHost(v.grads.data(), sp.grads(), total * sizeof(float));
+    backend->Synchronize();
+    return errors(v);
+  };
+  const Errors torch = errors(autocast), bf16 = mingpt(MatmulPrecision::kBf16),
+               fp16 = mingpt(MatmulPrecision::kFp16);
+  std::printf("[ autocast ] %s: errors vs float64 (logits / loss / grads): PyTorch autocast bf16 "
+              "%.2e / %.2e / %.2e | mingpt bf16 %.2e / %.2e / %.2e | mingpt fp16 %.2e / %.2e / "
+              "%.2e\n",
+              c.name.c_str(), torch.logits, torch.loss, torch.grads, bf16.logits, bf16.loss,
+              bf16.grads, fp16.logits, fp16.loss, fp16.grads);
+  // The loss is one number whose error may cancel by chance: its bound gets
+  // a floor, bf16's relative rounding 2^-9 averaged over the B*T token
+  // losses as independent errors are (1/sqrt(B*T)).
+  const double kLossFloor = 1.0 / 512 / std::sqrt(static_cast<double>(B) * T);
+  EXPECT_LE(bf16.logits, 2 * torch.logits);
+  EXPECT_LE(bf16.grads, 2 * torch.grads);
+  EXPECT_LE(bf16.loss, 2 * std::max(torch.loss, kLossFloor));
+  EXPECT_GE(bf16.logits, 20 * kLogitsTol) << "bf16 products look unrounded";
+  EXPECT_GE(bf16.grads, 20 * kGradTol) << "bf16 products look unrounded";
+  EXPECT_LE(fp16.logits, torch.logits);
+  EXPECT_LE(fp16.grads, torch.grads);
+  EXPECT_LE(fp16.loss, std::max(torch.loss, kLossFloor));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Parity, AutocastParityTest,
+    ::testing::Values(ParityCase{"base", 2, 2, 32, 16, 11, 3, 16},
+                      ParityCase{"wide", 2, 4, 64, 32, 29, 4, 32, 1.0, 512 * 20, 1e9, 5}),
     [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.name; });
 
 }  // namespace

@@ -19,6 +19,9 @@ Dropout must be 0 for parity (the C++ masks come from its own counter-based RNG)
 
 Usage: /usr/bin/python3 golden.py --out DIR --n_layer 2 --n_head 2 --n_embd 32 \
          --block_size 16 --vocab_size 11 --batch 3 --T 16 --seed 1 --steps 3
+--autocast_bf16 adds the same forward and backward of the fp32 model under
+torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's bf16 mixed precision):
+  bf16.logits, bf16.loss, bf16.grad.<name>   (no optimizer steps)
 --check_fp32 also runs the same computation in float32 and prints the errors the
 C++ test measures (the fp32-vs-fp64 floor its tolerances must sit above).
 """
@@ -58,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--final_tokens", type=float, default=1e9)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--check_fp32", action="store_true")
+    p.add_argument("--autocast_bf16", action="store_true")
     a = p.parse_args(argv)
     if not 1 <= a.T <= a.block_size:
         p.error("need 1 <= T <= block_size")
@@ -96,6 +100,17 @@ def run(model, idx, targets, a):
     return logits, loss, grads, after, lrs, norms
 
 
+def autocast_bf16(model, idx, targets):
+    """Logits, loss and fp32 gradients of one forward/backward under CPU bf16 autocast."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets)
+    loss.backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()}
+    return logits.detach().float(), loss.detach().float(), grads
+
+
 def rel(a, b, floor=0.0):
     a, b = a.double(), b.double()
     return float((a - b).norm() / max(float(b.norm()), floor, 1e-300))
@@ -110,7 +125,8 @@ def main(argv=None):
     targets = torch.randint(0, a.vocab_size, (a.batch, a.T), dtype=torch.long)
 
     os.makedirs(a.out, exist_ok=True)
-    meta = {k: str(v) for k, v in vars(a).items() if k not in ("out", "check_fp32")}
+    meta = {k: str(v) for k, v in vars(a).items()
+            if k not in ("out", "check_fp32", "autocast_bf16")}
     weights = {n: t.detach().numpy().astype(np.float32) for n, t in model.state_dict().items()}
     save_file(weights, os.path.join(a.out, "weights.safetensors"), meta)
 
@@ -123,6 +139,12 @@ def main(argv=None):
     for n in grads:
         out["grad." + n] = f32(grads[n])
         out["after." + n] = f32(after[n])
+    if a.autocast_bf16:
+        bl, bs, bg = autocast_bf16(copy.deepcopy(model), idx, targets)
+        out["bf16.logits"] = f32(bl)
+        out["bf16.loss"] = f32(bs.reshape(()))
+        for n in bg:
+            out["bf16.grad." + n] = f32(bg[n])
     gmeta = dict(meta)
     for s, (lr, nm) in enumerate(zip(lrs, norms)):
         gmeta[f"lr.{s}"] = repr(lr)

@@ -4,10 +4,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "common/metrics_csv.h"
 #include "io/file.h"
+#include "model/gpt.h"
 #include "train/model_checkpoint.h"
 #include "train/trainer.h"
 
@@ -17,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 class TrainerTest : public ::testing::Test {
- protected:
+ public:
   void SetUp() override {
     dir_ = fs::path(::testing::TempDir()) /
            ("mingpt_trainer_" + std::to_string(::getpid()) + "_" +
@@ -64,6 +66,45 @@ class TrainerTest : public ::testing::Test {
     return test::TrainLossCells((dir_ / root).string());
   }
 
+  // The train rows of metrics.csv by step, without the timing and memory
+  // columns (tokens_per_s .. peak_rss_bytes), which differ from run to run.
+  std::map<int, std::string> MetricsRows(const std::string& root) {
+    std::ifstream f(dir_ / root / "metrics.csv");
+    std::string line;
+    std::getline(f, line);
+    std::map<int, std::string> rows;
+    while (std::getline(f, line)) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+      cells.resize(12);
+      if (cells[2].empty()) continue;  // a validation row
+      rows[std::stoi(cells[0])] = cells[0] + "," + cells[1] + "," + cells[2] + "," + cells[4] +
+                                  "," + cells[5] + "," + cells[10] + "," + cells[11];
+    }
+    return rows;
+  }
+
+  // Column `name` of metrics.csv's train rows, by step ("" when empty).
+  std::map<int, std::string> Column(const std::string& root, const std::string& name) {
+    std::ifstream f(dir_ / root / "metrics.csv");
+    std::string line;
+    std::getline(f, line);
+    std::vector<std::string> header;
+    std::stringstream hs(line);
+    for (std::string c; std::getline(hs, c, ',');) header.push_back(c);
+    const size_t col = std::find(header.begin(), header.end(), name) - header.begin();
+    std::map<int, std::string> out;
+    while (std::getline(f, line)) {
+      std::vector<std::string> cells;
+      std::stringstream ss(line);
+      for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+      cells.resize(header.size());
+      if (!cells[2].empty()) out[std::stoi(cells[0])] = cells[col];
+    }
+    return out;
+  }
+
   fs::path dir_;
 };
 
@@ -76,26 +117,35 @@ double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / den);
 }
 
-TEST_F(TrainerTest, ResumeIsBitIdentical) {
-  auto full = Train(Options("full"));
+// Trains `base` for its max_steps in one run and in two (stopping halfway,
+// resuming from the checkpoint): same weights bit for bit, same metrics rows
+// (losses, gradient norms, loss scales) after the resume point.
+void ExpectResumeIsBitIdentical(TrainerTest* t, const std::function<TrainOptions(const std::string&)>& opts) {
+  TrainOptions whole = opts("full");
+  const int64_t steps = whole.max_steps;
+  auto full = Train(whole);
   ASSERT_TRUE(full.ok()) << full.status().message();
-  EXPECT_EQ(full->steps, 6);
+  EXPECT_EQ(full->steps, steps);
 
-  TrainOptions first = Options("split");
-  first.max_steps = 3;
+  TrainOptions first = opts("split");
+  first.max_steps = steps / 2;
   ASSERT_TRUE(Train(first).ok());
-  TrainOptions second = Options("split");
-  second.ckpt_path = (dir_ / "split/checkpoints/last").string();
+  TrainOptions second = opts("split");
+  second.ckpt_path = first.default_root_dir + "/checkpoints/last";
   auto resumed = Train(second);
   ASSERT_TRUE(resumed.ok()) << resumed.status().message();
-  EXPECT_EQ(resumed->steps, 6);
+  EXPECT_EQ(resumed->steps, steps);
   EXPECT_EQ(resumed->tokens, full->tokens);
+  EXPECT_EQ(resumed->skipped_steps, full->skipped_steps);
 
-  // Same weights bit for bit, and the same losses after the resume point.
-  EXPECT_EQ(Weights("full"), Weights("split"));
-  auto a = TrainLosses("full"), b = TrainLosses("split");
-  for (int s = 1; s <= 6; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s;
+  EXPECT_EQ(t->Weights("full"), t->Weights("split"));
+  auto a = t->MetricsRows("full"), b = t->MetricsRows("split");
+  for (int s = 1; s <= steps; ++s) EXPECT_EQ(a[s], b[s]) << "step " << s;
   EXPECT_EQ(full->last_train_loss, resumed->last_train_loss);
+}
+
+TEST_F(TrainerTest, ResumeIsBitIdentical) {
+  ExpectResumeIsBitIdentical(this, [&](const std::string& root) { return Options(root); });
 }
 
 TEST_F(TrainerTest, GradientAccumulationEqualsALargerBatch) {
@@ -119,7 +169,9 @@ TEST_F(TrainerTest, WritesMetricsAndBestAndLastCheckpoints) {
   std::ifstream f(dir_ / "run/metrics.csv");
   std::string header;
   std::getline(f, header);
-  EXPECT_EQ(header, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,state_bytes,peak_rss_bytes");
+  EXPECT_EQ(header,
+            "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,state_bytes,"
+            "peak_rss_bytes,loss_scale,skipped_steps");
   EXPECT_EQ(TrainLosses("run").size(), 6u);
   auto best = OpenTrainingCheckpoint((dir_ / "run/checkpoints/best").string());
   auto last = OpenTrainingCheckpoint((dir_ / "run/checkpoints/last").string());
@@ -154,6 +206,94 @@ TEST_F(TrainerTest, LossDecreasesOnRepetitiveText) {
   // The text repeats one sentence: a model that learns gets far below the
   // unigram entropy (about 2.9 nats for this sentence).
   EXPECT_LT(r->best_val_loss, 1.0);
+}
+
+// --precision bf16: bf16 matrix-product operands change the numbers (so the
+// setting is in effect) by about bf16's rounding, not more.
+TEST_F(TrainerTest, Bf16FollowsTheFp32Trajectory) {
+  TrainOptions fp32 = Options("fp32"), bf16 = Options("bf16");
+  bf16.precision = "bf16-mixed";
+  auto a = Train(fp32), b = Train(bf16);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status().message();
+  auto la = TrainLosses("fp32"), lb = TrainLosses("bf16");
+  ASSERT_EQ(la.size(), 6u);
+  ASSERT_EQ(lb.size(), 6u);
+  bool any_differs = false;
+  for (int s = 1; s <= 6; ++s) {
+    const double x = std::stod(la[s]), y = std::stod(lb[s]);
+    EXPECT_NEAR(y, x, 5e-3 * x) << "step " << s;
+    any_differs |= la[s] != lb[s];
+  }
+  EXPECT_TRUE(any_differs) << "bf16 losses equal fp32's to 6 digits: no rounding happened";
+  const double d = RelDiff(Weights("bf16"), Weights("fp32"));
+  EXPECT_GT(d, 1e-7);
+  EXPECT_LT(d, 1e-2);
+  EXPECT_TRUE(Column("fp32", "loss_scale").at(6).empty()) << "a loss scale without fp16";
+}
+
+// --precision 16 from a loss scale of 2^32: the first steps overflow fp16
+// (the logits' gradients alone are ~2^32 / (B*T)), are skipped and halve the
+// scale (after hysteresis absorbs the first), until the scaled gradients fit;
+// then training proceeds. Skipped steps leave the weights exactly as they were.
+TEST_F(TrainerTest, Fp16SkipsOverflowingStepsAndLowersTheScale) {
+  TrainOptions o = Options("fp16");
+  o.precision = "16";
+  o.initial_scale_power = 32;
+  o.max_steps = 30;
+  o.val_check_interval = 30;
+  auto r = Train(o);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  // 2^32 / 48 outputs ~ 2^26.4 must fall below 65504 ~ 2^16: at least 10
+  // halvings after the hysteresis step.
+  EXPECT_GE(r->skipped_steps, 11);
+  EXPECT_LT(r->skipped_steps, 30);
+  EXPECT_TRUE(std::isfinite(r->last_train_loss));
+  auto scale = Column("fp16", "loss_scale"), skipped = Column("fp16", "skipped_steps"),
+       norm = Column("fp16", "grad_norm");
+  ASSERT_EQ(scale.size(), 30u);
+  EXPECT_EQ(scale[1], "4294967296");  // step 1 ran at 2^32 (hysteresis: not yet halved)
+  EXPECT_EQ(skipped[1], "1");
+  EXPECT_TRUE(norm[1].empty()) << "a skipped step has no gradient norm";
+  EXPECT_EQ(std::stoll(skipped[30]), r->skipped_steps);
+  EXPECT_LT(std::stod(scale[30]), 4294967296.0 / 1024);
+  EXPECT_FALSE(norm[30].empty());
+
+  auto last = OpenTrainingCheckpoint((dir_ / "fp16/checkpoints/last").string());
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->state.optimizer_steps, 30 - r->skipped_steps);
+  ASSERT_TRUE(last->state.loss_scaler.has_value());
+  EXPECT_EQ(last->state.loss_scaler->skipped_steps, r->skipped_steps);
+
+  // Five steps that all overflow: the weights are the initial ones.
+  TrainOptions few = Options("skipped");
+  few.precision = "16";
+  few.initial_scale_power = 32;
+  few.max_steps = 5;
+  few.val_check_interval = 5;
+  auto rf = Train(few);
+  ASSERT_TRUE(rf.ok());
+  ASSERT_EQ(rf->skipped_steps, 5);
+  auto ckpt = OpenTrainingCheckpoint((dir_ / "skipped/checkpoints/last").string());
+  ASSERT_TRUE(ckpt.ok());
+  std::unique_ptr<Backend> backend = MakeCpuBackend(1);
+  GPT gpt(backend.get(), ckpt->config, 1);
+  std::vector<float> init(gpt.layout().total_numel());
+  gpt.InitParameters(few.seed, init.data());
+  EXPECT_EQ(Weights("skipped"), init);
+  EXPECT_EQ(ckpt->state.optimizer_steps, 0);
+}
+
+// The loss scaler and Adam's step count are part of the checkpoint: a run
+// resumed in the middle of its overflow phase continues exactly.
+TEST_F(TrainerTest, Fp16ResumeIsBitIdentical) {
+  ExpectResumeIsBitIdentical(this, [&](const std::string& root) {
+    TrainOptions o = Options(root);
+    o.precision = "16";
+    o.initial_scale_power = 26;
+    o.max_steps = 12;
+    o.val_check_interval = 6;
+    return o;
+  });
 }
 
 }  // namespace

@@ -31,6 +31,11 @@ class CpuBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override;
   void Synchronize() override {}
 
+  void SetMatmulPrecision(MatmulPrecision precision) override {
+    matmul_.set_precision(precision);
+  }
+  MatmulPrecision matmul_precision() const override { return matmul_.precision(); }
+
   void EncoderForward(float* out, const int32_t* idx, const float* wte,
                       const float* wpe, int B, int T, int C) override;
   void EncoderBackward(float* dwte, float* dwpe, const float* dout,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backend/cpu/low_precision.h"
 #include "core/check.h"
 
 namespace mingpt::cpu {
@@ -78,6 +79,16 @@ OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
 void OnednnMatmul::Run(const Key& key, const float* a, const float* b,
                        const float* bias, float* dst) {
   Entry& e = Get(key);
+  if (precision_ != MatmulPrecision::kFp32) {
+    // Both operands are contiguous arrays (a transpose is only a stride).
+    const int64_t na = key.M * key.K, nb = key.K * key.Ncol;
+    float* ra = static_cast<float*>(rounded_a_.Reserve(sizeof(float) * na));
+    float* rb = static_cast<float*>(rounded_b_.Reserve(sizeof(float) * nb));
+    RoundArray(ra, a, na, precision_);
+    RoundArray(rb, b, nb, precision_);
+    a = ra;
+    b = rb;
+  }
   e.a.set_data_handle(const_cast<float*>(a));
   e.b.set_data_handle(const_cast<float*>(b));
   e.dst.set_data_handle(dst);

@@ -8,6 +8,9 @@
 // accumulate, bias) together with their memory objects, and run with a user
 // scratchpad owned here, grown only when a new primitive needs more: once a
 // shape has been seen, a call creates no primitive and allocates no buffer.
+// Under bf16 / fp16 precision (set_precision) both operands are first
+// rounded into two more owned scratch buffers (low_precision.h) and the fp32
+// primitive runs on the rounded copies: this CPU has no bf16 or fp16 GEMM.
 // Not thread-safe (one backend, one stream), like the backend itself.
 #pragma once
 
@@ -16,6 +19,7 @@
 #include <memory>
 #include <tuple>
 
+#include "backend/backend.h"
 #include "backend/cpu/aligned_buffer.h"
 #include "dnnl.hpp"
 
@@ -35,6 +39,9 @@ class OnednnMatmul {
                     int IC, int OC, bool accumulate);
   void BackwardWeights(float* dW, const float* dout, const float* inp, int N,
                        int IC, int OC);
+
+  void set_precision(MatmulPrecision p) { precision_ = p; }
+  MatmulPrecision precision() const { return precision_; }
 
   // Primitives created so far (one per distinct key), and the scratchpad.
   size_t num_primitives() const { return cache_.size(); }
@@ -61,6 +68,8 @@ class OnednnMatmul {
   dnnl::stream stream_;
   std::map<Key, std::unique_ptr<Entry>> cache_;
   ScratchBuffer scratchpad_;
+  MatmulPrecision precision_ = MatmulPrecision::kFp32;
+  ScratchBuffer rounded_a_, rounded_b_;  // operands rounded to precision_
 };
 
 }  // namespace mingpt::cpu

@@ -1,0 +1,166 @@
+// bf16 / fp16 rounding (backend/cpu/low_precision.h) against independent
+// references (the exhaustive bf16 neighbours, GCC's _Float16 conversion),
+// and the CPU backend's matrix products under each MatmulPrecision against
+// double-precision products of the rounded operands.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/low_precision.h"
+
+namespace mingpt::cpu {
+namespace {
+
+// Nearest bf16 by comparing the two candidates in double; ties to even.
+float Bf16Reference(float x) {
+  if (std::isnan(x) || std::isinf(x)) return x;
+  const uint32_t b = std::bit_cast<uint32_t>(x);
+  const float lo = std::bit_cast<float>(b & 0xFFFF0000u);
+  const float hi = std::bit_cast<float>((b & 0xFFFF0000u) + 0x10000u);  // next, away from 0
+  const double dlo = std::fabs(static_cast<double>(x)) - std::fabs(static_cast<double>(lo));
+  // Past bf16's largest finite the next value up is 2^128 (which is inf).
+  const double hi_value = std::isinf(hi) ? std::ldexp(1.0, 128) : static_cast<double>(std::fabs(hi));
+  const double dhi = hi_value - std::fabs(static_cast<double>(x));
+  if (dlo != dhi) return dlo < dhi ? lo : hi;
+  return ((b >> 16) & 1u) == 0 ? lo : hi;
+}
+
+std::vector<float> InterestingFloats() {
+  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65505.0f, 65519.0f, 65519.99f,
+                          65520.0f, -65520.0f, 1e5f, 6.1e-5f, 6.103515625e-05f, 5.96e-8f,
+                          2.98e-8f, 2.99e-8f, 1e-9f, 1e-30f, 1e-45f,
+                          std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::denorm_min(), 3.0e38f, 1.0039062f,
+                          1.0078125f, 1.01171875f};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    uint32_t bits = rng();
+    float f = std::bit_cast<float>(bits);
+    if (!std::isnan(f)) v.push_back(f);
+  }
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int i = 0; i < 100000; ++i) v.push_back(normal(rng) * std::ldexp(1.0f, (i % 60) - 30));
+  return v;
+}
+
+TEST(LowPrecision, Bf16RoundsToNearestEven) {
+  for (float x : InterestingFloats()) {
+    const float r = RoundToBf16(x), ref = Bf16Reference(x);
+    ASSERT_EQ(std::bit_cast<uint32_t>(r), std::bit_cast<uint32_t>(ref)) << x;
+    ASSERT_EQ(std::bit_cast<uint32_t>(r) & 0xFFFFu, 0u) << x;
+  }
+  EXPECT_TRUE(std::isnan(RoundToBf16(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isinf(RoundToBf16(std::numeric_limits<float>::max())));
+}
+
+TEST(LowPrecision, Fp16MatchesTheCompilersConversion) {
+  for (float x : InterestingFloats()) {
+    const float ref = static_cast<float>(static_cast<_Float16>(x));
+    const float r = RoundToFp16(x);
+    ASSERT_EQ(std::bit_cast<uint32_t>(r), std::bit_cast<uint32_t>(ref)) << x;
+  }
+  EXPECT_TRUE(std::isnan(RoundToFp16(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(RoundToFp16(65519.0f), 65504.0f);
+  EXPECT_TRUE(std::isinf(RoundToFp16(65520.0f)));
+  EXPECT_EQ(RoundToFp16(2.9e-8f), 0.0f);  // below half the smallest subnormal
+}
+
+TEST(LowPrecision, RoundArrayCoversEveryElementInPlace) {
+  std::vector<float> v(100003);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& x : v) x = normal(rng);
+  std::vector<float> src = v;
+  RoundArray(v.data(), v.data(), static_cast<int64_t>(v.size()), MatmulPrecision::kFp16);
+  for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], RoundToFp16(src[i])) << i;
+}
+
+// out = inp @ W^T + bias, and the three backward products, under `p`:
+// each against double products of the rounded operands.
+void CheckMatmul(MatmulPrecision p) {
+  const int N = 37, IC = 53, OC = 29;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto fill = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+  };
+  std::vector<float> inp = fill(N * IC), W = fill(OC * IC), bias = fill(OC), dout = fill(N * OC);
+  auto rounded = [&](std::vector<float> v) {
+    RoundArray(v.data(), v.data(), static_cast<int64_t>(v.size()), p);
+    return v;
+  };
+  const std::vector<float> ri = rounded(inp), rw = rounded(W), rd = rounded(dout);
+
+  auto backend = MakeCpuBackend(2);
+  backend->SetMatmulPrecision(p);
+  ASSERT_EQ(backend->matmul_precision(), p);
+  std::vector<float> out(N * OC), dinp(N * IC), dW(OC * IC, 0.0f), dbias(OC, 0.0f);
+  backend->MatmulForward(out.data(), inp.data(), W.data(), bias.data(), N, IC, OC);
+  backend->MatmulBackward(dinp.data(), dW.data(), dbias.data(), dout.data(), inp.data(), W.data(),
+                          N, IC, OC, false);
+  double worst = 0, worst_vs_fp32 = 0;
+  auto compare = [&](double got, double want, double fp32) {
+    const double scale = std::max(1.0, std::fabs(want));
+    worst = std::max(worst, std::fabs(got - want) / scale);
+    worst_vs_fp32 = std::max(worst_vs_fp32, std::fabs(got - fp32) / scale);
+  };
+  for (int n = 0; n < N; ++n) {
+    for (int o = 0; o < OC; ++o) {
+      double want = bias[o], fp32 = bias[o];
+      for (int i = 0; i < IC; ++i) {
+        want += static_cast<double>(ri[n * IC + i]) * rw[o * IC + i];
+        fp32 += static_cast<double>(inp[n * IC + i]) * W[o * IC + i];
+      }
+      compare(out[n * OC + o], want, fp32);
+    }
+    for (int i = 0; i < IC; ++i) {
+      double want = 0, fp32 = 0;
+      for (int o = 0; o < OC; ++o) {
+        want += static_cast<double>(rd[n * OC + o]) * rw[o * IC + i];
+        fp32 += static_cast<double>(dout[n * OC + o]) * W[o * IC + i];
+      }
+      compare(dinp[n * IC + i], want, fp32);
+    }
+  }
+  for (int o = 0; o < OC; ++o) {
+    for (int i = 0; i < IC; ++i) {
+      double want = 0, fp32 = 0;
+      for (int n = 0; n < N; ++n) {
+        want += static_cast<double>(rd[n * OC + o]) * ri[n * IC + i];
+        fp32 += static_cast<double>(dout[n * OC + o]) * inp[n * IC + i];
+      }
+      compare(dW[o * IC + i], want, fp32);
+    }
+  }
+  // fp32 accumulation of exact products: float rounding of sums of ~50 terms
+  // of size ~1 (observed ~5e-6), far below the rounding gaps checked below.
+  EXPECT_LT(worst, 2e-5);
+  if (p == MatmulPrecision::kFp32) {
+    EXPECT_LT(worst_vs_fp32, 2e-5);
+  } else {
+    // Rounding to 8 (bf16) or 11 (fp16) significant bits shows: these
+    // products must differ from the fp32 ones by about that much.
+    EXPECT_GT(worst_vs_fp32, p == MatmulPrecision::kBf16 ? 3e-3 : 3e-4);
+  }
+}
+
+TEST(LowPrecision, MatmulFp32) { CheckMatmul(MatmulPrecision::kFp32); }
+TEST(LowPrecision, MatmulBf16RoundsOperandsAndAccumulatesInFp32) {
+  CheckMatmul(MatmulPrecision::kBf16);
+}
+TEST(LowPrecision, MatmulFp16RoundsOperandsAndAccumulatesInFp32) {
+  CheckMatmul(MatmulPrecision::kFp16);
+}
+
+}  // namespace
+}  // namespace mingpt::cpu
