@@ -25,6 +25,7 @@ Command AddSample(CLI::App* app);
 Command AddInfo(CLI::App* app);
 Command AddConvert(CLI::App* app);
 Command AddPlan(CLI::App* app);
+Command AddBench(CLI::App* app);
 
 // Several ranks (cli/ranks.cc). RelaunchUnderMpirun runs this same command
 // line as `devices` ranks under mpirun, each flag of `replace` given the
@@ -33,6 +34,9 @@ Command AddPlan(CLI::App* app);
 // gives a process its world: MPI's when a launcher started it, else its own.
 Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
 StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
+
+// Parses "8GiB", "512M", "1.5G", "1000000" (bytes) into bytes; errors name `flag`.
+StatusOr<size_t> ParseBytes(const std::string& text, const std::string& flag);
 
 // --data resolution: the flag if given, else $MINGPT_DATA, else
 // data/tinyshakespeare.txt, downloaded from its public URL when missing.

@@ -29,6 +29,8 @@ constexpr CommandEntry kCommands[] = {
      mingpt::cli::AddConvert},
     {"plan", "Predict each rank's peak memory for every strategy (train's flags), training nothing",
      mingpt::cli::AddPlan},
+    {"bench", "Measure every strategy (time, memory, largest batch, MFU): CSV and HTML report",
+     mingpt::cli::AddBench},
 };
 
 std::string KnownCommands() {

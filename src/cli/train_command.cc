@@ -83,34 +83,6 @@ Status Launch(const TrainOptions& o) {
                   {"--default_root_dir", std::filesystem::absolute(o.default_root_dir).string()}});
 }
 
-// Parses "8GiB", "512M", "1.5G", "1000000" (bytes) into bytes.
-StatusOr<size_t> ParseBytes(const std::string& text) {
-  size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (...) {
-    used = 0;
-  }
-  std::string unit = text.substr(used);
-  for (const char* tail : {"iB", "B"}) {
-    const std::string t = tail;
-    if (unit.size() >= t.size() && unit.compare(unit.size() - t.size(), t.size(), t) == 0) {
-      unit.resize(unit.size() - t.size());
-      break;
-    }
-  }
-  double scale = 0;
-  if (unit.empty()) scale = 1;
-  if (unit == "K" || unit == "k") scale = 1024.0;
-  if (unit == "M") scale = 1048576.0;
-  if (unit == "G") scale = 1073741824.0;
-  if (unit == "T") scale = 1099511627776.0;
-  if (used == 0 || scale == 0 || !(value > 0) || value * scale > 1e18) {
-    return Status::Error("--memory_budget '" + text + "' is not a size such as 12GiB or 800M");
-  }
-  return static_cast<size_t>(value * scale);
-}
 
 // Applies the preset, the checkpoint's model, the data path and the run
 // directory: the flags as `train` and `plan` use them.
@@ -120,7 +92,7 @@ Status ResolveFlags(TrainFlags* f) {
   MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
   if (f->o.default_root_dir.empty()) f->o.default_root_dir = DefaultRunDir();
   if (!f->memory_budget.empty()) {
-    MINGPT_ASSIGN_OR_RETURN(f->o.memory_budget, ParseBytes(f->memory_budget));
+    MINGPT_ASSIGN_OR_RETURN(f->o.memory_budget, ParseBytes(f->memory_budget, "--memory_budget"));
   }
   return Status::Ok();
 }
@@ -182,6 +154,34 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
 }
 
 }  // namespace
+
+StatusOr<size_t> ParseBytes(const std::string& text, const std::string& flag) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (const char* tail : {"iB", "B"}) {
+    const std::string t = tail;
+    if (unit.size() >= t.size() && unit.compare(unit.size() - t.size(), t.size(), t) == 0) {
+      unit.resize(unit.size() - t.size());
+      break;
+    }
+  }
+  double scale = 0;
+  if (unit.empty()) scale = 1;
+  if (unit == "K" || unit == "k") scale = 1024.0;
+  if (unit == "M") scale = 1048576.0;
+  if (unit == "G") scale = 1073741824.0;
+  if (unit == "T") scale = 1099511627776.0;
+  if (used == 0 || scale == 0 || !(value > 0) || value * scale > 1e18) {
+    return Status::Error(flag + " '" + text + "' is not a size such as 12GiB or 800M");
+  }
+  return static_cast<size_t>(value * scale);
+}
 
 Command AddTrain(CLI::App* app) {
   std::shared_ptr<TrainFlags> f = AddTrainFlags(app);

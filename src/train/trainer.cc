@@ -61,7 +61,7 @@ class MetricsWriter {
     auto count = [](std::optional<double> v) {
       return v ? std::to_string(static_cast<long long>(*v)) : std::string();
     };
-    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.3f,%s,%s,%s,%s\n",
+    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.6f,%s,%s,%s,%s\n",
                  static_cast<long long>(r.step), static_cast<long long>(r.tokens),
                  opt(r.train_loss).c_str(), opt(r.val_loss).c_str(), r.lr, opt(r.grad_norm).c_str(),
                  opt(r.tokens_per_s).c_str(), r.elapsed, count(r.state_bytes).c_str(),
