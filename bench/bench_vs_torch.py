@@ -15,6 +15,9 @@ seed's LR schedule, char-level data) for --warmup + --steps optimizer steps on
           difference in `tokens` over the difference in `elapsed` between the
           row of step `warmup` (or the start) and the last row.
 
+--precision bf16 runs torch's forward under torch.autocast("cpu", torch.bfloat16)
+(PyTorch's bf16 mixed precision) and mingpt with --precision bf16.
+
 Run with Debian's PyTorch: /usr/bin/python3 bench/bench_vs_torch.py --help
 """
 
@@ -36,6 +39,7 @@ PRESETS = {
     "bench-6x384": (6, 6, 384, 128, 16, 0.0),  # the comparison config
     "gpt-micro": (4, 4, 128, 64, 32, 0.1),     # the learning-test config
     "gpt-nano": (3, 3, 48, 64, 32, 0.1),
+    "gpt1-12x768": (12, 12, 768, 128, 8, 0.0),
 }
 
 
@@ -102,7 +106,8 @@ def bench_torch(a, intra_op):
             t_start = time.perf_counter()
         starts = rng.randint(0, len(train) - (bs + 1), size=B)
         w = torch.stack([train_t[i:i + bs + 1] for i in starts])
-        _, loss = model(w[:, :-1].contiguous(), w[:, 1:].contiguous())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            _, loss = model(w[:, :-1].contiguous(), w[:, 1:].contiguous())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -123,6 +128,7 @@ def bench_mingpt(a):
                "--block_size", str(a.block_size), "--batch_size", str(a.batch_size),
                "--dropout", str(a.dropout), "--num_threads", str(a.threads),
                "--max_steps", str(a.warmup + a.steps), "--limit_val_batches", "0",
+               "--precision", a.precision,
                "--default_root_dir", root, "--log_every_n_steps", "1"]
         if a.verbose:
             print("  " + " ".join(cmd), flush=True)
@@ -157,6 +163,8 @@ def main():
     for flag in ("n_layer", "n_head", "n_embd", "block_size", "batch_size"):
         p.add_argument("--" + flag, type=int)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--precision", choices=("32", "bf16"), default="32",
+                   help="bf16: torch CPU autocast bf16 vs mingpt --precision bf16")
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_mingpt", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -171,7 +179,7 @@ def main():
         p.error("--binary: mingpt executable not found (build it, or pass --skip_mingpt)")
 
     config = (f"L{a.n_layer} H{a.n_head} C{a.n_embd} T{a.block_size} B{a.batch_size} "
-              f"drop{a.dropout:g}")
+              f"drop{a.dropout:g} {'bf16' if a.precision == 'bf16' else 'fp32'}")
     print(f"{a.warmup} warm-up + {a.steps} timed steps; data {a.data}")
     rows = []
     for threads in a.threads:

@@ -63,6 +63,11 @@ class Backend {
   virtual void LayerNormForward(float* out, float* mean, float* rstd,
                                 const float* x, const float* w, const float* b,
                                 int N, int C) = 0;
+  // sum = x + branch, then out = LayerNorm(sum) as LayerNormForward: the
+  // residual add fused with the layernorm that follows it.                  (=)
+  virtual void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd,
+                                        const float* x, const float* branch, const float* w,
+                                        const float* b, int N, int C) = 0;
   // dx += ..., dw += ..., db += ...                                         (+=)
   virtual void LayerNormBackward(float* dx, float* dw, float* db,
                                  const float* dout, const float* x,
@@ -73,7 +78,8 @@ class Backend {
   virtual void MatmulForward(float* out, const float* inp, const float* W,
                              const float* bias, int N, int IC, int OC) = 0;
   // dinp[N,IC] (= or += by accumulate_dinp; may be null) = dout @ W;
-  // dW += dout^T @ inp;  dbias += sum_n dout (may be null)
+  // dW += dout^T @ inp;  dbias += sum_n dout (may be null).
+  // dinp may alias inp (not accumulating): inp is read before dinp is written.
   virtual void MatmulBackward(float* dinp, float* dW, float* dbias,
                               const float* dout, const float* inp,
                               const float* W, int N, int IC, int OC,

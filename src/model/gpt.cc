@@ -27,7 +27,7 @@ uint32_t Resid2Site(int l) { return 3 + 3 * l; }
 struct GPT::Arena {
   struct Layer {
     float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *lse, *atty, *x_mid;
-    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *x_out;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *x_out;
   };
   Buffer memory;
   Buffer tokens;  // int32 idx[B*T] then targets[B*T]
@@ -64,7 +64,7 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, Aren
       take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
       take(&l.lse, B * NH * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
       take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
-      take(&l.fch, 4 * BTC); take(&l.fch_gelu, 4 * BTC);
+      take(&l.fch, 4 * BTC);
     }
     take(&l.x_out, BTC);
   }
@@ -231,12 +231,14 @@ void GPT::BlockForward(int layer, const float* params, int B, int T, const Dropo
                       Site(dropout, p, AttnSite(layer)));
   be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
   be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(layer)));
-  be.Add(s.x_mid, x_in, a.tmp, NC);
-  be.LayerNormForward(s.ln2, s.ln2_mean, s.ln2_rstd, s.x_mid, P[kLn2W], P[kLn2B], N, C);
+  be.ResidualLayerNormForward(s.x_mid, s.ln2, s.ln2_mean, s.ln2_rstd, x_in, a.tmp, P[kLn2W],
+                              P[kLn2B], N, C);
   be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
-  be.GeluForward(s.fch_gelu, s.fch, 4 * NC);
   if (!through_output) return;
-  be.MatmulForward(a.tmp, s.fch_gelu, P[kFc2W], P[kFc2B], N, 4 * C, C);
+  // The GELU output is not kept: it goes to the backward's [N,4C] scratch,
+  // unused until the backward, which recomputes it there.
+  be.GeluForward(a.dbig, s.fch, 4 * NC);
+  be.MatmulForward(a.tmp, a.dbig, P[kFc2W], P[kFc2B], N, 4 * C, C);
   be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid2Site(layer)));
   be.Add(s.x_out, s.x_mid, a.tmp, NC);
 }
@@ -294,7 +296,9 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     const float* x_in = BlockInput(l);
     // MLP branch: x_out = x_mid + drop(mlp.2(gelu(mlp.0(ln2(x_mid))))).
     const float* dm = branch_grad(Resid2Site(l));
-    be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, s.fch_gelu, P[kFc2W], N, 4 * C, C, false);
+    be.GeluForward(a.dbig, s.fch, 4 * NC);  // recomputed, not stored
+    // dinp aliases inp: MatmulBackward reads inp for dW before writing dinp.
+    be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, a.dbig, P[kFc2W], N, 4 * C, C, false);
     be.GeluBackward(a.dbig, s.fch, a.dbig, 4 * NC);
     be.MatmulBackward(a.dln, G[kFcW], G[kFcB], a.dbig, s.ln2, P[kFcW], N, C, 4 * C, false);
     be.LayerNormBackward(a.dres, G[kLn2W], G[kLn2B], a.dln, s.x_mid, P[kLn2W], s.ln2_mean,

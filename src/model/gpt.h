@@ -11,8 +11,13 @@
 // output (block 0's input), per block its output x_out (the next block's
 // input; the last one feeds the head), the block intermediates (ln1 and its
 // mean/rstd, q, k, v, the attention probabilities, the attention output, the
-// mid-block residual, ln2 and its mean/rstd, the MLP pre-activation and GELU
-// output), the head's activations and logits, and the backward scratch.
+// mid-block residual, ln2 and its mean/rstd, the MLP pre-activation), the
+// head's activations and logits, and the backward scratch. The GELU output,
+// the largest intermediate with the pre-activation ([B,T,4C]), is not kept:
+// the forward writes it into the backward's [B,T,4C] scratch (free until
+// then) for the MLP's output product, and the backward recomputes it there
+// from the pre-activation (one GELU per block, ~1% of a step) — a quarter of
+// the block activations saved.
 //
 // Block intermediates are kept for every block, or, with activation
 // checkpointing, for one block only: all blocks share one set as scratch and
@@ -20,8 +25,8 @@
 // block l's forward from its saved input (same ops, same dropout masks, so
 // the same floats) into that scratch, between Acquire and Release of its unit;
 // the last block needs no recompute, its intermediates are still there from
-// the forward, and the recompute stops after the GELU (the MLP's output
-// projection feeds only the next block). Block activations then take
+// the forward, and the recompute stops after the MLP's first product (its
+// GELU and output projection feed only the next block). Block activations then take
 // (n_layer + 1)·B·T·C floats plus one block's intermediates instead of
 // n_layer blocks', for about two thirds of a block forward's matrix products
 // per block and step.
@@ -102,8 +107,9 @@ class GPT {
   const float* BlockInput(int layer) const;
   // Block `layer`'s forward from BlockInput(layer) into its arena slots, with
   // the unit's parameters at `params`. With `through_output` false it stops
-  // after the GELU: the MLP's output projection and the residual add feed only
-  // the next block, and the backward of this block does not read them.
+  // after the MLP's first product: the GELU, the output projection and the
+  // residual add feed only the next block, and the backward of this block
+  // does not read them (it recomputes the GELU itself).
   void BlockForward(int layer, const float* params, int B, int T,
                     const DropoutContext& dropout, bool through_output);
 

@@ -100,6 +100,27 @@ TEST_F(CpuBackendTest, Encoder) {
   ExpectClose(dwpe, dwpe_ref, "dwpe");
 }
 
+// The fused residual add + layernorm: the same floats as Add then
+// LayerNormForward (the same operations in the same order), bit for bit.
+TEST_F(CpuBackendTest, ResidualLayerNormEqualsAddThenLayerNorm) {
+  for (int C : {20, 48, 385}) {
+    const int N = 37;
+    Data x = RandomData(rng_, N * C, -3, 5), br = RandomData(rng_, N * C),
+         w = RandomData(rng_, C), b = RandomData(rng_, C);
+    FVec sum(N * C), out(N * C), mean(N), rstd(N);
+    FVec sum2(N * C), out2(N * C), mean2(N), rstd2(N);
+    backend_.ResidualLayerNormForward(sum.data(), out.data(), mean.data(), rstd.data(),
+                                      x.f.data(), br.f.data(), w.f.data(), b.f.data(), N, C);
+    backend_.Add(sum2.data(), x.f.data(), br.f.data(), static_cast<int64_t>(N) * C);
+    backend_.LayerNormForward(out2.data(), mean2.data(), rstd2.data(), sum2.data(), w.f.data(),
+                              b.f.data(), N, C);
+    EXPECT_EQ(sum, sum2);
+    EXPECT_EQ(out, out2);
+    EXPECT_EQ(mean, mean2);
+    EXPECT_EQ(rstd, rstd2);
+  }
+}
+
 TEST_F(CpuBackendTest, LayerNorm) {
   for (int C : {20, 48, 385}) {
     const int N = 37;

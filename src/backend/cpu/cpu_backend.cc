@@ -53,6 +53,11 @@ void CpuBackend::LayerNormForward(float* out, float* mean, float* rstd,
                                   const float* b, int N, int C) {
   cpu::LayerNormForward(out, mean, rstd, x, w, b, N, C);
 }
+void CpuBackend::ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd,
+                                          const float* x, const float* branch, const float* w,
+                                          const float* b, int N, int C) {
+  cpu::ResidualLayerNormForward(sum, out, mean, rstd, x, branch, w, b, N, C);
+}
 void CpuBackend::LayerNormBackward(float* dx, float* dw, float* db,
                                    const float* dout, const float* x,
                                    const float* w, const float* mean,
@@ -68,9 +73,10 @@ void CpuBackend::MatmulBackward(float* dinp, float* dW, float* dbias,
                                 const float* dout, const float* inp,
                                 const float* W, int N, int IC, int OC,
                                 bool accumulate_dinp) {
-  if (dinp) matmul_.BackwardData(dinp, dout, W, N, IC, OC, accumulate_dinp);
+  // Weights first: dinp may alias inp.
   matmul_.BackwardWeights(dW, dout, inp, N, IC, OC);
   if (dbias) BiasBackward(dbias, dout, N, OC);
+  if (dinp) matmul_.BackwardData(dinp, dout, W, N, IC, OC, accumulate_dinp);
 }
 
 float* CpuBackend::AttentionScratch(int T, int C, int NH, int threads) {

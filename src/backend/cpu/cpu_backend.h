@@ -42,6 +42,9 @@ class CpuBackend final : public Backend {
                        const int32_t* idx, int B, int T, int C) override;
   void LayerNormForward(float* out, float* mean, float* rstd, const float* x,
                         const float* w, const float* b, int N, int C) override;
+  void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd, const float* x,
+                                const float* branch, const float* w, const float* b, int N,
+                                int C) override;
   void LayerNormBackward(float* dx, float* dw, float* db, const float* dout,
                          const float* x, const float* w, const float* mean,
                          const float* rstd, int N, int C) override;

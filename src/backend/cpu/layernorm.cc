@@ -7,29 +7,53 @@
 
 namespace mingpt::cpu {
 
+namespace {
+
+// One row: out = LayerNorm(x) with the row's mean and rstd.
+template <typename Real>
+inline void NormalizeRow(Real* o, Real* mean, Real* rstd, const Real* xr, const Real* w,
+                         const Real* b, int C) {
+  const Real inv_c = Real(1) / C;
+  Real sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < C; ++c) sum += xr[c];
+  const Real m = sum * inv_c;
+  Real sq = 0;  // second sweep over the cached row: exact centring
+#pragma omp simd reduction(+ : sq)
+  for (int c = 0; c < C; ++c) {
+    const Real d = xr[c] - m;
+    sq += d * d;
+  }
+  const Real s = Real(1) / std::sqrt(sq * inv_c + Real(kLayerNormEps));
+#pragma omp simd
+  for (int c = 0; c < C; ++c) o[c] = (xr[c] - m) * s * w[c] + b[c];
+  if (mean) *mean = m;
+  if (rstd) *rstd = s;
+}
+
+}  // namespace
+
 template <typename Real>
 void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,
                       const Real* w, const Real* b, int N, int C) {
-  const Real inv_c = Real(1) / C;
 #pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
   for (int64_t n = 0; n < N; ++n) {
+    NormalizeRow(out + n * C, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, x + n * C, w,
+                 b, C);
+  }
+}
+
+template <typename Real>
+void ResidualLayerNormForward(Real* sum, Real* out, Real* mean, Real* rstd, const Real* x,
+                              const Real* branch, const Real* w, const Real* b, int N, int C) {
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    Real* sr = sum + n * C;
     const Real* xr = x + n * C;
-    Real* o = out + n * C;
-    Real sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int c = 0; c < C; ++c) sum += xr[c];
-    const Real m = sum * inv_c;
-    Real sq = 0;  // second sweep over the cached row: exact centring
-#pragma omp simd reduction(+ : sq)
-    for (int c = 0; c < C; ++c) {
-      const Real d = xr[c] - m;
-      sq += d * d;
-    }
-    const Real s = Real(1) / std::sqrt(sq * inv_c + Real(kLayerNormEps));
+    const Real* br = branch + n * C;
 #pragma omp simd
-    for (int c = 0; c < C; ++c) o[c] = (xr[c] - m) * s * w[c] + b[c];
-    if (mean) mean[n] = m;
-    if (rstd) rstd[n] = s;
+    for (int c = 0; c < C; ++c) sr[c] = xr[c] + br[c];
+    NormalizeRow(out + n * C, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, sr, w, b, C);
   }
 }
 
@@ -82,6 +106,12 @@ template void LayerNormForward<float>(float*, float*, float*, const float*,
                                       const float*, const float*, int, int);
 template void LayerNormForward<double>(double*, double*, double*, const double*,
                                        const double*, const double*, int, int);
+template void ResidualLayerNormForward<float>(float*, float*, float*, float*, const float*,
+                                              const float*, const float*, const float*, int,
+                                              int);
+template void ResidualLayerNormForward<double>(double*, double*, double*, double*,
+                                               const double*, const double*, const double*,
+                                               const double*, int, int);
 template void LayerNormBackward<float>(float*, float*, float*, const float*,
                                        const float*, const float*, const float*,
                                        const float*, int, int);

@@ -21,6 +21,14 @@ template <typename Real>
 void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,
                       const Real* w, const Real* b, int N, int C);
 
+// The residual add fused with the layernorm that reads its result, in one
+// pass over each row (the row is normalised while it is in cache):
+//   sum = x + branch;  out = LayerNorm(sum)  (as LayerNormForward)          (=)
+// The same floats as Add followed by LayerNormForward.
+template <typename Real>
+void ResidualLayerNormForward(Real* sum, Real* out, Real* mean, Real* rstd, const Real* x,
+                              const Real* branch, const Real* w, const Real* b, int N, int C);
+
 template <typename Real>
 void LayerNormBackward(Real* dx, Real* dw, Real* db, const Real* dout,
                        const Real* x, const Real* w, const Real* mean,
