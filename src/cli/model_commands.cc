@@ -103,6 +103,7 @@ Command AddEvaluate(CLI::App* app) {
     if (!env.launched && f->devices > 1) return RelaunchUnderMpirun(f->devices, {});
 
     const int threads = f->threads > 0 ? f->threads : LocalCoresPerRank(env);
+    PinLaunchedRank(env, threads);  // before any thread starts
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
     std::string strategy = f->strategy;
     if (strategy == "auto") strategy = comm->world() == 1 ? "single_device" : "ddp";

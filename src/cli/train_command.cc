@@ -196,6 +196,7 @@ Command AddTrain(CLI::App* app) {
       return Launch(f->o);
     }
     if (f->num_threads->count() == 0) f->o.num_threads = LocalCoresPerRank(env);
+    PinLaunchedRank(env, f->o.num_threads);  // before any thread starts
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));

@@ -106,6 +106,9 @@ std::optional<MpiEnvironment> FromPmix() {
   return Consistent({.rank = *rank, .size = 0}, /*size_known=*/false);
 }
 
+// Marks the ranks of a job RunUnderMpirun started (see PinLaunchedRank).
+constexpr const char* kLaunchedRanksEnv = "MINGPT_LAUNCHED_RANKS";
+
 // ---- the machine ----
 
 int AllowedCpuCount() {
@@ -380,6 +383,7 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
   }
   MINGPT_ASSIGN_OR_RETURN(std::vector<std::string> command, MpirunCommand(ranks, args));
   const Argv argv = MakeArgv(std::move(command));
+  ::setenv(kLaunchedRanksEnv, "1", 1);  // inherited by mpirun and its ranks
   ScopedSignalRecorder recorder;  // before fork: no signal is lost
   std::fflush(nullptr);
   const pid_t parent = ::getpid();
@@ -389,6 +393,31 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
   MINGPT_ASSIGN_OR_RETURN(const int status, WaitForwardingSignals(pid));
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return WEXITSTATUS(status);
+}
+
+std::vector<int> RankCpus(std::vector<int> allowed, int local_rank, int local_size, int threads) {
+  if (local_size <= 1 || threads < 1 || local_rank < 0 || local_rank >= local_size) return {};
+  std::sort(allowed.begin(), allowed.end());
+  if (static_cast<int64_t>(local_size) * threads > static_cast<int64_t>(allowed.size())) return {};
+  const auto first = allowed.begin() + static_cast<int64_t>(local_rank) * threads;
+  return std::vector<int>(first, first + threads);
+}
+
+std::vector<int> PinLaunchedRank(const MpiEnvironment& env, int threads) {
+  if (!env.launched || std::getenv(kLaunchedRanksEnv) == nullptr) return {};
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) != 0) return {};
+  std::vector<int> allowed;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) allowed.push_back(c);
+  }
+  const std::vector<int> mine = RankCpus(allowed, env.local_rank, env.local_size, threads);
+  if (mine.empty()) return {};
+  CPU_ZERO(&set);
+  for (int c : mine) CPU_SET(c, &set);
+  if (::sched_setaffinity(0, sizeof(set), &set) != 0) return {};
+  return mine;
 }
 
 int LocalCoresPerRank(const MpiEnvironment& env) {

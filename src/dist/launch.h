@@ -98,4 +98,22 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args);
 // the result errs low, never oversubscribing.)
 int LocalCoresPerRank(const MpiEnvironment& env);
 
+// Pinning ranks that share a machine. RunUnderMpirun starts its ranks with
+// --bind-to none (so that a rank's OpenMP threads are not squeezed onto one
+// core) and marks them with the environment variable MINGPT_LAUNCHED_RANKS.
+// Such a rank then pins itself, and every thread it starts later (OpenMP's,
+// the communication thread), to its own slice of the CPUs: RankCpus. Ranks
+// started by another launcher are left as that launcher bound them.
+
+// CPUs for rank `local_rank` of `local_size` on this machine with `threads`
+// threads each: `threads` consecutive entries of `allowed` (sorted), the
+// rank's own; empty (do not pin) with one rank, or when the ranks' threads
+// do not fit in `allowed` (oversubscribed: sharing is unavoidable).
+std::vector<int> RankCpus(std::vector<int> allowed, int local_rank, int local_size, int threads);
+
+// In a rank of a job RunUnderMpirun started: pins this thread (and the ones
+// it starts from now on) to RankCpus of its allowed CPUs. Returns the CPUs
+// pinned to, empty when it did not pin. Call before the first OpenMP region.
+std::vector<int> PinLaunchedRank(const MpiEnvironment& env, int threads);
+
 }  // namespace mingpt

@@ -155,6 +155,20 @@ bool Contains(const std::vector<std::string>& v, const std::vector<std::string>&
   return std::search(v.begin(), v.end(), run.begin(), run.end()) != v.end();
 }
 
+TEST(RankCpus, ConsecutiveSlicesOfTheSortedAllowedCpus) {
+  EXPECT_EQ(RankCpus({3, 1, 0, 2}, 0, 2, 2), (std::vector<int>{0, 1}));
+  EXPECT_EQ(RankCpus({3, 1, 0, 2}, 1, 2, 2), (std::vector<int>{2, 3}));
+  EXPECT_EQ(RankCpus({0, 1, 2, 3, 4, 5}, 2, 3, 1), (std::vector<int>{2}));
+  EXPECT_EQ(RankCpus({4, 6, 8}, 1, 3, 1), (std::vector<int>{6}));
+}
+
+TEST(RankCpus, NoPinningAloneOrOversubscribed) {
+  EXPECT_TRUE(RankCpus({0, 1, 2, 3}, 0, 1, 4).empty());   // one rank: the OS decides
+  EXPECT_TRUE(RankCpus({0, 1}, 1, 2, 2).empty());         // 4 threads on 2 CPUs
+  EXPECT_TRUE(RankCpus({0, 1, 2}, 3, 2, 1).empty());      // not a rank of the job
+  EXPECT_TRUE(RankCpus({0, 1, 2}, 0, 2, 0).empty());
+}
+
 TEST(MpirunCommand, RunsThisExecutableWithTheArguments) {
   ScopedEnv env;
   for (const char* mca :

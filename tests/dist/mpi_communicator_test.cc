@@ -3,6 +3,7 @@
 // checks every collective on every rank (mpi_selftest_main.cc); here the
 // world sizes, the failure of a rank, MPI_Abort and the stop on SIGINT.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 
 #include <string>
@@ -43,6 +44,29 @@ TEST(MpiCommunicator, WorldOf4) { ExpectEveryRankOk(4); }
 // Every MPI call limited to 1000 elements: the split path of counts above
 // INT_MAX, reached with the checks' sizes 1001, 12345 and 100003.
 TEST(MpiCommunicator, SplitsCountsAboveTheLimit) { ExpectEveryRankOk(3, {"--max_count=1000"}); }
+
+// Ranks that RunUnderMpirun started pin themselves to disjoint CPUs, and the
+// threads they start afterwards inherit it.
+TEST(MpiCommunicator, LaunchedRanksPinToDisjointCpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(set), &set), 0);
+  if (CPU_COUNT(&set) < 2) {
+    GTEST_SKIP() << "one CPU: two ranks cannot have their own";
+  }
+  Subprocess worker(Worker({"--ranks=2", "--mode=pin"}));
+  ASSERT_EQ(worker.Finish(60), 0) << worker.output();
+  std::vector<std::string> cpus;
+  for (int r = 0; r < 2; ++r) {
+    const std::string prefix = "rank " + std::to_string(r) + "/2: cpus ";
+    const size_t at = worker.output().find(prefix);
+    ASSERT_NE(at, std::string::npos) << worker.output();
+    const size_t end = worker.output().find('\n', at);
+    cpus.push_back(worker.output().substr(at + prefix.size(), end - at - prefix.size()));
+    EXPECT_EQ(cpus.back().find(','), std::string::npos) << "one CPU per rank: " << cpus.back();
+  }
+  EXPECT_NE(cpus[0], cpus[1]) << worker.output();
+}
 
 TEST(MpiCommunicator, ADeadRankEndsTheJob) {
   Subprocess worker(Worker({"--ranks=3", "--mode=kill"}));

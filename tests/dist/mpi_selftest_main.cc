@@ -10,8 +10,12 @@
 //                    gets SIGINT/SIGTERM; then every rank "saves" (200 ms),
 //                    prints "rank R/N: stopped at step S, signal G", exits 0
 //   stubborn         as hold, but ignores the signals (runs until killed)
+//   pin              PinLaunchedRank(env, 1), then prints the CPUs a thread
+//                    started afterwards may run on: "rank R/N: cpus A,B"
+//                    ("rank R/N: not pinned" when it did not pin)
 // --max_count=K makes MPI calls move at most K elements (the split path).
 // --large=N sets the element count of the large AllReduce (default 50M).
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -359,7 +363,30 @@ int HoldMode(Communicator* comm, bool stubborn) {
   return 1;
 }
 
+// ---- pin mode ----
+
+int PinMode() {
+  const MpiEnvironment env = DetectMpiEnvironment();
+  const std::vector<int> pinned = PinLaunchedRank(env, 1);
+  std::string cpus;
+  std::thread([&] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ::sched_getaffinity(0, sizeof(set), &set);
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus += (cpus.empty() ? "" : ",") + std::to_string(c);
+    }
+  }).join();
+  if (pinned.empty()) {
+    std::printf("rank %d/%d: not pinned\n", env.rank, env.size);
+  } else {
+    std::printf("rank %d/%d: cpus %s\n", env.rank, env.size, cpus.c_str());
+  }
+  return 0;
+}
+
 int RunRank(const Flags& flags) {
+  if (flags.mode == "pin") return PinMode();
   StatusOr<std::unique_ptr<Communicator>> comm =
       MakeMpiCommunicator({.max_count = flags.max_count});
   if (!comm.ok()) {
