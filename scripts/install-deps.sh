@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config curl ca-certificates
   libgtest-dev libdnnl-dev nlohmann-json3-dev libcli11-dev
+  ocl-icd-opencl-dev            # dnnl-config.cmake looks for OpenCL (a Recommends of libdnnl-dev)
   libopenmpi-dev openmpi-bin    # the multi-process engine (dist/)
   python3-torch python3-numpy   # the PyTorch reference (tests/reference, bench/)
   libopenblas0-pthread          # a real BLAS under Debian's torch, so bench/ compares fairly

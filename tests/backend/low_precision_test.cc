@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/low_precision.h"
+#include "backend/cpu/onednn_matmul.h"
 
 namespace mingpt::cpu {
 namespace {
@@ -83,9 +85,21 @@ TEST(LowPrecision, RoundArrayCoversEveryElementInPlace) {
   for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], RoundToFp16(src[i])) << i;
 }
 
+TEST(LowPrecision, ToBf16KeepsTheHighBitsOfTheRoundedValue) {
+  const std::vector<float> v = InterestingFloats();
+  std::vector<uint16_t> h(v.size());
+  ToBf16Array(h.data(), v.data(), static_cast<int64_t>(v.size()));
+  for (size_t i = 0; i < v.size(); ++i) {
+    ASSERT_EQ(static_cast<uint32_t>(h[i]) << 16, std::bit_cast<uint32_t>(RoundToBf16(v[i])))
+        << v[i];
+  }
+}
+
 // out = inp @ W^T + bias, and the three backward products, under `p`:
-// each against double products of the rounded operands.
-void CheckMatmul(MatmulPrecision p) {
+// each against double products of the rounded operands. native_bf16: the
+// bf16 x bf16 -> fp32 primitive where the CPU has one (else the rounded fp32
+// operands); the same arithmetic up to the order of the fp32 sums.
+void CheckMatmul(MatmulPrecision p, bool native_bf16 = true) {
   const int N = 37, IC = 53, OC = 29;
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -101,7 +115,9 @@ void CheckMatmul(MatmulPrecision p) {
   };
   const std::vector<float> ri = rounded(inp), rw = rounded(W), rd = rounded(dout);
 
-  auto backend = MakeCpuBackend(2);
+  auto backend = std::make_unique<CpuBackend>(2);
+  backend->set_native_bf16(native_bf16);
+  ASSERT_EQ(backend->native_bf16(), native_bf16 && OnednnMatmul::CpuHasBf16Matmul());
   backend->SetMatmulPrecision(p);
   ASSERT_EQ(backend->matmul_precision(), p);
   std::vector<float> out(N * OC), dinp(N * IC), dW(OC * IC, 0.0f), dbias(OC, 0.0f);
@@ -156,7 +172,14 @@ void CheckMatmul(MatmulPrecision p) {
 
 TEST(LowPrecision, MatmulFp32) { CheckMatmul(MatmulPrecision::kFp32); }
 TEST(LowPrecision, MatmulBf16RoundsOperandsAndAccumulatesInFp32) {
-  CheckMatmul(MatmulPrecision::kBf16);
+  CheckMatmul(MatmulPrecision::kBf16, /*native_bf16=*/false);
+}
+TEST(LowPrecision, MatmulBf16OnTheCpusBf16Units) {
+  if (!OnednnMatmul::CpuHasBf16Matmul()) {
+    GTEST_SKIP() << "this CPU has no bf16 dot products (AVX512-BF16 or AMX): "
+                    "bf16 runs on rounded fp32 operands, tested above";
+  }
+  CheckMatmul(MatmulPrecision::kBf16, /*native_bf16=*/true);
 }
 TEST(LowPrecision, MatmulFp16RoundsOperandsAndAccumulatesInFp32) {
   CheckMatmul(MatmulPrecision::kFp16);

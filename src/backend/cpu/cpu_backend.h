@@ -81,6 +81,10 @@ class CpuBackend final : public Backend {
   // For tests: oneDNN primitives created so far, and their scratchpad.
   size_t num_matmul_primitives() const { return matmul_.num_primitives(); }
   size_t matmul_scratchpad_bytes() const { return matmul_.scratchpad_bytes(); }
+  // bf16 products on bf16 operands where the CPU has them (default), or off:
+  // rounded fp32 operands everywhere (see OnednnMatmul).
+  void set_native_bf16(bool on) { matmul_.set_native_bf16(on); }
+  bool native_bf16() const { return matmul_.native_bf16(); }
 
  private:
   // The attention kernels' per-thread staging buffers (grown, never shrunk).

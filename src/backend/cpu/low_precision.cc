@@ -6,6 +6,11 @@
 
 namespace mingpt::cpu {
 
+void ToBf16Array(uint16_t* dst, const float* src, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (Parallel(n))
+  for (int64_t i = 0; i < n; ++i) dst[i] = ToBf16(src[i]);
+}
+
 void RoundArray(float* dst, const float* src, int64_t n, MatmulPrecision precision) {
   switch (precision) {
     case MatmulPrecision::kFp32:

@@ -1,6 +1,6 @@
 // Rounding fp32 values to bf16 or fp16 and back, for matrix products under
-// --precision bf16 / 16 on a CPU without bf16 or fp16 arithmetic (this one
-// has AVX2 only, where oneDNN offers no bf16 or f16 matmul): the operands are
+// --precision bf16 / 16 on a CPU without bf16 or fp16 matrix products (AVX2
+// only; or fp16 anywhere, which oneDNN 2.x lacks on CPUs): the operands are
 // rounded and the product runs in fp32. A product of two bf16 (or fp16)
 // values is exact in fp32, so this is bit for bit the arithmetic of a bf16
 // GEMM that accumulates in fp32, which is what bf16 hardware does.
@@ -41,6 +41,14 @@ inline float RoundToFp16(float x) {
   r = mag >= 0x7F800000u ? mag : r;  // inf and NaN unchanged
   return std::bit_cast<float>(sign | r);
 }
+
+// The 16 high bits of RoundToBf16(x): x as a bf16 value in storage.
+inline uint16_t ToBf16(float x) {
+  return static_cast<uint16_t>(std::bit_cast<uint32_t>(RoundToBf16(x)) >> 16);
+}
+
+// dst[i] = ToBf16(src[i]).
+void ToBf16Array(uint16_t* dst, const float* src, int64_t n);
 
 // dst[i] = src[i] rounded to `precision` (a copy for kFp32); dst may alias src.
 void RoundArray(float* dst, const float* src, int64_t n, MatmulPrecision precision);

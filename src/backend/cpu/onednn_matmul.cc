@@ -29,9 +29,10 @@ OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
 
   const memory::dim M = key.M, K = key.K, Ncol = key.Ncol;
   const auto f32 = memory::data_type::f32;
-  memory::desc a_md({M, K}, f32,
+  const auto operand = key.bf16 ? memory::data_type::bf16 : f32;
+  memory::desc a_md({M, K}, operand,
                     key.a_trans ? memory::dims{1, M} : memory::dims{K, 1});
-  memory::desc b_md({K, Ncol}, f32,
+  memory::desc b_md({K, Ncol}, operand,
                     key.b_trans ? memory::dims{1, K} : memory::dims{Ncol, 1});
   memory::desc bias_md({1, Ncol}, f32, memory::dims{Ncol, 1});
   memory::desc dst_md({M, Ncol}, f32, memory::dims{Ncol, 1});
@@ -76,12 +77,29 @@ OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
   return *cache_.emplace(key, std::move(e)).first->second;
 }
 
-void OnednnMatmul::Run(const Key& key, const float* a, const float* b,
+bool OnednnMatmul::CpuHasBf16Matmul() {
+  // The ISA values are nested bit masks: a CPU with AMX has the bf16 bits too.
+  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  const unsigned bf16 = static_cast<unsigned>(dnnl_cpu_isa_avx512_core_bf16);
+  return (isa & bf16) == bf16;
+}
+
+void OnednnMatmul::set_native_bf16(bool on) { native_bf16_ = on && CpuHasBf16Matmul(); }
+
+void OnednnMatmul::Run(Key key, const float* a, const float* b,
                        const float* bias, float* dst) {
-  Entry& e = Get(key);
+  const int64_t na = key.M * key.K, nb = key.K * key.Ncol;
+  key.bf16 = precision_ == MatmulPrecision::kBf16 && native_bf16_;
+  if (key.bf16) {  // bf16 operands, fp32 accumulation and result
+    uint16_t* ha = static_cast<uint16_t*>(rounded_a_.Reserve(sizeof(uint16_t) * na));
+    uint16_t* hb = static_cast<uint16_t*>(rounded_b_.Reserve(sizeof(uint16_t) * nb));
+    ToBf16Array(ha, a, na);
+    ToBf16Array(hb, b, nb);
+    RunPrimitive(key, ha, hb, bias, dst);
+    return;
+  }
   if (precision_ != MatmulPrecision::kFp32) {
     // Both operands are contiguous arrays (a transpose is only a stride).
-    const int64_t na = key.M * key.K, nb = key.K * key.Ncol;
     float* ra = static_cast<float*>(rounded_a_.Reserve(sizeof(float) * na));
     float* rb = static_cast<float*>(rounded_b_.Reserve(sizeof(float) * nb));
     RoundArray(ra, a, na, precision_);
@@ -89,8 +107,14 @@ void OnednnMatmul::Run(const Key& key, const float* a, const float* b,
     a = ra;
     b = rb;
   }
-  e.a.set_data_handle(const_cast<float*>(a));
-  e.b.set_data_handle(const_cast<float*>(b));
+  RunPrimitive(key, a, b, bias, dst);
+}
+
+void OnednnMatmul::RunPrimitive(const Key& key, const void* a, const void* b, const float* bias,
+                                float* dst) {
+  Entry& e = Get(key);
+  e.a.set_data_handle(const_cast<void*>(a));
+  e.b.set_data_handle(const_cast<void*>(b));
   e.dst.set_data_handle(dst);
   if (key.bias) e.bias.set_data_handle(const_cast<float*>(bias));
   if (e.scratchpad_bytes > 0) e.scratchpad.set_data_handle(scratchpad_.data());

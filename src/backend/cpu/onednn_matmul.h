@@ -8,9 +8,13 @@
 // accumulate, bias) together with their memory objects, and run with a user
 // scratchpad owned here, grown only when a new primitive needs more: once a
 // shape has been seen, a call creates no primitive and allocates no buffer.
-// Under bf16 / fp16 precision (set_precision) both operands are first
-// rounded into two more owned scratch buffers (low_precision.h) and the fp32
-// primitive runs on the rounded copies: this CPU has no bf16 or fp16 GEMM.
+// Under bf16 precision on a CPU with bf16 dot products (AVX512-BF16, AMX) both
+// operands are converted to bf16 arrays in two more owned scratch buffers and
+// a bf16 x bf16 -> fp32 primitive runs on them (native_bf16). Elsewhere, and
+// for fp16 (oneDNN 2.x has no CPU f16 matmul), the operands are rounded to
+// the low precision but kept as floats (low_precision.h) and the fp32
+// primitive runs on the rounded copies: the same arithmetic, as a product of
+// two bf16 or fp16 values is exact in fp32, at fp32 speed.
 // Not thread-safe (one backend, one stream), like the backend itself.
 #pragma once
 
@@ -43,6 +47,13 @@ class OnednnMatmul {
   void set_precision(MatmulPrecision p) { precision_ = p; }
   MatmulPrecision precision() const { return precision_; }
 
+  // Whether oneDNN finds bf16 dot-product instructions on this CPU.
+  static bool CpuHasBf16Matmul();
+  // bf16 products on bf16 operands where the CPU has them (the default), or
+  // always through rounded fp32 operands (off; tests compare the two).
+  void set_native_bf16(bool on);
+  bool native_bf16() const { return native_bf16_; }
+
   // Primitives created so far (one per distinct key), and the scratchpad.
   size_t num_primitives() const { return cache_.size(); }
   size_t scratchpad_bytes() const { return scratchpad_.capacity(); }
@@ -53,23 +64,26 @@ class OnednnMatmul {
   struct Key {
     long M, K, Ncol;
     bool a_trans, b_trans, accumulate, bias;
+    bool bf16 = false;  // operands stored as bf16 (else fp32)
     auto Tie() const {
-      return std::tie(M, K, Ncol, a_trans, b_trans, accumulate, bias);
+      return std::tie(M, K, Ncol, a_trans, b_trans, accumulate, bias, bf16);
     }
     bool operator<(const Key& o) const { return Tie() < o.Tie(); }
   };
   struct Entry;
 
   Entry& Get(const Key& key);
-  void Run(const Key& key, const float* a, const float* b, const float* bias,
-           float* dst);
+  void Run(Key key, const float* a, const float* b, const float* bias, float* dst);
+  // The cached primitive for `key` on operands already in its dtype.
+  void RunPrimitive(const Key& key, const void* a, const void* b, const float* bias, float* dst);
 
   dnnl::engine engine_;
   dnnl::stream stream_;
   std::map<Key, std::unique_ptr<Entry>> cache_;
   ScratchBuffer scratchpad_;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
-  ScratchBuffer rounded_a_, rounded_b_;  // operands rounded to precision_
+  bool native_bf16_ = CpuHasBf16Matmul();
+  ScratchBuffer rounded_a_, rounded_b_;  // operands in precision_
 };
 
 }  // namespace mingpt::cpu
