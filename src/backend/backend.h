@@ -44,6 +44,11 @@ class Backend {
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
   // Backend memory to backend memory.
   virtual void Copy(void* dst, const void* src, size_t bytes) = 0;
+  // Host memory the device copies to and from directly (page-locked on a
+  // GPU; ordinary 64-byte aligned memory on the CPU backend): where the
+  // offload strategies keep the state they move off the device.
+  virtual void* MallocHost(size_t bytes) = 0;
+  virtual void FreeHost(void* p) = 0;
   virtual void Synchronize() = 0;
 
   // ---- settings -----------------------------------------------------------
@@ -148,13 +153,17 @@ class Backend {
 // The CPU backend (oneDNN + OpenMP), using `num_threads` threads.
 std::unique_ptr<Backend> MakeCpuBackend(int num_threads);
 
-// RAII backend memory, move-only.
+// RAII backend memory (or with kHost, the backend's host memory), move-only.
 class Buffer {
  public:
+  enum Where { kDevice, kHost };
   Buffer() = default;
-  Buffer(Backend* backend, size_t bytes)
-      : backend_(backend), ptr_(bytes ? backend->Malloc(bytes) : nullptr),
-        bytes_(bytes) {}
+  Buffer(Backend* backend, size_t bytes, Where where = kDevice)
+      : backend_(backend),
+        ptr_(bytes == 0 ? nullptr
+                        : (where == kHost ? backend->MallocHost(bytes) : backend->Malloc(bytes))),
+        bytes_(bytes),
+        where_(where) {}
   Buffer(Buffer&& o) noexcept { *this = std::move(o); }
   Buffer& operator=(Buffer&& o) noexcept {
     if (this != &o) {
@@ -162,6 +171,7 @@ class Buffer {
       backend_ = o.backend_;
       ptr_ = o.ptr_;
       bytes_ = o.bytes_;
+      where_ = o.where_;
       o.ptr_ = nullptr;
       o.bytes_ = 0;
     }
@@ -172,7 +182,7 @@ class Buffer {
   ~Buffer() { Reset(); }
 
   void Reset() {
-    if (ptr_) backend_->Free(ptr_);
+    if (ptr_) where_ == kHost ? backend_->FreeHost(ptr_) : backend_->Free(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
   }
@@ -180,11 +190,13 @@ class Buffer {
   T* as() const { return static_cast<T*>(ptr_); }
   float* f32() const { return static_cast<float*>(ptr_); }
   size_t bytes() const { return bytes_; }
+  Where where() const { return where_; }
 
  private:
   Backend* backend_ = nullptr;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  Where where_ = kDevice;
 };
 
 }  // namespace mingpt

@@ -37,8 +37,12 @@ namespace fs = std::filesystem;
 struct BenchFlags {
   std::vector<std::string> model_types = {"gpt-nano", "gpt-micro"};
   std::vector<std::string> sizes;  // "n_layer/n_head/n_embd"
-  std::vector<std::string> strategies = {"ddp", "deepspeed_stage_1", "deepspeed_stage_2",
-                                         "deepspeed_stage_3"};
+  std::vector<std::string> strategies = {"ddp",
+                                         "deepspeed_stage_1",
+                                         "deepspeed_stage_2",
+                                         "deepspeed_stage_3",
+                                         "deepspeed_stage_2_offload",
+                                         "deepspeed_stage_3_offload"};
   std::string checkpointing = "both";
   int devices = 1;
   int num_threads = 0;

@@ -7,23 +7,26 @@ namespace mingpt {
 
 Status ValidateStrategyName(const std::string& s) {
   if (s == "auto" || s == "single_device" || s == "ddp" || s == "deepspeed_stage_1" ||
-      s == "deepspeed_stage_2" || s == "deepspeed_stage_3") {
+      s == "deepspeed_stage_2" || s == "deepspeed_stage_3" || IsOffloadStrategy(s)) {
     return Status::Ok();
   }
-  if (s == "deepspeed_stage_2_offload" || s == "deepspeed_stage_3_offload" ||
-      s == "deepspeed_stage_3_offload_nvme") {
-    return Status::Error("--strategy " + s + " is not available yet (offload comes with the "
-                         "CUDA and NVMe work); use deepspeed_stage_2 or deepspeed_stage_3");
+  if (s == "deepspeed_stage_3_offload_nvme") {
+    return Status::Error("--strategy " + s + " is not available yet (NVMe offload); use "
+                         "deepspeed_stage_3_offload");
   }
   return Status::Error("unknown --strategy '" + s +
                        "' (known: auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, "
-                       "deepspeed_stage_3)");
+                       "deepspeed_stage_3, deepspeed_stage_2_offload, deepspeed_stage_3_offload)");
+}
+
+bool IsOffloadStrategy(const std::string& s) {
+  return s == "deepspeed_stage_2_offload" || s == "deepspeed_stage_3_offload";
 }
 
 int ZeroStageOf(const std::string& s) {
   if (s == "deepspeed_stage_1") return 1;
-  if (s == "deepspeed_stage_2") return 2;
-  if (s == "deepspeed_stage_3") return 3;
+  if (s == "deepspeed_stage_2" || s == "deepspeed_stage_2_offload") return 2;
+  if (s == "deepspeed_stage_3" || s == "deepspeed_stage_3_offload") return 3;
   MINGPT_CHECK(s == "ddp" || s == "single_device", "strategy '%s' not resolved", s.c_str());
   return 0;
 }
@@ -31,7 +34,10 @@ int ZeroStageOf(const std::string& s) {
 std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
                                        const ModelLayout& layout, Communicator* comm,
                                        bool training) {
-  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name, training);
+  // The host optimizer is the CPU's: on the CPU backend the backend itself.
+  Backend* host = IsOffloadStrategy(name) ? backend : nullptr;
+  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name, training,
+                                      host);
 }
 
 }  // namespace mingpt

@@ -12,11 +12,17 @@
 
 namespace mingpt {
 
-// Checks a --strategy name: auto, single_device, ddp, deepspeed_stage_1/2/3.
-// Offload strategies are named with a pointer to what is missing.
+// Checks a --strategy name: auto, single_device, ddp, deepspeed_stage_1/2/3,
+// deepspeed_stage_2_offload, deepspeed_stage_3_offload. NVMe offload is
+// named with a pointer to what is missing.
 Status ValidateStrategyName(const std::string& name);
 
-// The ZeRO stage a strategy name means (ddp and single_device: 0). "auto"
+// deepspeed_stage_2_offload and deepspeed_stage_3_offload: the optimizer
+// state in host memory, stepped by the CPU (zero_engine.h).
+bool IsOffloadStrategy(const std::string& name);
+
+// The ZeRO stage a strategy name means (ddp and single_device: 0; offload
+// ones their stage). "auto"
 // must have been resolved by the planner before.
 int ZeroStageOf(const std::string& name);
 

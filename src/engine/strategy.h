@@ -37,6 +37,7 @@ struct MemoryAccount {
   size_t grads = 0;      // gradients kept between micro-batches (full or shard)
   size_t optimizer = 0;  // AdamW moments (full or shard)
   size_t working = 0;    // transient unit buffers: gathered parameters, gradient staging
+  size_t host = 0;       // of the total, the bytes in host memory (offload strategies)
   size_t total() const { return params + grads + optimizer + working; }
 };
 

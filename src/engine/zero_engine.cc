@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "core/check.h"
@@ -10,9 +11,15 @@
 namespace mingpt {
 
 ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm,
-                       int stage, std::string name, bool training)
-    : backend_(backend), layout_(layout), comm_(comm), stage_(stage), name_(std::move(name)) {
+                       int stage, std::string name, bool training, Backend* host)
+    : backend_(backend),
+      layout_(layout),
+      comm_(comm),
+      stage_(stage),
+      name_(std::move(name)),
+      host_(host) {
   MINGPT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage %d", stage);
+  MINGPT_CHECK(host == nullptr || stage >= 2, "offload needs ZeRO stage 2 or 3, not %d", stage);
   const int U = layout.num_units();
   for (int u = 0; u < U; ++u) {
     shards_.emplace_back(layout.units()[u].numel, comm->rank(), comm->world());
@@ -23,18 +30,20 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     max_padded_ = std::max(max_padded_, shards_[u].padded);
     max_shard_ = std::max(max_shard_, shards_[u].shard);
   }
-  auto alloc = [&](Buffer* b, bool whole) {
+  auto alloc = [&](Buffer* b, bool whole, bool on_host) {
     const size_t bytes = (whole ? whole_numel_ : shard_numel_) * sizeof(float);
-    *b = Buffer(backend, bytes);
-    backend->Memset0(b->f32(), bytes);
+    *b = on_host ? Buffer(host_, bytes, Buffer::kHost) : Buffer(backend, bytes);
+    (on_host ? host_ : backend)->Memset0(b->f32(), bytes);
   };
-  alloc(&params_, params_whole());
+  alloc(&params_, params_whole(), on_host(StateKind::kParams));
   param_gathers_.resize(U);
   grad_reduces_.resize(U);
   if (training) {
-    alloc(&grads_, grads_whole());
-    alloc(&exp_avg_, moments_whole());
-    alloc(&exp_avg_sq_, moments_whole());
+    alloc(&grads_, grads_whole(), offload());
+    alloc(&exp_avg_, moments_whole(), on_host(StateKind::kExpAvg));
+    alloc(&exp_avg_sq_, moments_whole(), on_host(StateKind::kExpAvgSq));
+    if (master_separate()) alloc(&master_, /*whole=*/false, /*on_host=*/true);
+    if (offload()) host_reduced_ = Buffer(host_, max_shard_ * sizeof(float), Buffer::kHost);
   }
   if (stage_ >= 2 && training) {
     for (Staging& s : staging_) {
@@ -68,6 +77,29 @@ float* ZeroEngine::Base(StateKind kind, int unit) const {
       return exp_avg_sq_.f32() + (moments_whole() ? whole_base_[unit] : shard_base_[unit]);
   }
   return nullptr;
+}
+
+float* ZeroEngine::StepParams(int unit) const {
+  return master_separate() ? master_.f32() + shard_base_[unit] : Base(StateKind::kParams, unit);
+}
+
+void ZeroEngine::StateToHost(float* host, const float* state, bool state_on_host,
+                             int64_t n) const {
+  if (n <= 0) return;
+  if (state_on_host) {
+    std::memcpy(host, state, n * sizeof(float));
+  } else {
+    backend_->CopyToHost(host, state, n * sizeof(float));
+  }
+}
+
+void ZeroEngine::StateFromHost(float* state, const float* host, bool state_on_host, int64_t n) {
+  if (n <= 0) return;
+  if (state_on_host) {
+    std::memcpy(state, host, n * sizeof(float));
+  } else {
+    backend_->CopyToDevice(state, host, n * sizeof(float));
+  }
 }
 
 float* ZeroEngine::GradBase(int unit) const {
@@ -123,8 +155,14 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
   Slot& slot = slots_[s];
   slot.gather.Wait();
   slot.unit = unit;
-  slot.gather = comm_->AllGather(Base(StateKind::kParams, unit), slot.memory.f32(),
-                                 shards_[unit].shard);
+  const ShardRange& sr = shards_[unit];
+  const float* send = Base(StateKind::kParams, unit);
+  if (offload()) {  // the host shard goes up into its place in the slot: gathered in place
+    float* mine = slot.memory.f32() + sr.offset;
+    backend_->CopyToDevice(mine, send, sr.shard * sizeof(float));
+    send = mine;
+  }
+  slot.gather = comm_->AllGather(send, slot.memory.f32(), sr.shard);
   return s;
 }
 
@@ -173,7 +211,13 @@ void ZeroEngine::FinishStaging(Staging* s) {
   TimedWait(s->work, &waits_.grads);
   if (s->in_flight) {
     float* shard = GradBase(s->unit);
-    backend_->Add(shard, shard, s->reduced.f32(), shards_[s->unit].shard);
+    const int64_t n = shards_[s->unit].shard;
+    const float* reduced = s->reduced.f32();
+    if (offload()) {  // down to the host, where the gradient shard lives
+      backend_->CopyToHost(host_reduced_.f32(), reduced, n * sizeof(float));
+      reduced = host_reduced_.f32();
+    }
+    state_backend()->Add(shard, shard, reduced, n);
   }
   s->in_flight = false;
   s->unit = -1;
@@ -191,7 +235,7 @@ void ZeroEngine::FinishGradComm() {
 
 void ZeroEngine::ZeroGrads() {
   FinishGradComm();
-  backend_->Memset0(grads_.f32(), grads_.bytes());
+  state_backend()->Memset0(grads_.f32(), grads_.bytes());
   last_micro_batch_ = true;
 }
 
@@ -204,7 +248,7 @@ double ZeroEngine::GradNorm() {
       sum += backend_->SumSquares(GradBase(u) + shards_[u].offset, shards_[u].shard);
     }
   } else {
-    sum = backend_->SumSquares(grads_.f32(), shard_numel_);
+    sum = state_backend()->SumSquares(grads_.f32(), shard_numel_);
   }
   Work w = comm_->AllReduce(&sum, 1);
   TimedWait(w, &waits_.other);
@@ -218,8 +262,8 @@ void ZeroEngine::ScaleGrads(double f) {
       backend_->Scale(GradBase(u) + shards_[u].offset, shards_[u].shard, static_cast<float>(f));
     }
   } else {
-    backend_->Scale(grads_.f32(), static_cast<int64_t>(grads_.bytes() / sizeof(float)),
-                    static_cast<float>(f));
+    state_backend()->Scale(grads_.f32(), static_cast<int64_t>(grads_.bytes() / sizeof(float)),
+                           static_cast<float>(f));
   }
 }
 
@@ -228,15 +272,19 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
   for (int u = 0; u < layout_.num_units(); ++u) {
     const ShardRange& sr = shards_[u];
     const ElementRange mine = Held(u, StateKind::kExpAvg);
-    float *p = Base(StateKind::kParams, u), *g = GradBase(u);
+    float *p = StepParams(u), *g = GradBase(u);
     float *m = Base(StateKind::kExpAvg, u), *v = Base(StateKind::kExpAvgSq, u);
     for (const ParamEntry& e : layout_.units()[u].params) {
       const int64_t a = std::max(mine.begin, e.offset);
       const int64_t b = std::min(mine.end, e.offset + e.numel);
       if (a >= b) continue;
-      backend_->AdamW(At(p, params_whole(), sr, a), At(g, grads_whole(), sr, a),
-                      At(m, moments_whole(), sr, a), At(v, moments_whole(), sr, a), b - a, lr,
-                      c.beta1, c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+      state_backend()->AdamW(At(p, step_params_whole(), sr, a), At(g, grads_whole(), sr, a),
+                             At(m, moments_whole(), sr, a), At(v, moments_whole(), sr, a), b - a,
+                             lr, c.beta1, c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+    }
+    if (master_separate()) {  // the updated shard up into the device's whole parameters
+      backend_->CopyToDevice(params_.f32() + whole_base_[u] + sr.offset, p,
+                             sr.shard * sizeof(float));
     }
   }
   if ((stage_ == 1 || stage_ == 2) && world() > 1) {
@@ -249,7 +297,8 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
   if (stage_ == 3) InvalidateSlots();
 }
 
-MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world, int stage) {
+MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world, int stage,
+                                  bool offload) {
   int64_t whole = 0, shard = 0, max_padded = 0, max_shard = 0;
   for (const Unit& u : layout.units()) {
     const ShardRange r(u.numel, rank, world);
@@ -264,16 +313,27 @@ MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world
   m.optimizer = 2 * (stage == 0 ? whole : shard) * sizeof(float);
   if (stage >= 2) m.working += 2 * (max_padded + max_shard) * sizeof(float);
   if (stage == 3) m.working += 2 * max_padded * sizeof(float);
+  if (offload) {
+    const size_t master = stage == 2 ? shard * sizeof(float) : 0;
+    const size_t reduced = max_shard * sizeof(float);
+    m.params += master;
+    m.working += reduced;
+    m.host = master + reduced + m.grads + m.optimizer + (stage == 3 ? m.params : 0);
+  }
   return m;
 }
 
 MemoryAccount ZeroEngine::memory() const {
   MemoryAccount m;
-  m.params = params_.bytes();
+  m.params = params_.bytes() + master_.bytes();
   m.grads = grads_.bytes();
   m.optimizer = exp_avg_.bytes() + exp_avg_sq_.bytes();
+  m.working = host_reduced_.bytes();
   for (const Staging& s : staging_) m.working += s.whole.bytes() + s.reduced.bytes();
   for (const Slot& s : slots_) m.working += s.memory.bytes();
+  for (const Buffer* b : {&params_, &master_, &grads_, &exp_avg_, &exp_avg_sq_, &host_reduced_}) {
+    if (b->where() == Buffer::kHost) m.host += b->bytes();
+  }
   return m;
 }
 
@@ -290,8 +350,12 @@ void ZeroEngine::Upload(int unit, StateKind kind, const float* host) {
     WaitParams(unit);
     if (stage_ == 3) InvalidateSlots();
   }
-  backend_->CopyToDevice(At(Base(kind, unit), whole(kind), shards_[unit], r.begin), host,
-                         r.size() * sizeof(float));
+  const ShardRange& sr = shards_[unit];
+  StateFromHost(At(Base(kind, unit), whole(kind), sr, r.begin), host, on_host(kind), r.size());
+  if (kind == StateKind::kParams && master_.bytes() > 0) {  // and the master copy of the shard
+    StateFromHost(master_.f32() + shard_base_[unit], host + (sr.begin - r.begin),
+                  /*state_on_host=*/true, sr.size());
+  }
 }
 
 void ZeroEngine::Download(int unit, StateKind kind, ElementRange range, float* host) const {
@@ -301,8 +365,8 @@ void ZeroEngine::Download(int unit, StateKind kind, ElementRange range, float* h
                static_cast<long long>(range.begin), static_cast<long long>(range.end),
                static_cast<long long>(held.begin), static_cast<long long>(held.end));
   if (kind == StateKind::kParams) WaitParams(unit);
-  backend_->CopyToHost(host, At(Base(kind, unit), whole(kind), shards_[unit], range.begin),
-                       range.size() * sizeof(float));
+  StateToHost(host, At(Base(kind, unit), whole(kind), shards_[unit], range.begin), on_host(kind),
+              range.size());
 }
 
 }  // namespace mingpt

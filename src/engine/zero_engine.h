@@ -30,6 +30,21 @@
 //                 its unit after Release, so the head is gathered once for
 //                 the end of forward and the start of backward.
 //
+// Offload (deepspeed_stage_2_offload, deepspeed_stage_3_offload: stage 2 or
+// 3 with a host backend): the gradient shard, the AdamW moments and the fp32
+// parameters the optimizer steps live in the host backend's host memory
+// (pinned on a GPU), and the host backend does the arithmetic on them
+// (gradient norm, clipping, AdamW):
+//                 on the device                    in host memory
+//   stage 2 off.  whole params, gradient staging   master param shard, grad shard, moments
+//   stage 3 off.  gathered units, grad staging     param shard, grad shard, moments
+// Each unit's reduce-scattered gradient shard is copied to the host and added
+// there when its staging buffer is next needed (during the backward of a
+// later unit); after the step, stage 2 copies the updated master shard into
+// the device's whole parameters (then all-gathers as stage 2 does), and
+// stage 3 copies a unit's host shard into its slot before each gather. On
+// the CPU backend the host is the device and the transfers are plain copies.
+//
 // With world 1 and stage 0 this is the single-process trainer (no copies,
 // the same layout as SingleProcess).
 #pragma once
@@ -51,9 +66,10 @@ class ZeroEngine : public Strategy {
   // stage 0 is ddp. `name` is what the user asked for (e.g. "ddp"). With
   // training false only the parameters (and stage 3's gather slots) exist:
   // Forward works; nothing else may be called but Held/Upload/Download of
-  // parameters.
+  // parameters. A non-null `host` (stages 2 and 3 only) offloads to its host
+  // memory; it may be `backend` itself (the CPU backend).
   ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm, int stage,
-             std::string name, bool training = true);
+             std::string name, bool training = true, Backend* host = nullptr);
   ~ZeroEngine() override;
 
   // ParamProvider
@@ -79,9 +95,11 @@ class ZeroEngine : public Strategy {
 
   // What a rank of `world` would hold under `stage` for this layout: the
   // allocations the constructor makes, counted without making them.
-  static MemoryAccount Account(const ModelLayout& layout, int rank, int world, int stage);
+  static MemoryAccount Account(const ModelLayout& layout, int rank, int world, int stage,
+                               bool offload = false);
 
   int stage() const { return stage_; }
+  bool offload() const { return host_ != nullptr; }
   const ShardRange& shard(int unit) const { return shards_[unit]; }
 
  private:
@@ -99,6 +117,22 @@ class ZeroEngine : public Strategy {
   };
 
   bool params_whole() const { return stage_ <= 2; }
+  // Where the parameters AdamW steps are: the whole parameters (stages 0, 1,
+  // 2), the shard (stage 3), or stage 2 offload's master shard on the host.
+  bool master_separate() const { return offload() && stage_ == 2; }
+  bool step_params_whole() const { return params_whole() && !master_separate(); }
+  float* StepParams(int unit) const;
+  // The backend whose arithmetic and memory the gradient shard, moments and
+  // stepped parameters use: the host one under offload.
+  Backend* state_backend() const { return offload() ? host_ : backend_; }
+  // Whether a state lives in host memory: under offload all but stage 2's
+  // (whole, device) parameters.
+  bool on_host(StateKind kind) const {
+    return offload() && (kind != StateKind::kParams || stage_ == 3);
+  }
+  // Copies between the engine's state and the caller's host memory.
+  void StateToHost(float* host, const float* state, bool on_host, int64_t n) const;
+  void StateFromHost(float* state, const float* host, bool on_host, int64_t n);
   bool grads_whole() const { return stage_ <= 1; }
   bool moments_whole() const { return stage_ == 0; }
   bool whole(StateKind kind) const {
@@ -130,7 +164,10 @@ class ZeroEngine : public Strategy {
   std::vector<int64_t> whole_base_, shard_base_;  // per unit, in floats
   int64_t whole_numel_ = 0, shard_numel_ = 0, max_padded_ = 0, max_shard_ = 0;
 
+  Backend* host_ = nullptr;  // offload's host backend, else null
   Buffer params_, grads_, exp_avg_, exp_avg_sq_;
+  Buffer master_;         // stage 2 offload: this rank's fp32 parameter shard, host
+  Buffer host_reduced_;   // offload: a unit's reduced gradient shard, copied to the host
   mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit
   std::vector<Work> grad_reduces_;           // ddp, stage 1: per unit
   std::array<Staging, 2> staging_;

@@ -15,6 +15,8 @@ std::string BenchRow::DisplayName() const {
       {"deepspeed_stage_1", "DeepSpeed ZeRO Stage 1"},
       {"deepspeed_stage_2", "DeepSpeed ZeRO Stage 2"},
       {"deepspeed_stage_3", "DeepSpeed ZeRO Stage 3"},
+      {"deepspeed_stage_2_offload", "DeepSpeed ZeRO Stage 2 Offload"},
+      {"deepspeed_stage_3_offload", "DeepSpeed ZeRO Stage 3 Offload"},
   };
   auto it = kNames.find(strategy);
   std::string name = it != kNames.end() ? it->second : strategy;

@@ -28,7 +28,8 @@ constexpr size_t kBytesPerChar = 5;
 PlanRow PredictPeak(const PlanInput& in, const std::string& strategy, bool checkpointing) {
   const ModelLayout layout(in.model);
   // Rank 0 holds the most: its shards are never the short ones.
-  const MemoryAccount m = ZeroEngine::Account(layout, 0, in.world, ZeroStageOf(strategy));
+  const MemoryAccount m =
+      ZeroEngine::Account(layout, 0, in.world, ZeroStageOf(strategy), IsOffloadStrategy(strategy));
   PlanRow row;
   row.strategy = strategy;
   row.activation_checkpointing = checkpointing;

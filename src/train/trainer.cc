@@ -96,8 +96,9 @@ std::string ConfigFingerprint(const TrainOptions& o) {
 }
 
 // Every rank's memory, gathered on all ranks: per rank {params, grads,
-// optimizer, working, activations, peak RSS} in bytes.
-constexpr int kMemoryFields = 6;
+// optimizer, working, activations, peak RSS, host} in bytes, where host is
+// the part of the first four in host memory (offload strategies).
+constexpr int kMemoryFields = 7;
 std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t activations) {
   std::vector<double> all(static_cast<size_t>(comm->world()) * kMemoryFields, 0.0);
   const MemoryAccount m = s.memory();
@@ -105,7 +106,8 @@ std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t a
   const double fields[kMemoryFields] = {
       static_cast<double>(m.params), static_cast<double>(m.grads),
       static_cast<double>(m.optimizer), static_cast<double>(m.working),
-      static_cast<double>(activations), static_cast<double>(PeakRssBytes())};
+      static_cast<double>(activations), static_cast<double>(PeakRssBytes()),
+      static_cast<double>(m.host)};
   std::copy(fields, fields + kMemoryFields, mine);
   comm->AllReduce(all.data(), static_cast<int64_t>(all.size())).Wait();
   return all;
@@ -118,7 +120,7 @@ void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<do
   if (!f) return;
   if (fresh) {
     std::fprintf(f, "step,rank,params_bytes,grads_bytes,optimizer_bytes,working_bytes,"
-                    "activation_bytes,peak_rss_bytes\n");
+                    "activation_bytes,peak_rss_bytes,host_bytes\n");
   }
   for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
     std::fprintf(f, "%lld,%zu", static_cast<long long>(step), r);
@@ -131,8 +133,8 @@ void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<do
 }
 
 void PrintMemoryTable(const std::vector<double>& all) {
-  std::printf("%-5s %12s %12s %12s %12s %12s %12s\n", "rank", "params_MiB", "grads_MiB",
-              "optim_MiB", "working_MiB", "activ_MiB", "peak_rss_MiB");
+  std::printf("%-5s %12s %12s %12s %12s %12s %12s %12s\n", "rank", "params_MiB", "grads_MiB",
+              "optim_MiB", "working_MiB", "activ_MiB", "peak_rss_MiB", "host_MiB");
   for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
     std::printf("%-5zu", r);
     for (int i = 0; i < kMemoryFields; ++i) {

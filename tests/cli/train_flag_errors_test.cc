@@ -58,9 +58,9 @@ TEST_F(TrainFlagTest, UnknownStrategy) {
   ExpectTrainRefused({{"--strategy", "telepathy"}}, 1, {"unknown --strategy", "telepathy"});
 }
 
-TEST_F(TrainFlagTest, OffloadStrategyNotAvailableYet) {
-  ExpectTrainRefused({{"--strategy", "deepspeed_stage_2_offload"}}, 1,
-                     {"--strategy deepspeed_stage_2_offload", "not available yet"});
+TEST_F(TrainFlagTest, NvmeOffloadStrategyNotAvailableYet) {
+  ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"}}, 1,
+                     {"--strategy deepspeed_stage_3_offload_nvme", "not available yet"});
 }
 
 TEST_F(TrainFlagTest, SingleDeviceWithTwoDevicesRefused) {

@@ -71,5 +71,49 @@ TEST(ZeroMemory, EachStageHoldsItsShareOfTheState) {
   }
 }
 
+// Offload moves the optimizer's state to host memory: per rank the device
+// keeps stage 2's whole parameters (4Ψ) or, under stage 3, only the working
+// buffers; the host holds the fp32 parameter shard, the gradient shard and
+// the moments (16Ψ/N) and one unit's reduced gradient shard.
+TEST(ZeroMemory, OffloadKeepsTheOptimizerStateInHostMemory) {
+  auto backend = MakeCpuBackend(1);
+  const ModelLayout layout(Config());
+  const double psi = static_cast<double>(layout.num_parameters());
+  for (int world : {1, 2, 3, 4, 8}) {
+    for (int rank : {0, world - 1}) {
+      std::unique_ptr<Communicator> comm = MakeSizeOnlyCommunicator(rank, world);
+      for (int stage : {2, 3}) {
+        SCOPED_TRACE("stage " + std::to_string(stage) + " offload, rank " +
+                     std::to_string(rank) + "/" + std::to_string(world));
+        ZeroEngine engine(backend.get(), layout, comm.get(), stage, "test", true, backend.get());
+        const ZeroEngine plain(backend.get(), layout, comm.get(), stage, "test");
+        const MemoryAccount m = engine.memory();
+        double padded = 0, max_shard = 0;
+        for (int u = 0; u < layout.num_units(); ++u) {
+          padded += engine.shard(u).padded;
+          max_shard = std::max(max_shard, static_cast<double>(engine.shard(u).shard));
+        }
+        const double padding_bytes = 16 * (padded - psi) / world;
+        const double host_state = static_cast<double>(m.host) - 4 * max_shard;
+        EXPECT_GE(host_state, 16 * psi / world * 0.95);
+        EXPECT_LE(host_state, 16 * psi / world * 1.05 + padding_bytes);
+        const double device = static_cast<double>(m.total() - m.host);
+        const MemoryAccount p = plain.memory();
+        if (stage == 2) {  // whole parameters and the gradient staging
+          EXPECT_EQ(device, static_cast<double>(p.params + p.working));
+        } else {  // the gather slots and the gradient staging
+          EXPECT_EQ(device, static_cast<double>(p.working));
+        }
+        const MemoryAccount a = ZeroEngine::Account(layout, rank, world, stage, true);
+        EXPECT_EQ(a.params, m.params);
+        EXPECT_EQ(a.grads, m.grads);
+        EXPECT_EQ(a.optimizer, m.optimizer);
+        EXPECT_EQ(a.working, m.working);
+        EXPECT_EQ(a.host, m.host);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mingpt

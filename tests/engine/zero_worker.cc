@@ -132,7 +132,8 @@ int Run(const fs::path& dir) {
   const Case cases[] = {{"plain"}, {"accumulate", 2}, {"dropout", 1, 0.1f},
                         {"checkpointing", 1, 0.1f, true}};
   int failures = 0;
-  for (const char* strategy : {"ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"}) {
+  for (const char* strategy : {"ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
+                               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"}) {
     for (const Case& c : cases) {
       Status s = Train(Options(dir, std::string(strategy) + "-" + c.name, strategy, kBatch, c),
                        comm.get()).status();

@@ -52,7 +52,8 @@ TEST_F(PlannerTest, PredictsEachRanksPeakWithinFifteenPercent) {
   const Run runs[] = {{1, 8, "single_device", false},     {1, 32, "single_device", true},
                       {2, 8, "ddp", false},               {2, 8, "deepspeed_stage_1", false},
                       {2, 8, "deepspeed_stage_2", false}, {2, 8, "deepspeed_stage_3", false},
-                      {2, 8, "deepspeed_stage_3", true}};
+                      {2, 8, "deepspeed_stage_3", true},  {2, 8, "deepspeed_stage_2_offload", false},
+                      {2, 8, "deepspeed_stage_3_offload", false}};
   int i = 0;
   for (const Run& run : runs) {
     const std::string root = "plan" + std::to_string(i++);

@@ -29,6 +29,8 @@ class CpuBackend final : public Backend {
   void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
   void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
   void Copy(void* dst, const void* src, size_t bytes) override;
+  void* MallocHost(size_t bytes) override { return Malloc(bytes); }
+  void FreeHost(void* p) override { Free(p); }
   void Synchronize() override {}
 
   void SetMatmulPrecision(MatmulPrecision precision) override {
