@@ -85,14 +85,28 @@ TEST(LowPrecision, RoundArrayCoversEveryElementInPlace) {
   for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], RoundToFp16(src[i])) << i;
 }
 
+// The array conversion (the CPU's instruction where it has one) and the
+// scalar one agree on every value: the high bits of the rounded value, a
+// signed zero for fp32 subnormals, a quiet NaN for a NaN.
 TEST(LowPrecision, ToBf16KeepsTheHighBitsOfTheRoundedValue) {
-  const std::vector<float> v = InterestingFloats();
+  std::vector<float> v = InterestingFloats();
+  for (uint32_t nan : {0x7F800001u, 0xFFC00000u, 0x7FBFFFFFu}) v.push_back(std::bit_cast<float>(nan));
   std::vector<uint16_t> h(v.size());
   ToBf16Array(h.data(), v.data(), static_cast<int64_t>(v.size()));
+  int subnormals = 0;
   for (size_t i = 0; i < v.size(); ++i) {
-    ASSERT_EQ(static_cast<uint32_t>(h[i]) << 16, std::bit_cast<uint32_t>(RoundToBf16(v[i])))
-        << v[i];
+    const uint32_t got = static_cast<uint32_t>(h[i]) << 16;
+    ASSERT_EQ(h[i], ToBf16(v[i])) << v[i];
+    if (std::isnan(v[i])) {
+      ASSERT_TRUE(std::isnan(std::bit_cast<float>(got))) << i;
+    } else if (std::fpclassify(v[i]) == FP_SUBNORMAL) {
+      ++subnormals;
+      ASSERT_EQ(got, std::bit_cast<uint32_t>(v[i]) & 0x80000000u) << v[i];
+    } else {
+      ASSERT_EQ(got, std::bit_cast<uint32_t>(RoundToBf16(v[i]))) << v[i];
+    }
   }
+  EXPECT_GT(subnormals, 0);
 }
 
 // out = inp @ W^T + bias, and the three backward products, under `p`:

@@ -73,10 +73,8 @@ void CpuBackend::MatmulBackward(float* dinp, float* dW, float* dbias,
                                 const float* dout, const float* inp,
                                 const float* W, int N, int IC, int OC,
                                 bool accumulate_dinp) {
-  // Weights first: dinp may alias inp.
-  matmul_.BackwardWeights(dW, dout, inp, N, IC, OC);
   if (dbias) BiasBackward(dbias, dout, N, OC);
-  if (dinp) matmul_.BackwardData(dinp, dout, W, N, IC, OC, accumulate_dinp);
+  matmul_.Backward(dinp, dW, dout, inp, W, N, IC, OC, accumulate_dinp);
 }
 
 float* CpuBackend::AttentionScratch(int T, int C, int NH, int threads) {

@@ -42,12 +42,22 @@ inline float RoundToFp16(float x) {
   return std::bit_cast<float>(sign | r);
 }
 
-// The 16 high bits of RoundToBf16(x): x as a bf16 value in storage.
+// The 16 high bits of RoundToBf16(x): x as a bf16 value in storage, as the
+// CPU's conversion instruction makes it: a NaN stays a (quiet) NaN, and
+// subnormal inputs (|x| < 2^-126) become zeros of their sign (the bf16 units
+// treat subnormals as zero anyway, so GEMM results do not change).
 inline uint16_t ToBf16(float x) {
-  return static_cast<uint16_t>(std::bit_cast<uint32_t>(RoundToBf16(x)) >> 16);
+  const uint32_t b = std::bit_cast<uint32_t>(x);
+  const bool nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
+  const bool subnormal = (b & 0x7F800000u) == 0;
+  const uint32_t r = nan         ? (b | 0x00400000u)
+                     : subnormal ? (b & 0x80000000u)
+                                 : std::bit_cast<uint32_t>(RoundToBf16(x));
+  return static_cast<uint16_t>(r >> 16);
 }
 
-// dst[i] = ToBf16(src[i]).
+// dst[i] = ToBf16(src[i]); with AVX512-BF16 through its conversion
+// instruction (the same rounding), 32 values at a time.
 void ToBf16Array(uint16_t* dst, const float* src, int64_t n);
 
 // dst[i] = src[i] rounded to `precision` (a copy for kFp32); dst may alias src.

@@ -86,32 +86,20 @@ bool OnednnMatmul::CpuHasBf16Matmul() {
 
 void OnednnMatmul::set_native_bf16(bool on) { native_bf16_ = on && CpuHasBf16Matmul(); }
 
-void OnednnMatmul::Run(Key key, const float* a, const float* b,
-                       const float* bias, float* dst) {
-  const int64_t na = key.M * key.K, nb = key.K * key.Ncol;
-  key.bf16 = precision_ == MatmulPrecision::kBf16 && native_bf16_;
-  if (key.bf16) {  // bf16 operands, fp32 accumulation and result
-    uint16_t* ha = static_cast<uint16_t*>(rounded_a_.Reserve(sizeof(uint16_t) * na));
-    uint16_t* hb = static_cast<uint16_t*>(rounded_b_.Reserve(sizeof(uint16_t) * nb));
-    ToBf16Array(ha, a, na);
-    ToBf16Array(hb, b, nb);
-    RunPrimitive(key, ha, hb, bias, dst);
-    return;
+const void* OnednnMatmul::Operand(ScratchBuffer& buf, const float* x, int64_t n) {
+  if (precision_ == MatmulPrecision::kFp32) return x;
+  if (bf16_operands()) {  // bf16 storage for the bf16 x bf16 -> fp32 primitive
+    uint16_t* h = static_cast<uint16_t*>(buf.Reserve(sizeof(uint16_t) * n));
+    ToBf16Array(h, x, n);
+    return h;
   }
-  if (precision_ != MatmulPrecision::kFp32) {
-    // Both operands are contiguous arrays (a transpose is only a stride).
-    float* ra = static_cast<float*>(rounded_a_.Reserve(sizeof(float) * na));
-    float* rb = static_cast<float*>(rounded_b_.Reserve(sizeof(float) * nb));
-    RoundArray(ra, a, na, precision_);
-    RoundArray(rb, b, nb, precision_);
-    a = ra;
-    b = rb;
-  }
-  RunPrimitive(key, a, b, bias, dst);
+  float* r = static_cast<float*>(buf.Reserve(sizeof(float) * n));  // rounded, kept fp32
+  RoundArray(r, x, n, precision_);
+  return r;
 }
 
-void OnednnMatmul::RunPrimitive(const Key& key, const void* a, const void* b, const float* bias,
-                                float* dst) {
+void OnednnMatmul::Run(Key key, const void* a, const void* b, const float* bias, float* dst) {
+  key.bf16 = bf16_operands();
   Entry& e = Get(key);
   e.a.set_data_handle(const_cast<void*>(a));
   e.b.set_data_handle(const_cast<void*>(b));
@@ -134,23 +122,26 @@ void OnednnMatmul::Forward(float* out, const float* inp, const float* W,
     }
     return;
   }
-  Run({N, IC, OC, false, true, false, bias != nullptr}, inp, W, bias, out);
+  Run({N, IC, OC, false, true, false, bias != nullptr}, Operand(a_, inp, int64_t{N} * IC),
+      Operand(b_, W, int64_t{OC} * IC), bias, out);
 }
 
-void OnednnMatmul::BackwardData(float* dinp, const float* dout, const float* W,
-                                int N, int IC, int OC, bool accumulate) {
-  if (N == 0 || IC == 0) return;
-  if (OC == 0) {
+void OnednnMatmul::Backward(float* dinp, float* dW, const float* dout, const float* inp,
+                            const float* W, int N, int IC, int OC, bool accumulate) {
+  if (N == 0) return;
+  // dout is an operand of both products: converted once.
+  const void* d = OC > 0 ? Operand(dout_, dout, int64_t{N} * OC) : nullptr;
+  // Weights first: dinp may alias inp.
+  if (IC > 0 && OC > 0) {
+    Run({OC, N, IC, true, false, true, false}, d, Operand(a_, inp, int64_t{N} * IC), nullptr, dW);
+  }
+  if (dinp == nullptr || IC == 0) return;
+  if (OC == 0) {  // empty product: dinp = 0, or unchanged when accumulating
     if (!accumulate) std::memset(dinp, 0, sizeof(float) * N * IC);
     return;
   }
-  Run({N, OC, IC, false, false, accumulate, false}, dout, W, nullptr, dinp);
-}
-
-void OnednnMatmul::BackwardWeights(float* dW, const float* dout,
-                                   const float* inp, int N, int IC, int OC) {
-  if (N == 0 || IC == 0 || OC == 0) return;
-  Run({OC, N, IC, true, false, true, false}, dout, inp, nullptr, dW);
+  Run({N, OC, IC, false, false, accumulate, false}, d, Operand(b_, W, int64_t{OC} * IC), nullptr,
+      dinp);
 }
 
 }  // namespace mingpt::cpu

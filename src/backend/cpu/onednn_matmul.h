@@ -1,8 +1,8 @@
 // oneDNN matrix products for the CPU backend's linear layers, fp32.
 //
 //   Forward:         out[N,OC]  = inp[N,IC] @ W[OC,IC]^T + bias[OC]         (=)
-//   BackwardData:    dinp[N,IC] = dout[N,OC] @ W[OC,IC]            (= or +=)
-//   BackwardWeights: dW[OC,IC] += dout[N,OC]^T @ inp[N,IC] (+=)
+//   Backward:        dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]                (+=)
+//                    dinp[N,IC] = dout[N,OC] @ W[OC,IC]  (= or +=; may be null)
 // Transposes are expressed as strides (never copied); accumulation is
 // oneDNN's sum post-op. Primitives are cached by (kind of product, shape,
 // accumulate, bias) together with their memory objects, and run with a user
@@ -39,10 +39,9 @@ class OnednnMatmul {
   // bias may be null.
   void Forward(float* out, const float* inp, const float* W, const float* bias,
                int N, int IC, int OC);
-  void BackwardData(float* dinp, const float* dout, const float* W, int N,
-                    int IC, int OC, bool accumulate);
-  void BackwardWeights(float* dW, const float* dout, const float* inp, int N,
-                       int IC, int OC);
+  // dinp may alias inp: inp is read before dinp is written.
+  void Backward(float* dinp, float* dW, const float* dout, const float* inp, const float* W,
+                int N, int IC, int OC, bool accumulate);
 
   void set_precision(MatmulPrecision p) { precision_ = p; }
   MatmulPrecision precision() const { return precision_; }
@@ -73,9 +72,13 @@ class OnednnMatmul {
   struct Entry;
 
   Entry& Get(const Key& key);
-  void Run(Key key, const float* a, const float* b, const float* bias, float* dst);
-  // The cached primitive for `key` on operands already in its dtype.
-  void RunPrimitive(const Key& key, const void* a, const void* b, const float* bias, float* dst);
+  bool bf16_operands() const { return precision_ == MatmulPrecision::kBf16 && native_bf16_; }
+  // x[n] as the primitives take it under precision_: itself (fp32), or
+  // converted into `buf` (bf16 storage, or fp32 rounded to bf16 / fp16).
+  const void* Operand(ScratchBuffer& buf, const float* x, int64_t n);
+  // The cached primitive for `key` (its bf16 field set here) on operands
+  // from Operand.
+  void Run(Key key, const void* a, const void* b, const float* bias, float* dst);
 
   dnnl::engine engine_;
   dnnl::stream stream_;
@@ -83,7 +86,7 @@ class OnednnMatmul {
   ScratchBuffer scratchpad_;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
   bool native_bf16_ = CpuHasBf16Matmul();
-  ScratchBuffer rounded_a_, rounded_b_;  // operands in precision_
+  ScratchBuffer a_, b_, dout_;  // operands converted to precision_ (Operand)
 };
 
 }  // namespace mingpt::cpu
