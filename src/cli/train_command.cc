@@ -40,7 +40,7 @@ struct TrainFlags {
   std::string data;
   std::string memory_budget;
   CLI::Option *n_layer, *n_head, *n_embd, *block_size, *dropout, *model_type_opt;
-  CLI::Option *devices, *num_threads;
+  CLI::Option *devices, *gpus, *num_threads;
 };
 
 // With --ckpt_path the model comes from the checkpoint; flags given
@@ -87,6 +87,13 @@ Status Launch(const TrainOptions& o) {
 // Applies the preset, the checkpoint's model, the data path and the run
 // directory: the flags as `train` and `plan` use them.
 Status ResolveFlags(TrainFlags* f) {
+  if (f->gpus->count() > 0) {
+    if (f->o.accelerator != "auto" && f->o.accelerator != "cuda" && f->o.accelerator != "gpu") {
+      return Status::Error("--gpus runs on CUDA devices; it cannot be combined with --accelerator " +
+                           f->o.accelerator + " (use --devices)");
+    }
+    f->o.accelerator = "cuda";
+  }
   if (!f->model_type.empty()) MINGPT_RETURN_IF_ERROR(ApplyPreset(f->model_type, &f->o.model));
   if (!f->o.ckpt_path.empty()) MINGPT_RETURN_IF_ERROR(Reconcile(f));
   MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
@@ -136,10 +143,16 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_option("--strategy", o.strategy,
                   "auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3")
       ->capture_default_str();
-  f->devices = app->add_option("--devices,--gpus", o.devices,
+  f->devices = app->add_option("--devices", o.devices,
                                "Ranks: N > 1 starts N processes through mpirun (under mpirun or "
                                "srun, the job's world is used)")
                    ->capture_default_str();
+  f->gpus = app->add_option("--gpus", o.devices,
+                            "The seed's flag: --devices N with --accelerator cuda (one rank per GPU)")
+                ->excludes(f->devices);
+  app->add_option("--accelerator", o.accelerator,
+                  "cpu, cuda (or gpu), or auto: cuda when built with it and a device is present")
+      ->capture_default_str();
   f->num_threads = app->add_option("--num_threads", o.num_threads, "CPU threads per rank (default: the cores / the ranks on this machine)");
   app->add_flag("--activation_checkpointing", o.activation_checkpointing,
                 "Keep only each block's input; recompute the block in backward");
@@ -203,7 +216,7 @@ Command AddTrain(CLI::App* app) {
     const int rank = comm->rank();
     // runs/<time> read from each rank's clock could differ by a second.
     if (default_root) BroadcastString(comm.get(), &f->o.default_root_dir);
-    if (f->devices->count() > 0 && f->o.devices != comm->world()) {
+    if (f->devices->count() + f->gpus->count() > 0 && f->o.devices != comm->world()) {
       // Every rank sees the same flags and world: all stop, rank 0 reports.
       if (rank != 0) return Status::Ok();
       return Status::Error("--devices " + std::to_string(f->o.devices) + " disagrees with the " +

@@ -33,11 +33,10 @@ int ZeroStageOf(const std::string& s) {
 
 std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
                                        const ModelLayout& layout, Communicator* comm,
-                                       bool training) {
-  // The host optimizer is the CPU's: on the CPU backend the backend itself.
-  Backend* host = IsOffloadStrategy(name) ? backend : nullptr;
+                                       bool training, Backend* host) {
+  Backend* offload_to = IsOffloadStrategy(name) ? (host ? host : backend) : nullptr;
   return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name, training,
-                                      host);
+                                      offload_to);
 }
 
 }  // namespace mingpt

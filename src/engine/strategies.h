@@ -27,9 +27,10 @@ bool IsOffloadStrategy(const std::string& name);
 int ZeroStageOf(const std::string& name);
 
 // The strategy for this rank; with training false, for inference only
-// (parameters alone).
+// (parameters alone). Offload strategies step on `host` (a CPU backend), or
+// on `backend` itself when host is null (the CPU backend).
 std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
                                        const ModelLayout& layout, Communicator* comm,
-                                       bool training = true);
+                                       bool training = true, Backend* host = nullptr);
 
 }  // namespace mingpt

@@ -1,5 +1,7 @@
 #include "train/options.h"
 
+#include "train/accelerator.h"
+
 #include <string>
 
 #include "engine/strategies.h"
@@ -42,6 +44,7 @@ Status ValidateTrainOptions(const TrainOptions& o) {
     return err("--initial_scale_power must be in [0, 32], got " + std::to_string(o.initial_scale_power));
   }
   MINGPT_RETURN_IF_ERROR(ValidateStrategyName(o.strategy));
+  MINGPT_RETURN_IF_ERROR(ResolveAccelerator(o.accelerator).status());
   if (o.devices <= 0) return err("--devices must be positive, got " + std::to_string(o.devices));
   if (o.strategy == "single_device" && o.devices > 1) {
     return err("--strategy single_device runs one process; with --devices " +

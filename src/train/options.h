@@ -35,6 +35,7 @@ struct TrainOptions {
   int log_every_n_steps = 50;
   std::string strategy = "auto";
   int devices = 1;                  // ranks; the launcher's world size decides under mpirun
+  std::string accelerator = "auto";  // cpu | cuda (gpu) | auto; ResolveAccelerator
   bool activation_checkpointing = false;
   bool profile_memory = false;      // print each rank's memory at the end
   bool profile = false;             // print each rank's time per phase at the end

@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include "train/accelerator.h"
+
 
 #include <chrono>
 #include <cmath>
@@ -318,12 +320,18 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   const CharTokenizer& tokenizer = setup.tokenizer;
 
   // Model, strategy and state.
-  std::unique_ptr<Backend> backend = MakeCpuBackend(o.num_threads);
+  MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(o.accelerator));
+  StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, rank, o.num_threads);
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made.status()));
+  std::unique_ptr<Backend> backend = std::move(made).value();
+  // Offload's host optimizer: the CPU backend (itself when computing there).
+  std::unique_ptr<Backend> host = accelerator == "cpu" ? nullptr : MakeCpuBackend(o.num_threads);
   const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
   backend->SetMatmulPrecision(precision);
   GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
-  std::unique_ptr<Strategy> strategy = MakeStrategy(o.strategy, backend.get(), layout, comm);
+  std::unique_ptr<Strategy> strategy =
+      MakeStrategy(o.strategy, backend.get(), layout, comm, /*training=*/true, host.get());
   Strategy& sp = *strategy;
   TrainState state;
   state.seed = o.seed;

@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "cli/cli_fixture.h"
+#include "train/accelerator.h"
 
 namespace mingpt::cli_test {
 namespace {
@@ -61,6 +62,24 @@ TEST_F(TrainFlagTest, UnknownStrategy) {
 TEST_F(TrainFlagTest, NvmeOffloadStrategyNotAvailableYet) {
   ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"}}, 1,
                      {"--strategy deepspeed_stage_3_offload_nvme", "not available yet"});
+}
+
+TEST_F(TrainFlagTest, UnknownAccelerator) {
+  ExpectTrainRefused({{"--accelerator", "tpu"}}, 1, {"unknown --accelerator", "tpu"});
+}
+
+// Without a CUDA device (or a build without CUDA) --gpus and --accelerator
+// cuda say which of the two is missing.
+TEST_F(TrainFlagTest, CudaWithoutADeviceRefused) {
+  if (CudaDevices() > 0) GTEST_SKIP() << "a CUDA device is present: cuda runs here";
+  const std::string missing = CudaBuilt() ? "no CUDA device found" : "built without CUDA";
+  ExpectTrainRefused({{"--accelerator", "cuda"}}, 1, {"--accelerator cuda", missing});
+  ExpectTrainRefused({{"--gpus", "1"}}, 1, {missing});
+}
+
+TEST_F(TrainFlagTest, GpusWithACpuAcceleratorRefused) {
+  ExpectTrainRefused({{"--gpus", "1"}, {"--accelerator", "cpu"}}, 1,
+                     {"--gpus", "--accelerator cpu"});
 }
 
 TEST_F(TrainFlagTest, SingleDeviceWithTwoDevicesRefused) {
