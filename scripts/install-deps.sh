@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libdnnl-dev nlohmann-json3-dev libcli11-dev
   ocl-icd-opencl-dev            # dnnl-config.cmake looks for OpenCL (a Recommends of libdnnl-dev)
   libopenmpi-dev openmpi-bin    # the multi-process engine (dist/)
+  liburing-dev                  # NVMe offload's asynchronous direct I/O (io/async_file)
   python3-torch python3-numpy   # the PyTorch reference (tests/reference, bench/)
   libopenblas0-pthread          # a real BLAS under Debian's torch, so bench/ compares fairly
 )

@@ -3,6 +3,8 @@
 // bad command lines).
 #include <malloc.h>
 
+#include <csignal>
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -48,6 +50,9 @@ int main(int argc, char** argv) {
   // buffers (checkpoint copies) held for the rest of the run, and a peak
   // that no plan can predict.
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  // A write past a file-size limit fails with EFBIG (reported with the
+  // file's name, as a full disk is) instead of killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"mingpt: train, evaluate and sample GPT models on the CPU", "mingpt"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");

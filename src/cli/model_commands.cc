@@ -109,8 +109,9 @@ Command AddEvaluate(CLI::App* app) {
     if (strategy == "auto") strategy = comm->world() == 1 ? "single_device" : "ddp";
     auto backend = MakeCpuBackend(threads);
     GPT gpt(backend.get(), config, f->batch_size);
-    std::unique_ptr<Strategy> params =
-        MakeStrategy(strategy, backend.get(), gpt.layout(), comm.get(), /*training=*/false);
+    MINGPT_ASSIGN_OR_RETURN(
+        std::unique_ptr<Strategy> params,
+        MakeStrategy(strategy, backend.get(), gpt.layout(), comm.get(), /*training=*/false));
     MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadTrainingState(ckpt, gpt.layout(), params.get(), /*with_optimizer=*/false)));
     EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
     if (comm->rank() != 0) return Status::Ok();

@@ -141,7 +141,8 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_option("--ckpt_path", o.ckpt_path, "Resume from this checkpoint directory");
   app->add_option("--log_every_n_steps", o.log_every_n_steps, "Metrics and log-line interval")->capture_default_str();
   app->add_option("--strategy", o.strategy,
-                  "auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3")
+                  "auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3, "
+                  "deepspeed_stage_2_offload, deepspeed_stage_3_offload, deepspeed_stage_3_offload_nvme")
       ->capture_default_str();
   f->devices = app->add_option("--devices", o.devices,
                                "Ranks: N > 1 starts N processes through mpirun (under mpirun or "
@@ -150,6 +151,15 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   f->gpus = app->add_option("--gpus", o.devices,
                             "The seed's flag: --devices N with --accelerator cuda (one rank per GPU)")
                 ->excludes(f->devices);
+  app->add_option("--offload_dir", o.offload_dir,
+                  "deepspeed_stage_3_offload_nvme: the directory (on a fast disk) for the "
+                  "offloaded state's files; they are removed at the end");
+  app->add_option("--offload_params", o.offload_params,
+                  "deepspeed_stage_3_offload_nvme: keep the parameter shards on nvme or in cpu memory")
+      ->capture_default_str();
+  app->add_option("--offload_buffer_mb", o.offload_buffer_mb,
+                  "deepspeed_stage_3_offload_nvme: the optimizer's I/O buffer pool in MiB")
+      ->capture_default_str();
   app->add_option("--accelerator", o.accelerator,
                   "cpu, cuda (or gpu), or auto: cuda when built with it and a device is present")
       ->capture_default_str();
@@ -245,7 +255,7 @@ Command AddPlan(CLI::App* app) {
     MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(f->o.data_path));
     f->o.model.vocab_size = CharTokenizer::FromText(text).size();
     MINGPT_RETURN_IF_ERROR(f->o.model.Validate());
-    const PlanInput in{f->o.model, f->o.batch_size, f->o.devices, text.size()};
+    const PlanInput in{f->o.model, f->o.batch_size, f->o.devices, text.size(), NvmeSettings(f->o)};
     const size_t budget = f->o.memory_budget > 0 ? f->o.memory_budget : DefaultMemoryBudget(f->o.devices);
     std::printf("%s", FormatPlan(in, PlanMemory(in), budget).c_str());
     const std::string chosen = ChooseStrategy(in, f->o.activation_checkpointing, budget);

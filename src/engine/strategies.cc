@@ -10,33 +10,40 @@ Status ValidateStrategyName(const std::string& s) {
       s == "deepspeed_stage_2" || s == "deepspeed_stage_3" || IsOffloadStrategy(s)) {
     return Status::Ok();
   }
-  if (s == "deepspeed_stage_3_offload_nvme") {
-    return Status::Error("--strategy " + s + " is not available yet (NVMe offload); use "
-                         "deepspeed_stage_3_offload");
-  }
   return Status::Error("unknown --strategy '" + s +
                        "' (known: auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, "
-                       "deepspeed_stage_3, deepspeed_stage_2_offload, deepspeed_stage_3_offload)");
+                       "deepspeed_stage_3, deepspeed_stage_2_offload, deepspeed_stage_3_offload, "
+                       "deepspeed_stage_3_offload_nvme)");
 }
 
 bool IsOffloadStrategy(const std::string& s) {
-  return s == "deepspeed_stage_2_offload" || s == "deepspeed_stage_3_offload";
+  return s == "deepspeed_stage_2_offload" || s == "deepspeed_stage_3_offload" || IsNvmeStrategy(s);
 }
+
+bool IsNvmeStrategy(const std::string& s) { return s == "deepspeed_stage_3_offload_nvme"; }
 
 int ZeroStageOf(const std::string& s) {
   if (s == "deepspeed_stage_1") return 1;
   if (s == "deepspeed_stage_2" || s == "deepspeed_stage_2_offload") return 2;
-  if (s == "deepspeed_stage_3" || s == "deepspeed_stage_3_offload") return 3;
+  if (s == "deepspeed_stage_3" || s == "deepspeed_stage_3_offload" || IsNvmeStrategy(s)) return 3;
   MINGPT_CHECK(s == "ddp" || s == "single_device", "strategy '%s' not resolved", s.c_str());
   return 0;
 }
 
-std::unique_ptr<Strategy> MakeStrategy(const std::string& name, Backend* backend,
-                                       const ModelLayout& layout, Communicator* comm,
-                                       bool training, Backend* host) {
+StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const std::string& name, Backend* backend,
+                                                 const ModelLayout& layout, Communicator* comm,
+                                                 bool training, Backend* host,
+                                                 const NvmeOptions& nvme) {
   Backend* offload_to = IsOffloadStrategy(name) ? (host ? host : backend) : nullptr;
-  return std::make_unique<ZeroEngine>(backend, layout, comm, ZeroStageOf(name), name, training,
-                                      offload_to);
+  std::unique_ptr<NvmeState> files;
+  if (IsNvmeStrategy(name) && training) {
+    std::vector<ShardRange> shards;
+    for (const Unit& u : layout.units()) shards.emplace_back(u.numel, comm->rank(), comm->world());
+    MINGPT_ASSIGN_OR_RETURN(files, NvmeState::Create(nvme, shards, comm->rank()));
+  }
+  std::unique_ptr<Strategy> s = std::make_unique<ZeroEngine>(
+      backend, layout, comm, ZeroStageOf(name), name, training, offload_to, std::move(files));
+  return s;
 }
 
 }  // namespace mingpt

@@ -38,6 +38,7 @@ struct MemoryAccount {
   size_t optimizer = 0;  // AdamW moments (full or shard)
   size_t working = 0;    // transient unit buffers: gathered parameters, gradient staging
   size_t host = 0;       // of the total, the bytes in host memory (offload strategies)
+  size_t disk = 0;       // not in the total: bytes in NVMe offload's files
   size_t total() const { return params + grads + optimizer + working; }
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -11,15 +12,18 @@
 namespace mingpt {
 
 ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm,
-                       int stage, std::string name, bool training, Backend* host)
+                       int stage, std::string name, bool training, Backend* host,
+                       std::unique_ptr<NvmeState> nvme)
     : backend_(backend),
       layout_(layout),
       comm_(comm),
       stage_(stage),
       name_(std::move(name)),
-      host_(host) {
+      host_(host),
+      nvme_(std::move(nvme)) {
   MINGPT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage %d", stage);
   MINGPT_CHECK(host == nullptr || stage >= 2, "offload needs ZeRO stage 2 or 3, not %d", stage);
+  MINGPT_CHECK(!nvme_ || (host && stage == 3 && training), "NVMe offload is stage 3 training");
   const int U = layout.num_units();
   for (int u = 0; u < U; ++u) {
     shards_.emplace_back(layout.units()[u].numel, comm->rank(), comm->world());
@@ -30,21 +34,27 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     max_padded_ = std::max(max_padded_, shards_[u].padded);
     max_shard_ = std::max(max_shard_, shards_[u].shard);
   }
+  bool on_disk_kind = false;
   auto alloc = [&](Buffer* b, bool whole, bool on_host) {
+    if (on_disk_kind) return;  // set below for each state: its file holds it
     const size_t bytes = (whole ? whole_numel_ : shard_numel_) * sizeof(float);
     *b = on_host ? Buffer(host_, bytes, Buffer::kHost) : Buffer(backend, bytes);
     (on_host ? host_ : backend)->Memset0(b->f32(), bytes);
   };
+  on_disk_kind = on_disk(StateKind::kParams);
   alloc(&params_, params_whole(), on_host(StateKind::kParams));
   param_gathers_.resize(U);
   grad_reduces_.resize(U);
   if (training) {
+    on_disk_kind = nvme_ != nullptr;  // gradients, moments
     alloc(&grads_, grads_whole(), offload());
     alloc(&exp_avg_, moments_whole(), on_host(StateKind::kExpAvg));
     alloc(&exp_avg_sq_, moments_whole(), on_host(StateKind::kExpAvgSq));
+    on_disk_kind = false;
     if (master_separate()) alloc(&master_, /*whole=*/false, /*on_host=*/true);
-    if (offload()) host_reduced_ = Buffer(host_, max_shard_ * sizeof(float), Buffer::kHost);
+    if (offload() && !nvme_) host_reduced_ = Buffer(host_, max_shard_ * sizeof(float), Buffer::kHost);
   }
+  grads_written_.assign(U, 0);
   if (stage_ >= 2 && training) {
     for (Staging& s : staging_) {
       s.whole = Buffer(backend, max_padded_ * sizeof(float));
@@ -55,12 +65,18 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     for (Slot& s : slots_) {
       s.memory = Buffer(backend, max_padded_ * sizeof(float));
       backend->Memset0(s.memory.f32(), s.memory.bytes());
+      if (on_disk(StateKind::kParams)) {
+        s.read_buffer = AlignedBlock(static_cast<size_t>(max_shard_) * sizeof(float));
+      }
     }
   }
 }
 
 ZeroEngine::~ZeroEngine() {
-  // No collective may still write into memory about to be freed.
+  // No collective or read may still write into memory about to be freed.
+  for (Slot& s : slots_) {
+    if (s.read != 0) (void)nvme_->FinishRead(s.read);
+  }
   WaitAllParams();
   for (Work& w : grad_reduces_) w.Wait();
   for (Staging& s : staging_) s.work.Wait();
@@ -77,6 +93,26 @@ float* ZeroEngine::Base(StateKind kind, int unit) const {
       return exp_avg_sq_.f32() + (moments_whole() ? whole_base_[unit] : shard_base_[unit]);
   }
   return nullptr;
+}
+
+NvmeState::Kind ZeroEngine::DiskKind(StateKind kind) {
+  switch (kind) {
+    case StateKind::kParams:
+      return NvmeState::kParams;
+    case StateKind::kExpAvg:
+      return NvmeState::kExpAvg;
+    case StateKind::kExpAvgSq:
+      return NvmeState::kExpAvgSq;
+  }
+  return NvmeState::kParams;
+}
+
+void ZeroEngine::Fatal(const Status& status) const {
+  std::fflush(stdout);
+  std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());
+  std::fflush(stderr);
+  if (comm_->world() > 1) comm_->Abort(1);
+  std::_Exit(1);
 }
 
 float* ZeroEngine::StepParams(int unit) const {
@@ -131,6 +167,7 @@ const float* ZeroEngine::Acquire(int unit) {
     if (slots_[i].unit == unit) s = i;
   }
   if (s < 0) s = GatherInto(unit, -1);
+  if (slots_[s].read != 0) FinishSlotRead(s);
   TimedWait(slots_[s].gather, &waits_.params);
   slots_[s].in_use = true;
   // Prefetch the next unit of the pass: forward ascends; backward descends
@@ -156,6 +193,10 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
   slot.gather.Wait();
   slot.unit = unit;
   const ShardRange& sr = shards_[unit];
+  if (on_disk(StateKind::kParams)) {  // read now; gathered when acquired (FinishSlotRead)
+    slot.read = nvme_->ReadParams(unit, slot.read_buffer.f32());
+    return s;
+  }
   const float* send = Base(StateKind::kParams, unit);
   if (offload()) {  // the host shard goes up into its place in the slot: gathered in place
     float* mine = slot.memory.f32() + sr.offset;
@@ -166,8 +207,22 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
   return s;
 }
 
+void ZeroEngine::FinishSlotRead(int s) {
+  Slot& slot = slots_[s];
+  const auto start = std::chrono::steady_clock::now();
+  Check(nvme_->FinishRead(slot.read));
+  waits_.params += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  slot.read = 0;
+  const ShardRange& sr = shards_[slot.unit];
+  float* mine = slot.memory.f32() + sr.offset;
+  backend_->CopyToDevice(mine, slot.read_buffer.data(), sr.shard * sizeof(float));
+  slot.gather = comm_->AllGather(mine, slot.memory.f32(), sr.shard);
+}
+
 void ZeroEngine::InvalidateSlots() {
   for (Slot& s : slots_) {
+    if (s.read != 0) Check(nvme_->FinishRead(s.read));
+    s.read = 0;
     s.gather.Wait();
     s.unit = -1;
   }
@@ -202,6 +257,7 @@ void ZeroEngine::GradsReady(int unit) {
     if (s.unit != unit || s.in_flight) continue;
     s.work = comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
     s.in_flight = true;
+    s.last = last_micro_batch_;
     return;
   }
   MINGPT_CHECK(false, "GradsReady(%d) without Grads(%d)", unit, unit);
@@ -209,7 +265,9 @@ void ZeroEngine::GradsReady(int unit) {
 
 void ZeroEngine::FinishStaging(Staging* s) {
   TimedWait(s->work, &waits_.grads);
-  if (s->in_flight) {
+  if (s->in_flight && nvme_) {
+    NvmeFinishStaging(s);
+  } else if (s->in_flight) {
     float* shard = GradBase(s->unit);
     const int64_t n = shards_[s->unit].shard;
     const float* reduced = s->reduced.f32();
@@ -221,6 +279,18 @@ void ZeroEngine::FinishStaging(Staging* s) {
   }
   s->in_flight = false;
   s->unit = -1;
+}
+
+void ZeroEngine::NvmeFinishStaging(Staging* s) {
+  const int unit = s->unit;
+  const int64_t n = shards_[unit].shard;
+  StatusOr<float*> staged = nvme_->StagingBuffer();
+  Check(staged.status());
+  backend_->CopyToHost(*staged, s->reduced.f32(), n * sizeof(float));
+  Check(nvme_->AddGrads(unit, *staged, /*first=*/!grads_written_[unit]));
+  grads_written_[unit] = 1;
+  // The step's final gradient of this shard: its part of the norm.
+  if (s->last) grad_sumsq_ += host_->SumSquares(*staged, n);
 }
 
 void ZeroEngine::FinishGradComm() {
@@ -235,7 +305,13 @@ void ZeroEngine::FinishGradComm() {
 
 void ZeroEngine::ZeroGrads() {
   FinishGradComm();
-  state_backend()->Memset0(grads_.f32(), grads_.bytes());
+  if (nvme_) {  // the files are overwritten by the step's first gradients
+    std::fill(grads_written_.begin(), grads_written_.end(), 0);
+    grad_sumsq_ = 0;
+    grad_scale_ = 1;
+  } else {
+    state_backend()->Memset0(grads_.f32(), grads_.bytes());
+  }
   last_micro_batch_ = true;
 }
 
@@ -243,7 +319,9 @@ double ZeroEngine::GradNorm() {
   FinishGradComm();
   if (stage_ == 0) return std::sqrt(backend_->SumSquares(grads_.f32(), whole_numel_));
   double sum = 0;
-  if (stage_ == 1) {
+  if (nvme_) {
+    sum = grad_sumsq_;
+  } else if (stage_ == 1) {
     for (int u = 0; u < layout_.num_units(); ++u) {
       sum += backend_->SumSquares(GradBase(u) + shards_[u].offset, shards_[u].shard);
     }
@@ -257,6 +335,10 @@ double ZeroEngine::GradNorm() {
 
 void ZeroEngine::ScaleGrads(double f) {
   if (f == 1.0) return;
+  if (nvme_) {
+    grad_scale_ *= f;
+    return;
+  }
   if (stage_ == 1) {
     for (int u = 0; u < layout_.num_units(); ++u) {
       backend_->Scale(GradBase(u) + shards_[u].offset, shards_[u].shard, static_cast<float>(f));
@@ -267,7 +349,33 @@ void ZeroEngine::ScaleGrads(double f) {
   }
 }
 
+void ZeroEngine::NvmeOptimizerStep(const AdamWConfig& c, float lr, int t) {
+  Check(nvme_->Step([&](int u, int64_t from, int64_t n, float* p, float* g, float* m, float* v) {
+    const ShardRange& sr = shards_[u];
+    if (!grads_written_[u]) {
+      std::memset(g, 0, n * sizeof(float));
+    } else if (grad_scale_ != 1.0) {
+      host_->Scale(g, n, static_cast<float>(grad_scale_));
+    }
+    if (p == nullptr) p = params_.f32() + shard_base_[u] + from;  // parameters in memory
+    // Unit elements [lo, lo + n) are in these buffers; step each tensor's part.
+    const int64_t lo = sr.offset + from;
+    for (const ParamEntry& e : layout_.units()[u].params) {
+      const int64_t a = std::max({lo, e.offset, sr.begin});
+      const int64_t b = std::min({lo + n, e.offset + e.numel, sr.end});
+      if (a >= b) continue;
+      host_->AdamW(p + (a - lo), g + (a - lo), m + (a - lo), v + (a - lo), b - a, lr, c.beta1,
+                   c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+    }
+  }));
+  InvalidateSlots();
+}
+
 void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
+  if (nvme_) {
+    NvmeOptimizerStep(c, lr, t);
+    return;
+  }
   WaitAllParams();
   for (int u = 0; u < layout_.num_units(); ++u) {
     const ShardRange& sr = shards_[u];
@@ -298,7 +406,7 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
 }
 
 MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world, int stage,
-                                  bool offload) {
+                                  bool offload, const NvmeOptions* nvme) {
   int64_t whole = 0, shard = 0, max_padded = 0, max_shard = 0;
   for (const Unit& u : layout.units()) {
     const ShardRange r(u.numel, rank, world);
@@ -320,6 +428,23 @@ MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world
     m.working += reduced;
     m.host = master + reduced + m.grads + m.optimizer + (stage == 3 ? m.params : 0);
   }
+  if (nvme) {  // gradients and moments (and the parameters) in files
+    std::vector<ShardRange> shards;
+    for (const Unit& u : layout.units()) shards.emplace_back(u.numel, rank, world);
+    const size_t reduced = max_shard * sizeof(float);
+    m.working -= reduced;  // the NVMe staging buffers replace it
+    m.host -= reduced + m.grads + m.optimizer;
+    m.grads = m.optimizer = 0;
+    if (nvme->params) {
+      m.host -= m.params;
+      m.params = 0;
+      m.working += 2 * DirectRound(max_shard * sizeof(float));  // the slots' read buffers
+    }
+    const size_t io = NvmeState::MemoryBytes(shards, nvme->buffer_bytes);
+    m.working += io;
+    m.host = m.host + io + (nvme->params ? 2 * DirectRound(max_shard * sizeof(float)) : 0);
+    m.disk = NvmeState::DiskBytes(shards, nvme->params);
+  }
   return m;
 }
 
@@ -330,9 +455,15 @@ MemoryAccount ZeroEngine::memory() const {
   m.optimizer = exp_avg_.bytes() + exp_avg_sq_.bytes();
   m.working = host_reduced_.bytes();
   for (const Staging& s : staging_) m.working += s.whole.bytes() + s.reduced.bytes();
-  for (const Slot& s : slots_) m.working += s.memory.bytes();
+  for (const Slot& s : slots_) m.working += s.memory.bytes() + s.read_buffer.bytes();
   for (const Buffer* b : {&params_, &master_, &grads_, &exp_avg_, &exp_avg_sq_, &host_reduced_}) {
     if (b->where() == Buffer::kHost) m.host += b->bytes();
+  }
+  if (nvme_) {
+    m.working += nvme_->memory_bytes();
+    m.host += nvme_->memory_bytes();
+    for (const Slot& s : slots_) m.host += s.read_buffer.bytes();
+    m.disk = nvme_->disk_bytes();
   }
   return m;
 }
@@ -351,6 +482,10 @@ void ZeroEngine::Upload(int unit, StateKind kind, const float* host) {
     if (stage_ == 3) InvalidateSlots();
   }
   const ShardRange& sr = shards_[unit];
+  if (on_disk(kind)) {
+    Check(nvme_->WriteShard(DiskKind(kind), unit, host, r.size()));
+    return;
+  }
   StateFromHost(At(Base(kind, unit), whole(kind), sr, r.begin), host, on_host(kind), r.size());
   if (kind == StateKind::kParams && master_.bytes() > 0) {  // and the master copy of the shard
     StateFromHost(master_.f32() + shard_base_[unit], host + (sr.begin - r.begin),
@@ -365,6 +500,10 @@ void ZeroEngine::Download(int unit, StateKind kind, ElementRange range, float* h
                static_cast<long long>(range.begin), static_cast<long long>(range.end),
                static_cast<long long>(held.begin), static_cast<long long>(held.end));
   if (kind == StateKind::kParams) WaitParams(unit);
+  if (on_disk(kind)) {
+    Check(nvme_->Read(DiskKind(kind), unit, range.begin - shards_[unit].offset, range.size(), host));
+    return;
+  }
   StateToHost(host, At(Base(kind, unit), whole(kind), shards_[unit], range.begin), on_host(kind),
               range.size());
 }

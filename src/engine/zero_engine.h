@@ -45,6 +45,15 @@
 // stage 3 copies a unit's host shard into its slot before each gather. On
 // the CPU backend the host is the device and the transfers are plain copies.
 //
+// NVMe offload (deepspeed_stage_3_offload_nvme: stage 3 with a host backend
+// and an NvmeState): the gradient shard, the moments and (with
+// --offload_params nvme) the parameter shard live in files (nvme_state.h);
+// a unit's reduced gradient goes to disk as its staging buffer is next
+// needed, the optimizer streams the files through a fixed pool, and a gather
+// reads the unit's parameter shard when it is prefetched and all-gathers it
+// when it is acquired. Memory no longer grows with the model, only the
+// working buffers (one unit) and the pool.
+//
 // With world 1 and stage 0 this is the single-process trainer (no copies,
 // the same layout as SingleProcess).
 #pragma once
@@ -55,6 +64,7 @@
 
 #include "backend/backend.h"
 #include "dist/communicator.h"
+#include "engine/nvme_state.h"
 #include "engine/shard.h"
 #include "engine/strategy.h"
 #include "model/layout.h"
@@ -68,8 +78,10 @@ class ZeroEngine : public Strategy {
   // Forward works; nothing else may be called but Held/Upload/Download of
   // parameters. A non-null `host` (stages 2 and 3 only) offloads to its host
   // memory; it may be `backend` itself (the CPU backend).
+  // A non-null `nvme` (stage 3 with a host backend) keeps that state on disk.
   ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm, int stage,
-             std::string name, bool training = true, Backend* host = nullptr);
+             std::string name, bool training = true, Backend* host = nullptr,
+             std::unique_ptr<NvmeState> nvme = nullptr);
   ~ZeroEngine() override;
 
   // ParamProvider
@@ -96,10 +108,11 @@ class ZeroEngine : public Strategy {
   // What a rank of `world` would hold under `stage` for this layout: the
   // allocations the constructor makes, counted without making them.
   static MemoryAccount Account(const ModelLayout& layout, int rank, int world, int stage,
-                               bool offload = false);
+                               bool offload = false, const NvmeOptions* nvme = nullptr);
 
   int stage() const { return stage_; }
   bool offload() const { return host_ != nullptr; }
+  const NvmeState* nvme() const { return nvme_.get(); }
   const ShardRange& shard(int unit) const { return shards_[unit]; }
 
  private:
@@ -108,11 +121,14 @@ class ZeroEngine : public Strategy {
     int unit = -1;
     bool in_use = false;
     Work gather;
+    AlignedBlock read_buffer;      // NVMe parameters: the shard read from disk
+    AsyncFile::Ticket read = 0;    // its read in flight (then the gather is still to start)
   };
   struct Staging {  // stages 2, 3: one unit's gradients on their way to the shard
     Buffer whole, reduced;
     int unit = -1;           // the unit it holds; -1 none
     bool in_flight = false;  // its reduce-scatter started; FinishStaging adds the result
+    bool last = false;       // of the step's last micro-batch
     Work work;
   };
 
@@ -128,8 +144,23 @@ class ZeroEngine : public Strategy {
   // Whether a state lives in host memory: under offload all but stage 2's
   // (whole, device) parameters.
   bool on_host(StateKind kind) const {
-    return offload() && (kind != StateKind::kParams || stage_ == 3);
+    return offload() && (kind != StateKind::kParams || stage_ == 3) && !on_disk(kind);
   }
+  // Whether a state lives in NVMe offload's files.
+  bool on_disk(StateKind kind) const {
+    return nvme_ && (kind != StateKind::kParams || nvme_->params_on_disk());
+  }
+  static NvmeState::Kind DiskKind(StateKind kind);
+  // Ends the run on an I/O error of the offload files (a full disk): one
+  // line, every rank stops; the last checkpoint is untouched.
+  [[noreturn]] void Fatal(const Status& status) const;
+  void Check(const Status& status) const {
+    if (!status.ok()) Fatal(status);
+  }
+  // NVMe: the gather of a slot whose parameter shard was being read.
+  void FinishSlotRead(int slot);
+  void NvmeFinishStaging(Staging* s);
+  void NvmeOptimizerStep(const AdamWConfig& config, float lr, int t);
   // Copies between the engine's state and the caller's host memory.
   void StateToHost(float* host, const float* state, bool on_host, int64_t n) const;
   void StateFromHost(float* state, const float* host, bool on_host, int64_t n);
@@ -168,6 +199,10 @@ class ZeroEngine : public Strategy {
   Buffer params_, grads_, exp_avg_, exp_avg_sq_;
   Buffer master_;         // stage 2 offload: this rank's fp32 parameter shard, host
   Buffer host_reduced_;   // offload: a unit's reduced gradient shard, copied to the host
+  std::unique_ptr<NvmeState> nvme_;
+  std::vector<char> grads_written_;  // NVMe: unit's gradient on disk is this step's
+  double grad_sumsq_ = 0;            // NVMe: of the step's final gradient shards
+  double grad_scale_ = 1;            // NVMe: ScaleGrads, applied as the optimizer reads
   mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit
   std::vector<Work> grad_reduces_;           // ddp, stage 1: per unit
   std::array<Staging, 2> staging_;

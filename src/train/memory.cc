@@ -10,7 +10,7 @@
 namespace mingpt {
 
 Status CheckMemoryFits(const ModelConfig& c, int batch, bool training,
-                       bool activation_checkpointing) {
+                       bool activation_checkpointing, const std::function<double()>& state_bytes) {
   const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
   // A generous bound in double precision first, so that absurd sizes never
   // reach the exact (64-bit) count.
@@ -21,7 +21,8 @@ Status CheckMemoryFits(const ModelConfig& c, int batch, bool training,
   double activations = 0, state = 0;
   if (bound <= physical) {
     activations = static_cast<double>(GPT::ActivationBytes(c, batch, activation_checkpointing));
-    state = (training ? 16.0 : 4.0) * static_cast<double>(ModelLayout(c).total_numel());
+    state = state_bytes ? state_bytes()
+                        : (training ? 16.0 : 4.0) * static_cast<double>(ModelLayout(c).total_numel());
     if (activations + state <= physical) return Status::Ok();
   } else {
     activations = state = bound / 2;

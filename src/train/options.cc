@@ -20,6 +20,10 @@ StatusOr<MatmulPrecision> ParsePrecision(const std::string& p) {
                        "' (known: 32, 32-true, bf16, bf16-mixed, 16, 16-mixed)");
 }
 
+NvmeOptions NvmeSettings(const TrainOptions& o) {
+  return {o.offload_dir, o.offload_params == "nvme", static_cast<size_t>(o.offload_buffer_mb) << 20};
+}
+
 Status ValidateTrainOptions(const TrainOptions& o) {
   ModelConfig shape = o.model;  // the vocabulary comes from the data later
   if (shape.vocab_size == 0) shape.vocab_size = 1;
@@ -45,6 +49,19 @@ Status ValidateTrainOptions(const TrainOptions& o) {
   }
   MINGPT_RETURN_IF_ERROR(ValidateStrategyName(o.strategy));
   MINGPT_RETURN_IF_ERROR(ResolveAccelerator(o.accelerator).status());
+  if (IsNvmeStrategy(o.strategy) && o.offload_dir.empty()) {
+    return err("--strategy " + o.strategy + " needs --offload_dir (a directory on a fast disk)");
+  }
+  if (!o.offload_dir.empty() && !IsNvmeStrategy(o.strategy)) {
+    return err("--offload_dir is for --strategy deepspeed_stage_3_offload_nvme");
+  }
+  if (o.offload_params != "nvme" && o.offload_params != "cpu") {
+    return err("--offload_params must be nvme or cpu, got '" + o.offload_params + "'");
+  }
+  if (o.offload_buffer_mb < 1 || o.offload_buffer_mb > (1 << 20)) {
+    return err("--offload_buffer_mb must be in [1, 1048576], got " +
+               std::to_string(o.offload_buffer_mb));
+  }
   if (o.devices <= 0) return err("--devices must be positive, got " + std::to_string(o.devices));
   if (o.strategy == "single_device" && o.devices > 1) {
     return err("--strategy single_device runs one process; with --devices " +

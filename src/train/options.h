@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "core/status.h"
+#include "engine/nvme_state.h"
 #include "model/config.h"
 #include "optim/adamw.h"
 
@@ -36,6 +37,9 @@ struct TrainOptions {
   std::string strategy = "auto";
   int devices = 1;                  // ranks; the launcher's world size decides under mpirun
   std::string accelerator = "auto";  // cpu | cuda (gpu) | auto; ResolveAccelerator
+  std::string offload_dir;          // deepspeed_stage_3_offload_nvme: where its files go
+  std::string offload_params = "nvme";  // nvme | cpu: where NVMe offload keeps the parameters
+  int offload_buffer_mb = 256;      // NVMe offload's optimizer streaming pool
   bool activation_checkpointing = false;
   bool profile_memory = false;      // print each rank's memory at the end
   bool profile = false;             // print each rank's time per phase at the end
@@ -46,6 +50,10 @@ struct TrainOptions {
 // The matrix-product precision a --precision value names, or an error
 // listing the known values.
 StatusOr<MatmulPrecision> ParsePrecision(const std::string& precision);
+
+// NVMe offload's settings from --offload_dir, --offload_params and
+// --offload_buffer_mb.
+NvmeOptions NvmeSettings(const TrainOptions& options);
 
 // Checks the options that do not depend on the data (sizes, ranges,
 // strategy, precision, devices). One clear error for the first problem.

@@ -29,7 +29,8 @@ PlanRow PredictPeak(const PlanInput& in, const std::string& strategy, bool check
   const ModelLayout layout(in.model);
   // Rank 0 holds the most: its shards are never the short ones.
   const MemoryAccount m =
-      ZeroEngine::Account(layout, 0, in.world, ZeroStageOf(strategy), IsOffloadStrategy(strategy));
+      ZeroEngine::Account(layout, 0, in.world, ZeroStageOf(strategy), IsOffloadStrategy(strategy),
+                          IsNvmeStrategy(strategy) ? &in.nvme : nullptr);
   PlanRow row;
   row.strategy = strategy;
   row.activation_checkpointing = checkpointing;

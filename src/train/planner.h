@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/nvme_state.h"
 #include "model/config.h"
 
 namespace mingpt {
@@ -23,6 +24,7 @@ struct PlanInput {
   int batch = 1;                // per rank
   int world = 1;
   size_t data_bytes = 0;        // characters of the training text
+  NvmeOptions nvme;             // deepspeed_stage_3_offload_nvme's settings
 };
 
 struct PlanRow {

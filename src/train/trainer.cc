@@ -1,7 +1,5 @@
 #include "train/trainer.h"
 
-#include "train/accelerator.h"
-
 
 #include <chrono>
 #include <cmath>
@@ -13,8 +11,10 @@
 #include "dist/agree.h"
 #include "dist/launch.h"
 #include "engine/strategies.h"
+#include "engine/zero_engine.h"
 #include "io/file.h"
 #include "model/gpt.h"
+#include "train/accelerator.h"
 #include "train/inference.h"
 #include "train/memory.h"
 #include "train/model_checkpoint.h"
@@ -174,7 +174,7 @@ void PrintPhaseTable(Communicator* comm, double fwdbwd, double optimizer, const 
 StatusOr<std::string> ResolveStrategy(const TrainOptions& o, int rank, int world, size_t data_bytes) {
   if (o.strategy != "auto") return o.strategy;
   if (world == 1) return std::string("single_device");
-  PlanInput in{o.model, o.batch_size, world, data_bytes};
+  PlanInput in{o.model, o.batch_size, world, data_bytes, NvmeSettings(o)};
   const size_t budget = o.memory_budget > 0 ? o.memory_budget
                                             : DefaultMemoryBudget(DetectMpiEnvironment().local_size);
   const std::vector<PlanRow> rows = PlanMemory(in);
@@ -240,7 +240,23 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   MINGPT_ASSIGN_OR_RETURN(o->strategy, ResolveStrategy(*o, dry_run ? -1 : comm->rank(),
                                                         comm->world(), text.size()));
   if (comm->world() == 1) {
-    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o->model, o->batch_size, /*training=*/true, o->activation_checkpointing));
+    const std::string strategy = o->strategy;
+    const NvmeOptions nvme = NvmeSettings(*o);
+    auto state = [&] {  // what the strategy keeps in memory (NVMe offload: little)
+      return static_cast<double>(ZeroEngine::Account(ModelLayout(o->model), 0, 1,
+                                                     ZeroStageOf(strategy),
+                                                     IsOffloadStrategy(strategy),
+                                                     IsNvmeStrategy(strategy) ? &nvme : nullptr)
+                                     .total());
+    };
+    MINGPT_RETURN_IF_ERROR(CheckMemoryFits(o->model, o->batch_size, /*training=*/true,
+                                           o->activation_checkpointing, state));
+  }
+  if (IsNvmeStrategy(o->strategy)) {  // the offload directory, before anything is created
+    std::vector<ShardRange> shards;  // rank 0's: never smaller than another's
+    for (const Unit& u : ModelLayout(o->model).units()) shards.emplace_back(u.numel, 0, comm->world());
+    MINGPT_RETURN_IF_ERROR(NvmeState::CheckDirectory(
+        o->offload_dir, NvmeState::DiskBytes(shards, o->offload_params == "nvme")));
   }
   if (s.resume) {
     // Every file of the checkpoint checked before anything is created.
@@ -330,8 +346,11 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   backend->SetMatmulPrecision(precision);
   GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
-  std::unique_ptr<Strategy> strategy =
-      MakeStrategy(o.strategy, backend.get(), layout, comm, /*training=*/true, host.get());
+  const NvmeOptions nvme = NvmeSettings(o);
+  StatusOr<std::unique_ptr<Strategy>> made_strategy =
+      MakeStrategy(o.strategy, backend.get(), layout, comm, /*training=*/true, host.get(), nvme);
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made_strategy.status()));
+  std::unique_ptr<Strategy> strategy = std::move(made_strategy).value();
   Strategy& sp = *strategy;
   TrainState state;
   state.seed = o.seed;

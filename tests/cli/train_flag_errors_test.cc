@@ -59,9 +59,16 @@ TEST_F(TrainFlagTest, UnknownStrategy) {
   ExpectTrainRefused({{"--strategy", "telepathy"}}, 1, {"unknown --strategy", "telepathy"});
 }
 
-TEST_F(TrainFlagTest, NvmeOffloadStrategyNotAvailableYet) {
-  ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"}}, 1,
-                     {"--strategy deepspeed_stage_3_offload_nvme", "not available yet"});
+TEST_F(TrainFlagTest, NvmeOffloadNeedsAUsableDirectory) {
+  ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"}}, 1, {"needs --offload_dir"});
+  ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"},
+                      {"--offload_dir", tmp_ / "missing"}},
+                     1, {"--offload_dir", "is not a directory"});
+  ExpectTrainRefused({{"--offload_dir", tmp_.path()}}, 1,
+                     {"--offload_dir is for --strategy deepspeed_stage_3_offload_nvme"});
+  ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"},
+                      {"--offload_dir", tmp_.path()}, {"--offload_params", "gpu"}},
+                     1, {"--offload_params must be nvme or cpu"});
 }
 
 TEST_F(TrainFlagTest, UnknownAccelerator) {

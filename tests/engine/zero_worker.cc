@@ -68,6 +68,13 @@ TrainOptions Options(const fs::path& dir, const std::string& root, const std::st
   o.progress = 0;
   o.data_path = (dir / "data.txt").string();
   o.default_root_dir = (dir / root).string();
+  if (strategy == "deepspeed_stage_3_offload_nvme") {
+    // Both NVMe layouts; a pool of 1 MiB: the optimizer streams every unit
+    // in several chunks (the largest unit here is about 7k floats a rank).
+    o.offload_dir = dir.string();
+    o.offload_params = c.dropout > 0 ? "cpu" : "nvme";
+    o.offload_buffer_mb = 1;
+  }
   return o;
 }
 
@@ -133,7 +140,8 @@ int Run(const fs::path& dir) {
                         {"checkpointing", 1, 0.1f, true}};
   int failures = 0;
   for (const char* strategy : {"ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
-                               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"}) {
+                               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload",
+                               "deepspeed_stage_3_offload_nvme"}) {
     for (const Case& c : cases) {
       Status s = Train(Options(dir, std::string(strategy) + "-" + c.name, strategy, kBatch, c),
                        comm.get()).status();

@@ -211,7 +211,7 @@ TEST_F(ShardedTraining, BadDevicesAndStrategiesGetOneClearLine) {
   EXPECT_TRUE(FailsWith(Train("r", {{"--devices", "0"}}), 1, {"--devices"}));
   EXPECT_TRUE(FailsWith(Train("r", {{"--strategy", "zero9"}}), 1, {"unknown --strategy", "zero9"}));
   EXPECT_TRUE(FailsWith(Train("r", {{"--strategy", "deepspeed_stage_3_offload_nvme"}}), 1,
-                        {"deepspeed_stage_3_offload_nvme", "not available yet"}));
+                        {"deepspeed_stage_3_offload_nvme", "needs --offload_dir"}));
   EXPECT_TRUE(FailsWith(Train("r", {{"--devices", "2"}, {"--strategy", "single_device"}}), 1,
                         {"single_device"}));
 }
