@@ -21,19 +21,19 @@ struct DropoutSpec {
   uint32_t site = 0;         // which dropout site of the model
   uint64_t sample_base = 0;  // global sample index of batch row 0
 
-  bool enabled() const { return p > 0.0f; }
-  float scale() const { return 1.0f / (1.0f - p); }
+  MINGPT_HOST_DEVICE bool enabled() const { return p > 0.0f; }
+  MINGPT_HOST_DEVICE float scale() const { return 1.0f / (1.0f - p); }
 };
 
 // The four mask decisions for elements 4*group .. 4*group+3 of batch row b.
-inline void DropoutKeep4(const DropoutSpec& d, int64_t b, int64_t group,
-                         bool keep[4]) {
+MINGPT_HOST_DEVICE inline void DropoutKeep4(const DropoutSpec& d, int64_t b, int64_t group,
+                                            bool keep[4]) {
   auto r = Philox4x32(d.seed, static_cast<uint32_t>(group),
                       static_cast<uint32_t>(d.sample_base + b), d.site, d.step);
   for (int i = 0; i < 4; ++i) keep[i] = UniformFromBits(r[i]) >= d.p;
 }
 
-inline bool DropoutKeep(const DropoutSpec& d, int64_t b, int64_t element) {
+MINGPT_HOST_DEVICE inline bool DropoutKeep(const DropoutSpec& d, int64_t b, int64_t element) {
   bool keep[4];
   DropoutKeep4(d, b, element / 4, keep);
   return keep[element % 4];

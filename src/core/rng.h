@@ -12,13 +12,21 @@
 #include <array>
 #include <cstdint>
 
+// Functions that CUDA kernels call too (dropout masks must agree bit for bit
+// between backends): __host__ __device__ under nvcc, nothing elsewhere.
+#if defined(__CUDACC__)
+#define MINGPT_HOST_DEVICE __host__ __device__
+#else
+#define MINGPT_HOST_DEVICE
+#endif
+
 namespace mingpt {
 
 inline constexpr uint32_t kDataStream = 0xDA7A0000u;
 inline constexpr uint32_t kSampleStream = 0x5A3B1E00u;
 
-inline std::array<uint32_t, 4> Philox4x32(uint64_t key, uint32_t c0, uint32_t c1,
-                                          uint32_t c2, uint32_t c3) {
+MINGPT_HOST_DEVICE inline std::array<uint32_t, 4> Philox4x32(uint64_t key, uint32_t c0, uint32_t c1,
+                                                             uint32_t c2, uint32_t c3) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
@@ -38,7 +46,7 @@ inline std::array<uint32_t, 4> Philox4x32(uint64_t key, uint32_t c0, uint32_t c1
 }
 
 // Uniform in [0, 1) with 24 bits of resolution (exact in float).
-inline float UniformFromBits(uint32_t bits) {
+MINGPT_HOST_DEVICE inline float UniformFromBits(uint32_t bits) {
   return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
 }
 

@@ -1,13 +1,63 @@
 #include "train/accelerator.h"
 
-#ifdef MINGPT_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#ifdef MINGPT_CUDA_PLUGIN
+#include "backend/cuda/plugin.h"
 #endif
 
 namespace mingpt {
 
+#ifdef MINGPT_CUDA_PLUGIN
+namespace {
+
+// The CUDA module, loaded on first use: $MINGPT_CUDA_PLUGIN, else
+// libmingpt_cuda.so beside the executable, else where this build put it.
+// Null (with the reason in *why) when none loads.
+const CudaPlugin* LoadCudaPlugin(std::string* why) {
+  static std::once_flag once;
+  static const CudaPlugin* plugin = nullptr;
+  static std::string reason;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("MINGPT_CUDA_PLUGIN")) candidates.emplace_back(env);
+    std::error_code ec;
+    const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) candidates.push_back((exe.parent_path() / "libmingpt_cuda.so").string());
+    candidates.emplace_back(MINGPT_CUDA_PLUGIN);
+    for (const std::string& path : candidates) {
+      if (::access(path.c_str(), R_OK) != 0) continue;
+      void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (handle == nullptr) {
+        reason = std::string("cannot load ") + path + ": " + ::dlerror();
+        return;
+      }
+      auto get = reinterpret_cast<const CudaPlugin* (*)()>(::dlsym(handle, kCudaPluginSymbol));
+      if (get == nullptr) {
+        reason = path + " is not mingpt's CUDA module";
+        return;
+      }
+      plugin = get();  // the module stays loaded for the life of the process
+      return;
+    }
+    reason = "libmingpt_cuda.so not found beside mingpt";
+  });
+  if (why) *why = reason;
+  return plugin;
+}
+
+}  // namespace
+#endif
+
 bool CudaBuilt() {
-#ifdef MINGPT_HAVE_CUDA
+#ifdef MINGPT_CUDA_PLUGIN
   return true;
 #else
   return false;
@@ -15,8 +65,16 @@ bool CudaBuilt() {
 }
 
 int CudaDevices() {
-#ifdef MINGPT_HAVE_CUDA
-  return CudaDeviceCount();
+#ifdef MINGPT_CUDA_PLUGIN
+  // No driver, no device: known without loading the module (and cuBLASLt).
+  static const bool driver = [] {
+    void* cuda = ::dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (cuda != nullptr) ::dlclose(cuda);
+    return cuda != nullptr;
+  }();
+  if (!driver) return 0;
+  const CudaPlugin* plugin = LoadCudaPlugin(nullptr);
+  return plugin ? plugin->device_count() : 0;
 #else
   return 0;
 #endif
@@ -31,6 +89,10 @@ StatusOr<std::string> ResolveAccelerator(const std::string& a) {
                            ": this mingpt was built without CUDA (configure with nvcc on the "
                            "PATH, or -DMINGPT_CUDA=ON)");
     }
+#ifdef MINGPT_CUDA_PLUGIN
+    std::string why;
+    if (LoadCudaPlugin(&why) == nullptr) return Status::Error("--accelerator " + a + ": " + why);
+#endif
     if (CudaDevices() == 0) return Status::Error("--accelerator " + a + ": no CUDA device found");
     return std::string("cuda");
   }
@@ -40,11 +102,14 @@ StatusOr<std::string> ResolveAccelerator(const std::string& a) {
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& accelerator, int local_rank,
                                                int cpu_threads) {
   if (accelerator == "cpu") return MakeCpuBackend(cpu_threads);
-#ifdef MINGPT_HAVE_CUDA
+#ifdef MINGPT_CUDA_PLUGIN
   if (accelerator == "cuda") {
-    const int devices = CudaDeviceCount();
+    std::string why;
+    const CudaPlugin* plugin = LoadCudaPlugin(&why);
+    if (plugin == nullptr) return Status::Error("--accelerator cuda: " + why);
+    const int devices = plugin->device_count();
     if (devices == 0) return Status::Error("--accelerator cuda: no CUDA device found");
-    return MakeCudaBackend(local_rank % devices);
+    return plugin->make_backend(local_rank % devices);
   }
 #endif
   return Status::Error("no backend for --accelerator '" + accelerator + "'");

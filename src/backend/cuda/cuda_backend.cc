@@ -1,0 +1,254 @@
+// CudaBackend: the Backend op table on one GPU (see cuda_backend.h). Every op
+// is enqueued on the backend's stream, in call order; the host waits only
+// where the contract hands data to the host (CopyToHost, SumSquares), takes
+// it from the host (CopyToDevice: the caller may reuse its buffer at once),
+// or asks (Synchronize). Temporaries live in scratch that grows to the
+// largest shape seen, so a repeated step allocates nothing.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_resources.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/matmul.h"
+#include "core/check.h"
+
+namespace mingpt {
+namespace cuda {
+namespace {
+
+// Makes `device` current before the members that need it are built.
+struct DeviceSelector {
+  explicit DeviceSelector(int device) {
+    const int count = CudaDeviceCount();
+    MINGPT_CHECK(device >= 0 && device < count, "CUDA device %d of %d", device, count);
+    MINGPT_CUDA_CHECK(cudaSetDevice(device));
+  }
+};
+
+// A pinned host value the device writes results into.
+class PinnedDouble {
+ public:
+  PinnedDouble() { MINGPT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), sizeof(double))); }
+  ~PinnedDouble() { cudaFreeHost(p_); }
+  PinnedDouble(const PinnedDouble&) = delete;
+  PinnedDouble& operator=(const PinnedDouble&) = delete;
+  double* get() const { return p_; }
+
+ private:
+  double* p_ = nullptr;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : selector_(device), device_(device), matmul_(stream_.get()) {
+    AttentionInit();
+  }
+  ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
+
+  const char* name() const override { return "cuda"; }
+  cudaStream_t stream() const { return stream_.get(); }
+
+  // ---- memory ----
+  void* Malloc(size_t bytes) override;
+  void Free(void* p) override;
+  void Memset0(void* p, size_t bytes) override;
+  void CopyToDevice(void* dst, const void* host_src, size_t bytes) override;
+  void CopyToHost(void* host_dst, const void* src, size_t bytes) override;
+  void Copy(void* dst, const void* src, size_t bytes) override;
+  void* MallocHost(size_t bytes) override;
+  void FreeHost(void* p) override;
+  void Synchronize() override { MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+  // ---- settings ----
+  void SetMatmulPrecision(MatmulPrecision precision) override { matmul_.set_precision(precision); }
+  MatmulPrecision matmul_precision() const override { return matmul_.precision(); }
+
+  // ---- ops ----
+  void EncoderForward(float* out, const int32_t* idx, const float* wte, const float* wpe, int B,
+                      int T, int C) override {
+    cuda::EncoderForward(stream(), out, idx, wte, wpe, B, T, C);
+  }
+  void EncoderBackward(float* dwte, float* dwpe, const float* dout, const int32_t* idx, int B,
+                       int T, int C) override {
+    cuda::EncoderBackward(stream(), dwte, dwpe, dout, idx, B, T, C);
+  }
+  void LayerNormForward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                        const float* b, int N, int C) override {
+    cuda::LayerNormForward(stream(), out, mean, rstd, x, w, b, N, C);
+  }
+  void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd, const float* x,
+                                const float* branch, const float* w, const float* b, int N,
+                                int C) override {
+    cuda::ResidualLayerNormForward(stream(), sum, out, mean, rstd, x, branch, w, b, N, C);
+  }
+  void LayerNormBackward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                         const float* w, const float* mean, const float* rstd, int N,
+                         int C) override {
+    cuda::LayerNormBackward(stream(), dx, dw, db, dout, x, w, mean, rstd, N, C,
+                            column_partials_.Reserve<float>(ColumnPartialsFloats(N, C)));
+  }
+  void MatmulForward(float* out, const float* inp, const float* W, const float* bias, int N,
+                     int IC, int OC) override {
+    matmul_.Forward(out, inp, W, bias, N, IC, OC);
+  }
+  void MatmulBackward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                      const float* W, int N, int IC, int OC, bool accumulate_dinp) override {
+    if (dbias) {
+      BiasBackward(stream(), dbias, dout, N, OC,
+                   column_partials_.Reserve<float>(ColumnPartialsFloats(N, OC)));
+    }
+    matmul_.Backward(dinp, dW, dout, inp, W, N, IC, OC, accumulate_dinp);
+  }
+  void AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
+                        int B, int T, int C, int NH, const DropoutSpec& dropout) override {
+    cuda::AttentionForward(stream(), out, lse, q, k, v, B, T, C, NH, dropout);
+  }
+  void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                       int T, int C, int NH) override {
+    cuda::AttentionDecode(stream(), out, q, k_cache, v_cache, T, C, NH);
+  }
+  void AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                         const float* k, const float* v, const float* lse, int B, int T, int C,
+                         int NH, const DropoutSpec& dropout) override {
+    float* delta = attention_delta_.Reserve<float>(static_cast<size_t>(B) * NH * T);
+    cuda::AttentionBackward(stream(), dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout, delta);
+  }
+  void GeluForward(float* out, const float* x, int64_t n) override {
+    cuda::GeluForward(stream(), out, x, n);
+  }
+  void GeluBackward(float* dx, const float* x, const float* dout, int64_t n) override {
+    cuda::GeluBackward(stream(), dx, x, dout, n);
+  }
+  void Add(float* out, const float* a, const float* b, int64_t n) override {
+    cuda::Add(stream(), out, a, b, n);
+  }
+  void Dropout(float* y, const float* x, int B, int64_t row_size,
+               const DropoutSpec& dropout) override {
+    cuda::Dropout(stream(), y, x, B, row_size, dropout);
+  }
+  void CrossEntropyForward(float* losses, const float* logits, const int32_t* targets, int N,
+                           int V) override {
+    cuda::CrossEntropyForward(stream(), losses, logits, targets, N, V);
+  }
+  void CrossEntropyForwardBackward(float* losses, float* dlogits, const float* logits,
+                                   const int32_t* targets, int N, int V, float dloss) override {
+    cuda::CrossEntropyForwardBackward(stream(), losses, dlogits, logits, targets, N, V, dloss);
+  }
+  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
+             float beta2, float eps, float wd, int t) override {
+    cuda::AdamW(stream(), p, g, m, v, n, MakeAdamWScalars(lr, beta1, beta2, eps, wd, t));
+  }
+  double SumSquares(const float* x, int64_t n) override;
+  void Scale(float* x, int64_t n, float s) override { cuda::Scale(stream(), x, n, s); }
+
+ private:
+  DeviceSelector selector_;  // first: the members below live on the device
+  int device_;
+  Stream stream_;
+  LtMatmul matmul_;
+  DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
+  DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
+  DeviceScratch sum_squares_;      // partials and the result
+  PinnedDouble sum_squares_host_;
+};
+
+void* CudaBackend::Malloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);  // 256-byte aligned
+  if (err != cudaSuccess) {
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    std::fprintf(stderr, "%s:%d: cudaMalloc of %zu bytes on device %d failed: %s (%zu of %zu free)\n",
+                 __FILE__, __LINE__, bytes, device_, cudaGetErrorString(err), free_bytes, total);
+    std::abort();
+  }
+  return p;
+}
+
+// cudaFree waits for the device: no op in flight still uses p afterwards.
+void CudaBackend::Free(void* p) {
+  if (p) MINGPT_CUDA_CHECK(cudaFree(p));
+}
+
+void CudaBackend::Memset0(void* p, size_t bytes) {
+  if (bytes) MINGPT_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream()));
+}
+
+// Synchronous: the caller may reuse (or free) host_src when this returns,
+// and pageable host memory is not safe to copy from asynchronously.
+void CudaBackend::CopyToDevice(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  MINGPT_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream()));
+  MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  MINGPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+  MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+// cudaMemcpy's regions must not overlap (the CPU backend's memmove allows
+// it); no caller overlaps them, and one that did would be a bug.
+// cudaMemcpyDefault: the pointers' kinds are known to CUDA (unified
+// addressing), so pinned host memory works too.
+void CudaBackend::Copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return;
+  const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  MINGPT_CHECK(d + bytes <= s || s + bytes <= d, "Copy of %zu bytes between overlapping regions",
+               bytes);
+  MINGPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream()));
+}
+
+void* CudaBackend::MallocHost(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  MINGPT_CUDA_CHECK(cudaMallocHost(&p, bytes));  // page-locked, 4 KiB aligned
+  return p;
+}
+
+void CudaBackend::FreeHost(void* p) {
+  if (p) MINGPT_CUDA_CHECK(cudaFreeHost(p));
+}
+
+double CudaBackend::SumSquares(const float* x, int64_t n) {
+  double* partials = sum_squares_.Reserve<double>(SumSquaresPartials() + 1);
+  double* result = partials + SumSquaresPartials();
+  cuda::SumSquares(stream(), result, x, n, partials);
+  MINGPT_CUDA_CHECK(cudaMemcpyAsync(sum_squares_host_.get(), result, sizeof(double),
+                                    cudaMemcpyDeviceToHost, stream()));
+  MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  return *sum_squares_host_.get();
+}
+
+}  // namespace
+}  // namespace cuda
+
+int CudaDeviceCount() {
+  int count = 0;
+  // No driver (cudaErrorInsufficientDriver), no device (cudaErrorNoDevice)
+  // and the like all mean: no CUDA device here.
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear it, so that later calls do not report it
+    return 0;
+  }
+  return count;
+}
+
+std::unique_ptr<Backend> MakeCudaBackend(int device) {
+  return std::make_unique<cuda::CudaBackend>(device);
+}
+
+void* CudaStreamOf(Backend* backend) {
+  auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(backend);
+  return cuda_backend ? static_cast<void*>(cuda_backend->stream()) : nullptr;
+}
+
+}  // namespace mingpt

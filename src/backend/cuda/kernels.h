@@ -1,0 +1,103 @@
+// Launchers of the CUDA backend's element-wise, normalisation, loss and
+// optimizer kernels (kernels.cu) and attention kernels (attention.cu). Each
+// enqueues its kernels on `stream` and returns; the math, shapes and = / +=
+// of every op are those of the Backend op of the same name (backend.h) and
+// of its CPU reference (backend/cpu/*.h), which the cuda tests compare with.
+//
+// Reductions are deterministic: every sum is formed in a fixed order that
+// depends only on the shapes (no atomics), so an op run twice on the same
+// inputs gives the same bits.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "backend/dropout.h"
+
+namespace mingpt::cuda {
+
+// ---- encoder (cpu/encoder.h) ----------------------------------------------
+void EncoderForward(cudaStream_t stream, float* out, const int32_t* idx, const float* wte,
+                    const float* wpe, int B, int T, int C);
+void EncoderBackward(cudaStream_t stream, float* dwte, float* dwpe, const float* dout,
+                     const int32_t* idx, int B, int T, int C);
+
+// ---- layernorm (cpu/layernorm.h) ------------------------------------------
+void LayerNormForward(cudaStream_t stream, float* out, float* mean, float* rstd, const float* x,
+                      const float* w, const float* b, int N, int C);
+void ResidualLayerNormForward(cudaStream_t stream, float* sum, float* out, float* mean,
+                              float* rstd, const float* x, const float* branch, const float* w,
+                              const float* b, int N, int C);
+// `partials` holds ColumnPartialsFloats(N, C) floats.
+void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, const float* dout,
+                       const float* x, const float* w, const float* mean, const float* rstd, int N,
+                       int C, float* partials);
+
+// dbias[OC] += sum_n dout[n, :]; `partials` holds ColumnPartialsFloats(N, OC).
+void BiasBackward(cudaStream_t stream, float* dbias, const float* dout, int N, int OC,
+                  float* partials);
+// Scratch of the two-stage column sums (LayerNormBackward, BiasBackward).
+int64_t ColumnPartialsFloats(int N, int C);
+
+// ---- element-wise (cpu/gelu.h, residual.h, dropout.h, reductions.h) --------
+void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n);
+void GeluBackward(cudaStream_t stream, float* dx, const float* x, const float* dout, int64_t n);
+void Add(cudaStream_t stream, float* out, const float* a, const float* b, int64_t n);
+void Scale(cudaStream_t stream, float* x, int64_t n, float s);
+void Dropout(cudaStream_t stream, float* y, const float* x, int B, int64_t row_size,
+             const DropoutSpec& dropout);
+
+// ---- loss (cpu/crossentropy.h) ---------------------------------------------
+// dlogits may alias logits; losses may be null in ForwardBackward. A target
+// outside [0, V) traps the kernel (the next checked CUDA call aborts).
+void CrossEntropyForward(cudaStream_t stream, float* losses, const float* logits,
+                         const int32_t* targets, int N, int V);
+void CrossEntropyForwardBackward(cudaStream_t stream, float* losses, float* dlogits,
+                                 const float* logits, const int32_t* targets, int N, int V,
+                                 float dloss);
+
+// ---- optimizer (cpu/adamw.h) -----------------------------------------------
+// The scalars of one AdamW step, formed in double on the host and rounded to
+// float once, exactly as the CPU backend forms them.
+struct AdamWScalars {
+  float decay;      // 1 - lr*wd (exactly 1 when wd == 0)
+  float w1;         // 1 - beta1, the lerp weight
+  float b2, w2;     // beta2, 1 - beta2
+  float step_size;  // lr / (1 - beta1^t)
+  float bc2_sqrt;   // sqrt(1 - beta2^t)
+  float eps;
+  bool small_weight;  // |w1| < 0.5: torch.lerp's first form
+};
+AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd, int t);
+void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, int64_t n,
+           const AdamWScalars& s);
+
+// sum_i x[i]^2 in double into *result (device memory); `partials` holds
+// SumSquaresPartials() doubles.
+void SumSquares(cudaStream_t stream, double* result, const float* x, int64_t n, double* partials);
+int SumSquaresPartials();
+
+// ---- matrix-product operands (matmul.cc) -----------------------------------
+// dst[i] = src[i] rounded to nearest even in bf16 (or fp16: overflow to inf,
+// subnormals kept), dst being a __nv_bfloat16 / __half array.
+void ConvertToBf16(cudaStream_t stream, void* dst, const float* src, int64_t n);
+void ConvertToFp16(cudaStream_t stream, void* dst, const float* src, int64_t n);
+
+// ---- attention (attention.cu; cpu/attention.h) -----------------------------
+// Head sizes hs = C/NH up to kMaxHeadSize.
+inline constexpr int kMaxHeadSize = 256;
+// Once per device before the first attention launch: lets the kernels use
+// more than 48 KiB of shared memory (head sizes above 96).
+void AttentionInit();
+void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* q,
+                      const float* k, const float* v, int B, int T, int C, int NH,
+                      const DropoutSpec& dropout);
+void AttentionDecode(cudaStream_t stream, float* out, const float* q, const float* k_cache,
+                     const float* v_cache, int T, int C, int NH);
+// `delta` holds B*NH*T floats (D_i = sum_j P_ij dP_ij, between the kernels).
+void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
+                       const float* q, const float* k, const float* v, const float* lse,
+                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta);
+
+}  // namespace mingpt::cuda

@@ -1,0 +1,457 @@
+// The CUDA backend against the CPU backend (the reference), op by op,
+// forward and backward, on identical inputs:
+//   - fp32 (TF32 off): 1e-5, relative to the element with the tensor's
+//     largest magnitude as the floor (cuda_test_util.h: the two backends sum
+//     the same terms in different orders);
+//   - bf16 / fp16 matrix products: against the CPU backend at the same
+//     precision, which rounds the operands the same way (round to nearest
+//     even), so the products are the same exact values and only the fp32
+//     accumulation differs: 1e-4 (tensor cores add several products before
+//     rounding, and the sums here have up to 192 terms of magnitude <= 1,
+//     K * 2^-24 * max|term| / max|out| < 1e-4); and against fp32, the
+//     rounding of the operands itself: 2^-8 relative per bf16 operand (2^-11
+//     for fp16), so 2e-2 (2e-3) of the output's scale;
+//   - dropout masks: bit for bit (the same Philox, backend/dropout.h);
+//   - determinism: every op with a reduction, run twice, gives the same bits.
+// Without a CUDA device every test is skipped with "no CUDA device: ...".
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <string>
+
+#include "cuda/cuda_test_util.h"
+
+namespace mingpt::testing {
+namespace {
+
+using CudaBackendTest = CudaVsCpuTest;
+
+TEST(CudaDevice, CountIsZeroOrTheDevicesPresent) {
+  const int count = CudaDeviceCount();
+  EXPECT_GE(count, 0);
+  MINGPT_SKIP_WITHOUT_CUDA();
+  auto backend = MakeCudaBackend(0);
+  EXPECT_STREQ(backend->name(), "cuda");
+  EXPECT_NE(CudaStreamOf(backend.get()), nullptr);
+  auto cpu = MakeCpuBackend(0);  // 0: leaves the OpenMP thread count alone
+  EXPECT_EQ(CudaStreamOf(cpu.get()), nullptr);
+}
+
+TEST_F(CudaBackendTest, MemoryCopiesAndPinnedHost) {
+  for (size_t bytes : {size_t(1), size_t(63), size_t(64), size_t(1000), size_t(1) << 20}) {
+    void* p = gpu_->Malloc(bytes);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 64, 0u);
+    std::vector<unsigned char> src(bytes), dst(bytes, 1);
+    for (size_t i = 0; i < bytes; ++i) src[i] = static_cast<unsigned char>(i * 7 + 3);
+    gpu_->CopyToDevice(p, src.data(), bytes);
+    void* q = gpu_->Malloc(bytes);
+    gpu_->Copy(q, p, bytes);
+    gpu_->CopyToHost(dst.data(), q, bytes);
+    EXPECT_EQ(dst, src);
+    gpu_->Memset0(q, bytes);
+    gpu_->CopyToHost(dst.data(), q, bytes);
+    EXPECT_EQ(dst, std::vector<unsigned char>(bytes, 0));
+    gpu_->Free(p);
+    gpu_->Free(q);
+  }
+  void* h = gpu_->MallocHost(4096);
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(h) % 64, 0u);
+  cudaPointerAttributes attr{};
+  ASSERT_EQ(cudaPointerGetAttributes(&attr, h), cudaSuccess);
+  EXPECT_EQ(attr.type, cudaMemoryTypeHost);  // page-locked, registered with CUDA
+  std::memset(h, 5, 4096);
+  Buffer d(gpu_.get(), 4096);
+  gpu_->CopyToDevice(d.as<void>(), h, 4096);
+  gpu_->Synchronize();
+  gpu_->FreeHost(h);
+  Buffer pinned(gpu_.get(), 100, Buffer::kHost);
+  EXPECT_NE(pinned.as<void>(), nullptr);
+}
+
+TEST_F(CudaBackendTest, Encoder) {
+  const int B = 3, T = 37, C = 72, V = 5;  // few tokens: many repeats in dwte
+  IVec idx = RandInts(B * T, V);
+  FVec wte = Rand(V * C), wpe = Rand(T * C), dout = Rand(B * T * C);
+  FVec dwte0 = Rand(V * C), dwpe0 = Rand(T * C);
+  Buffer g_idx = Up(idx), g_wte = Up(wte), g_wpe = Up(wpe), g_dout = Up(dout);
+  Buffer g_out(gpu_.get(), B * T * C * 4), g_dwte = Up(dwte0), g_dwpe = Up(dwpe0);
+  gpu_->EncoderForward(g_out.f32(), g_idx.as<int32_t>(), g_wte.f32(), g_wpe.f32(), B, T, C);
+  gpu_->EncoderBackward(g_dwte.f32(), g_dwpe.f32(), g_dout.f32(), g_idx.as<int32_t>(), B, T, C);
+  FVec out(B * T * C), dwte = dwte0, dwpe = dwpe0;
+  cpu_->EncoderForward(out.data(), idx.data(), wte.data(), wpe.data(), B, T, C);
+  cpu_->EncoderBackward(dwte.data(), dwpe.data(), dout.data(), idx.data(), B, T, C);
+  EXPECT_EQ(Down(g_out, out.size()), out);  // one addition per element
+  ExpectClose(Down(g_dwte, dwte.size()), dwte, 1e-5, "dwte");
+  ExpectClose(Down(g_dwpe, dwpe.size()), dwpe, 1e-5, "dwpe");
+}
+
+TEST_F(CudaBackendTest, LayerNormForwardBackward) {
+  for (int C : {20, 48, 385, 768}) {
+    const int N = 67;
+    FVec x = Rand(N * C, -3, 5), w = Rand(C), b = Rand(C), dout = Rand(N * C);
+    FVec dx0 = Rand(N * C), dw0 = Rand(C), db0 = Rand(C);  // all three accumulate
+    Buffer g_x = Up(x), g_w = Up(w), g_b = Up(b), g_dout = Up(dout);
+    Buffer g_out(gpu_.get(), N * C * 4), g_mean(gpu_.get(), N * 4), g_rstd(gpu_.get(), N * 4);
+    Buffer g_dx = Up(dx0), g_dw = Up(dw0), g_db = Up(db0);
+    gpu_->LayerNormForward(g_out.f32(), g_mean.f32(), g_rstd.f32(), g_x.f32(), g_w.f32(),
+                           g_b.f32(), N, C);
+    gpu_->LayerNormBackward(g_dx.f32(), g_dw.f32(), g_db.f32(), g_dout.f32(), g_x.f32(),
+                            g_w.f32(), g_mean.f32(), g_rstd.f32(), N, C);
+    FVec out(N * C), mean(N), rstd(N), dx = dx0, dw = dw0, db = db0;
+    cpu_->LayerNormForward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
+                           C);
+    cpu_->LayerNormBackward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                            mean.data(), rstd.data(), N, C);
+    const std::string at = " C=" + std::to_string(C);
+    ExpectClose(Down(g_out, out.size()), out, 1e-5, "out" + at);
+    ExpectClose(Down(g_mean, N), mean, 1e-5, "mean" + at);
+    ExpectClose(Down(g_rstd, N), rstd, 1e-5, "rstd" + at);
+    ExpectClose(Down(g_dx, dx.size()), dx, 1e-5, "dx" + at);
+    ExpectClose(Down(g_dw, C), dw, 1e-5, "dw" + at);
+    ExpectClose(Down(g_db, C), db, 1e-5, "db" + at);
+  }
+}
+
+// Against the CPU, and bit for bit the GPU's own Add then LayerNormForward.
+TEST_F(CudaBackendTest, ResidualLayerNorm) {
+  const int N = 45, C = 200;
+  FVec x = Rand(N * C, -3, 5), br = Rand(N * C), w = Rand(C), b = Rand(C);
+  Buffer g_x = Up(x), g_br = Up(br), g_w = Up(w), g_b = Up(b);
+  Buffer sum(gpu_.get(), N * C * 4), out(gpu_.get(), N * C * 4), mean(gpu_.get(), N * 4),
+      rstd(gpu_.get(), N * 4);
+  Buffer sum2(gpu_.get(), N * C * 4), out2(gpu_.get(), N * C * 4), mean2(gpu_.get(), N * 4),
+      rstd2(gpu_.get(), N * 4);
+  gpu_->ResidualLayerNormForward(sum.f32(), out.f32(), mean.f32(), rstd.f32(), g_x.f32(),
+                                 g_br.f32(), g_w.f32(), g_b.f32(), N, C);
+  gpu_->Add(sum2.f32(), g_x.f32(), g_br.f32(), int64_t{N} * C);
+  gpu_->LayerNormForward(out2.f32(), mean2.f32(), rstd2.f32(), sum2.f32(), g_w.f32(), g_b.f32(),
+                         N, C);
+  EXPECT_EQ(Down(sum, N * C), Down(sum2, N * C));
+  EXPECT_EQ(Down(out, N * C), Down(out2, N * C));
+  EXPECT_EQ(Down(mean, N), Down(mean2, N));
+  EXPECT_EQ(Down(rstd, N), Down(rstd2, N));
+  FVec c_sum(N * C), c_out(N * C), c_mean(N), c_rstd(N);
+  cpu_->ResidualLayerNormForward(c_sum.data(), c_out.data(), c_mean.data(), c_rstd.data(),
+                                 x.data(), br.data(), w.data(), b.data(), N, C);
+  EXPECT_EQ(Down(sum, N * C), c_sum);
+  ExpectClose(Down(out, N * C), c_out, 1e-5, "out");
+}
+
+struct MatmulCase {
+  int N, IC, OC;
+  bool bias;
+};
+
+// Forward and backward (accumulating dinp, dW, dbias) of one shape at the
+// current precision of both backends, against the CPU's results.
+class CudaMatmulTest : public CudaVsCpuTest {
+ public:
+  struct Results {
+    FVec out, dinp, dW, dbias;
+  };
+
+ protected:
+  Results RunGpu(const MatmulCase& c, bool accumulate) {
+    Buffer inp = Up(inp_), W = Up(W_), bias = Up(bias_), dout = Up(dout_);
+    Buffer out(gpu_.get(), c.N * c.OC * 4), dinp = Up(dinp0_), dW = Up(dW0_), dbias = Up(dbias0_);
+    gpu_->MatmulForward(out.f32(), inp.f32(), W.f32(), c.bias ? bias.f32() : nullptr, c.N, c.IC,
+                        c.OC);
+    gpu_->MatmulBackward(dinp.f32(), dW.f32(), c.bias ? dbias.f32() : nullptr, dout.f32(),
+                         inp.f32(), W.f32(), c.N, c.IC, c.OC, accumulate);
+    return {Down(out, out_size()), Down(dinp, dinp0_.size()), Down(dW, dW0_.size()),
+            Down(dbias, dbias0_.size())};
+  }
+  Results RunCpu(const MatmulCase& c, bool accumulate) {
+    Results r{FVec(out_size()), dinp0_, dW0_, dbias0_};
+    cpu_->MatmulForward(r.out.data(), inp_.data(), W_.data(), c.bias ? bias_.data() : nullptr,
+                        c.N, c.IC, c.OC);
+    cpu_->MatmulBackward(r.dinp.data(), r.dW.data(), c.bias ? r.dbias.data() : nullptr,
+                         dout_.data(), inp_.data(), W_.data(), c.N, c.IC, c.OC, accumulate);
+    return r;
+  }
+  void MakeData(const MatmulCase& c) {
+    n_out_ = size_t(c.N) * c.OC;
+    inp_ = Rand(c.N * c.IC), W_ = Rand(c.OC * c.IC), bias_ = Rand(c.OC), dout_ = Rand(n_out_);
+    dinp0_ = Rand(c.N * c.IC), dW0_ = Rand(c.OC * c.IC), dbias0_ = Rand(c.OC);
+  }
+  void SetPrecision(MatmulPrecision p) {
+    gpu_->SetMatmulPrecision(p);
+    cpu_->SetMatmulPrecision(p);
+  }
+  size_t out_size() const { return n_out_; }
+
+  FVec inp_, W_, bias_, dout_, dinp0_, dW0_, dbias0_;
+  size_t n_out_ = 0;
+};
+
+void ExpectResultsClose(const CudaMatmulTest::Results& got,
+                        const CudaMatmulTest::Results& want, double rtol,
+                        const std::string& what) {
+  ExpectClose(got.out, want.out, rtol, what + " out");
+  ExpectClose(got.dinp, want.dinp, rtol, what + " dinp");
+  ExpectClose(got.dW, want.dW, rtol, what + " dW");
+  ExpectClose(got.dbias, want.dbias, rtol, what + " dbias");
+}
+
+const MatmulCase kMatmulCases[] = {
+    {64, 48, 192, true}, {130, 65, 33, false}, {1, 16, 8, true}, {96, 192, 64, true}};
+
+TEST_F(CudaMatmulTest, Fp32MatchesCpu) {
+  SetPrecision(MatmulPrecision::kFp32);
+  for (const MatmulCase& c : kMatmulCases) {
+    for (bool accumulate : {false, true}) {
+      MakeData(c);
+      const std::string what = "N=" + std::to_string(c.N) + " IC=" + std::to_string(c.IC) +
+                               " OC=" + std::to_string(c.OC) + (accumulate ? " +=" : " =");
+      ExpectResultsClose(RunGpu(c, accumulate), RunCpu(c, accumulate), 1e-5, what);
+    }
+  }
+}
+
+TEST_F(CudaMatmulTest, LowPrecisionMatchesCpuAtTheSamePrecision) {
+  for (MatmulPrecision p : {MatmulPrecision::kBf16, MatmulPrecision::kFp16}) {
+    const bool bf16 = p == MatmulPrecision::kBf16;
+    for (const MatmulCase& c : kMatmulCases) {
+      MakeData(c);
+      const std::string what = std::string(bf16 ? "bf16" : "fp16") + " N=" + std::to_string(c.N);
+      SetPrecision(p);
+      const Results gpu = RunGpu(c, true);
+      ExpectResultsClose(gpu, RunCpu(c, true), 1e-4, what + " vs cpu");
+      SetPrecision(MatmulPrecision::kFp32);
+      ExpectResultsClose(gpu, RunCpu(c, true), bf16 ? 2e-2 : 2e-3, what + " vs fp32");
+    }
+  }
+  SetPrecision(MatmulPrecision::kFp32);
+}
+
+// dinp may alias inp (MatmulBackward's contract): dW must see the input.
+TEST_F(CudaMatmulTest, BackwardDinpAliasesInp) {
+  const int N = 40, IC = 24, OC = 56;
+  MakeData({N, IC, OC, false});
+  Buffer inp = Up(inp_), W = Up(W_), dout = Up(dout_), dW = Up(dW0_);
+  gpu_->MatmulBackward(inp.f32(), dW.f32(), nullptr, dout.f32(), inp.f32(), W.f32(), N, IC, OC,
+                       false);
+  FVec dinp(N * IC), dW_ref = dW0_;
+  cpu_->MatmulBackward(dinp.data(), dW_ref.data(), nullptr, dout_.data(), inp_.data(), W_.data(),
+                       N, IC, OC, false);
+  ExpectClose(Down(inp, N * IC), dinp, 1e-5, "dinp in place of inp");
+  ExpectClose(Down(dW, OC * IC), dW_ref, 1e-5, "dW");
+  // dinp null: dW only.
+  Buffer dW2 = Up(dW0_), inp2 = Up(inp_);
+  gpu_->MatmulBackward(nullptr, dW2.f32(), nullptr, dout.f32(), inp2.f32(), W.f32(), N, IC, OC,
+                       false);
+  ExpectClose(Down(dW2, OC * IC), dW_ref, 1e-5, "dW without dinp");
+}
+
+struct AttentionCase {
+  int B, T, C, NH;
+};
+
+class CudaAttentionTest : public CudaVsCpuTest {
+ protected:
+  void Check(const AttentionCase& c, const DropoutSpec& dropout) {
+    const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
+    FVec q = Rand(n, -2, 2), k = Rand(n, -2, 2), v = Rand(n), dout = Rand(n);
+    Buffer gq = Up(q), gk = Up(k), gv = Up(v), gdout = Up(dout);
+    Buffer gout(gpu_.get(), n * 4), glse(gpu_.get(), nl * 4);
+    Buffer gdq(gpu_.get(), n * 4), gdk(gpu_.get(), n * 4), gdv(gpu_.get(), n * 4);
+    gpu_->AttentionForward(gout.f32(), glse.f32(), gq.f32(), gk.f32(), gv.f32(), c.B, c.T, c.C,
+                           c.NH, dropout);
+    gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32(), gq.f32(), gk.f32(),
+                            gv.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
+    FVec out(n), lse(nl), dq(n), dk(n), dv(n);
+    cpu_->AttentionForward(out.data(), lse.data(), q.data(), k.data(), v.data(), c.B, c.T, c.C,
+                           c.NH, dropout);
+    cpu_->AttentionBackward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
+                            v.data(), lse.data(), c.B, c.T, c.C, c.NH, dropout);
+    const std::string what = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) +
+                             " C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH) +
+                             " p=" + std::to_string(dropout.p) + " ";
+    ExpectClose(Down(gout, n), out, 1e-5, what + "out");
+    ExpectClose(Down(glse, nl), lse, 1e-5, what + "lse");
+    ExpectClose(Down(gdq, n), dq, 1e-5, what + "dq");
+    ExpectClose(Down(gdk, n), dk, 1e-5, what + "dk");
+    ExpectClose(Down(gdv, n), dv, 1e-5, what + "dv");
+  }
+};
+
+// Head sizes 8 .. 256 (odd ones too), T from 1 past several tiles and
+// blocks, with and without attention dropout (a mask that differed from the
+// CPU's in one element would show in out and in every gradient).
+const AttentionCase kAttentionCases[] = {{2, 1, 16, 2},   {2, 7, 40, 2},    {1, 33, 64, 1},
+                                         {2, 100, 128, 2}, {1, 70, 256, 2}, {1, 45, 256, 1},
+                                         {3, 64, 36, 4},  {1, 129, 192, 3}};
+
+TEST_F(CudaAttentionTest, MatchesCpuWithoutDropout) {
+  for (const AttentionCase& c : kAttentionCases) Check(c, DropoutSpec{});
+}
+
+TEST_F(CudaAttentionTest, MatchesCpuWithDropout) {
+  for (const AttentionCase& c : kAttentionCases) Check(c, FixedDropout(0.2f, 99, 3, 4, 17));
+}
+
+TEST_F(CudaAttentionTest, DecodeMatchesCpu) {
+  for (const auto& [T, C, NH] : {std::tuple{1, 16, 2}, std::tuple{37, 64, 4},
+                                 std::tuple{100, 256, 1}, std::tuple{300, 96, 3}}) {
+    FVec q = Rand(C, -2, 2), kc = Rand(size_t(T) * C, -2, 2), vc = Rand(size_t(T) * C);
+    Buffer gq = Up(q), gk = Up(kc), gv = Up(vc), gout(gpu_.get(), C * 4);
+    gpu_->AttentionDecode(gout.f32(), gq.f32(), gk.f32(), gv.f32(), T, C, NH);
+    FVec out(C);
+    cpu_->AttentionDecode(out.data(), q.data(), kc.data(), vc.data(), T, C, NH);
+    ExpectClose(Down(gout, C), out, 1e-5, "decode T=" + std::to_string(T));
+  }
+}
+
+TEST_F(CudaBackendTest, GeluForwardBackwardInPlace) {
+  const int64_t n = 100003;
+  FVec x = Rand(n, -6, 6), dout = Rand(n);
+  Buffer gx = Up(x), gout(gpu_.get(), n * 4), gd = Up(dout);
+  gpu_->GeluForward(gout.f32(), gx.f32(), n);
+  gpu_->GeluBackward(gd.f32(), gx.f32(), gd.f32(), n);  // dx aliases dout
+  FVec out(n), dx = dout;
+  cpu_->GeluForward(out.data(), x.data(), n);
+  cpu_->GeluBackward(dx.data(), x.data(), dx.data(), n);
+  ExpectClose(Down(gout, n), out, 1e-5, "gelu");
+  ExpectClose(Down(gd, n), dx, 1e-5, "gelu'");
+  gpu_->GeluForward(gx.f32(), gx.f32(), n);  // in place
+  EXPECT_EQ(Down(gx, n), Down(gout, n));
+}
+
+TEST_F(CudaBackendTest, AddAndScale) {
+  const int64_t n = 5001;
+  FVec a = Rand(n), b = Rand(n);
+  Buffer ga = Up(a), gb = Up(b);
+  gpu_->Add(ga.f32(), ga.f32(), gb.f32(), n);  // out aliases a
+  gpu_->Scale(ga.f32(), n, 0.37f);
+  FVec want = a;
+  cpu_->Add(want.data(), want.data(), b.data(), n);
+  cpu_->Scale(want.data(), n, 0.37f);
+  EXPECT_EQ(Down(ga, n), want);  // one rounding each: the same floats
+}
+
+// The masks are the CPU's bit for bit: dropout of x gives the same floats.
+TEST_F(CudaBackendTest, DropoutMasksIdenticalToCpu) {
+  for (const auto& [B, row, p] : {std::tuple{3, int64_t{1001}, 0.1f}, std::tuple{5, int64_t{4}, 0.5f},
+                                  std::tuple{2, int64_t{77777}, 0.25f}, std::tuple{1, int64_t{3}, 0.9f}}) {
+    const DropoutSpec d = FixedDropout(p, 0xC0FFEE, 11, 7, 123);
+    FVec x = Rand(size_t(B) * row);
+    Buffer gx = Up(x), gy(gpu_.get(), x.size() * 4);
+    gpu_->Dropout(gy.f32(), gx.f32(), B, row, d);
+    gpu_->Dropout(gx.f32(), gx.f32(), B, row, d);  // in place
+    FVec y(x.size());
+    cpu_->Dropout(y.data(), x.data(), B, row, d);
+    EXPECT_EQ(Down(gy, y.size()), y) << "B=" << B << " row=" << row << " p=" << p;
+    EXPECT_EQ(Down(gx, y.size()), y) << "in place";
+  }
+  // p = 0: a copy.
+  FVec x = Rand(100);
+  Buffer gx = Up(x), gy(gpu_.get(), 400);
+  gpu_->Dropout(gy.f32(), gx.f32(), 4, 25, DropoutSpec{});
+  EXPECT_EQ(Down(gy, 100), x);
+}
+
+TEST_F(CudaBackendTest, CrossEntropy) {
+  for (int V : {5, 65, 1000, 50257}) {
+    const int N = 37;
+    FVec logits = Rand(size_t(N) * V, -4, 4);
+    IVec targets = RandInts(N, V);
+    Buffer gl = Up(logits), gt = Up(targets), glosses(gpu_.get(), N * 4),
+           glosses2(gpu_.get(), N * 4);
+    gpu_->CrossEntropyForward(glosses.f32(), gl.f32(), gt.as<int32_t>(), N, V);
+    gpu_->CrossEntropyForwardBackward(glosses2.f32(), gl.f32(), gl.f32(), gt.as<int32_t>(), N, V,
+                                      1.0f / N);  // dlogits in place of logits
+    FVec losses(N), losses2(N), dlogits = logits;
+    cpu_->CrossEntropyForward(losses.data(), logits.data(), targets.data(), N, V);
+    cpu_->CrossEntropyForwardBackward(losses2.data(), dlogits.data(), dlogits.data(),
+                                      targets.data(), N, V, 1.0f / N);
+    const std::string at = " V=" + std::to_string(V);
+    ExpectClose(Down(glosses, N), losses, 1e-5, "losses" + at);
+    ExpectClose(Down(glosses2, N), losses2, 1e-5, "losses (fwd-bwd)" + at);
+    ExpectClose(Down(gl, dlogits.size()), dlogits, 1e-5, "dlogits" + at);
+  }
+  // losses may be null in the forward-backward.
+  const int N = 4, V = 9;
+  FVec logits = Rand(N * V);
+  IVec targets = RandInts(N, V);
+  Buffer gl = Up(logits), gt = Up(targets), gd(gpu_.get(), N * V * 4);
+  gpu_->CrossEntropyForwardBackward(nullptr, gd.f32(), gl.f32(), gt.as<int32_t>(), N, V, 0.5f);
+  FVec d(N * V);
+  cpu_->CrossEntropyForwardBackward(nullptr, d.data(), logits.data(), targets.data(), N, V, 0.5f);
+  ExpectClose(Down(gd, N * V), d, 1e-5, "dlogits without losses");
+}
+
+TEST_F(CudaBackendTest, AdamWMatchesCpu) {
+  const int64_t n = 10007;
+  for (float wd : {0.0f, 0.1f}) {
+    FVec p = Rand(n), m(n, 0.0f), v(n, 0.0f);
+    Buffer gp = Up(p), gm = Up(m), gv = Up(v);
+    for (int t = 1; t <= 3; ++t) {
+      FVec g = Rand(n, -0.1, 0.1);
+      Buffer gg = Up(g);
+      gpu_->AdamW(gp.f32(), gg.f32(), gm.f32(), gv.f32(), n, 6e-4f, 0.9f, 0.95f, 1e-8f, wd, t);
+      cpu_->AdamW(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, 0.9f, 0.95f, 1e-8f, wd, t);
+    }
+    const std::string at = " wd=" + std::to_string(wd);
+    ExpectClose(Down(gp, n), p, 1e-6, "p" + at);
+    ExpectClose(Down(gm, n), m, 1e-5, "m" + at);
+    ExpectClose(Down(gv, n), v, 1e-5, "v" + at);
+  }
+}
+
+TEST_F(CudaBackendTest, SumSquaresInDouble) {
+  for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{3000017}}) {
+    FVec x = Rand(n, -3, 3);
+    Buffer gx = Up(x);
+    const double gpu = gpu_->SumSquares(gx.f32(), n);
+    const double cpu = cpu_->SumSquares(x.data(), n);
+    // Each square of a float is exact in double; only the order of the
+    // double additions differs.
+    EXPECT_NEAR(gpu, cpu, 1e-12 * cpu) << "n=" << n;
+  }
+}
+
+// The same op on the same inputs twice gives the same bits: no atomics in
+// any reduction, and cuBLASLt kept from in-place split-K.
+TEST_F(CudaBackendTest, Deterministic) {
+  const int B = 2, T = 65, C = 128, NH = 2, V = 7, OC = 384;
+  const int N = B * T;
+  const DropoutSpec drop = FixedDropout(0.1f, 5, 6, 7, 8);
+  FVec x = Rand(N * C), w = Rand(C), b = Rand(C), W = Rand(OC * C), dout = Rand(N * OC);
+  IVec idx = RandInts(N, V);
+  Buffer gx = Up(x), gw = Up(w), gb = Up(b), gW = Up(W), gdo = Up(dout), gidx = Up(idx);
+  Buffer mean(gpu_.get(), N * 4), rstd(gpu_.get(), N * 4), lse(gpu_.get(), B * NH * T * 4),
+      tmp(gpu_.get(), N * C * 4);
+  auto run = [&]() {
+    std::vector<FVec> r;
+    Buffer dx(gpu_.get(), N * C * 4), dw(gpu_.get(), C * 4), db(gpu_.get(), C * 4),
+        dW(gpu_.get(), OC * C * 4), dbias(gpu_.get(), OC * 4), dq(gpu_.get(), N * C * 4),
+        dk(gpu_.get(), N * C * 4), dv(gpu_.get(), N * C * 4), dwte(gpu_.get(), V * C * 4),
+        dwpe(gpu_.get(), T * C * 4);
+    for (Buffer* z : {&dx, &dw, &db, &dW, &dbias, &dwte, &dwpe}) gpu_->Memset0(z->as<void>(), z->bytes());
+    gpu_->LayerNormForward(tmp.f32(), mean.f32(), rstd.f32(), gx.f32(), gw.f32(), gb.f32(), N, C);
+    gpu_->LayerNormBackward(dx.f32(), dw.f32(), db.f32(), gx.f32(), gx.f32(), gw.f32(),
+                            mean.f32(), rstd.f32(), N, C);
+    gpu_->MatmulBackward(nullptr, dW.f32(), dbias.f32(), gdo.f32(), gx.f32(), gW.f32(), N, C, OC,
+                         false);
+    gpu_->AttentionForward(tmp.f32(), lse.f32(), gx.f32(), gx.f32(), gx.f32(), B, T, C, NH, drop);
+    gpu_->AttentionBackward(dq.f32(), dk.f32(), dv.f32(), gx.f32(), gx.f32(), gx.f32(), gx.f32(),
+                            lse.f32(), B, T, C, NH, drop);
+    gpu_->EncoderBackward(dwte.f32(), dwpe.f32(), gx.f32(), gidx.as<int32_t>(), B, T, C);
+    for (Buffer* z : {&dx, &dw, &db, &dW, &dbias, &dq, &dk, &dv, &dwte, &dwpe, &tmp, &lse}) {
+      r.push_back(Down(*z, z->bytes() / 4));
+    }
+    r.push_back({static_cast<float>(gpu_->SumSquares(gdo.f32(), N * OC))});
+    return r;
+  };
+  const auto first = run(), second = run();
+  ASSERT_EQ(first.size(), second.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(0, std::memcmp(first[i].data(), second[i].data(), first[i].size() * 4))
+        << "result " << i << " differs between two identical runs";
+  }
+}
+
+}  // namespace
+}  // namespace mingpt::testing
