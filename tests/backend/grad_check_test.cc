@@ -179,8 +179,12 @@ TEST(GradCheck, Attention) {
   struct Shape {
     int B, T, C, NH;
   };
+  // T = 70: three blocks of query rows and of key tiles (32 each), the last
+  // partial, so that the online softmax, delta_i and the kept dropout bits
+  // span tiles.
   for (Shape s : {Shape{1, 1, 4, 1}, Shape{2, 5, 6, 2}, Shape{1, 6, 20, 4},
-                  Shape{2, 4, 7, 1}, Shape{1, 9, 24, 3}, Shape{1, 17, 20, 2}}) {
+                  Shape{2, 4, 7, 1}, Shape{1, 9, 24, 3}, Shape{1, 17, 20, 2},
+                  Shape{1, 70, 6, 2}}) {
     for (float p : {0.0f, 0.3f}) {
       const int B = s.B, T = s.T, C = s.C, NH = s.NH;
       const DropoutSpec d = TestDropout(p);

@@ -12,16 +12,24 @@
 //   dq_i = sum_j dS[i,j] k_j / sqrt(hs);  dk_j = sum_i dS[i,j] q_i / sqrt(hs)
 //   (=)
 // shapes: q, k, v, out, dq, dk, dv, dout [B,T,C], head h in channels
-// [h*hs, (h+1)*hs); lse [B,NH,T]. No T x T matrix is stored: between forward
-// and backward a head keeps T numbers, and each thread works on a few rows
-// of scores at a time in its scratch.
+// [h*hs, (h+1)*hs); lse [B,NH,T]. No T x T matrix of scores is stored:
+// between forward and backward a head keeps T numbers.
 //
-// Both directions run one (b, h) pair per thread at a time: the head's K, V
-// (and Q) are staged, zero-padded and where useful transposed, in the
-// thread's part of `scratch`, and the products are done 4 rows x 8 columns
-// at a time in registers; only the causal triangle (to the block diagonal)
-// is computed. Work per element follows the math above in the same order
-// for every thread count, so results do not depend on it.
+// Flash-attention style, one (b, h) pair per thread at a time, in tiles of
+// 32 queries x 32 keys; tiles above the diagonal are skipped and only the
+// diagonal one is masked. Forward: per block of 32 query rows, an online
+// softmax over the key tiles (running max and sum per row, the output
+// accumulator rescaled when the max grows); lse_i = max_i + log(sum_i).
+// Backward, key tiles outermost: a first sweep recomputes P from lse and
+// forms delta_i = sum_j P[i,j] dP[i,j] (= dout_i . out_i), the second forms dS
+// per tile and accumulates dq, dk, dv; each tile's dropout mask is drawn in
+// the first sweep and kept as bits (a head's causal triangle, T*T/16 bytes)
+// for the second. Tiles are held transposed (queries along vectors), so the
+// softmax's row reductions are vector operations. The head's rows are
+// staged zero-padded in the thread's part of `scratch`, and the products
+// run in register tiles of the build's vector width (8 x 32 floats under
+// AVX-512, 4 x 16 under AVX2). Work per element follows the same order for
+// every thread count, so results do not depend on it.
 #pragma once
 
 #include <cstdint>
