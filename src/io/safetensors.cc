@@ -230,7 +230,7 @@ Status ValidateForWrite(const std::vector<TensorRef>& tensors, std::vector<int64
     if (!size) {
       return Status::Error("tensor '" + t.name + "' has invalid shape " + ShapeString(t.shape));
     }
-    if (*size > 0 && t.data == nullptr) {
+    if (*size > 0 && t.data == nullptr && !t.fill) {
       return Status::Error("tensor '" + t.name + "' has no data");
     }
     bytes->push_back(*size);
@@ -293,8 +293,15 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& t
   MINGPT_ASSIGN_OR_RETURN(DurableFileWriter writer, DurableFileWriter::Create(path));
   MINGPT_RETURN_IF_ERROR(writer.Append(length, sizeof(length)));
   MINGPT_RETURN_IF_ERROR(writer.Append(text));
+  std::vector<char> filled;  // a tensor made by its fill, one at a time
   for (size_t i = 0; i < tensors.size(); ++i) {
-    MINGPT_RETURN_IF_ERROR(writer.Append(tensors[i].data, static_cast<size_t>(bytes[i])));
+    const void* data = tensors[i].data;
+    if (data == nullptr && bytes[i] > 0) {
+      filled.resize(static_cast<size_t>(bytes[i]));
+      tensors[i].fill(filled.data());
+      data = filled.data();
+    }
+    MINGPT_RETURN_IF_ERROR(writer.Append(data, static_cast<size_t>(bytes[i])));
   }
   return writer.Commit();
 }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -48,6 +49,10 @@ struct TensorRef {
   std::vector<int64_t> shape;
   TensorDType dtype = TensorDType::kF32;
   const void* data = nullptr;
+  // Without `data`: writes the tensor's bytes into dst (a buffer of its
+  // size) when the writer reaches it, so that a file can be written from
+  // state that is never whole in memory (one tensor at a time).
+  std::function<void(void* dst)> fill = nullptr;
 };
 
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;

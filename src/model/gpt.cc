@@ -119,24 +119,26 @@ void GPT::CopyLogitsRow(int64_t row, float* host_dst) const {
 size_t GPT::activation_bytes() const { return arena_->bytes + arena_->tokens.bytes(); }
 
 void GPT::InitParameters(uint64_t seed, float* host) const {
-  for (int u = 0; u < layout_.num_units(); ++u) {
-    const int64_t base = layout_.unit_offset(u);
-    std::fill(host + base, host + base + layout_.units()[u].numel, 0.0f);
-    for (const ParamEntry& e : layout_.units()[u].params) {
-      float* p = host + base + e.offset;
-      if (e.init == ParamEntry::Init::kOnes) std::fill(p, p + e.numel, 1.0f);
-      if (e.init != ParamEntry::Init::kNormal) continue;
-      // N(0, 0.02) by Box-Muller, element f of the flat layout from counter f.
+  for (int u = 0; u < layout_.num_units(); ++u) InitUnit(seed, u, host + layout_.unit_offset(u));
+}
+
+void GPT::InitUnit(uint64_t seed, int u, float* unit) const {
+  const int64_t base = layout_.unit_offset(u);
+  std::fill(unit, unit + layout_.units()[u].numel, 0.0f);
+  for (const ParamEntry& e : layout_.units()[u].params) {
+    float* p = unit + e.offset;
+    if (e.init == ParamEntry::Init::kOnes) std::fill(p, p + e.numel, 1.0f);
+    if (e.init != ParamEntry::Init::kNormal) continue;
+    // N(0, 0.02) by Box-Muller, element f of the flat layout from counter f.
 #pragma omp parallel for
-      for (int64_t i = 0; i < e.numel; ++i) {
-        const uint64_t f = static_cast<uint64_t>(base + e.offset + i);
-        auto r = Philox4x32(seed, static_cast<uint32_t>(f), static_cast<uint32_t>(f >> 32),
-                            kInitStream, 0);
-        const double u1 = (static_cast<double>(r[0]) + 1.0) / 4294967296.0;
-        const double u2 = static_cast<double>(r[1]) / 4294967296.0;
-        p[i] = static_cast<float>(0.02 * std::sqrt(-2.0 * std::log(u1)) *
-                                  std::cos(2.0 * std::numbers::pi * u2));
-      }
+    for (int64_t i = 0; i < e.numel; ++i) {
+      const uint64_t f = static_cast<uint64_t>(base + e.offset + i);
+      auto r = Philox4x32(seed, static_cast<uint32_t>(f), static_cast<uint32_t>(f >> 32),
+                          kInitStream, 0);
+      const double u1 = (static_cast<double>(r[0]) + 1.0) / 4294967296.0;
+      const double u2 = static_cast<double>(r[1]) / 4294967296.0;
+      p[i] = static_cast<float>(0.02 * std::sqrt(-2.0 * std::log(u1)) *
+                                std::cos(2.0 * std::numbers::pi * u2));
     }
   }
 }

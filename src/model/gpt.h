@@ -68,6 +68,9 @@ class GPT {
   // floats) with the seed's init: Linear/Embedding weights N(0, 0.02) from
   // the counter-based RNG keyed by `seed`, biases and pos_emb 0, LayerNorm 1.
   void InitParameters(uint64_t seed, float* host_params) const;
+  // The same for unit u alone, into its own buffer (numel floats): element f
+  // of the flat layout takes the same value either way.
+  void InitUnit(uint64_t seed, int u, float* host_unit) const;
 
   // Forward over idx[B,T] (host memory, 1 <= T <= block_size, B <= max_batch).
   // With targets (host, [B,T]) returns the mean cross-entropy; without, 0.

@@ -309,12 +309,37 @@ const char* CheckpointFormatName(CheckpointFormat format) {
 Status SaveTrainingCheckpoint(const std::string& dir, const ModelLayout& layout,
                               const ModelConfig& c, const CharTokenizer& tokenizer,
                               const TrainOptions& o, const TrainState& s, const HostState& host) {
+  const std::vector<float>* flat[] = {&host.params, &host.exp_avg, &host.exp_avg_sq};
+  auto source = [&](int kind, int unit, int64_t begin, int64_t end, float* dst) {
+    const float* from = flat[kind]->data() + layout.unit_offset(unit);
+    std::copy(from + begin, from + end, dst);
+  };
+  return SaveTrainingCheckpoint(dir, layout, c, tokenizer, o, s, source, !host.exp_avg.empty());
+}
+
+Status SaveTrainingCheckpoint(const std::string& dir, const ModelLayout& layout,
+                              const ModelConfig& c, const CharTokenizer& tokenizer,
+                              const TrainOptions& o, const TrainState& s,
+                              const StateSource& source, bool with_optimizer) {
   const json meta = BaseMeta(layout, c, tokenizer, o, s, CheckpointFormat::kSingle, 1);
+  // Each tensor read from the source as its file reaches it.
+  auto refs = [&](int kind, const std::string& prefix) {
+    std::vector<TensorRef> out;
+    for (int u = 0; u < layout.num_units(); ++u) {
+      for (const ParamEntry& e : layout.units()[u].params) {
+        out.push_back({prefix + e.name, e.shape, TensorDType::kF32, nullptr,
+                       [&source, kind, u, e](void* dst) {
+                         source(kind, u, e.offset, e.offset + e.numel, static_cast<float*>(dst));
+                       }});
+      }
+    }
+    return out;
+  };
   std::vector<CheckpointFile> files;
-  files.push_back({kModelFile, Tensors(layout, host.params.data(), ""), {}});
-  if (!host.exp_avg.empty()) {
-    std::vector<TensorRef> opt = Tensors(layout, host.exp_avg.data(), "exp_avg.");
-    std::vector<TensorRef> sq = Tensors(layout, host.exp_avg_sq.data(), "exp_avg_sq.");
+  files.push_back({kModelFile, refs(0, ""), {}});
+  if (with_optimizer) {
+    std::vector<TensorRef> opt = refs(1, "exp_avg.");
+    std::vector<TensorRef> sq = refs(2, "exp_avg_sq.");
     opt.insert(opt.end(), sq.begin(), sq.end());
     files.push_back({kOptimizerFile, std::move(opt), {}});
   }

@@ -45,6 +45,8 @@
 // WriteConsolidatedWeights (`mingpt convert`) are built on it.
 #pragma once
 
+#include <functional>
+
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -94,6 +96,17 @@ Status SaveTrainingCheckpoint(const std::string& dir, const ModelLayout& layout,
                               const ModelConfig& config, const CharTokenizer& tokenizer,
                               const TrainOptions& options, const TrainState& state,
                               const HostState& host);
+
+// The same from a source of the state, read one tensor at a time as the
+// files are written (a state that is never whole in memory: NVMe offload):
+// source(kind, unit, begin, end, dst) copies elements [begin, end) of unit
+// `unit` of kind 0 (parameters), 1 (exp_avg) or 2 (exp_avg_sq) into dst.
+using StateSource =
+    std::function<void(int kind, int unit, int64_t begin, int64_t end, float* dst)>;
+Status SaveTrainingCheckpoint(const std::string& dir, const ModelLayout& layout,
+                              const ModelConfig& config, const CharTokenizer& tokenizer,
+                              const TrainOptions& options, const TrainState& state,
+                              const StateSource& source, bool with_optimizer);
 
 // One rank's shard of the training state in host memory: params[u] (and
 // exp_avg[u], exp_avg_sq[u]) hold elements [ShardRange(numel, rank,

@@ -36,10 +36,14 @@ PlanRow PredictPeak(const PlanInput& in, const std::string& strategy, bool check
   row.activation_checkpointing = checkpointing;
   row.state = m.total();
   row.activations = GPT::ActivationBytes(in.model, in.batch, checkpointing);
-  const size_t init = static_cast<size_t>(layout.total_numel()) * sizeof(float);
-  // A save copies out the rank's shard (every unit's ShardRange) of three states.
+  // The initialisation makes one unit at a time; a single-process save
+  // writes one tensor at a time, a sharded one copies out the rank's shard
+  // (every unit's ShardRange) of three states.
+  int64_t largest_unit = 0;
+  for (const Unit& u : layout.units()) largest_unit = std::max(largest_unit, u.numel);
+  const size_t init = static_cast<size_t>(largest_unit) * sizeof(float);
   const MemoryAccount shard = ZeroEngine::Account(layout, 0, in.world, 3);
-  row.transient = std::max(init, 3 * shard.params);
+  row.transient = in.world == 1 ? init : std::max(init, 3 * shard.params);
   row.baseline = (in.world > 1 ? kBaselineMpi : kBaselineSingle) + kBytesPerChar * in.data_bytes;
   return row;
 }

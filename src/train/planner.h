@@ -5,7 +5,7 @@
 // A rank's peak = the strategy's state (ZeroEngine::Account: parameters,
 // gradients, AdamW moments, working unit buffers) + the activation arena
 // (GPT::ActivationBytes) + the largest transient host copy (the seed
-// initialisation's whole parameter vector, or the shard of the state a
+// initialisation's largest unit, or the shard of the state a sharded
 // checkpoint save copies out) + the text and its token ids + the process's
 // own baseline (code, libraries, oneDNN, MPI).
 #pragma once

@@ -27,19 +27,15 @@ ShardState CopyShard(const ModelLayout& layout, const Strategy& s) {
   return shard;
 }
 
-// The single format from one process: the whole state in layout order.
+// The single format from one process, each tensor downloaded as the file
+// writer reaches it: never more than one tensor in host memory.
 Status SaveSingle(const std::string& dir, const ModelLayout& layout, const CharTokenizer& tokenizer,
                   const TrainOptions& o, const TrainState& state, const Strategy& s) {
-  HostState h;
-  std::vector<float>* dst[] = {&h.params, &h.exp_avg, &h.exp_avg_sq};
-  for (int k = 0; k < 3; ++k) {
-    dst[k]->assign(layout.total_numel(), 0.0f);
-    for (int u = 0; u < layout.num_units(); ++u) {
-      const ElementRange r{0, layout.units()[u].numel};
-      s.Download(u, kKinds[k], r, dst[k]->data() + layout.unit_offset(u));
-    }
-  }
-  return SaveTrainingCheckpoint(dir, layout, o.model, tokenizer, o, state, h);
+  auto source = [&s](int kind, int unit, int64_t begin, int64_t end, float* dst) {
+    s.Download(unit, kKinds[kind], {begin, end}, dst);
+  };
+  return SaveTrainingCheckpoint(dir, layout, o.model, tokenizer, o, state, source,
+                                /*with_optimizer=*/true);
 }
 
 // The sharded format, every rank writing its file (model_checkpoint.h's
@@ -76,11 +72,12 @@ Status SaveSharded(const std::string& dir, const ModelLayout& layout,
 
 void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* s) {
   const ModelLayout& layout = gpt.layout();
-  std::vector<float> host(layout.total_numel(), 0.0f);
-  gpt.InitParameters(seed, host.data());
+  std::vector<float> unit;  // one unit at a time
   for (int u = 0; u < layout.num_units(); ++u) {
+    unit.resize(layout.units()[u].numel);
+    gpt.InitUnit(seed, u, unit.data());
     const ElementRange r = s->Held(u, StateKind::kParams);
-    s->Upload(u, StateKind::kParams, host.data() + layout.unit_offset(u) + r.begin);
+    s->Upload(u, StateKind::kParams, unit.data() + r.begin);
   }
 }
 
