@@ -93,25 +93,33 @@ int main(int argc, char** argv) {
                },
                reps),
            flops);
-    std::snprintf(name, sizeof name, "matmul fwd %dx%dx%d", N, IC, OC);
-    Report(name,
-           Time(
-               [&] {
-                 backend->MatmulForward(out.data(), inp.data(), W.data(),
-                                        bias.data(), N, IC, OC);
-               },
-               reps),
-           flops);
-    std::snprintf(name, sizeof name, "matmul bwd %dx%dx%d", N, IC, OC);
-    Report(name,
-           Time(
-               [&] {
-                 backend->MatmulBackward(dinp.data(), dW.data(), db.data(),
-                                         out.data(), inp.data(), W.data(), N,
-                                         IC, OC, false);
-               },
-               reps),
-           2 * flops);
+    // fp32, then bf16 operands (--precision bf16: the AMX / AVX512-BF16
+    // units where the CPU has them), each product with its conversions.
+    for (mingpt::MatmulPrecision p :
+         {mingpt::MatmulPrecision::kFp32, mingpt::MatmulPrecision::kBf16}) {
+      backend->SetMatmulPrecision(p);
+      const char* tag = p == mingpt::MatmulPrecision::kBf16 ? " bf16" : "";
+      std::snprintf(name, sizeof name, "matmul fwd%s %dx%dx%d", tag, N, IC, OC);
+      Report(name,
+             Time(
+                 [&] {
+                   backend->MatmulForward(out.data(), inp.data(), W.data(),
+                                          bias.data(), N, IC, OC);
+                 },
+                 reps),
+             flops);
+      std::snprintf(name, sizeof name, "matmul bwd%s %dx%dx%d", tag, N, IC, OC);
+      Report(name,
+             Time(
+                 [&] {
+                   backend->MatmulBackward(dinp.data(), dW.data(), db.data(),
+                                           out.data(), inp.data(), W.data(), N,
+                                           IC, OC, false);
+                 },
+                 reps),
+             2 * flops);
+    }
+    backend->SetMatmulPrecision(mingpt::MatmulPrecision::kFp32);
   }
 
   auto x = rand(size_t(N) * C), y = rand(size_t(N) * C), w = rand(C),

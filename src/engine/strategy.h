@@ -48,6 +48,8 @@ struct WaitTimes {
   double params = 0;  // parameter all-gathers (stages 1-3)
   double grads = 0;   // gradient all-reduces / reduce-scatters
   double other = 0;   // norm and scalar all-reduces
+  double io = 0;      // NVMe offload: blocked on its files
+  double io_bytes = 0;  // NVMe offload: bytes read and written
 };
 
 // Elements [begin, end) of a unit's flat buffer.

@@ -209,9 +209,7 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
 
 void ZeroEngine::FinishSlotRead(int s) {
   Slot& slot = slots_[s];
-  const auto start = std::chrono::steady_clock::now();
-  Check(nvme_->FinishRead(slot.read));
-  waits_.params += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Check(nvme_->FinishRead(slot.read));  // timed as I/O by the NvmeState
   slot.read = 0;
   const ShardRange& sr = shards_[slot.unit];
   float* mine = slot.memory.f32() + sr.offset;
@@ -466,6 +464,15 @@ MemoryAccount ZeroEngine::memory() const {
     m.disk = nvme_->disk_bytes();
   }
   return m;
+}
+
+WaitTimes ZeroEngine::wait_times() const {
+  WaitTimes w = waits_;
+  if (nvme_) {
+    w.io = nvme_->io_wait_seconds();
+    w.io_bytes = static_cast<double>(nvme_->bytes_read() + nvme_->bytes_written());
+  }
+  return w;
 }
 
 // ---- state in and out ------------------------------------------------------

@@ -100,7 +100,7 @@ class ZeroEngine : public Strategy {
   void ScaleGrads(double factor) override;
   void OptimizerStep(const AdamWConfig& config, float lr, int t) override;
   MemoryAccount memory() const override;
-  WaitTimes wait_times() const override { return waits_; }
+  WaitTimes wait_times() const override;
   ElementRange Held(int unit, StateKind kind) const override;
   void Upload(int unit, StateKind kind, const float* host) override;
   void Download(int unit, StateKind kind, ElementRange range, float* host) const override;

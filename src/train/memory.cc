@@ -16,8 +16,12 @@ Status CheckMemoryFits(const ModelConfig& c, int batch, bool training,
   // reach the exact (64-bit) count.
   const double B = batch, T = c.block_size, C = c.n_embd, NH = c.n_head, L = c.n_layer;
   const double V = c.vocab_size;
-  const double bound = 4.0 * (B * T * (L * (32 * C + NH * T + 4) + 16 * C + 2 * V + 8) +
-                              (L * (12 * C * C + 16 * C) + 2 * V * C + T * C + 64 * (L + 2)) * 4);
+  const double activation_bound = 4.0 * B * T * (L * (32 * C + NH * T + 4) + 16 * C + 2 * V + 8);
+  const double state_bound =
+      16.0 * (L * (12 * C * C + 16 * C) + 2 * V * C + T * C + 64 * (L + 2));
+  // A strategy that says what it keeps (NVMe offload: little) is asked;
+  // model sizes are capped (ModelConfig), so its exact count cannot overflow.
+  const double bound = activation_bound + (state_bytes ? 0.0 : state_bound);
   double activations = 0, state = 0;
   if (bound <= physical) {
     activations = static_cast<double>(GPT::ActivationBytes(c, batch, activation_checkpointing));

@@ -52,10 +52,14 @@ std::vector<PlanRow> PlanMemory(const PlanInput& in) {
   std::vector<PlanRow> rows;
   for (bool checkpointing : {false, true}) {
     // At one rank every stage holds everything: single_device says it.
+    // Then NVMe offload, the slowest and the smallest. (Host-memory offload
+    // moves state off a GPU; on the CPU it saves no memory, so it is not
+    // listed.)
     const std::vector<const char*> names =
-        in.world == 1 ? std::vector<const char*>{"single_device"}
+        in.world == 1 ? std::vector<const char*>{"single_device", "deepspeed_stage_3_offload_nvme"}
                       : std::vector<const char*>{"ddp", "deepspeed_stage_1", "deepspeed_stage_2",
-                                                 "deepspeed_stage_3"};
+                                                 "deepspeed_stage_3",
+                                                 "deepspeed_stage_3_offload_nvme"};
     for (const char* s : names) rows.push_back(PredictPeak(in, s, checkpointing));
   }
   return rows;
@@ -63,6 +67,8 @@ std::vector<PlanRow> PlanMemory(const PlanInput& in) {
 
 std::string ChooseStrategy(const PlanInput& in, bool checkpointing, size_t budget) {
   for (const PlanRow& r : PlanMemory(in)) {
+    // NVMe offload only where the user named its directory.
+    if (IsNvmeStrategy(r.strategy) && in.nvme.dir.empty()) continue;
     if (r.activation_checkpointing == checkpointing && r.peak() <= budget) return r.strategy;
   }
   return "";
@@ -95,11 +101,11 @@ std::string FormatPlan(const PlanInput& in, const std::vector<PlanRow>& rows, si
                 "memory plan: %s, batch %d per rank, %d rank(s); budget %.0f MiB per rank\n",
                 in.model.ToString().c_str(), in.batch, in.world, mib(budget));
   out += line;
-  std::snprintf(line, sizeof(line), "%-18s %-8s %10s %10s %10s %10s %10s  %s\n", "strategy",
+  std::snprintf(line, sizeof(line), "%-30s %-8s %10s %10s %10s %10s %10s  %s\n", "strategy",
                 "act_ckpt", "state", "activ", "transient", "base", "peak_MiB", "fits");
   out += line;
   for (const PlanRow& r : rows) {
-    std::snprintf(line, sizeof(line), "%-18s %-8s %10.1f %10.1f %10.1f %10.1f %10.1f  %s\n",
+    std::snprintf(line, sizeof(line), "%-30s %-8s %10.1f %10.1f %10.1f %10.1f %10.1f  %s\n",
                   r.strategy.c_str(), r.activation_checkpointing ? "on" : "off", mib(r.state),
                   mib(r.activations), mib(r.transient), mib(r.baseline), mib(r.peak()),
                   r.peak() <= budget ? "yes" : "no");

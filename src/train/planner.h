@@ -37,9 +37,10 @@ struct PlanRow {
   size_t peak() const { return state + activations + transient + baseline; }
 };
 
-// Every strategy valid for the world (single_device only at world 1), with
-// and without activation checkpointing, fastest first: ddp, stage 1, 2, 3,
-// each without checkpointing before the same with it.
+// Every strategy valid for the world (single_device only at world 1), then
+// NVMe offload, with and without activation checkpointing, fastest first:
+// ddp, stage 1, 2, 3, NVMe offload, each without checkpointing before the
+// same with it.
 std::vector<PlanRow> PlanMemory(const PlanInput& input);
 
 // The prediction for one strategy.

@@ -148,24 +148,35 @@ void PrintMemoryTable(const std::vector<double>& all) {
 
 // --profile: every rank's seconds in forward+backward, in the optimizer
 // (norm, clipping, AdamW and what follows), and blocked on communication.
-constexpr int kPhaseFields = 5;
+// NVMe offload adds the time blocked on its files (in the phases above, not
+// hidden by compute) and the disk throughput over the run's wall time.
+constexpr int kPhaseFields = 7;
 void PrintPhaseTable(Communicator* comm, double fwdbwd, double optimizer, const WaitTimes& w,
                      int64_t steps) {
   std::vector<double> all(static_cast<size_t>(comm->world()) * kPhaseFields, 0.0);
-  const double mine[kPhaseFields] = {fwdbwd, optimizer, w.params, w.grads, w.other};
+  const double mine[kPhaseFields] = {fwdbwd, optimizer, w.params, w.grads, w.other, w.io,
+                                     w.io_bytes};
   std::copy(mine, mine + kPhaseFields, all.begin() + comm->rank() * kPhaseFields);
   comm->AllReduce(all.data(), static_cast<int64_t>(all.size())).Wait();
   if (comm->rank() != 0) return;
   std::printf("time per step (ms) over %lld steps; waits are communication not hidden by compute\n",
               static_cast<long long>(steps));
-  std::printf("%-5s %12s %12s %14s %14s %14s\n", "rank", "fwd+bwd", "optimizer",
-              "wait_params", "wait_grads", "wait_other");
+  std::printf("%-5s %12s %12s %14s %14s %14s %14s\n", "rank", "fwd+bwd", "optimizer",
+              "wait_params", "wait_grads", "wait_other", "wait_io");
+  const double n = static_cast<double>(std::max<int64_t>(1, steps));
   for (int r = 0; r < comm->world(); ++r) {
     std::printf("%-5d", r);
-    for (int i = 0; i < kPhaseFields; ++i) {
-      std::printf(" %*.2f", i < 2 ? 12 : 14, 1e3 * all[r * kPhaseFields + i] / std::max<int64_t>(1, steps));
-    }
+    for (int i = 0; i < 6; ++i) std::printf(" %*.2f", i < 2 ? 12 : 14, 1e3 * all[r * kPhaseFields + i] / n);
     std::printf("\n");
+  }
+  for (int r = 0; r < comm->world(); ++r) {
+    const double* f = &all[r * kPhaseFields];
+    if (f[6] == 0) continue;
+    const double step = (f[0] + f[1]) / n;
+    std::printf("rank %d NVMe offload: %.2f s per step = %.2f s compute + %.2f s waiting for the "
+                "disk; %.1f GiB moved per step, %.2f GB/s\n",
+                r, step, step - f[5] / n, f[5] / n, f[6] / n / 1073741824.0,
+                f[6] / (f[0] + f[1]) / 1e9);
   }
 }
 

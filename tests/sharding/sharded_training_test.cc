@@ -84,6 +84,28 @@ TEST_F(ShardedTraining, AnOffloadRunsCheckpointResumesWithoutOffload) {
   }
 }
 
+// An NVMe-offload run starts from an ordinary checkpoint (its state written
+// into the offload files) and continues on the uninterrupted trajectory; its
+// files are gone afterwards.
+TEST_F(ShardedTraining, NvmeOffloadResumesFromAnOrdinaryCheckpoint) {
+  ASSERT_TRUE(Succeeded(Run("whole", 1, 4, "auto", {{"--max_steps", "10"}})));
+  ASSERT_TRUE(Succeeded(Run("first", 1, 4, "single_device",
+                            {{"--max_steps", "5"}, {"--val_check_interval", "5"}})));
+  const std::string offload = tmp_ / "offload";
+  std::filesystem::create_directories(offload);
+  const std::string ckpt = tmp_ / "first/checkpoints/last";
+  ASSERT_TRUE(Succeeded(Run("resumed", 2, 2, "deepspeed_stage_3_offload_nvme",
+                            {{"--max_steps", "10"}, {"--ckpt_path", ckpt},
+                             {"--offload_dir", offload}})));
+  const auto whole = TrainLosses(tmp_ / "whole");
+  const auto resumed = TrainLosses(tmp_ / "resumed");
+  ASSERT_EQ(resumed.size(), 5u);
+  for (const auto& [step, loss] : resumed) {
+    EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << "step " << step;
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(offload));
+}
+
 // A rank that crashes while writing its shard leaves the previous checkpoint.
 TEST_F(ShardedTraining, CrashDuringAShardedSaveKeepsThePreviousCheckpoint) {
   ASSERT_TRUE(Succeeded(Run("run", 2, 2, "deepspeed_stage_3",
