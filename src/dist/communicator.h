@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -65,8 +66,11 @@ class Communicator {
   [[noreturn]] virtual void Abort(int code) = 0;
 };
 
-// The world of one process.
-std::unique_ptr<Communicator> MakeLocalCommunicator();
+// The world of one process. Its collectives are copies (or nothing); `copy`
+// makes them where plain memory copies cannot reach (a GPU's memory: the
+// backend's Copy).
+using CopyFn = std::function<void(void* dst, const void* src, size_t bytes)>;
+std::unique_ptr<Communicator> MakeLocalCommunicator(CopyFn copy = nullptr);
 
 // Rank `rank` of a world of `world` that answers rank() and world() only:
 // for what is planned or checked without communicating (memory accounting,

@@ -45,11 +45,21 @@ class LocalCommunicator final : public Communicator {
 
  private:
   // n floats from send to recv; nothing when they are the same buffer.
-  static void Copy(const float* send, float* recv, int64_t n) {
+  void Copy(const float* send, float* recv, int64_t n) {
     MINGPT_CHECK(n >= 0, "negative element count %lld", static_cast<long long>(n));
     if (n == 0 || send == recv) return;
-    std::memmove(recv, send, static_cast<size_t>(n) * sizeof(float));
+    if (copy_) {
+      copy_(recv, send, static_cast<size_t>(n) * sizeof(float));
+    } else {
+      std::memmove(recv, send, static_cast<size_t>(n) * sizeof(float));
+    }
   }
+
+ public:
+  explicit LocalCommunicator(CopyFn copy = nullptr) : copy_(std::move(copy)) {}
+
+ private:
+  CopyFn copy_;
 };
 
 // A world seen from one of its ranks without any connection to the others.
@@ -85,8 +95,8 @@ std::unique_ptr<Communicator> MakeSizeOnlyCommunicator(int rank, int world) {
   return std::make_unique<SizeOnlyCommunicator>(rank, world);
 }
 
-std::unique_ptr<Communicator> MakeLocalCommunicator() {
-  return std::make_unique<LocalCommunicator>();
+std::unique_ptr<Communicator> MakeLocalCommunicator(CopyFn copy) {
+  return std::make_unique<LocalCommunicator>(std::move(copy));
 }
 
 }  // namespace mingpt

@@ -348,11 +348,25 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
 
   // Model, strategy and state.
   MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(o.accelerator));
+  if (accelerator == "cuda" && world > 1) {
+    // The NCCL communicator exists (dist/nccl_communicator.h) but the loop
+    // still hands host buffers to the same communicator as device ones.
+    return Status::Error("--accelerator cuda trains on one GPU for now; several CUDA ranks "
+                         "(NCCL) are not wired into training yet");
+  }
   StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, rank, o.num_threads);
   MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made.status()));
   std::unique_ptr<Backend> backend = std::move(made).value();
   // Offload's host optimizer: the CPU backend (itself when computing there).
   std::unique_ptr<Backend> host = accelerator == "cpu" ? nullptr : MakeCpuBackend(o.num_threads);
+  // One GPU: the world of one copies device buffers with the backend.
+  std::unique_ptr<Communicator> device_local;
+  if (accelerator == "cuda") {
+    Backend* b = backend.get();
+    device_local = MakeLocalCommunicator(
+        [b](void* dst, const void* src, size_t bytes) { b->Copy(dst, src, bytes); });
+    comm = device_local.get();
+  }
   const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
   backend->SetMatmulPrecision(precision);
   GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
