@@ -39,6 +39,17 @@ class ShardedTraining : public CliTest {
     }
     return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), opts);
   }
+
+  // The run under `resumed` logged steps 6..10 on the trajectory of the
+  // uninterrupted run under "whole".
+  void ExpectContinuesWhole(const std::string& resumed_root) {
+    const auto whole = TrainLosses(tmp_ / "whole");
+    const auto resumed = TrainLosses(tmp_ / resumed_root);
+    ASSERT_EQ(resumed.size(), 5u) << resumed_root;
+    for (const auto& [step, loss] : resumed) {
+      EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << resumed_root << " step " << step;
+    }
+  }
 };
 
 // A checkpoint saved by 4 ranks under ZeRO-3 resumes on 2 ranks under
@@ -50,7 +61,6 @@ TEST_F(ShardedTraining, ResumesAtAnotherWorldSizeAndStrategy) {
                             {{"--max_steps", "5"}, {"--val_check_interval", "5"}})));
   const std::string ckpt = tmp_ / "first/checkpoints/last";
   ASSERT_TRUE(Exists(ckpt + "/shard-00003-of-00004.safetensors"));
-  const auto whole = TrainLosses(tmp_ / "whole");
   for (const auto& [root, devices, strategy] :
        {std::tuple<std::string, int, std::string>{"on2", 2, "deepspeed_stage_2"},
         {"on2offload", 2, "deepspeed_stage_3_offload"},
@@ -58,11 +68,7 @@ TEST_F(ShardedTraining, ResumesAtAnotherWorldSizeAndStrategy) {
     SCOPED_TRACE(root);
     ASSERT_TRUE(Succeeded(Run(root, devices, 4 / devices, strategy,
                               {{"--max_steps", "10"}, {"--ckpt_path", ckpt}})));
-    const auto resumed = TrainLosses(tmp_ / root);
-    ASSERT_EQ(resumed.size(), 5u);
-    for (const auto& [step, loss] : resumed) {
-      EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << "step " << step;
-    }
+    ExpectContinuesWhole(root);
   }
 }
 
@@ -76,12 +82,7 @@ TEST_F(ShardedTraining, AnOffloadRunsCheckpointResumesWithoutOffload) {
   const std::string ckpt = tmp_ / "first/checkpoints/last";
   ASSERT_TRUE(
       Succeeded(Run("resumed", 3, 2, "ddp", {{"--max_steps", "10"}, {"--ckpt_path", ckpt}})));
-  const auto whole = TrainLosses(tmp_ / "whole");
-  const auto resumed = TrainLosses(tmp_ / "resumed");
-  ASSERT_EQ(resumed.size(), 5u);
-  for (const auto& [step, loss] : resumed) {
-    EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << "step " << step;
-  }
+  ExpectContinuesWhole("resumed");
 }
 
 // An NVMe-offload run starts from an ordinary checkpoint (its state written
@@ -97,12 +98,7 @@ TEST_F(ShardedTraining, NvmeOffloadResumesFromAnOrdinaryCheckpoint) {
   ASSERT_TRUE(Succeeded(Run("resumed", 2, 2, "deepspeed_stage_3_offload_nvme",
                             {{"--max_steps", "10"}, {"--ckpt_path", ckpt},
                              {"--offload_dir", offload}})));
-  const auto whole = TrainLosses(tmp_ / "whole");
-  const auto resumed = TrainLosses(tmp_ / "resumed");
-  ASSERT_EQ(resumed.size(), 5u);
-  for (const auto& [step, loss] : resumed) {
-    EXPECT_NEAR(loss, whole.at(step), 1e-5 * whole.at(step)) << "step " << step;
-  }
+  ExpectContinuesWhole("resumed");
   EXPECT_TRUE(std::filesystem::is_empty(offload));
 }
 
