@@ -52,6 +52,7 @@ struct BenchFlags {
   int warmup = 2;
   std::string precision = "32";
   std::string memory_budget;
+  std::string offload_dir;  // adds deepspeed_stage_3_offload_nvme, its files here
   int max_batch = 256;
   bool no_batch_search = false;
   std::string out;
@@ -152,6 +153,10 @@ class Bench {
         "1", "--strategy", strategy, "--devices", std::to_string(f_.devices), "--precision",
         f_.precision, "--default_root_dir", dir + "/run"};
     if (ckpt) args.push_back("--activation_checkpointing");
+    if (IsNvmeStrategy(strategy)) {
+      args.push_back("--offload_dir");
+      args.push_back(f_.offload_dir);
+    }
     if (f_.num_threads > 0) {
       args.push_back("--num_threads");
       args.push_back(std::to_string(f_.num_threads));
@@ -276,6 +281,8 @@ Command AddBench(CLI::App* app) {
   app->add_option("--max_batch", f->max_batch, "Largest batch per rank the search tries")
       ->capture_default_str();
   app->add_flag("--no_batch_search", f->no_batch_search, "Skip the largest-batch search");
+  app->add_option("--offload_dir", f->offload_dir,
+                  "Also measure deepspeed_stage_3_offload_nvme, its files in this directory");
   app->add_option("--out", f->out, "Output directory (default bench/runs/<time>)");
   app->add_option("--data", f->data,
                   "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt)");
@@ -291,7 +298,19 @@ Command AddBench(CLI::App* app) {
       return err("--activation_checkpointing must be both, on or off, got '" + b.checkpointing + "'");
     }
     MINGPT_RETURN_IF_ERROR(ParsePrecision(b.precision).status());
+    if (!b.offload_dir.empty()) {
+      if (!fs::is_directory(b.offload_dir)) {
+        return err("--offload_dir " + b.offload_dir + " is not a directory");
+      }
+      if (std::find(b.strategies.begin(), b.strategies.end(), "deepspeed_stage_3_offload_nvme") ==
+          b.strategies.end()) {
+        b.strategies.push_back("deepspeed_stage_3_offload_nvme");
+      }
+    }
     for (const std::string& s : b.strategies) {
+      if (IsNvmeStrategy(s) && b.offload_dir.empty()) {
+        return err("--strategies deepspeed_stage_3_offload_nvme needs --offload_dir");
+      }
       if (s != "ddp" && s.rfind("deepspeed_stage_", 0) != 0 && s != "single_device") {
         return err("--strategies: unknown strategy '" + s +
                    "' (known: ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3)");

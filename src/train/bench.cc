@@ -17,6 +17,7 @@ std::string BenchRow::DisplayName() const {
       {"deepspeed_stage_3", "DeepSpeed ZeRO Stage 3"},
       {"deepspeed_stage_2_offload", "DeepSpeed ZeRO Stage 2 Offload"},
       {"deepspeed_stage_3_offload", "DeepSpeed ZeRO Stage 3 Offload"},
+      {"deepspeed_stage_3_offload_nvme", "DeepSpeed ZeRO Stage 3 Offload NVMe"},
   };
   auto it = kNames.find(strategy);
   std::string name = it != kNames.end() ? it->second : strategy;

@@ -2,6 +2,7 @@
 // row measured in child runs, the largest-batch search, CSV and HTML written;
 // and its bad input refused with one line.
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -92,6 +93,25 @@ TEST_F(BenchCliTest, ABudgetBelowTheRunsPeakSkipsTheSearch) {
   const auto& h = rows[0];
   const size_t largest = std::find(h.begin(), h.end(), "Max Per Device Batch Size") - h.begin();
   EXPECT_EQ(rows[1][largest], "");
+}
+
+// --offload_dir adds NVMe offload's row; its files are gone afterwards.
+TEST_F(BenchCliTest, AnOffloadDirectoryAddsNvmeOffload) {
+  const std::string offload = tmp_ / "offload";
+  std::filesystem::create_directories(offload);
+  const ProcessResult r = Mingpt(Args("nvme", {{"--strategies", "ddp"},
+                                               {"--activation_checkpointing", "off"},
+                                               {"--offload_dir", offload},
+                                               {"--memory_budget", "1M"}}));
+  ASSERT_TRUE(Succeeded(r));
+  const auto rows = Csv(tmp_ / "nvme/bench.csv");
+  ASSERT_EQ(rows.size(), 3u);
+  std::string all;
+  for (const auto& row : rows) {
+    for (const auto& cell : row) all += cell + ",";
+  }
+  EXPECT_NE(all.find("DeepSpeed ZeRO Stage 3 Offload NVMe"), std::string::npos) << all;
+  EXPECT_TRUE(std::filesystem::is_empty(offload));
 }
 
 TEST_F(BenchCliTest, BadInputIsRefusedWithOneLine) {

@@ -191,6 +191,45 @@ TEST_F(ShardedTraining, InterruptSavesLastOnEveryRankAndExitsCleanly) {
       << info.out;
 }
 
+// The disk under NVMe offload failing mid-run (its files cut short from
+// outside, as a dying disk or a full thin volume would) stops the run with
+// one line naming the file; the last checkpoint, written before, still loads.
+TEST_F(ShardedTraining, ADiskFailureUnderNvmeOffloadStopsCleanly) {
+  const std::string root = tmp_ / "failing";
+  const std::string offload = tmp_ / "offload";
+  std::filesystem::create_directories(offload);
+  ProcessResult result;
+  std::atomic<pid_t> pid{0};
+  std::thread run([&] {
+    RunOptions o;
+    o.timeout_s = 90;
+    o.env["MINGPT_DATA"] = data_;
+    o.cwd = tmp_.path();
+    o.on_start = [&](pid_t p) { pid = p; };
+    result = Run("failing", 1, 2, "deepspeed_stage_3_offload_nvme",
+                 {{"--max_steps", "1000000"}, {"--val_check_interval", "2"},
+                  {"--offload_dir", offload}},
+                 o);
+  });
+  for (int i = 0; i < 400 && !Exists(root + "/checkpoints/last/meta.json"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(Exists(root + "/checkpoints/last/meta.json"));
+  int cut = 0;
+  for (const auto& dir : std::filesystem::directory_iterator(offload)) {
+    for (const auto& file : std::filesystem::directory_iterator(dir.path())) {
+      std::filesystem::resize_file(file.path(), 0);
+      ++cut;
+    }
+  }
+  EXPECT_EQ(cut, 4) << "params, exp_avg, exp_avg_sq and grads files";
+  run.join();
+  EXPECT_EQ(result.exit_code, 1) << result.Describe();
+  EXPECT_NE(result.err.find("mingpt: error: reading"), std::string::npos) << result.Describe();
+  EXPECT_NE(result.err.find(offload), std::string::npos) << result.Describe();
+  EXPECT_TRUE(Succeeded(Mingpt({"info", "--checkpoint", root + "/checkpoints/last"})));
+}
+
 // Ranks started by hand with different flags refuse to train, saying so.
 TEST_F(ShardedTraining, RanksGivenDifferentConfigurationsRefuse) {
   std::vector<std::string> argv = {"/bin/sh", "-c",
