@@ -66,7 +66,7 @@ TEST_F(PlannerTest, PredictsEachRanksPeakWithinFifteenPercent) {
     if (run.checkpointing) args.push_back("--activation_checkpointing");
     ASSERT_TRUE(Succeeded(Mingpt(args)));
     const PlanRow plan =
-        PredictPeak({model, run.batch, run.world, text.size()}, run.strategy, run.checkpointing);
+        PredictPeak({model, run.batch, run.world, text.size(), {}}, run.strategy, run.checkpointing);
     const std::vector<double> measured = PeakRss(tmp_ / root);
     ASSERT_EQ(measured.size(), static_cast<size_t>(run.world));
     for (int r = 0; r < run.world; ++r) {
@@ -95,7 +95,7 @@ TEST_F(PlannerTest, AutoTakesTheFastestStrategyThatFits) {
   model.block_size = 16;
   const std::string text = ReadText(data_);
   model.vocab_size = CharTokenizer::FromText(text).size();
-  const PlanInput in{model, 4, 2, text.size()};
+  const PlanInput in{model, 4, 2, text.size(), {}};
   const size_t ddp = PredictPeak(in, "ddp", false).peak();
   const size_t budget = ddp - 1;  // ddp just misses
   const std::string expected = ChooseStrategy(in, false, budget);
