@@ -11,6 +11,8 @@ packages=(
   liburing-dev                  # NVMe offload's asynchronous direct I/O (io/async_file)
   python3-torch python3-numpy   # the PyTorch reference (tests/reference, bench/)
   libopenblas0-pthread          # a real BLAS under Debian's torch, so bench/ compares fairly
+  libcpp-httplib-dev            # mingpt serve's HTTP server (src/serve)
+  python3-selenium chromium chromium-driver  # the browser test of mingpt serve's page
 )
 
 missing=()

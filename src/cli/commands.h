@@ -26,6 +26,7 @@ Command AddInfo(CLI::App* app);
 Command AddConvert(CLI::App* app);
 Command AddPlan(CLI::App* app);
 Command AddBench(CLI::App* app);
+Command AddServe(CLI::App* app);
 
 // Several ranks (cli/ranks.cc). RelaunchUnderMpirun runs this same command
 // line as `devices` ranks under mpirun, each flag of `replace` given the

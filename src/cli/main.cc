@@ -33,6 +33,8 @@ constexpr CommandEntry kCommands[] = {
      mingpt::cli::AddPlan},
     {"bench", "Measure every strategy (time, memory, largest batch, MFU): CSV and HTML report",
      mingpt::cli::AddBench},
+    {"serve", "Serve a web page and JSON API: generate text, watch runs' metrics, see benchmarks",
+     mingpt::cli::AddServe},
 };
 
 std::string KnownCommands() {
