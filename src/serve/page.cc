@@ -235,10 +235,13 @@ async function showRun() {
     if ($("run").value !== id) return;
     const m = j.metrics, xs = m.step || [];
     const col = (c) => m[c] || xs.map(() => null);
+    const mib = (ys) => ys.map((v) => (v === null || v === undefined ? null : v / 1048576));
     const charts = [
       ["Loss", [["train_loss", col("train_loss")], ["val_loss", col("val_loss")]]],
       ["Learning rate", [["lr", col("lr")]]],
       ["Tokens per second", [["tokens_per_s", col("tokens_per_s")]]],
+      ["Memory per rank (MiB)", [["peak_rss", mib(col("peak_rss_bytes"))],
+                                 ["training state", mib(col("state_bytes"))]]],
     ];
     $("charts").innerHTML = charts.map(([title, ss]) =>
       '<div class="chart"><h3>' + esc(title) + "</h3>" + legend(ss.map((s) => s[0])) +

@@ -68,6 +68,13 @@ def main():
                         "--dropout", "0", "--num_threads", "1",
                         "--default_root_dir", os.path.join(runs, "tiny")],
                        check=True, stdout=subprocess.DEVNULL, cwd=tmp)
+        # A small bench report for the Benchmarks panel.
+        subprocess.run([mingpt, "bench", "--data", data, "--model_types", "", "--sizes", "1/2/16",
+                        "--block_size", "8", "--batch_size", "2", "--steps", "2", "--warmup", "1",
+                        "--num_threads", "1", "--strategies", "ddp,deepspeed_stage_3",
+                        "--activation_checkpointing", "off", "--no_batch_search",
+                        "--out", os.path.join(runs, "bench")],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
         port = free_port()
         server = subprocess.Popen([mingpt, "serve", "--root", runs, "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,9 +126,13 @@ def main():
             browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=runs]").click()
             wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#charts svg path"))
             assert "tiny" in browser.find_element(By.ID, "run").text
+            charts = browser.find_element(By.ID, "charts").text
+            for title in ("Loss", "Learning rate", "Tokens per second", "Memory per rank (MiB)"):
+                assert title in charts, charts
             browser.save_screenshot(os.path.join(out_dir, "runs.png"))
             browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=bench]").click()
-            wait.until(lambda b: b.find_element(By.ID, "benchinfo").text)
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#benchcharts svg rect"))
+            assert "2 configurations" in browser.find_element(By.ID, "benchinfo").text
             browser.save_screenshot(os.path.join(out_dir, "bench.png"))
             print("screenshots in " + out_dir)
         finally:
