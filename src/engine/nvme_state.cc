@@ -138,7 +138,7 @@ uint64_t NvmeState::bytes_written() const {
 
 Status NvmeState::TimedWait(AsyncFile* file, AsyncFile::Ticket ticket) {
   const auto start = std::chrono::steady_clock::now();
-  Status s = file->Wait(ticket);
+  Status s = ticket == kAll ? file->WaitAll() : file->Wait(ticket);
   io_wait_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return s;
 }
@@ -210,12 +210,7 @@ Status NvmeState::FinishRead(AsyncFile::Ticket ticket) {
 }
 
 Status NvmeState::Step(const StepFn& fn) {
-  {  // every gradient on disk first
-    const auto start = std::chrono::steady_clock::now();
-    Status s = files_[kGrads]->WaitAll();
-    io_wait_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    MINGPT_RETURN_IF_ERROR(s);
-  }
+  MINGPT_RETURN_IF_ERROR(TimedWait(files_[kGrads].get(), kAll));  // every gradient on disk
   staging_write_[0] = staging_write_[1] = 0;
   struct Chunk {
     int unit;
@@ -230,8 +225,7 @@ Status NvmeState::Step(const StepFn& fn) {
   // Set s, array a (p, g, m, v in kind order) of the pool.
   auto buf = [&](int set, int kind) { return pool_.f32() + (set * 4 + kind) * chunk_; };
   const bool params = options_.params;
-  constexpr int kCount = 4;  // p, m, v, g: the kinds moved per chunk
-  AsyncFile::Ticket reads[2][kCount] = {}, writes[2][kCount] = {};
+  AsyncFile::Ticket reads[2][kNumKinds] = {}, writes[2][kNumKinds] = {};
   auto issue_reads = [&](size_t k) {
     const int set = static_cast<int>(k % 2);
     const Chunk& c = chunks[k];
@@ -241,7 +235,7 @@ Status NvmeState::Step(const StepFn& fn) {
       reads[set][kind] = files_[kind]->Read(buf(set, kind), bytes, Offset(c.unit, c.from));
     }
   };
-  auto wait = [&](AsyncFile::Ticket (&t)[kCount]) -> Status {
+  auto wait = [&](AsyncFile::Ticket (&t)[kNumKinds]) -> Status {
     for (int kind = 0; kind < kNumKinds; ++kind) {
       if (t[kind] != 0) MINGPT_RETURN_IF_ERROR(TimedWait(files_[kind].get(), t[kind]));
       t[kind] = 0;

@@ -100,6 +100,8 @@ class NvmeState {
  private:
   NvmeState(NvmeOptions options, std::vector<ShardRange> shards, std::string run_dir);
   off_t Offset(int unit, int64_t from) const { return unit_base_[unit] + from * 4; }
+  // Waits for `ticket` (kAll: every transfer queued), counting the time.
+  static constexpr AsyncFile::Ticket kAll = ~AsyncFile::Ticket{0};
   Status TimedWait(AsyncFile* file, AsyncFile::Ticket ticket);
 
   NvmeOptions options_;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "model/layout.h"
 
@@ -31,5 +32,12 @@ struct ShardRange {
     padded = w * shard;
   }
 };
+
+// Rank `rank`'s ShardRange of every unit of `layout`, in unit order.
+inline std::vector<ShardRange> RankShards(const ModelLayout& layout, int rank, int world) {
+  std::vector<ShardRange> shards;
+  for (const Unit& u : layout.units()) shards.emplace_back(u.numel, rank, world);
+  return shards;
+}
 
 }  // namespace mingpt

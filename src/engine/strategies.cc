@@ -37,9 +37,9 @@ StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const std::string& name, Backen
   Backend* offload_to = IsOffloadStrategy(name) ? (host ? host : backend) : nullptr;
   std::unique_ptr<NvmeState> files;
   if (IsNvmeStrategy(name) && training) {
-    std::vector<ShardRange> shards;
-    for (const Unit& u : layout.units()) shards.emplace_back(u.numel, comm->rank(), comm->world());
-    MINGPT_ASSIGN_OR_RETURN(files, NvmeState::Create(nvme, shards, comm->rank()));
+    MINGPT_ASSIGN_OR_RETURN(
+        files, NvmeState::Create(nvme, RankShards(layout, comm->rank(), comm->world()),
+                                 comm->rank()));
   }
   std::unique_ptr<Strategy> s = std::make_unique<ZeroEngine>(
       backend, layout, comm, ZeroStageOf(name), name, training, offload_to, std::move(files));

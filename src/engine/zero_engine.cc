@@ -25,8 +25,8 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
   MINGPT_CHECK(host == nullptr || stage >= 2, "offload needs ZeRO stage 2 or 3, not %d", stage);
   MINGPT_CHECK(!nvme_ || (host && stage == 3 && training), "NVMe offload is stage 3 training");
   const int U = layout.num_units();
+  shards_ = RankShards(layout, comm->rank(), comm->world());
   for (int u = 0; u < U; ++u) {
-    shards_.emplace_back(layout.units()[u].numel, comm->rank(), comm->world());
     whole_base_.push_back(whole_numel_);
     shard_base_.push_back(shard_numel_);
     whole_numel_ += shards_[u].padded;
@@ -34,23 +34,21 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     max_padded_ = std::max(max_padded_, shards_[u].padded);
     max_shard_ = std::max(max_shard_, shards_[u].shard);
   }
-  bool on_disk_kind = false;
   auto alloc = [&](Buffer* b, bool whole, bool on_host) {
-    if (on_disk_kind) return;  // set below for each state: its file holds it
     const size_t bytes = (whole ? whole_numel_ : shard_numel_) * sizeof(float);
     *b = on_host ? Buffer(host_, bytes, Buffer::kHost) : Buffer(backend, bytes);
     (on_host ? host_ : backend)->Memset0(b->f32(), bytes);
   };
-  on_disk_kind = on_disk(StateKind::kParams);
-  alloc(&params_, params_whole(), on_host(StateKind::kParams));
+  // A state in NVMe offload's files gets no buffer.
+  if (!on_disk(StateKind::kParams)) alloc(&params_, params_whole(), on_host(StateKind::kParams));
   param_gathers_.resize(U);
   grad_reduces_.resize(U);
   if (training) {
-    on_disk_kind = nvme_ != nullptr;  // gradients, moments
-    alloc(&grads_, grads_whole(), offload());
-    alloc(&exp_avg_, moments_whole(), on_host(StateKind::kExpAvg));
-    alloc(&exp_avg_sq_, moments_whole(), on_host(StateKind::kExpAvgSq));
-    on_disk_kind = false;
+    if (!nvme_) {
+      alloc(&grads_, grads_whole(), offload());
+      alloc(&exp_avg_, moments_whole(), on_host(StateKind::kExpAvg));
+      alloc(&exp_avg_sq_, moments_whole(), on_host(StateKind::kExpAvgSq));
+    }
     if (master_separate()) alloc(&master_, /*whole=*/false, /*on_host=*/true);
     if (offload() && !nvme_) host_reduced_ = Buffer(host_, max_shard_ * sizeof(float), Buffer::kHost);
   }
@@ -427,8 +425,7 @@ MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world
     m.host = master + reduced + m.grads + m.optimizer + (stage == 3 ? m.params : 0);
   }
   if (nvme) {  // gradients and moments (and the parameters) in files
-    std::vector<ShardRange> shards;
-    for (const Unit& u : layout.units()) shards.emplace_back(u.numel, rank, world);
+    const std::vector<ShardRange> shards = RankShards(layout, rank, world);
     const size_t reduced = max_shard * sizeof(float);
     m.working -= reduced;  // the NVMe staging buffers replace it
     m.host -= reduced + m.grads + m.optimizer;

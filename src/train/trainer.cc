@@ -264,9 +264,8 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
                                            o->activation_checkpointing, state));
   }
   if (IsNvmeStrategy(o->strategy)) {  // the offload directory, before anything is created
-    const ModelLayout layout(o->model);
-    std::vector<ShardRange> shards;  // rank 0's: never smaller than another's
-    for (const Unit& u : layout.units()) shards.emplace_back(u.numel, 0, comm->world());
+    // Rank 0's shards: never smaller than another's.
+    const std::vector<ShardRange> shards = RankShards(ModelLayout(o->model), 0, comm->world());
     MINGPT_RETURN_IF_ERROR(NvmeState::CheckDirectory(
         o->offload_dir, NvmeState::DiskBytes(shards, o->offload_params == "nvme")));
   }

@@ -40,6 +40,21 @@ class ShardedTraining : public CliTest {
     return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), opts);
   }
 
+  // Run(...) on a thread (90 s at most); *pid becomes the process started.
+  std::thread RunInBackground(const std::string& root, int devices, int batch,
+                              const std::string& strategy,
+                              std::vector<std::pair<std::string, std::string>> extra,
+                              ProcessResult* result, std::atomic<pid_t>* pid) {
+    return std::thread([=, this] {
+      RunOptions o;
+      o.timeout_s = 90;
+      o.env["MINGPT_DATA"] = data_;
+      o.cwd = tmp_.path();
+      o.on_start = [pid](pid_t p) { *pid = p; };
+      *result = Run(root, devices, batch, strategy, extra, o);
+    });
+  }
+
   // The run under `resumed` logged steps 6..10 on the trajectory of the
   // uninterrupted run under "whole".
   void ExpectContinuesWhole(const std::string& resumed_root) {
@@ -167,14 +182,8 @@ TEST_F(ShardedTraining, InterruptSavesLastOnEveryRankAndExitsCleanly) {
   const std::string root = tmp_ / "stopped";
   ProcessResult result;
   std::atomic<pid_t> launcher{0};
-  std::thread run([&] {
-    RunOptions o;
-    o.timeout_s = 90;
-    o.env["MINGPT_DATA"] = data_;
-    o.cwd = tmp_.path();
-    o.on_start = [&](pid_t pid) { launcher = pid; };
-    result = Run("stopped", 2, 2, "deepspeed_stage_2", {{"--max_steps", "1000000"}}, o);
-  });
+  std::thread run = RunInBackground("stopped", 2, 2, "deepspeed_stage_2",
+                                    {{"--max_steps", "1000000"}}, &result, &launcher);
   for (int i = 0; i < 400 && (launcher == 0 || TrainLosses(root).size() < 3); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -200,17 +209,11 @@ TEST_F(ShardedTraining, ADiskFailureUnderNvmeOffloadStopsCleanly) {
   std::filesystem::create_directories(offload);
   ProcessResult result;
   std::atomic<pid_t> pid{0};
-  std::thread run([&] {
-    RunOptions o;
-    o.timeout_s = 90;
-    o.env["MINGPT_DATA"] = data_;
-    o.cwd = tmp_.path();
-    o.on_start = [&](pid_t p) { pid = p; };
-    result = Run("failing", 1, 2, "deepspeed_stage_3_offload_nvme",
-                 {{"--max_steps", "1000000"}, {"--val_check_interval", "2"},
-                  {"--offload_dir", offload}},
-                 o);
-  });
+  std::thread run = RunInBackground("failing", 1, 2, "deepspeed_stage_3_offload_nvme",
+                                    {{"--max_steps", "1000000"},
+                                     {"--val_check_interval", "2"},
+                                     {"--offload_dir", offload}},
+                                    &result, &pid);
   for (int i = 0; i < 400 && !Exists(root + "/checkpoints/last/meta.json"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
