@@ -10,9 +10,10 @@
 //     several uses of one weight need; activation gradients overwrite (=)
 //     except where an op says otherwise (LayerNormBackward adds into the
 //     residual stream's gradient, MatmulBackward adds when asked);
-//   - activations and parameters are fp32 in this version; matrix-product
-//     precision is a backend setting (SetMatmulPrecision), not a change of
-//     the buffers' dtype.
+//   - parameters, gradients and activations are fp32, except activations
+//     that only feed matrix products, which may be kept in the products'
+//     operand format (MatmulOperand); matrix-product precision is a backend
+//     setting (SetMatmulPrecision).
 #pragma once
 
 #include <cstddef>
@@ -30,6 +31,25 @@ namespace mingpt {
 // with fp32 accumulation does. Everything else (layernorm, softmax,
 // attention, the loss, the optimizer) stays fp32.
 enum class MatmulPrecision { kFp32, kBf16, kFp16 };
+
+// An operand of MatmulForward / MatmulBackward: fp32 values (converted to the
+// product's operand format inside the call, as a const float* converts
+// implicitly), or values already in that format (Converted): what
+// ToOperand, GeluForwardOperand and GeluBackwardOperand write, under the
+// MatmulPrecision in effect when they ran. A model keeps an activation that
+// only feeds products in that format, so that it is converted once, where it
+// is made, rather than on every use.
+struct MatmulOperand {
+  MatmulOperand(const float* f32) : data(f32) {}  // NOLINT: implicit on purpose
+  static MatmulOperand Converted(const void* p) {
+    MatmulOperand o(nullptr);
+    o.data = p;
+    o.converted = true;
+    return o;
+  }
+  const void* data;
+  bool converted = false;
+};
 
 class Backend {
  public:
@@ -54,6 +74,11 @@ class Backend {
   // ---- settings -----------------------------------------------------------
   virtual void SetMatmulPrecision(MatmulPrecision precision) = 0;
   virtual MatmulPrecision matmul_precision() const = 0;
+  // Bytes per element of the products' operand format under the current
+  // precision: 4 for fp32 operands (kFp32, and the low precisions where the
+  // backend rounds fp32 values instead of storing 16-bit ones), 2 for bf16 or
+  // fp16 storage.
+  virtual size_t OperandBytes() const = 0;
 
   // ---- ops ----------------------------------------------------------------
   // out[B,T,C] = wte[idx[b,t], :] + wpe[t, :]                               (=)
@@ -73,6 +98,14 @@ class Backend {
   virtual void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd,
                                         const float* x, const float* branch, const float* w,
                                         const float* b, int N, int C) = 0;
+  // Both with `out` written in the operand format: a layernorm's output is
+  // read only by the products that follow it, forward and backward.         (=)
+  virtual void LayerNormForwardOperand(void* out, float* mean, float* rstd, const float* x,
+                                       const float* w, const float* b, int N, int C) = 0;
+  virtual void ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
+                                               const float* x, const float* branch,
+                                               const float* w, const float* b, int N,
+                                               int C) = 0;
   // dx += ..., dw += ..., db += ...                                         (+=)
   virtual void LayerNormBackward(float* dx, float* dw, float* db,
                                  const float* dout, const float* x,
@@ -80,15 +113,18 @@ class Backend {
                                  const float* rstd, int N, int C) = 0;
 
   // out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias[OC] (bias may be null)        (=)
-  virtual void MatmulForward(float* out, const float* inp, const float* W,
+  virtual void MatmulForward(float* out, MatmulOperand inp, MatmulOperand W,
                              const float* bias, int N, int IC, int OC) = 0;
   // dinp[N,IC] (= or += by accumulate_dinp; may be null) = dout @ W;
-  // dW += dout^T @ inp;  dbias += sum_n dout (may be null).
+  // dW += dout^T @ inp;  dbias += sum_n dout (may be null; only with an fp32
+  // dout: a converted one has lost the precision the sum needs).
   // dinp may alias inp (not accumulating): inp is read before dinp is written.
   virtual void MatmulBackward(float* dinp, float* dW, float* dbias,
-                              const float* dout, const float* inp,
-                              const float* W, int N, int IC, int OC,
+                              MatmulOperand dout, MatmulOperand inp,
+                              MatmulOperand W, int N, int IC, int OC,
                               bool accumulate_dinp) = 0;
+  // dst[n] = src[n] in the operand format (OperandBytes() each).           (=)
+  virtual void ToOperand(void* dst, const float* src, int64_t n) = 0;
 
   // Causal self-attention over heads of size hs = C/NH:
   //   P = softmax(mask(Q K^T / sqrt(hs))),  out = dropout(P) V
@@ -117,6 +153,15 @@ class Backend {
   // dx = dout * GELU'(x). dx may alias dout.                                (=)
   virtual void GeluBackward(float* dx, const float* x, const float* dout,
                             int64_t n) = 0;
+  // GeluForward written in the operand format: the input of the MLP's
+  // second product, made once and kept for its backward.                  (=)
+  virtual void GeluForwardOperand(void* out, const float* x, int64_t n) = 0;
+  // GeluBackward over [N,C] written in the operand format (the output
+  // gradient of the MLP's first product), with that product's bias gradient
+  // taken on the way from the fp32 values: dbias[c] += sum_n dx[n,c] (dbias
+  // may be null). dx may alias dout when OperandBytes() is 4.        (=, +=)
+  virtual void GeluBackwardOperand(void* dx, float* dbias, const float* x,
+                                   const float* dout, int N, int C) = 0;
 
   // out = a + b. out may alias a or b.                                      (=)
   virtual void Add(float* out, const float* a, const float* b, int64_t n) = 0;

@@ -26,25 +26,31 @@ uint32_t Resid2Site(int l) { return 3 + 3 * l; }
 // and only x_out is per layer.
 struct GPT::Arena {
   struct Layer {
-    float *ln1, *ln1_mean, *ln1_rstd, *q, *k, *v, *lse, *atty, *x_mid;
-    float *ln2, *ln2_mean, *ln2_rstd, *fch, *x_out;
+    float *ln1_mean, *ln1_rstd, *q, *k, *v, *lse, *atty, *x_mid;
+    float *ln2_mean, *ln2_rstd, *fch, *x_out;
+    // Read only by matrix products, so kept in their operand format: the
+    // layernorms' outputs and GELU(fch).
+    void *ln1, *ln2, *gelu;
   };
   Buffer memory;
   Buffer tokens;  // int32 idx[B*T] then targets[B*T]
   std::vector<Layer> layers;
-  float *encoded, *tmp, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+  float *encoded, *tmp, *lnf_mean, *lnf_rstd, *logits, *losses;
+  void* lnf;  // operand format
   float *dres, *dbranch, *dln, *dbig, *dq, *dk, *dv, *datty;
+  void* dfc;  // the MLP's first product's output gradient, in operand format
   std::vector<float> host_losses;
   size_t bytes = 0;
 };
 
 namespace {
 
-// Lays the arena out for (B, block_size): hands out pointers from `base`, or
-// with base == nullptr only counts. Returns the number of floats.
+// Lays the arena out for (B, block_size) with matrix-product operands of
+// `operand_bytes` each: hands out pointers from `base`, or with base ==
+// nullptr only counts. Returns the number of floats.
 template <typename ArenaT>
-int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, ArenaT* a,
-                  float* base) {
+int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, size_t operand_bytes,
+                  ArenaT* a, float* base) {
   const int64_t T = config.block_size, C = config.n_embd, NH = config.n_head;
   const int64_t V = config.vocab_size;
   const int64_t BTC = B * T * C, BT = B * T;
@@ -53,6 +59,12 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, Aren
     *p = base ? base + used : nullptr;
     used += (n + kAlign - 1) / kAlign * kAlign;
   };
+  // n operand-format elements.
+  auto take_operands = [&](void** p, int64_t n) {
+    float* f = nullptr;
+    take(&f, (n * static_cast<int64_t>(operand_bytes) + 3) / 4);
+    *p = f;
+  };
   a->layers.resize(config.n_layer);
   take(&a->encoded, BTC);
   for (size_t i = 0; i < a->layers.size(); ++i) {
@@ -60,41 +72,51 @@ int64_t PlanArena(const ModelConfig& config, int64_t B, bool checkpointing, Aren
     if (checkpointing && i > 0) {
       l = a->layers[0];  // shares layer 0's intermediates; x_out is set below
     } else {
-      take(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
+      take_operands(&l.ln1, BTC); take(&l.ln1_mean, BT); take(&l.ln1_rstd, BT);
       take(&l.q, BTC); take(&l.k, BTC); take(&l.v, BTC);
       take(&l.lse, B * NH * T); take(&l.atty, BTC); take(&l.x_mid, BTC);
-      take(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
+      take_operands(&l.ln2, BTC); take(&l.ln2_mean, BT); take(&l.ln2_rstd, BT);
       take(&l.fch, 4 * BTC);
+      take_operands(&l.gelu, 4 * BTC);
     }
     take(&l.x_out, BTC);
   }
   take(&a->tmp, BTC);
-  take(&a->lnf, BTC); take(&a->lnf_mean, BT); take(&a->lnf_rstd, BT);
+  take_operands(&a->lnf, BTC); take(&a->lnf_mean, BT); take(&a->lnf_rstd, BT);
   take(&a->logits, BT * V); take(&a->losses, BT);
   take(&a->dres, BTC); take(&a->dbranch, BTC); take(&a->dln, BTC); take(&a->dbig, 4 * BTC);
   take(&a->dq, BTC); take(&a->dk, BTC); take(&a->dv, BTC); take(&a->datty, BTC);
+  // GeluBackwardOperand may write fp32 operands over its input gradient.
+  if (operand_bytes == sizeof(float)) {
+    a->dfc = a->dbig;
+  } else {
+    take_operands(&a->dfc, 4 * BTC);
+  }
   return used;
 }
 
 }  // namespace
 
 size_t GPT::ActivationBytes(const ModelConfig& config, int max_batch,
-                            bool activation_checkpointing) {
+                            bool activation_checkpointing, size_t operand_bytes) {
   Arena plan;
-  return PlanArena(config, max_batch, activation_checkpointing, &plan, nullptr) * sizeof(float) +
+  return PlanArena(config, max_batch, activation_checkpointing, operand_bytes, &plan, nullptr) *
+             sizeof(float) +
          2 * static_cast<size_t>(max_batch) * config.block_size * sizeof(int32_t);
 }
 
 GPT::GPT(Backend* backend, const ModelConfig& config, int max_batch,
          bool activation_checkpointing)
     : backend_(backend), config_(config), layout_(config), max_batch_(max_batch),
-      activation_checkpointing_(activation_checkpointing), arena_(std::make_unique<Arena>()) {
+      activation_checkpointing_(activation_checkpointing),
+      operand_bytes_(backend->OperandBytes()), arena_(std::make_unique<Arena>()) {
   MINGPT_CHECK(config.Validate().ok(), "%s", config.Validate().message().c_str());
   MINGPT_CHECK(max_batch > 0, "max_batch %d", max_batch);
   Arena& a = *arena_;
-  a.bytes = PlanArena(config, max_batch, activation_checkpointing, &a, nullptr) * sizeof(float);
+  a.bytes = PlanArena(config, max_batch, activation_checkpointing, operand_bytes_, &a, nullptr) *
+            sizeof(float);
   a.memory = Buffer(backend, a.bytes);
-  PlanArena(config, max_batch, activation_checkpointing, &a, a.memory.f32());
+  PlanArena(config, max_batch, activation_checkpointing, operand_bytes_, &a, a.memory.f32());
   const int64_t BT = static_cast<int64_t>(max_batch) * config.block_size;
   a.tokens = Buffer(backend, 2 * BT * sizeof(int32_t));
   a.host_losses.resize(BT);
@@ -168,6 +190,8 @@ float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* tar
                    int T, const DropoutContext& dropout) {
   MINGPT_CHECK(B >= 1 && B <= max_batch_, "batch %d outside [1, %d]", B, max_batch_);
   MINGPT_CHECK(T >= 1 && T <= config_.block_size, "T %d outside [1, %d]", T, config_.block_size);
+  MINGPT_CHECK(backend_->OperandBytes() == operand_bytes_,
+               "the matmul precision changed the operand size after the model was built");
   Backend& be = *backend_;
   Arena& a = *arena_;
   const int C = config_.n_embd, V = config_.vocab_size;
@@ -196,9 +220,9 @@ float GPT::Forward(ParamProvider* params, const int32_t* idx, const int32_t* tar
   {
     const int u = layout_.head_unit();
     UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
-    be.LayerNormForward(a.lnf, a.lnf_mean, a.lnf_rstd, BlockInput(config_.n_layer), P[kLnfW],
+    be.LayerNormForwardOperand(a.lnf, a.lnf_mean, a.lnf_rstd, BlockInput(config_.n_layer), P[kLnfW],
                         P[kLnfB], N, C);
-    be.MatmulForward(a.logits, a.lnf, P[kHeadW], nullptr, N, C, V);
+    be.MatmulForward(a.logits, MatmulOperand::Converted(a.lnf), P[kHeadW], nullptr, N, C, V);
     params->Release(u);
   }
   if (!targets) return 0.0f;
@@ -225,22 +249,23 @@ void GPT::BlockForward(int layer, const float* params, int B, int T, const Dropo
   UnitView P{const_cast<float*>(params), &layout_.units()[u]};
   Arena::Layer& s = a.layers[layer];
   const float* x_in = BlockInput(layer);
-  be.LayerNormForward(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
-  be.MatmulForward(s.q, s.ln1, P[kQueryW], P[kQueryB], N, C, C);
-  be.MatmulForward(s.k, s.ln1, P[kKeyW], P[kKeyB], N, C, C);
-  be.MatmulForward(s.v, s.ln1, P[kValueW], P[kValueB], N, C, C);
+  be.LayerNormForwardOperand(s.ln1, s.ln1_mean, s.ln1_rstd, x_in, P[kLn1W], P[kLn1B], N, C);
+  const MatmulOperand ln1 = MatmulOperand::Converted(s.ln1);
+  be.MatmulForward(s.q, ln1, P[kQueryW], P[kQueryB], N, C, C);
+  be.MatmulForward(s.k, ln1, P[kKeyW], P[kKeyB], N, C, C);
+  be.MatmulForward(s.v, ln1, P[kValueW], P[kValueB], N, C, C);
   be.AttentionForward(s.atty, s.lse, s.q, s.k, s.v, B, T, C, NH,
                       Site(dropout, p, AttnSite(layer)));
   be.MatmulForward(a.tmp, s.atty, P[kProjW], P[kProjB], N, C, C);
   be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid1Site(layer)));
-  be.ResidualLayerNormForward(s.x_mid, s.ln2, s.ln2_mean, s.ln2_rstd, x_in, a.tmp, P[kLn2W],
+  be.ResidualLayerNormForwardOperand(s.x_mid, s.ln2, s.ln2_mean, s.ln2_rstd, x_in, a.tmp, P[kLn2W],
                               P[kLn2B], N, C);
-  be.MatmulForward(s.fch, s.ln2, P[kFcW], P[kFcB], N, C, 4 * C);
+  be.MatmulForward(s.fch, MatmulOperand::Converted(s.ln2), P[kFcW], P[kFcB], N, C, 4 * C);
+  // GELU straight into the operand format of the product it feeds (converted
+  // once), kept for that product's weight gradient.
+  be.GeluForwardOperand(s.gelu, s.fch, 4 * NC);
   if (!through_output) return;
-  // The GELU output is not kept: it goes to the backward's [N,4C] scratch,
-  // unused until the backward, which recomputes it there.
-  be.GeluForward(a.dbig, s.fch, 4 * NC);
-  be.MatmulForward(a.tmp, a.dbig, P[kFc2W], P[kFc2B], N, 4 * C, C);
+  be.MatmulForward(a.tmp, MatmulOperand::Converted(s.gelu), P[kFc2W], P[kFc2B], N, 4 * C, C);
   be.Dropout(a.tmp, a.tmp, B, TC, Site(dropout, p, Resid2Site(layer)));
   be.Add(s.x_out, s.x_mid, a.tmp, NC);
 }
@@ -279,7 +304,8 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     UnitView P{const_cast<float*>(params->Acquire(u)), &layout_.units()[u]};
     UnitView G{params->Grads(u), &layout_.units()[u]};
     be.Memset0(a.dres, NC * sizeof(float));
-    be.MatmulBackward(a.dln, G[kHeadW], nullptr, a.logits, a.lnf, P[kHeadW], N, C, V, false);
+    be.MatmulBackward(a.dln, G[kHeadW], nullptr, a.logits, MatmulOperand::Converted(a.lnf),
+                      P[kHeadW], N, C, V, false);
     be.LayerNormBackward(a.dres, G[kLnfW], G[kLnfB], a.dln, last_out, P[kLnfW], a.lnf_mean,
                          a.lnf_rstd, N, C);
     params->Release(u);
@@ -298,11 +324,13 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     const float* x_in = BlockInput(l);
     // MLP branch: x_out = x_mid + drop(mlp.2(gelu(mlp.0(ln2(x_mid))))).
     const float* dm = branch_grad(Resid2Site(l));
-    be.GeluForward(a.dbig, s.fch, 4 * NC);  // recomputed, not stored
-    // dinp aliases inp: MatmulBackward reads inp for dW before writing dinp.
-    be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, a.dbig, P[kFc2W], N, 4 * C, C, false);
-    be.GeluBackward(a.dbig, s.fch, a.dbig, 4 * NC);
-    be.MatmulBackward(a.dln, G[kFcW], G[kFcB], a.dbig, s.ln2, P[kFcW], N, C, 4 * C, false);
+    be.MatmulBackward(a.dbig, G[kFc2W], G[kFc2B], dm, MatmulOperand::Converted(s.gelu),
+                      P[kFc2W], N, 4 * C, C, false);
+    // GELU's backward writes the first product's output gradient in operand
+    // format and takes its bias gradient on the way.
+    be.GeluBackwardOperand(a.dfc, G[kFcB], s.fch, a.dbig, N, 4 * C);
+    be.MatmulBackward(a.dln, G[kFcW], nullptr, MatmulOperand::Converted(a.dfc),
+                      MatmulOperand::Converted(s.ln2), P[kFcW], N, C, 4 * C, false);
     be.LayerNormBackward(a.dres, G[kLn2W], G[kLn2B], a.dln, s.x_mid, P[kLn2W], s.ln2_mean,
                          s.ln2_rstd, N, C);
     // Attention branch: x_mid = x_in + drop(proj(attn(q, k, v))), q/k/v = Linear(ln1(x_in)).
@@ -310,9 +338,10 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     be.MatmulBackward(a.datty, G[kProjW], G[kProjB], dp, s.atty, P[kProjW], N, C, C, false);
     be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.lse, B, T, C, NH,
                          Site(dropout, p, AttnSite(l)));
-    be.MatmulBackward(a.dln, G[kQueryW], G[kQueryB], a.dq, s.ln1, P[kQueryW], N, C, C, false);
-    be.MatmulBackward(a.dln, G[kKeyW], G[kKeyB], a.dk, s.ln1, P[kKeyW], N, C, C, true);
-    be.MatmulBackward(a.dln, G[kValueW], G[kValueB], a.dv, s.ln1, P[kValueW], N, C, C, true);
+    const MatmulOperand ln1 = MatmulOperand::Converted(s.ln1);
+    be.MatmulBackward(a.dln, G[kQueryW], G[kQueryB], a.dq, ln1, P[kQueryW], N, C, C, false);
+    be.MatmulBackward(a.dln, G[kKeyW], G[kKeyB], a.dk, ln1, P[kKeyW], N, C, C, true);
+    be.MatmulBackward(a.dln, G[kValueW], G[kValueB], a.dv, ln1, P[kValueW], N, C, C, true);
     be.LayerNormBackward(a.dres, G[kLn1W], G[kLn1B], a.dln, x_in, P[kLn1W], s.ln1_mean,
                          s.ln1_rstd, N, C);
     params->Release(u);

@@ -100,9 +100,11 @@ class GPT {
   // Bytes held by the activation arena.
   size_t activation_bytes() const;
   // What activation_bytes() will be for (config, max_batch,
-  // activation_checkpointing), before allocating.
+  // activation_checkpointing), before allocating, with matrix-product
+  // operands of `operand_bytes` (Backend::OperandBytes(); 4 bounds it).
   static size_t ActivationBytes(const ModelConfig& config, int max_batch,
-                                bool activation_checkpointing = false);
+                                bool activation_checkpointing = false,
+                                size_t operand_bytes = sizeof(float));
 
  private:
   struct Arena;
@@ -110,9 +112,8 @@ class GPT {
   const float* BlockInput(int layer) const;
   // Block `layer`'s forward from BlockInput(layer) into its arena slots, with
   // the unit's parameters at `params`. With `through_output` false it stops
-  // after the MLP's first product: the GELU, the output projection and the
-  // residual add feed only the next block, and the backward of this block
-  // does not read them (it recomputes the GELU itself).
+  // after the MLP's GELU: the output projection and the residual add feed
+  // only the next block, and the backward of this block does not read them.
   void BlockForward(int layer, const float* params, int B, int T,
                     const DropoutContext& dropout, bool through_output);
 
@@ -121,6 +122,7 @@ class GPT {
   ModelLayout layout_;
   int max_batch_;
   bool activation_checkpointing_;
+  size_t operand_bytes_;  // the backend's OperandBytes() when the arena was laid out
   std::unique_ptr<Arena> arena_;
 };
 

@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/low_precision.h"
+#include "backend/cpu/matmul_ref.h"
 #include "backend/cpu/onednn_matmul.h"
 
 namespace mingpt::cpu {
@@ -198,6 +199,102 @@ TEST(LowPrecision, MatmulBf16OnTheCpusBf16Units) {
 TEST(LowPrecision, MatmulFp16RoundsOperandsAndAccumulatesInFp32) {
   CheckMatmul(MatmulPrecision::kFp16);
 }
+
+// The operand-format ops against their unfused forms on the same backend:
+// GeluForwardOperand = ToOperand(GeluForward), GeluBackwardOperand =
+// ToOperand(GeluBackward) with BiasBackward's column sums, the layernorms'
+// operand forms = ToOperand of theirs (same statistics), and products on
+// Converted operands = products on the fp32 ones (which convert the same
+// way inside), all bit for bit. Odd sizes reach every tail path.
+void CheckOperandOps(MatmulPrecision p, bool native_bf16) {
+  const int N = 37, C = 131, OC = 29;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  auto fill = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+  };
+  const std::vector<float> x = fill(N * C), dout = fill(N * C), W = fill(OC * C),
+                           bias = fill(OC), dy = fill(N * OC), db0 = fill(C);
+  auto backend = std::make_unique<CpuBackend>(2);
+  backend->set_native_bf16(native_bf16);
+  backend->SetMatmulPrecision(p);
+  const size_t ob = backend->OperandBytes();
+  ASSERT_EQ(ob, p == MatmulPrecision::kBf16 && backend->native_bf16() ? 2u : 4u);
+  const size_t n = static_cast<size_t>(N) * C;
+  auto bytes = [](const std::vector<char>& a, const std::vector<char>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << "byte " << i;
+  };
+
+  // Forward.
+  std::vector<float> g(n);
+  backend->GeluForward(g.data(), x.data(), static_cast<int64_t>(n));
+  std::vector<char> want(n * ob), got(n * ob, 0);
+  backend->ToOperand(want.data(), g.data(), static_cast<int64_t>(n));
+  backend->GeluForwardOperand(got.data(), x.data(), static_cast<int64_t>(n));
+  ASSERT_NO_FATAL_FAILURE(bytes(got, want));
+
+  // Backward, with the bias gradient accumulating onto db0.
+  std::vector<float> dg(n), db_want = db0, db_got = db0;
+  backend->GeluBackward(dg.data(), x.data(), dout.data(), static_cast<int64_t>(n));
+  BiasBackward(db_want.data(), dg.data(), N, C);
+  backend->ToOperand(want.data(), dg.data(), static_cast<int64_t>(n));
+  backend->GeluBackwardOperand(got.data(), db_got.data(), x.data(), dout.data(), N, C);
+  ASSERT_NO_FATAL_FAILURE(bytes(got, want));
+  for (int c = 0; c < C; ++c) ASSERT_EQ(db_got[c], db_want[c]) << c;
+
+  // Layernorms (C = 131 spans a tail), alone and after the residual add.
+  const std::vector<float> w = fill(C), b = fill(C);
+  std::vector<float> ln(n), mean(N), rstd(N), mean2(N), rstd2(N), sum(n), sum2(n);
+  backend->LayerNormForward(ln.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
+                            C);
+  backend->ToOperand(want.data(), ln.data(), static_cast<int64_t>(n));
+  backend->LayerNormForwardOperand(got.data(), mean2.data(), rstd2.data(), x.data(), w.data(),
+                                   b.data(), N, C);
+  ASSERT_NO_FATAL_FAILURE(bytes(got, want));
+  ASSERT_EQ(mean2, mean);
+  ASSERT_EQ(rstd2, rstd);
+  backend->ResidualLayerNormForward(sum.data(), ln.data(), mean.data(), rstd.data(), x.data(),
+                                    dout.data(), w.data(), b.data(), N, C);
+  backend->ToOperand(want.data(), ln.data(), static_cast<int64_t>(n));
+  backend->ResidualLayerNormForwardOperand(sum2.data(), got.data(), mean2.data(), rstd2.data(),
+                                           x.data(), dout.data(), w.data(), b.data(), N, C);
+  ASSERT_NO_FATAL_FAILURE(bytes(got, want));
+  ASSERT_EQ(sum2, sum);
+  ASSERT_EQ(mean2, mean);
+  ASSERT_EQ(rstd2, rstd);
+
+  // Products: Converted operands (the GELU output as the input, dy as dout).
+  std::vector<char> gop(n * ob), dyop(static_cast<size_t>(N) * OC * ob);
+  backend->GeluForwardOperand(gop.data(), x.data(), static_cast<int64_t>(n));
+  backend->ToOperand(dyop.data(), dy.data(), int64_t{N} * OC);
+  std::vector<float> out_want(N * OC), out_got(N * OC);
+  backend->MatmulForward(out_want.data(), g.data(), W.data(), bias.data(), N, C, OC);
+  backend->MatmulForward(out_got.data(), MatmulOperand::Converted(gop.data()), W.data(),
+                         bias.data(), N, C, OC);
+  for (size_t i = 0; i < out_want.size(); ++i) ASSERT_EQ(out_got[i], out_want[i]) << i;
+  std::vector<float> dW_want(OC * C, 0.0f), dW_got(OC * C, 0.0f), dx_want(n), dx_got(n);
+  backend->MatmulBackward(dx_want.data(), dW_want.data(), nullptr, dy.data(), g.data(), W.data(),
+                          N, C, OC, false);
+  backend->MatmulBackward(dx_got.data(), dW_got.data(), nullptr,
+                          MatmulOperand::Converted(dyop.data()),
+                          MatmulOperand::Converted(gop.data()), W.data(), N, C, OC, false);
+  for (size_t i = 0; i < dW_want.size(); ++i) ASSERT_EQ(dW_got[i], dW_want[i]) << i;
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(dx_got[i], dx_want[i]) << i;
+}
+
+TEST(LowPrecision, OperandOpsFp32) { CheckOperandOps(MatmulPrecision::kFp32, true); }
+TEST(LowPrecision, OperandOpsBf16Rounded) { CheckOperandOps(MatmulPrecision::kBf16, false); }
+TEST(LowPrecision, OperandOpsBf16Native) {
+  if (!OnednnMatmul::CpuHasBf16Matmul()) {
+    GTEST_SKIP() << "this CPU has no bf16 dot products: bf16 operands are rounded fp32, tested "
+                    "above";
+  }
+  CheckOperandOps(MatmulPrecision::kBf16, true);
+}
+TEST(LowPrecision, OperandOpsFp16) { CheckOperandOps(MatmulPrecision::kFp16, true); }
 
 }  // namespace
 }  // namespace mingpt::cpu

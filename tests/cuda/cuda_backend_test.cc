@@ -319,6 +319,59 @@ TEST_F(CudaBackendTest, GeluForwardBackwardInPlace) {
   EXPECT_EQ(Down(gx, n), Down(gout, n));
 }
 
+// The ops writing the operand format (GELU forward and backward, the
+// layernorms) against the CPU's fp32 values: under fp32 to 1e-5; under bf16 the stored
+// values decoded (the high 16 bits of a float) to bf16's rounding, 2^-8 of
+// each value (plus the fp32 difference, which may move a value across a
+// rounding boundary); the bias gradient is fp32 in both.
+TEST_F(CudaBackendTest, OperandFormatOpsMatchCpu) {
+  const int N = 97, C = 130;
+  const int64_t n = int64_t{N} * C;
+  FVec x = Rand(n, -6, 6), dout = Rand(n), db0 = Rand(C);
+  FVec out(n), dx(n), db = db0;
+  cpu_->GeluForward(out.data(), x.data(), n);
+  cpu_->GeluBackward(dx.data(), x.data(), dout.data(), n);
+  for (int64_t i = 0; i < n; ++i) db[i % C] += dx[i];
+  FVec w = Rand(C), b = Rand(C), ln(n), rln(n), sum(n), mean(N), rstd(N);
+  cpu_->LayerNormForward(ln.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  cpu_->ResidualLayerNormForward(sum.data(), rln.data(), mean.data(), rstd.data(), x.data(),
+                                 dout.data(), w.data(), b.data(), N, C);
+  for (MatmulPrecision p : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
+    gpu_->SetMatmulPrecision(p);
+    const bool bf16 = p == MatmulPrecision::kBf16;
+    ASSERT_EQ(gpu_->OperandBytes(), bf16 ? 2u : 4u);
+    Buffer gx = Up(x), gd = Up(dout), gdb = Up(db0);
+    Buffer gout(gpu_.get(), n * 4), gdx(gpu_.get(), n * 4);
+    gpu_->GeluForwardOperand(gout.as<void>(), gx.f32(), n);
+    gpu_->GeluBackwardOperand(gdx.as<void>(), gdb.f32(), gx.f32(), gd.f32(), N, C);
+    auto decode = [&](const Buffer& b) {
+      if (!bf16) return Down(b, n);
+      std::vector<uint16_t> h = Down<uint16_t>(b, n);
+      FVec f(n);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
+        std::memcpy(&f[i], &bits, sizeof(float));
+      }
+      return f;
+    };
+    const double rtol = bf16 ? 1.0 / 128 : 1e-5;
+    ExpectClose(decode(gout), out, rtol, bf16 ? "gelu bf16" : "gelu fp32");
+    ExpectClose(decode(gdx), dx, rtol, bf16 ? "gelu' bf16" : "gelu' fp32");
+    ExpectClose(Down(gdb, C), db, 1e-5, "gelu' bias gradient");
+    // Layernorms writing the operand format (x as the residual, dout as the branch).
+    Buffer gw = Up(w), gb = Up(b), gln(gpu_.get(), n * 4), gsum(gpu_.get(), n * 4);
+    Buffer gmean(gpu_.get(), N * 4), grstd(gpu_.get(), N * 4);
+    gpu_->LayerNormForwardOperand(gln.as<void>(), gmean.f32(), grstd.f32(), gx.f32(), gw.f32(),
+                                  gb.f32(), N, C);
+    ExpectClose(decode(gln), ln, rtol, "layernorm operand");
+    gpu_->ResidualLayerNormForwardOperand(gsum.f32(), gln.as<void>(), gmean.f32(), grstd.f32(),
+                                          gx.f32(), gd.f32(), gw.f32(), gb.f32(), N, C);
+    ExpectClose(decode(gln), rln, rtol, "residual layernorm operand");
+    ExpectClose(Down(gsum, n), sum, 1e-5, "residual sum");
+  }
+  gpu_->SetMatmulPrecision(MatmulPrecision::kFp32);
+}
+
 TEST_F(CudaBackendTest, AddAndScale) {
   const int64_t n = 5001;
   FVec a = Rand(n), b = Rand(n);

@@ -380,8 +380,7 @@ TEST_P(AutocastParityTest, LowPrecisionIsAsCloseAsPyTorchAutocast) {
   ASSERT_NO_FATAL_FAILURE(RunGolden(c, " --autocast_bf16"));
   const ModelConfig config = Config(c);
   std::unique_ptr<Backend> backend = MakeCpuBackend(1);
-  GPT gpt(backend.get(), config, c.B);
-  const ModelLayout& layout = gpt.layout();
+  const ModelLayout layout(config);
   SingleProcess sp(backend.get(), layout);
   const int64_t total = layout.total_numel();
   const int B = c.B, T = c.T, V = c.vocab_size;
@@ -424,6 +423,7 @@ TEST_P(AutocastParityTest, LowPrecisionIsAsCloseAsPyTorchAutocast) {
   };
   auto mingpt = [&](MatmulPrecision p) {
     backend->SetMatmulPrecision(p);
+    GPT gpt(backend.get(), config, c.B);  // its arena holds operands of p's format
     backend->CopyToDevice(sp.params(), host.data(), total * sizeof(float));
     Values v;
     v.logits.resize(static_cast<size_t>(B) * T * V);

@@ -15,6 +15,7 @@
 #include "backend/cpu/matmul_ref.h"
 #include "backend/cpu/reductions.h"
 #include "backend/cpu/residual.h"
+#include "core/check.h"
 
 namespace mingpt {
 namespace cpu {
@@ -58,6 +59,44 @@ void CpuBackend::ResidualLayerNormForward(float* sum, float* out, float* mean, f
                                           const float* b, int N, int C) {
   cpu::ResidualLayerNormForward(sum, out, mean, rstd, x, branch, w, b, N, C);
 }
+namespace {
+
+// Where a fused kernel's spans go: the operand-format result.
+struct OperandSink {
+  const OnednnMatmul* matmul;
+  char* dst;
+  size_t bytes;  // per element
+
+  static void Store(void* ctx, int64_t offset, const float* values, int64_t count) {
+    const auto* s = static_cast<const OperandSink*>(ctx);
+    s->matmul->ToOperandSpan(s->dst + offset * s->bytes, values, count);
+  }
+};
+
+}  // namespace
+
+void CpuBackend::LayerNormForwardOperand(void* out, float* mean, float* rstd, const float* x,
+                                         const float* w, const float* b, int N, int C) {
+  if (matmul_.precision() == MatmulPrecision::kFp32) {
+    cpu::LayerNormForward(static_cast<float*>(out), mean, rstd, x, w, b, N, C);
+    return;
+  }
+  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  LayerNormForwardSpans(mean, rstd, x, w, b, N, C, &OperandSink::Store, &sink);
+}
+void CpuBackend::ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
+                                                 const float* x, const float* branch,
+                                                 const float* w, const float* b, int N, int C) {
+  if (matmul_.precision() == MatmulPrecision::kFp32) {
+    cpu::ResidualLayerNormForward(sum, static_cast<float*>(out), mean, rstd, x, branch, w, b, N,
+                                  C);
+    return;
+  }
+  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  ResidualLayerNormForwardSpans(sum, mean, rstd, x, branch, w, b, N, C, &OperandSink::Store,
+                                &sink);
+}
+
 void CpuBackend::LayerNormBackward(float* dx, float* dw, float* db,
                                    const float* dout, const float* x,
                                    const float* w, const float* mean,
@@ -65,15 +104,18 @@ void CpuBackend::LayerNormBackward(float* dx, float* dw, float* db,
   cpu::LayerNormBackward(dx, dw, db, dout, x, w, mean, rstd, N, C);
 }
 
-void CpuBackend::MatmulForward(float* out, const float* inp, const float* W,
+void CpuBackend::MatmulForward(float* out, MatmulOperand inp, MatmulOperand W,
                                const float* bias, int N, int IC, int OC) {
   matmul_.Forward(out, inp, W, bias, N, IC, OC);
 }
 void CpuBackend::MatmulBackward(float* dinp, float* dW, float* dbias,
-                                const float* dout, const float* inp,
-                                const float* W, int N, int IC, int OC,
+                                MatmulOperand dout, MatmulOperand inp,
+                                MatmulOperand W, int N, int IC, int OC,
                                 bool accumulate_dinp) {
-  if (dbias) BiasBackward(dbias, dout, N, OC);
+  if (dbias) {
+    MINGPT_CHECK(!dout.converted, "MatmulBackward: a bias gradient needs an fp32 dout");
+    BiasBackward(dbias, static_cast<const float*>(dout.data), N, OC);
+  }
   matmul_.Backward(dinp, dW, dout, inp, W, N, IC, OC, accumulate_dinp);
 }
 
@@ -110,6 +152,22 @@ void CpuBackend::GeluBackward(float* dx, const float* x, const float* dout,
                               int64_t n) {
   cpu::GeluBackward(dx, x, dout, n);
 }
+
+void CpuBackend::GeluForwardOperand(void* out, const float* x, int64_t n) {
+  if (matmul_.precision() == MatmulPrecision::kFp32) {
+    cpu::GeluForward(static_cast<float*>(out), x, n);
+    return;
+  }
+  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  GeluForwardSpans(x, n, &OperandSink::Store, &sink);
+}
+
+void CpuBackend::GeluBackwardOperand(void* dx, float* dbias, const float* x, const float* dout,
+                                     int N, int C) {
+  OperandSink sink{&matmul_, static_cast<char*>(dx), matmul_.operand_bytes()};
+  GeluBackwardColumns(x, dout, N, C, dbias, &OperandSink::Store, &sink);
+}
+
 void CpuBackend::Add(float* out, const float* a, const float* b, int64_t n) {
   cpu::Add(out, a, b, n);
 }

@@ -37,6 +37,7 @@ class CpuBackend final : public Backend {
     matmul_.set_precision(precision);
   }
   MatmulPrecision matmul_precision() const override { return matmul_.precision(); }
+  size_t OperandBytes() const override { return matmul_.operand_bytes(); }
 
   void EncoderForward(float* out, const int32_t* idx, const float* wte,
                       const float* wpe, int B, int T, int C) override;
@@ -47,14 +48,22 @@ class CpuBackend final : public Backend {
   void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd, const float* x,
                                 const float* branch, const float* w, const float* b, int N,
                                 int C) override;
+  void LayerNormForwardOperand(void* out, float* mean, float* rstd, const float* x,
+                               const float* w, const float* b, int N, int C) override;
+  void ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
+                                       const float* x, const float* branch, const float* w,
+                                       const float* b, int N, int C) override;
   void LayerNormBackward(float* dx, float* dw, float* db, const float* dout,
                          const float* x, const float* w, const float* mean,
                          const float* rstd, int N, int C) override;
-  void MatmulForward(float* out, const float* inp, const float* W,
+  void MatmulForward(float* out, MatmulOperand inp, MatmulOperand W,
                      const float* bias, int N, int IC, int OC) override;
-  void MatmulBackward(float* dinp, float* dW, float* dbias, const float* dout,
-                      const float* inp, const float* W, int N, int IC, int OC,
+  void MatmulBackward(float* dinp, float* dW, float* dbias, MatmulOperand dout,
+                      MatmulOperand inp, MatmulOperand W, int N, int IC, int OC,
                       bool accumulate_dinp) override;
+  void ToOperand(void* dst, const float* src, int64_t n) override {
+    matmul_.ToOperand(dst, src, n);
+  }
   void AttentionForward(float* out, float* lse, const float* q,
                         const float* k, const float* v, int B, int T, int C,
                         int NH, const DropoutSpec& dropout) override;
@@ -67,6 +76,9 @@ class CpuBackend final : public Backend {
   void GeluForward(float* out, const float* x, int64_t n) override;
   void GeluBackward(float* dx, const float* x, const float* dout,
                     int64_t n) override;
+  void GeluForwardOperand(void* out, const float* x, int64_t n) override;
+  void GeluBackwardOperand(void* dx, float* dbias, const float* x, const float* dout, int N,
+                           int C) override;
   void Add(float* out, const float* a, const float* b, int64_t n) override;
   void Dropout(float* y, const float* x, int B, int64_t row_size,
                const DropoutSpec& dropout) override;

@@ -3,6 +3,7 @@
 // clang-format on
 #include "backend/cpu/gelu.h"
 
+#include <algorithm>
 #include <cmath>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -196,6 +197,81 @@ void GeluBackward<float>(float* dx, const float* x, const float* dout, int64_t n
   MapVec<Vec>(dx, x, dout, n, [](Vec::T v) { return GeluGradV<Vec>(v); });
 }
 #endif
+
+namespace {
+
+// out[i] = GELU(x[i]) and out[i] = dout[i] * GELU'(x[i]) for i < n on the
+// calling thread, with the same per-element arithmetic as the array forms.
+void GeluForwardRow(float* out, const float* x, int64_t n) {
+#if defined(__AVX2__) && defined(__FMA__)
+  constexpr int W = Vec::kWidth;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) Vec::Store(out + i, GeluV<Vec>(Vec::Load(x + i)));
+  if (i < n) {
+    float t[W] = {};
+    for (int64_t j = i; j < n; ++j) t[j - i] = x[j];
+    Vec::Store(t, GeluV<Vec>(Vec::Load(t)));
+    for (int64_t j = i; j < n; ++j) out[j] = t[j - i];
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) out[i] = GeluScalar(x[i]);
+#endif
+}
+
+void GeluBackwardRow(float* dx, const float* x, const float* dout, int64_t n) {
+#if defined(__AVX2__) && defined(__FMA__)
+  constexpr int W = Vec::kWidth;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    Vec::Store(dx + i, Vec::Mul(GeluGradV<Vec>(Vec::Load(x + i)), Vec::Load(dout + i)));
+  }
+  if (i < n) {
+    float t[W] = {};
+    for (int64_t j = i; j < n; ++j) t[j - i] = x[j];
+    Vec::Store(t, GeluGradV<Vec>(Vec::Load(t)));
+    for (int64_t j = i; j < n; ++j) dx[j] = t[j - i] * dout[j];
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * GeluGradScalar(x[i]);
+#endif
+}
+
+}  // namespace
+
+void GeluForwardSpans(const float* x, int64_t n, SpanSink sink, void* ctx) {
+  constexpr int64_t kSpan = 1024;
+  const int64_t spans = (n + kSpan - 1) / kSpan;
+#pragma omp parallel for schedule(static) if (Parallel(8 * n))
+  for (int64_t k = 0; k < spans; ++k) {
+    alignas(64) float values[kSpan];
+    const int64_t begin = k * kSpan, count = std::min(kSpan, n - begin);
+    GeluForwardRow(values, x + begin, count);
+    sink(ctx, begin, values, count);
+  }
+}
+
+void GeluBackwardColumns(const float* x, const float* dout, int64_t N, int64_t C, float* dbias,
+                         SpanSink sink, void* ctx) {
+  constexpr int64_t kChunk = 512;
+#pragma omp parallel if (Parallel(8 * N * C))
+  {
+    int64_t c0, c1;
+    ThreadSlice(C, &c0, &c1);
+    alignas(64) float values[kChunk];
+    for (int64_t n = 0; n < N && c0 < c1; ++n) {
+      for (int64_t c = c0; c < c1; c += kChunk) {
+        const int64_t offset = n * C + c, width = std::min(kChunk, c1 - c);
+        GeluBackwardRow(values, x + offset, dout + offset, width);
+        if (dbias) {
+          float* db = dbias + c;
+#pragma omp simd
+          for (int64_t i = 0; i < width; ++i) db[i] += values[i];
+        }
+        sink(ctx, offset, values, width);
+      }
+    }
+  }
+}
 
 template void GeluForward<float>(float*, const float*, int64_t);
 template void GeluForward<double>(double*, const double*, int64_t);

@@ -1,5 +1,6 @@
 #include "backend/cpu/layernorm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -31,7 +32,59 @@ inline void NormalizeRow(Real* o, Real* mean, Real* rstd, const Real* xr, const 
   if (rstd) *rstd = s;
 }
 
+// The fp32 rows of LayerNormForward handed to a sink a span at a time
+// (NormalizeRow's arithmetic, split into the statistics and the output).
+inline void NormalizeRowToSink(int64_t row, float* mean, float* rstd, const float* xr,
+                               const float* w, const float* b, int C, SpanSink sink, void* ctx) {
+  constexpr int kSpan = 512;
+  const float inv_c = 1.0f / C;
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < C; ++c) sum += xr[c];
+  const float m = sum * inv_c;
+  float sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int c = 0; c < C; ++c) {
+    const float d = xr[c] - m;
+    sq += d * d;
+  }
+  const float s = 1.0f / std::sqrt(sq * inv_c + static_cast<float>(kLayerNormEps));
+  alignas(64) float o[kSpan];
+  for (int c0 = 0; c0 < C; c0 += kSpan) {
+    const int width = std::min(kSpan, C - c0);
+#pragma omp simd
+    for (int c = 0; c < width; ++c) o[c] = (xr[c0 + c] - m) * s * w[c0 + c] + b[c0 + c];
+    sink(ctx, row * C + c0, o, width);
+  }
+  if (mean) *mean = m;
+  if (rstd) *rstd = s;
+}
+
 }  // namespace
+
+void LayerNormForwardSpans(float* mean, float* rstd, const float* x, const float* w,
+                           const float* b, int N, int C, SpanSink sink, void* ctx) {
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    NormalizeRowToSink(n, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, x + n * C, w, b,
+                       C, sink, ctx);
+  }
+}
+
+void ResidualLayerNormForwardSpans(float* sum, float* mean, float* rstd, const float* x,
+                                   const float* branch, const float* w, const float* b, int N,
+                                   int C, SpanSink sink, void* ctx) {
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    float* sr = sum + n * C;
+    const float* xr = x + n * C;
+    const float* br = branch + n * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) sr[c] = xr[c] + br[c];
+    NormalizeRowToSink(n, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, sr, w, b, C,
+                       sink, ctx);
+  }
+}
 
 template <typename Real>
 void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,

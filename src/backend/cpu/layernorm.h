@@ -13,6 +13,10 @@
 // shapes: x, out, dout, dx [N,C]; w, b, dw, db [C]; mean, rstd [N].
 #pragma once
 
+#include <cstdint>
+
+#include "backend/cpu/span_sink.h"
+
 namespace mingpt::cpu {
 
 inline constexpr double kLayerNormEps = 1e-5;
@@ -28,6 +32,14 @@ void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,
 template <typename Real>
 void ResidualLayerNormForward(Real* sum, Real* out, Real* mean, Real* rstd, const Real* x,
                               const Real* branch, const Real* w, const Real* b, int N, int C);
+
+// The float forms with `out` handed to a SpanSink (span_sink.h) a span of a
+// row at a time.
+void LayerNormForwardSpans(float* mean, float* rstd, const float* x, const float* w,
+                           const float* b, int N, int C, SpanSink sink, void* ctx);
+void ResidualLayerNormForwardSpans(float* sum, float* mean, float* rstd, const float* x,
+                                   const float* branch, const float* w, const float* b, int N,
+                                   int C, SpanSink sink, void* ctx);
 
 template <typename Real>
 void LayerNormBackward(Real* dx, Real* dw, Real* db, const Real* dout,

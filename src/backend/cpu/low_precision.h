@@ -56,7 +56,13 @@ inline uint16_t ToBf16(float x) {
   return static_cast<uint16_t>(r >> 16);
 }
 
-// dst[i] = ToBf16(src[i]); with AVX512-BF16 through its conversion
+// On the calling thread: dst[i] = ToBf16(src[i]) and dst[i] = src[i] rounded
+// to `precision` (a copy for kFp32; dst may alias src), for fused kernels that
+// convert what they have just computed.
+void ToBf16Span(uint16_t* dst, const float* src, int64_t n);
+void RoundSpan(float* dst, const float* src, int64_t n, MatmulPrecision precision);
+
+// dst[i] = ToBf16(src[i]), in parallel; with AVX512-BF16 through its conversion
 // instruction (the same rounding), 32 values at a time.
 void ToBf16Array(uint16_t* dst, const float* src, int64_t n);
 

@@ -86,16 +86,27 @@ bool OnednnMatmul::CpuHasBf16Matmul() {
 
 void OnednnMatmul::set_native_bf16(bool on) { native_bf16_ = on && CpuHasBf16Matmul(); }
 
-const void* OnednnMatmul::Operand(ScratchBuffer& buf, const float* x, int64_t n) {
-  if (precision_ == MatmulPrecision::kFp32) return x;
-  if (bf16_operands()) {  // bf16 storage for the bf16 x bf16 -> fp32 primitive
-    uint16_t* h = static_cast<uint16_t*>(buf.Reserve(sizeof(uint16_t) * n));
-    ToBf16Array(h, x, n);
-    return h;
+void OnednnMatmul::ToOperand(void* dst, const float* src, int64_t n) const {
+  if (bf16_operands()) {
+    ToBf16Array(static_cast<uint16_t*>(dst), src, n);
+  } else {
+    RoundArray(static_cast<float*>(dst), src, n, precision_);
   }
-  float* r = static_cast<float*>(buf.Reserve(sizeof(float) * n));  // rounded, kept fp32
-  RoundArray(r, x, n, precision_);
-  return r;
+}
+
+void OnednnMatmul::ToOperandSpan(void* dst, const float* src, int64_t n) const {
+  if (bf16_operands()) {
+    ToBf16Span(static_cast<uint16_t*>(dst), src, n);
+  } else {
+    RoundSpan(static_cast<float*>(dst), src, n, precision_);
+  }
+}
+
+const void* OnednnMatmul::Operand(ScratchBuffer& buf, MatmulOperand x, int64_t n) {
+  if (x.converted || precision_ == MatmulPrecision::kFp32) return x.data;
+  void* converted = buf.Reserve(operand_bytes() * n);
+  ToOperand(converted, static_cast<const float*>(x.data), n);
+  return converted;
 }
 
 void OnednnMatmul::Run(Key key, const void* a, const void* b, const float* bias, float* dst) {
@@ -113,7 +124,7 @@ void OnednnMatmul::Run(Key key, const void* a, const void* b, const float* bias,
   stream_.wait();
 }
 
-void OnednnMatmul::Forward(float* out, const float* inp, const float* W,
+void OnednnMatmul::Forward(float* out, MatmulOperand inp, MatmulOperand W,
                            const float* bias, int N, int IC, int OC) {
   if (N == 0 || OC == 0) return;
   if (IC == 0) {  // empty product: out = bias (or 0)
@@ -126,8 +137,8 @@ void OnednnMatmul::Forward(float* out, const float* inp, const float* W,
       Operand(b_, W, int64_t{OC} * IC), bias, out);
 }
 
-void OnednnMatmul::Backward(float* dinp, float* dW, const float* dout, const float* inp,
-                            const float* W, int N, int IC, int OC, bool accumulate) {
+void OnednnMatmul::Backward(float* dinp, float* dW, MatmulOperand dout, MatmulOperand inp,
+                            MatmulOperand W, int N, int IC, int OC, bool accumulate) {
   if (N == 0) return;
   // dout is an operand of both products: converted once.
   const void* d = OC > 0 ? Operand(dout_, dout, int64_t{N} * OC) : nullptr;

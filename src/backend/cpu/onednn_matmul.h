@@ -37,15 +37,23 @@ class OnednnMatmul {
   OnednnMatmul& operator=(const OnednnMatmul&) = delete;
 
   // bias may be null.
-  void Forward(float* out, const float* inp, const float* W, const float* bias,
+  void Forward(float* out, MatmulOperand inp, MatmulOperand W, const float* bias,
                int N, int IC, int OC);
   // dinp may alias inp: inp is read before dinp is written.
-  void Backward(float* dinp, float* dW, const float* dout, const float* inp, const float* W,
-                int N, int IC, int OC, bool accumulate);
+  void Backward(float* dinp, float* dW, MatmulOperand dout, MatmulOperand inp,
+                MatmulOperand W, int N, int IC, int OC, bool accumulate);
 
   void set_precision(MatmulPrecision p) { precision_ = p; }
   MatmulPrecision precision() const { return precision_; }
 
+  // The operand format under the current precision: bf16 storage (2 bytes)
+  // for native bf16 products, else fp32 values (4 bytes; rounded to bf16 or
+  // fp16 for the emulated low precisions).
+  size_t operand_bytes() const { return bf16_operands() ? 2 : 4; }
+  // dst[i] = src[i] in the operand format: in parallel, or on the calling
+  // thread (Span: for kernels that convert what they have just computed).
+  void ToOperand(void* dst, const float* src, int64_t n) const;
+  void ToOperandSpan(void* dst, const float* src, int64_t n) const;
   // Whether oneDNN finds bf16 dot-product instructions on this CPU.
   static bool CpuHasBf16Matmul();
   // bf16 products on bf16 operands where the CPU has them (the default), or
@@ -73,9 +81,10 @@ class OnednnMatmul {
 
   Entry& Get(const Key& key);
   bool bf16_operands() const { return precision_ == MatmulPrecision::kBf16 && native_bf16_; }
-  // x[n] as the primitives take it under precision_: itself (fp32), or
-  // converted into `buf` (bf16 storage, or fp32 rounded to bf16 / fp16).
-  const void* Operand(ScratchBuffer& buf, const float* x, int64_t n);
+  // x[n] as the primitives take it under precision_: itself (fp32, or
+  // already converted), or converted into `buf` (bf16 storage, or fp32
+  // rounded to bf16 / fp16).
+  const void* Operand(ScratchBuffer& buf, MatmulOperand x, int64_t n);
   // The cached primitive for `key` (its bf16 field set here) on operands
   // from Operand.
   void Run(Key key, const void* a, const void* b, const float* bias, float* dst);

@@ -68,6 +68,7 @@ class CudaBackend final : public Backend {
   // ---- settings ----
   void SetMatmulPrecision(MatmulPrecision precision) override { matmul_.set_precision(precision); }
   MatmulPrecision matmul_precision() const override { return matmul_.precision(); }
+  size_t OperandBytes() const override { return matmul_.operand_bytes(); }
 
   // ---- ops ----
   void EncoderForward(float* out, const int32_t* idx, const float* wte, const float* wpe, int B,
@@ -87,23 +88,41 @@ class CudaBackend final : public Backend {
                                 int C) override {
     cuda::ResidualLayerNormForward(stream(), sum, out, mean, rstd, x, branch, w, b, N, C);
   }
+  // The fp32 rows first (into `out` itself under fp32), then the conversion.
+  void LayerNormForwardOperand(void* out, float* mean, float* rstd, const float* x,
+                               const float* w, const float* b, int N, int C) override {
+    float* rows = OperandStaging(out, int64_t{N} * C);
+    cuda::LayerNormForward(stream(), rows, mean, rstd, x, w, b, N, C);
+    if (rows != out) matmul_.ToOperand(out, rows, int64_t{N} * C);
+  }
+  void ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
+                                       const float* x, const float* branch, const float* w,
+                                       const float* b, int N, int C) override {
+    float* rows = OperandStaging(out, int64_t{N} * C);
+    cuda::ResidualLayerNormForward(stream(), sum, rows, mean, rstd, x, branch, w, b, N, C);
+    if (rows != out) matmul_.ToOperand(out, rows, int64_t{N} * C);
+  }
   void LayerNormBackward(float* dx, float* dw, float* db, const float* dout, const float* x,
                          const float* w, const float* mean, const float* rstd, int N,
                          int C) override {
     cuda::LayerNormBackward(stream(), dx, dw, db, dout, x, w, mean, rstd, N, C,
                             column_partials_.Reserve<float>(ColumnPartialsFloats(N, C)));
   }
-  void MatmulForward(float* out, const float* inp, const float* W, const float* bias, int N,
+  void MatmulForward(float* out, MatmulOperand inp, MatmulOperand W, const float* bias, int N,
                      int IC, int OC) override {
     matmul_.Forward(out, inp, W, bias, N, IC, OC);
   }
-  void MatmulBackward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
-                      const float* W, int N, int IC, int OC, bool accumulate_dinp) override {
+  void MatmulBackward(float* dinp, float* dW, float* dbias, MatmulOperand dout, MatmulOperand inp,
+                      MatmulOperand W, int N, int IC, int OC, bool accumulate_dinp) override {
     if (dbias) {
-      BiasBackward(stream(), dbias, dout, N, OC,
+      MINGPT_CHECK(!dout.converted, "MatmulBackward: a bias gradient needs an fp32 dout");
+      BiasBackward(stream(), dbias, static_cast<const float*>(dout.data), N, OC,
                    column_partials_.Reserve<float>(ColumnPartialsFloats(N, OC)));
     }
     matmul_.Backward(dinp, dW, dout, inp, W, N, IC, OC, accumulate_dinp);
+  }
+  void ToOperand(void* dst, const float* src, int64_t n) override {
+    matmul_.ToOperand(dst, src, n);
   }
   void AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
                         int B, int T, int C, int NH, const DropoutSpec& dropout) override {
@@ -124,6 +143,22 @@ class CudaBackend final : public Backend {
   }
   void GeluBackward(float* dx, const float* x, const float* dout, int64_t n) override {
     cuda::GeluBackward(stream(), dx, x, dout, n);
+  }
+  void GeluForwardOperand(void* out, const float* x, int64_t n) override {
+    cuda::GeluForwardOperand(stream(), out, x, n, matmul_.precision());
+  }
+  // The fp32 gradient first (in dx itself under fp32), its column sums, then
+  // the conversion.
+  void GeluBackwardOperand(void* dx, float* dbias, const float* x, const float* dout, int N,
+                           int C) override {
+    const int64_t n = int64_t{N} * C;
+    float* grad = OperandStaging(dx, n);
+    cuda::GeluBackward(stream(), grad, x, dout, n);
+    if (dbias) {
+      BiasBackward(stream(), dbias, grad, N, C,
+                   column_partials_.Reserve<float>(ColumnPartialsFloats(N, C)));
+    }
+    if (grad != dx) matmul_.ToOperand(dx, grad, n);
   }
   void Add(float* out, const float* a, const float* b, int64_t n) override {
     cuda::Add(stream(), out, a, b, n);
@@ -148,12 +183,20 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float s) override { cuda::Scale(stream(), x, n, s); }
 
  private:
+  // Where an op writing the operand format makes its fp32 values: `out`
+  // itself when the format is fp32, else a scratch of n floats.
+  float* OperandStaging(void* out, int64_t n) {
+    if (matmul_.operand_bytes() == sizeof(float)) return static_cast<float*>(out);
+    return operand_staging_.Reserve<float>(static_cast<size_t>(n));
+  }
+
   DeviceSelector selector_;  // first: the members below live on the device
   int device_;
   Stream stream_;
   LtMatmul matmul_;
   DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
   DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
+  DeviceScratch operand_staging_;  // OperandStaging
   DeviceScratch sum_squares_;      // partials and the result
   PinnedDouble sum_squares_host_;
 };

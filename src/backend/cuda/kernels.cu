@@ -246,10 +246,16 @@ void ColumnSums(cudaStream_t stream, float* out_a, float* out_b, Terms terms, in
 
 // ---- element-wise -------------------------------------------------------------
 
-__global__ void GeluForwardKernel(float* out, const float* x, int64_t n) {
+__device__ inline void StoreAs(float* p, float v) { *p = v; }
+__device__ inline void StoreAs(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ inline void StoreAs(__half* p, float v) { *p = __float2half_rn(v); }
+
+// out[i] = GELU(x[i]) stored as Out (float, or a matrix-product operand type).
+template <typename Out>
+__global__ void GeluForwardKernel(Out* out, const float* x, int64_t n) {
   for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) {
     const float xi = x[i];
-    out[i] = 0.5f * xi * (1.0f + erff(xi * kInvSqrt2));
+    StoreAs(out + i, 0.5f * xi * (1.0f + erff(xi * kInvSqrt2)));
   }
 }
 
@@ -426,6 +432,24 @@ int64_t ColumnPartialsFloats(int N, int C) { return 2 * int64_t{ColumnChunks(N)}
 void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n) {
   if (n == 0) return;
   GeluForwardKernel<<<Blocks(n), kThreads, 0, stream>>>(out, x, n);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t n,
+                        MatmulPrecision precision) {
+  if (n == 0) return;
+  switch (precision) {
+    case MatmulPrecision::kBf16:
+      GeluForwardKernel<<<Blocks(n), kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(out), x,
+                                                            n);
+      break;
+    case MatmulPrecision::kFp16:
+      GeluForwardKernel<<<Blocks(n), kThreads, 0, stream>>>(static_cast<__half*>(out), x, n);
+      break;
+    case MatmulPrecision::kFp32:
+      GeluForwardKernel<<<Blocks(n), kThreads, 0, stream>>>(static_cast<float*>(out), x, n);
+      break;
+  }
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "backend/backend.h"
 #include "backend/dropout.h"
 
 namespace mingpt::cuda {
@@ -42,6 +43,10 @@ int64_t ColumnPartialsFloats(int N, int C);
 
 // ---- element-wise (cpu/gelu.h, residual.h, dropout.h, reductions.h) --------
 void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n);
+// GeluForward stored in the matrix products' operand type for `precision`
+// (float, __nv_bfloat16 or __half).
+void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t n,
+                        MatmulPrecision precision);
 void GeluBackward(cudaStream_t stream, float* dx, const float* x, const float* dout, int64_t n);
 void Add(cudaStream_t stream, float* out, const float* a, const float* b, int64_t n);
 void Scale(cudaStream_t stream, float* x, int64_t n, float s);

@@ -124,22 +124,28 @@ LtMatmul::Plan& LtMatmul::GetPlan(const Key& key) {
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
 
-const void* LtMatmul::Operand(DeviceScratch& buf, const float* x, int64_t n) {
+void LtMatmul::ToOperand(void* dst, const float* src, int64_t n) {
   switch (precision_) {
-    case MatmulPrecision::kBf16: {
-      void* dst = buf.Reserve(static_cast<size_t>(n) * 2);
-      ConvertToBf16(stream_, dst, x, n);
-      return dst;
-    }
-    case MatmulPrecision::kFp16: {
-      void* dst = buf.Reserve(static_cast<size_t>(n) * 2);
-      ConvertToFp16(stream_, dst, x, n);
-      return dst;
-    }
+    case MatmulPrecision::kBf16:
+      ConvertToBf16(stream_, dst, src, n);
+      return;
+    case MatmulPrecision::kFp16:
+      ConvertToFp16(stream_, dst, src, n);
+      return;
     case MatmulPrecision::kFp32:
-      break;
+      if (dst != src && n > 0) {
+        MINGPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyDeviceToDevice,
+                                          stream_));
+      }
+      return;
   }
-  return x;
+}
+
+const void* LtMatmul::Operand(DeviceScratch& buf, MatmulOperand x, int64_t n) {
+  if (x.converted || precision_ == MatmulPrecision::kFp32) return x.data;
+  void* dst = buf.Reserve(operand_bytes() * static_cast<size_t>(n));
+  ToOperand(dst, static_cast<const float*>(x.data), n);
+  return dst;
 }
 
 void LtMatmul::Run(const Gemm& g, const void* a, const void* b, float* d, const float* bias) {
@@ -152,7 +158,7 @@ void LtMatmul::Run(const Gemm& g, const void* a, const void* b, float* d, const 
                                      workspace_.bytes(), stream_));
 }
 
-void LtMatmul::Forward(float* out, const float* inp, const float* W, const float* bias, int N,
+void LtMatmul::Forward(float* out, MatmulOperand inp, MatmulOperand W, const float* bias, int N,
                        int IC, int OC) {
   if (N == 0 || OC == 0) return;
   MINGPT_CHECK(IC > 0, "MatmulForward with IC=0");
@@ -162,8 +168,8 @@ void LtMatmul::Forward(float* out, const float* inp, const float* W, const float
   Run({OC, N, IC, true, false, IC, IC, OC, false, bias != nullptr}, a, b, out, bias);
 }
 
-void LtMatmul::Backward(float* dinp, float* dW, const float* dout, const float* inp,
-                        const float* W, int N, int IC, int OC, bool accumulate) {
+void LtMatmul::Backward(float* dinp, float* dW, MatmulOperand dout, MatmulOperand inp,
+                        MatmulOperand W, int N, int IC, int OC, bool accumulate) {
   if (N == 0 || IC == 0) return;
   if (OC == 0) {  // empty product: dinp = 0, or unchanged when accumulating
     if (dinp && !accumulate) {

@@ -37,11 +37,14 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  void Forward(float* out, const float* inp, const float* W, const float* bias, int N, int IC,
+  void Forward(float* out, MatmulOperand inp, MatmulOperand W, const float* bias, int N, int IC,
                int OC);
   // dinp may alias inp: the dW product, which reads inp, runs first.
-  void Backward(float* dinp, float* dW, const float* dout, const float* inp, const float* W,
+  void Backward(float* dinp, float* dW, MatmulOperand dout, MatmulOperand inp, MatmulOperand W,
                 int N, int IC, int OC, bool accumulate);
+  // dst[n] = src[n] in the operand type (a copy under kFp32).
+  void ToOperand(void* dst, const float* src, int64_t n);
+  size_t operand_bytes() const { return precision_ == MatmulPrecision::kFp32 ? 4 : 2; }
 
   void set_precision(MatmulPrecision p) { precision_ = p; }
   MatmulPrecision precision() const { return precision_; }
@@ -68,8 +71,9 @@ class LtMatmul {
   struct Plan;
 
   Plan& GetPlan(const Key& key);
-  // x[n] as the product takes it: itself (kFp32) or converted into `buf`.
-  const void* Operand(DeviceScratch& buf, const float* x, int64_t n);
+  // x[n] as the product takes it: itself (kFp32, or already converted) or
+  // converted into `buf`.
+  const void* Operand(DeviceScratch& buf, MatmulOperand x, int64_t n);
   void Run(const Gemm& g, const void* a, const void* b, float* d, const float* bias);
 
   cudaStream_t stream_;
