@@ -12,6 +12,7 @@
 #include "engine/strategies.h"
 #include "io/file.h"
 #include "model/gpt.h"
+#include "train/accelerator.h"
 #include "train/inference.h"
 #include "train/memory.h"
 #include "train/model_checkpoint.h"
@@ -28,7 +29,9 @@ struct LoadedModel {
   std::unique_ptr<SingleProcess> params;
 };
 
-StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int threads,
+// `accelerator` as ResolveAccelerator returns it.
+StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
+                                                 const std::string& accelerator, int threads,
                                                  int max_batch) {
   auto m = std::make_unique<LoadedModel>();
   MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
@@ -36,7 +39,7 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int thr
   config.dropout = 0.0f;
   MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(m->ckpt));
   MINGPT_RETURN_IF_ERROR(CheckMemoryFits(config, max_batch, /*training=*/false));
-  m->backend = MakeCpuBackend(threads);
+  MINGPT_ASSIGN_OR_RETURN(m->backend, MakeBackend(accelerator, /*local_rank=*/0, threads));
   m->gpt = std::make_unique<GPT>(m->backend.get(), config, max_batch);
   m->params = std::make_unique<SingleProcess>(m->backend.get(), m->gpt->layout(), false);
   std::vector<float> host(m->gpt->layout().total_numel(), 0.0f);
@@ -46,12 +49,19 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir, int thr
   return m;
 }
 
+// --accelerator, as `train` has it.
+CLI::Option* AddAcceleratorFlag(CLI::App* app, std::string* accelerator) {
+  return app->add_option("--accelerator", *accelerator,
+                         "cpu, cuda (or gpu), or auto: cuda when built with it and a device is "
+                         "present")
+      ->capture_default_str();
+}
 
 }  // namespace
 
 Command AddEvaluate(CLI::App* app) {
   struct Flags {
-    std::string checkpoint, data, split = "test", strategy = "auto";
+    std::string checkpoint, data, split = "test", strategy = "auto", accelerator = "auto";
     bool json = false;
     int batch_size = 32, threads = 0, devices = 1;
     CLI::Option *devices_opt = nullptr, *threads_opt = nullptr;
@@ -71,6 +81,7 @@ Command AddEvaluate(CLI::App* app) {
                   "How the ranks hold the weights: auto, ddp, deepspeed_stage_1/2/3 (stage 3 "
                   "shards them)")
       ->capture_default_str();
+  AddAcceleratorFlag(app, &f->accelerator);
   return [f]() -> Status {
     if (f->split != "val" && f->split != "test") {
       return Status::Error("--split must be val or test, got '" + f->split + "'");
@@ -81,6 +92,7 @@ Command AddEvaluate(CLI::App* app) {
     }
     if (f->devices <= 0) return Status::Error("--devices must be positive, got " + std::to_string(f->devices));
     MINGPT_RETURN_IF_ERROR(ValidateStrategyName(f->strategy));
+    MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
     // Everything that can fail on bad input, checked before any rank starts.
     MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint(f->checkpoint));
     MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(ckpt));
@@ -100,18 +112,23 @@ Command AddEvaluate(CLI::App* app) {
       return Status::Error("the " + f->split + " split of '" + path + "' is too short to evaluate");
     }
     const MpiEnvironment env = DetectMpiEnvironment();
-    if (!env.launched && f->devices > 1) return RelaunchUnderMpirun(f->devices, {});
+    if (!env.launched && f->devices > 1) {
+      if (accelerator == "cuda") MINGPT_RETURN_IF_ERROR(CheckOneRankPerGpu(f->devices));
+      return RelaunchUnderMpirun(f->devices, {});
+    }
 
     const int threads = f->threads > 0 ? f->threads : LocalCoresPerRank(env);
     PinLaunchedRank(env, threads);  // before any thread starts
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
     std::string strategy = f->strategy;
     if (strategy == "auto") strategy = comm->world() == 1 ? "single_device" : "ddp";
-    auto backend = MakeCpuBackend(threads);
-    GPT gpt(backend.get(), config, f->batch_size);
-    MINGPT_ASSIGN_OR_RETURN(
-        std::unique_ptr<Strategy> params,
-        MakeStrategy(strategy, backend.get(), gpt.layout(), comm.get(), /*training=*/false));
+    // The windows' loss sums travel over `comm` (host memory); the
+    // strategy's parameter gathers over the device's communicator.
+    MINGPT_ASSIGN_OR_RETURN(RankDevice device, MakeRankDevice(accelerator, comm.get(), threads));
+    GPT gpt(device.backend.get(), config, f->batch_size);
+    MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> params,
+                            MakeStrategy(strategy, device.backend.get(), gpt.layout(),
+                                         device.comms(comm.get()), /*training=*/false));
     MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadTrainingState(ckpt, gpt.layout(), params.get(), /*with_optimizer=*/false)));
     EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
     if (comm->rank() != 0) return Status::Ok();
@@ -134,6 +151,7 @@ Command AddSample(CLI::App* app) {
   struct Flags {
     std::string checkpoint, prompt;
     SampleOptions o;
+    std::string accelerator = "auto";
     int threads = 1;
   };
   auto f = std::make_shared<Flags>();
@@ -149,6 +167,7 @@ Command AddSample(CLI::App* app) {
                 "cached keys and values (same text, slower)");
   app->add_option("--seed", f->o.seed, "Sampling seed")->capture_default_str();
   app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
+  AddAcceleratorFlag(app, &f->accelerator);
   return [f]() -> Status {
     if (f->prompt.empty()) return Status::Error("--prompt must not be empty");
     if (f->o.steps < 0) return Status::Error("--steps must be >= 0");
@@ -157,7 +176,8 @@ Command AddSample(CLI::App* app) {
     }
     if (f->o.top_k < 0) return Status::Error("--top_k must be >= 0");
     if (f->threads <= 0) return Status::Error("--num_threads must be positive");
-    MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, f->threads, 1));
+    MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
+    MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, accelerator, f->threads, 1));
     auto ids = m->ckpt.tokenizer.Encode(f->prompt);
     if (!ids.ok()) return ids.status().WithContext("--prompt");
     std::fputs(f->prompt.c_str(), stdout);

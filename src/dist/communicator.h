@@ -1,7 +1,9 @@
 // Communicator: collectives over the ranks of one job, shaped like PyTorch
-// c10d's ProcessGroup. Every collective works on flat host buffers, is
-// issued by every rank in the same order, and returns a Work handle; the
-// buffers must stay untouched until Wait() returns. Sums only: callers scale.
+// c10d's ProcessGroup. Every collective works on flat buffers in the memory
+// its implementation serves (host memory for the local and MPI ones, a GPU's
+// for NCCL), is issued by every rank in the same order, and returns a Work
+// handle; the buffers must stay untouched until Wait() returns. Sums only:
+// callers scale.
 //
 //   AllReduce(data, n)            data[i] = sum over ranks of data[i], n elems
 //   ReduceScatter(send, recv, n)  send holds world*n floats; recv[i] = sum
@@ -15,8 +17,9 @@
 // except in the in-place AllGather.
 //
 // Implementations: local (world 1, every collective a copy or nothing),
-// MPI (dist/mpi_communicator.h), NCCL later. A failed collective is not an
-// expected failure: the job stops on every rank (never a hang).
+// MPI (dist/mpi_communicator.h), NCCL (dist/nccl_communicator.h, device
+// memory only). A failed collective is not an expected failure: the job
+// stops on every rank (never a hang).
 #pragma once
 
 #include <cstddef>
@@ -64,6 +67,17 @@ class Communicator {
   // Ends the whole job with `code` on every rank (MPI_Abort); for errors
   // that one rank meets and the others cannot know about.
   [[noreturn]] virtual void Abort(int code) = 0;
+};
+
+// The two communicators of a rank, by the memory a collective's buffers are
+// in: `host` for host memory (agreement, losses, norms, metrics, checkpoint
+// saves), `device` for its backend's memory (the strategies' gradient
+// reductions and parameter gathers). Both span the same ranks; on the CPU
+// backend they are the same communicator, under CUDA the MPI (or local) one
+// and NCCL (or a local one copying with the backend).
+struct Communicators {
+  Communicator* host = nullptr;
+  Communicator* device = nullptr;
 };
 
 // The world of one process. Its collectives are copies (or nothing); `copy`

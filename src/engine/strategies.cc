@@ -31,18 +31,18 @@ int ZeroStageOf(const std::string& s) {
 }
 
 StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const std::string& name, Backend* backend,
-                                                 const ModelLayout& layout, Communicator* comm,
+                                                 const ModelLayout& layout, Communicators comms,
                                                  bool training, Backend* host,
                                                  const NvmeOptions& nvme) {
   Backend* offload_to = IsOffloadStrategy(name) ? (host ? host : backend) : nullptr;
   std::unique_ptr<NvmeState> files;
   if (IsNvmeStrategy(name) && training) {
     MINGPT_ASSIGN_OR_RETURN(
-        files, NvmeState::Create(nvme, RankShards(layout, comm->rank(), comm->world()),
-                                 comm->rank()));
+        files, NvmeState::Create(nvme, RankShards(layout, comms.host->rank(), comms.host->world()),
+                                 comms.host->rank()));
   }
   std::unique_ptr<Strategy> s = std::make_unique<ZeroEngine>(
-      backend, layout, comm, ZeroStageOf(name), name, training, offload_to, std::move(files));
+      backend, layout, comms, ZeroStageOf(name), name, training, offload_to, std::move(files));
   return s;
 }
 

@@ -34,9 +34,11 @@ int ZeroStageOf(const std::string& name);
 // (parameters alone; NVMe offload then keeps its parameters in host memory).
 // Offload strategies step on `host` (a CPU backend), or on `backend` itself
 // when host is null (the CPU backend); NVMe offload's files go where `nvme`
-// says. Fails only on NVMe offload's directory (missing, not writable, full).
+// says. Collectives on `backend` memory go to comms.device, those on host
+// memory to comms.host (zero_engine.h). Fails only on NVMe offload's
+// directory (missing, not writable, full).
 StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const std::string& name, Backend* backend,
-                                                 const ModelLayout& layout, Communicator* comm,
+                                                 const ModelLayout& layout, Communicators comms,
                                                  bool training = true, Backend* host = nullptr,
                                                  const NvmeOptions& nvme = {});
 

@@ -11,21 +11,25 @@
 
 namespace mingpt {
 
-ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm,
+ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicators comms,
                        int stage, std::string name, bool training, Backend* host,
                        std::unique_ptr<NvmeState> nvme)
     : backend_(backend),
       layout_(layout),
-      comm_(comm),
+      device_comm_(comms.device),
+      host_comm_(comms.host),
       stage_(stage),
       name_(std::move(name)),
       host_(host),
       nvme_(std::move(nvme)) {
   MINGPT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage %d", stage);
+  MINGPT_CHECK(comms.host && comms.device && comms.host->rank() == comms.device->rank() &&
+                   comms.host->world() == comms.device->world(),
+               "the host and device communicators span different ranks");
   MINGPT_CHECK(host == nullptr || stage >= 2, "offload needs ZeRO stage 2 or 3, not %d", stage);
   MINGPT_CHECK(!nvme_ || (host && stage == 3 && training), "NVMe offload is stage 3 training");
   const int U = layout.num_units();
-  shards_ = RankShards(layout, comm->rank(), comm->world());
+  shards_ = RankShards(layout, rank(), world());
   for (int u = 0; u < U; ++u) {
     whole_base_.push_back(whole_numel_);
     shard_base_.push_back(shard_numel_);
@@ -109,7 +113,7 @@ void ZeroEngine::Fatal(const Status& status) const {
   std::fflush(stdout);
   std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());
   std::fflush(stderr);
-  if (comm_->world() > 1) comm_->Abort(1);
+  if (world() > 1) host_comm_->Abort(1);
   std::_Exit(1);
 }
 
@@ -201,7 +205,7 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
     backend_->CopyToDevice(mine, send, sr.shard * sizeof(float));
     send = mine;
   }
-  slot.gather = comm_->AllGather(send, slot.memory.f32(), sr.shard);
+  slot.gather = device_comm_->AllGather(send, slot.memory.f32(), sr.shard);
   return s;
 }
 
@@ -212,7 +216,7 @@ void ZeroEngine::FinishSlotRead(int s) {
   const ShardRange& sr = shards_[slot.unit];
   float* mine = slot.memory.f32() + sr.offset;
   backend_->CopyToDevice(mine, slot.read_buffer.data(), sr.shard * sizeof(float));
-  slot.gather = comm_->AllGather(mine, slot.memory.f32(), sr.shard);
+  slot.gather = device_comm_->AllGather(mine, slot.memory.f32(), sr.shard);
 }
 
 void ZeroEngine::InvalidateSlots() {
@@ -245,13 +249,13 @@ void ZeroEngine::GradsReady(int unit) {
   const ShardRange& sr = shards_[unit];
   if (grads_whole()) {
     if (last_micro_batch_ && world() > 1) {
-      grad_reduces_[unit] = comm_->AllReduce(GradBase(unit), sr.padded);
+      grad_reduces_[unit] = device_comm_->AllReduce(GradBase(unit), sr.padded);
     }
     return;
   }
   for (Staging& s : staging_) {
     if (s.unit != unit || s.in_flight) continue;
-    s.work = comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
+    s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
     s.in_flight = true;
     s.last = last_micro_batch_;
     return;
@@ -324,7 +328,7 @@ double ZeroEngine::GradNorm() {
   } else {
     sum = state_backend()->SumSquares(grads_.f32(), shard_numel_);
   }
-  Work w = comm_->AllReduce(&sum, 1);
+  Work w = host_comm_->AllReduce(&sum, 1);  // a host double
   TimedWait(w, &waits_.other);
   return std::sqrt(sum);
 }
@@ -395,7 +399,7 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
     for (int u = 0; u < layout_.num_units(); ++u) {
       float* unit_params = params_.f32() + whole_base_[u];
       param_gathers_[u] =
-          comm_->AllGather(unit_params + shards_[u].offset, unit_params, shards_[u].shard);
+          device_comm_->AllGather(unit_params + shards_[u].offset, unit_params, shards_[u].shard);
     }
   }
   if (stage_ == 3) InvalidateSlots();

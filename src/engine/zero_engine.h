@@ -54,6 +54,15 @@
 // when it is acquired. Memory no longer grows with the model, only the
 // working buffers (one unit) and the pool.
 //
+// Communicators. The gradient all-reduces and reduce-scatters and the
+// parameter all-gathers work on the backend's memory (offload copies a host
+// shard up into its device slot before the gather and a reduced shard down
+// after the reduce-scatter) and go to comms.device; the only collective on
+// host memory, the gradient norm's sum of squares, and Abort go to
+// comms.host. On the CPU backend both are
+// the rank's one communicator (MPI's, or the local one); under CUDA with
+// several ranks, NCCL and MPI.
+//
 // With world 1 and stage 0 this is the single-process trainer (no copies,
 // the same layout as SingleProcess).
 #pragma once
@@ -79,7 +88,8 @@ class ZeroEngine : public Strategy {
   // parameters. A non-null `host` (stages 2 and 3 only) offloads to its host
   // memory; it may be `backend` itself (the CPU backend).
   // A non-null `nvme` (stage 3 with a host backend) keeps that state on disk.
-  ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator* comm, int stage,
+  // comms.host and comms.device span the same ranks.
+  ZeroEngine(Backend* backend, const ModelLayout& layout, Communicators comms, int stage,
              std::string name, bool training = true, Backend* host = nullptr,
              std::unique_ptr<NvmeState> nvme = nullptr);
   ~ZeroEngine() override;
@@ -92,8 +102,8 @@ class ZeroEngine : public Strategy {
 
   // Strategy
   const std::string& name() const override { return name_; }
-  int rank() const override { return comm_->rank(); }
-  int world() const override { return comm_->world(); }
+  int rank() const override { return device_comm_->rank(); }
+  int world() const override { return device_comm_->world(); }
   void ZeroGrads() override;
   void BeginMicroBatch(bool last) override { last_micro_batch_ = last; }
   double GradNorm() override;
@@ -188,7 +198,8 @@ class ZeroEngine : public Strategy {
 
   Backend* backend_;
   const ModelLayout& layout_;
-  Communicator* comm_;
+  Communicator* device_comm_;  // collectives on backend memory
+  Communicator* host_comm_;    // collectives on host memory, Abort
   int stage_;
   std::string name_;
   std::vector<ShardRange> shards_;

@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
+#include "dist/agree.h"
+#include "dist/launch.h"
+
 #ifdef MINGPT_CUDA_PLUGIN
 #include "backend/cuda/plugin.h"
 #endif
@@ -113,6 +117,50 @@ StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& accelerator, i
   }
 #endif
   return Status::Error("no backend for --accelerator '" + accelerator + "'");
+}
+
+Status CheckOneRankPerGpu(int local_ranks) {
+  const int devices = CudaDevices();
+  if (local_ranks <= devices) return Status::Ok();
+  return Status::Error("--accelerator cuda runs one rank per GPU: " + std::to_string(local_ranks) +
+                       " ranks on this machine, which has " + std::to_string(devices) +
+                       " CUDA device" + (devices == 1 ? "" : "s"));
+}
+
+namespace {
+
+// Every rank's device communicator under CUDA (RankDevice says which).
+StatusOr<std::unique_ptr<Communicator>> MakeCudaCommunicator(Communicator* host, Backend* backend) {
+  if (host->world() == 1) {
+    return MakeLocalCommunicator(
+        [backend](void* dst, const void* src, size_t bytes) { backend->Copy(dst, src, bytes); });
+  }
+#ifdef MINGPT_CUDA_PLUGIN
+  // Refused here with one line, not by NCCL's abort on a shared GPU.
+  MINGPT_RETURN_IF_ERROR(
+      AgreeOnStatus(host, CheckOneRankPerGpu(DetectMpiEnvironment().local_size)));
+  std::string why;
+  const CudaPlugin* plugin = LoadCudaPlugin(&why);
+  MINGPT_CHECK(plugin != nullptr, "the CUDA module made a backend, then failed to load: %s",
+               why.c_str());
+  return plugin->make_nccl(host, backend);  // agrees on its errors itself
+#else
+  return Status::Error("--accelerator cuda: this mingpt was built without CUDA");
+#endif
+}
+
+}  // namespace
+
+StatusOr<RankDevice> MakeRankDevice(const std::string& accelerator, Communicator* host,
+                                    int cpu_threads) {
+  RankDevice d;
+  StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, host->rank(), cpu_threads);
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(host, made.status()));
+  d.backend = std::move(made).value();
+  if (accelerator == "cpu") return d;
+  d.host_backend = MakeCpuBackend(cpu_threads);
+  MINGPT_ASSIGN_OR_RETURN(d.device_comm, MakeCudaCommunicator(host, d.backend.get()));
+  return d;
 }
 
 }  // namespace mingpt

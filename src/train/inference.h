@@ -24,7 +24,8 @@ EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& dat
 
 // The same, the windows shared among the ranks of `comm` (a collective; every
 // rank returns the same result). Every rank runs the same number of forward
-// passes, as a sharded strategy's parameter gathers require.
+// passes, as a sharded strategy's parameter gathers require. `comm` is the
+// host communicator: it sums the ranks' losses, a host double.
 EvalResult EvaluateSplit(GPT* gpt, ParamProvider* params, const CharDataset& data, Split split,
                          int64_t max_windows, int batch_size, Communicator* comm);
 

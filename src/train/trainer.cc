@@ -333,10 +333,14 @@ double ForwardBackwardStep(GPT* gpt, Strategy* sp, const CharDataset& data, cons
 
 Status CheckTrainSetup(TrainOptions o) {
   std::unique_ptr<Communicator> world = MakeSizeOnlyCommunicator(0, o.devices);
-  return Prepare(&o, world.get(), /*dry_run=*/true).status();
+  MINGPT_RETURN_IF_ERROR(Prepare(&o, world.get(), /*dry_run=*/true).status());
+  // The launcher starts every rank on this machine.
+  MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(o.accelerator));
+  return accelerator == "cuda" ? CheckOneRankPerGpu(o.devices) : Status::Ok();
 }
 
-StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atomic<bool>* stop) {
+StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atomic<bool>* stop,
+                             const RankDeviceFactory& make_device) {
   const int rank = comm->rank(), world = comm->world();
   const bool lead = rank == 0;
   MINGPT_RETURN_IF_ERROR(CheckSameOnAllRanks(comm, "configuration", ConfigFingerprint(o)));
@@ -346,34 +350,22 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   const CharDataset& data = *setup.data;
   const CharTokenizer& tokenizer = setup.tokenizer;
 
-  // Model, strategy and state.
+  // Model, strategy and state. `comm` keeps carrying the collectives on host
+  // memory; comms.device carries the strategy's on backend memory.
   MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(o.accelerator));
-  if (accelerator == "cuda" && world > 1) {
-    // The NCCL communicator exists (dist/nccl_communicator.h) but the loop
-    // still hands host buffers to the same communicator as device ones.
-    return Status::Error("--accelerator cuda trains on one GPU for now; several CUDA ranks "
-                         "(NCCL) are not wired into training yet");
-  }
-  StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, rank, o.num_threads);
-  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made.status()));
-  std::unique_ptr<Backend> backend = std::move(made).value();
-  // Offload's host optimizer: the CPU backend (itself when computing there).
-  std::unique_ptr<Backend> host = accelerator == "cpu" ? nullptr : MakeCpuBackend(o.num_threads);
-  // One GPU: the world of one copies device buffers with the backend.
-  std::unique_ptr<Communicator> device_local;
-  if (accelerator == "cuda") {
-    Backend* b = backend.get();
-    device_local = MakeLocalCommunicator(
-        [b](void* dst, const void* src, size_t bytes) { b->Copy(dst, src, bytes); });
-    comm = device_local.get();
-  }
+  MINGPT_ASSIGN_OR_RETURN(RankDevice device, make_device
+                                                 ? make_device(accelerator, comm, o.num_threads)
+                                                 : MakeRankDevice(accelerator, comm, o.num_threads));
+  Backend* const backend = device.backend.get();
+  const Communicators comms = device.comms(comm);
   const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
   backend->SetMatmulPrecision(precision);
-  GPT gpt(backend.get(), o.model, o.batch_size, o.activation_checkpointing);
+  GPT gpt(backend, o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
   const NvmeOptions nvme = NvmeSettings(o);
   StatusOr<std::unique_ptr<Strategy>> made_strategy =
-      MakeStrategy(o.strategy, backend.get(), layout, comm, /*training=*/true, host.get(), nvme);
+      MakeStrategy(o.strategy, backend, layout, comms, /*training=*/true, device.host_backend.get(),
+                   nvme);
   MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made_strategy.status()));
   std::unique_ptr<Strategy> strategy = std::move(made_strategy).value();
   Strategy& sp = *strategy;

@@ -12,11 +12,13 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "core/status.h"
 #include "dist/communicator.h"
 #include "engine/strategy.h"
+#include "train/accelerator.h"
 #include "train/options.h"
 
 namespace mingpt {
@@ -32,19 +34,32 @@ struct TrainSummary {
   size_t activation_bytes = 0;
 };
 
+// Makes a rank's backend and device communicator: MakeRankDevice's
+// signature (accelerator.h).
+using RankDeviceFactory = std::function<StatusOr<RankDevice>(
+    const std::string& accelerator, Communicator* host, int cpu_threads)>;
+
 // `stop`, when set to true (e.g. by SIGINT), ends training after the current
 // step with a last checkpoint written.
 StatusOr<TrainSummary> Train(TrainOptions options, const std::atomic<bool>* stop = nullptr);
 
 // Checks everything Train checks before its first collective (flags, data,
-// checkpoint, memory) for a run of options.devices ranks, creating nothing:
-// the launcher calls it before it starts any rank.
+// checkpoint, memory; under CUDA, a GPU for each of the options.devices
+// ranks) for a run of options.devices ranks, creating nothing: the launcher
+// calls it before it starts any rank, all of them on this machine.
 Status CheckTrainSetup(TrainOptions options);
 
 // The same on the ranks of `comm` (a collective: every rank calls it with the
 // same options). options.batch_size is per rank. Every rank gets the same
 // result; errors met by one rank reach the others as IsPeerFailure errors.
+// `comm` is the host communicator: every collective on host memory (the
+// configuration and status agreements, the step's loss, the gradient norm,
+// metrics and memory tables, validation sums, checkpoint saves) goes to it;
+// collectives on backend memory go to the RankDevice's device communicator
+// (RankDevice::comms). `make_device` (empty: MakeRankDevice) is a test seam:
+// wrappers that check which memory each communicator is handed.
 StatusOr<TrainSummary> Train(TrainOptions options, Communicator* comm,
-                             const std::atomic<bool>* stop = nullptr);
+                             const std::atomic<bool>* stop = nullptr,
+                             const RankDeviceFactory& make_device = {});
 
 }  // namespace mingpt

@@ -1,10 +1,12 @@
 // `mingpt train` refuses impossible models and unsupported or unknown flags
 // with one error line (exit 1; 2 for command-line parse errors) and leaves no
-// run directory.
+// run directory; `evaluate` and `sample` refuse an --accelerator they cannot
+// use with the same lines.
 #include <string>
 #include <tuple>
 
 #include "cli/cli_fixture.h"
+#include "cli/trained_checkpoint.h"
 #include "train/accelerator.h"
 
 namespace mingpt::cli_test {
@@ -82,6 +84,47 @@ TEST_F(TrainFlagTest, CudaWithoutADeviceRefused) {
   const std::string missing = CudaBuilt() ? "no CUDA device found" : "built without CUDA";
   ExpectTrainRefused({{"--accelerator", "cuda"}}, 1, {"--accelerator cuda", missing});
   ExpectTrainRefused({{"--gpus", "1"}}, 1, {missing});
+}
+
+// evaluate and sample take --accelerator as train does, with the same lines;
+// sample echoes nothing of its prompt when refused.
+using ModelCommandAcceleratorTest = TrainedCheckpointTest;
+
+TEST_F(ModelCommandAcceleratorTest, CpuRuns) {
+  std::vector<std::string> evaluate = EvaluateArgs(shared_last_);
+  evaluate.insert(evaluate.end(), {"--accelerator", "cpu"});
+  const ProcessResult e = Mingpt(evaluate);
+  ASSERT_TRUE(Succeeded(e));
+  EXPECT_NE(e.out.find("test loss"), std::string::npos) << e.Describe();
+  const ProcessResult s = Mingpt(SampleArgs(shared_last_, "the", {"--accelerator", "cpu"}));
+  ASSERT_TRUE(Succeeded(s));
+  EXPECT_EQ(s.out.rfind("the", 0), 0u) << s.Describe();
+}
+
+TEST_F(ModelCommandAcceleratorTest, UnknownAccelerator) {
+  std::vector<std::string> evaluate = EvaluateArgs(shared_last_);
+  evaluate.insert(evaluate.end(), {"--accelerator", "tpu"});
+  EXPECT_TRUE(FailsWith(Mingpt(evaluate), 1, {"unknown --accelerator", "tpu"}));
+  const ProcessResult s = Mingpt(SampleArgs(shared_last_, "the", {"--accelerator", "tpu"}));
+  EXPECT_TRUE(FailsWith(s, 1, {"unknown --accelerator", "tpu"}));
+  EXPECT_EQ(s.out, "") << "the refused prompt was echoed";
+}
+
+TEST_F(ModelCommandAcceleratorTest, CudaWithoutADeviceRefused) {
+  if (CudaDevices() > 0) GTEST_SKIP() << "a CUDA device is present: cuda runs here";
+  const std::string missing = CudaBuilt() ? "no CUDA device found" : "built without CUDA";
+  for (const std::string name : {"cuda", "gpu"}) {
+    SCOPED_TRACE("--accelerator " + name);
+    std::vector<std::string> evaluate = EvaluateArgs(shared_last_);
+    evaluate.insert(evaluate.end(), {"--accelerator", name});
+    EXPECT_TRUE(FailsWith(Mingpt(evaluate), 1, {"--accelerator " + name, missing}));
+    // Also before starting ranks.
+    evaluate.insert(evaluate.end(), {"--devices", "2"});
+    EXPECT_TRUE(FailsWith(Mingpt(evaluate), 1, {"--accelerator " + name, missing}));
+    const ProcessResult s = Mingpt(SampleArgs(shared_last_, "the", {"--accelerator", name}));
+    EXPECT_TRUE(FailsWith(s, 1, {"--accelerator " + name, missing}));
+    EXPECT_EQ(s.out, "") << "the refused prompt was echoed";
+  }
 }
 
 TEST_F(TrainFlagTest, GpusWithACpuAcceleratorRefused) {

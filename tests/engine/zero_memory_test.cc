@@ -40,7 +40,7 @@ TEST(ZeroMemory, EachStageHoldsItsShareOfTheState) {
       const double expected[4] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N,
                                   16 * psi / N};
       for (int stage = 0; stage <= 3; ++stage) {
-        ZeroEngine engine(backend.get(), layout, &comm, stage, "test");
+        ZeroEngine engine(backend.get(), layout, {&comm, &comm}, stage, "test");
         const MemoryAccount m = engine.memory();
         // Padding: tensors aligned inside units, units padded to N equal shards.
         double padded = 0;
@@ -85,8 +85,9 @@ TEST(ZeroMemory, OffloadKeepsTheOptimizerStateInHostMemory) {
       for (int stage : {2, 3}) {
         SCOPED_TRACE("stage " + std::to_string(stage) + " offload, rank " +
                      std::to_string(rank) + "/" + std::to_string(world));
-        ZeroEngine engine(backend.get(), layout, comm.get(), stage, "test", true, backend.get());
-        const ZeroEngine plain(backend.get(), layout, comm.get(), stage, "test");
+        ZeroEngine engine(backend.get(), layout, {comm.get(), comm.get()}, stage, "test", true,
+                          backend.get());
+        const ZeroEngine plain(backend.get(), layout, {comm.get(), comm.get()}, stage, "test");
         const MemoryAccount m = engine.memory();
         double padded = 0, max_shard = 0;
         for (int u = 0; u < layout.num_units(); ++u) {
