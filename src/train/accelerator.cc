@@ -154,7 +154,11 @@ StatusOr<std::unique_ptr<Communicator>> MakeCudaCommunicator(Communicator* host,
 StatusOr<RankDevice> MakeRankDevice(const std::string& accelerator, Communicator* host,
                                     int cpu_threads) {
   RankDevice d;
-  StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, host->rank(), cpu_threads);
+  // A GPU per rank of this machine: the launcher's local rank where it says
+  // (ranks spread over machines), else the rank.
+  const MpiEnvironment env = DetectMpiEnvironment();
+  const int local_rank = env.launched && env.local_size > 0 ? env.local_rank : host->rank();
+  StatusOr<std::unique_ptr<Backend>> made = MakeBackend(accelerator, local_rank, cpu_threads);
   MINGPT_RETURN_IF_ERROR(AgreeOnStatus(host, made.status()));
   d.backend = std::move(made).value();
   if (accelerator == "cpu") return d;

@@ -56,7 +56,7 @@ struct RankDevice {
 // as ResolveAccelerator returns it.
 //   cpu              the CPU backend; no device communicator
 //   cuda, 1 rank     the device's backend; a local communicator copying with it
-//   cuda, N ranks    the device's backend (device rank modulo the devices);
+//   cuda, N ranks    the device's backend (device: the local rank modulo the devices);
 //                    NCCL over the ranks of `host`, its unique id broadcast
 //                    over `host` (the plugin's make_nccl)
 // Errors (agreed on by every rank): no backend, more ranks on this machine

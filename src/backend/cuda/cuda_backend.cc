@@ -53,6 +53,7 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
   cudaStream_t stream() const { return stream_.get(); }
+  int device() const { return device_; }
 
   // ---- memory ----
   void* Malloc(size_t bytes) override;
@@ -292,6 +293,11 @@ std::unique_ptr<Backend> MakeCudaBackend(int device) {
 void* CudaStreamOf(Backend* backend) {
   auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(backend);
   return cuda_backend ? static_cast<void*>(cuda_backend->stream()) : nullptr;
+}
+
+int CudaDeviceOf(Backend* backend) {
+  auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(backend);
+  return cuda_backend ? cuda_backend->device() : -1;
 }
 
 }  // namespace mingpt

@@ -25,5 +25,7 @@ std::unique_ptr<Backend> MakeCudaBackend(int device);
 // The cudaStream_t the backend runs its ops on (as void*, so that this
 // header needs no CUDA header); null if `backend` is not a CUDA backend.
 void* CudaStreamOf(Backend* backend);
+// The device the backend runs on; -1 if `backend` is not a CUDA backend.
+int CudaDeviceOf(Backend* backend);
 
 }  // namespace mingpt

@@ -9,6 +9,7 @@ namespace {
 StatusOr<std::unique_ptr<Communicator>> MakeNccl(Communicator* bootstrap, Backend* backend) {
   NcclOptions options;
   options.compute_stream = CudaStreamOf(backend);
+  options.device = CudaDeviceOf(backend);  // the backend's: chosen by local rank
   return MakeNcclCommunicator(bootstrap, options);
 }
 

@@ -18,8 +18,8 @@ namespace mingpt {
 struct CudaPlugin {
   int (*device_count)();
   std::unique_ptr<Backend> (*make_backend)(int device);
-  // The NCCL communicator over the ranks of `bootstrap`, collectives ordered
-  // after the work of `backend` (a CUDA backend).
+  // The NCCL communicator over the ranks of `bootstrap`, on the device of
+  // `backend` (a CUDA backend), collectives ordered after its work.
   StatusOr<std::unique_ptr<Communicator>> (*make_nccl)(Communicator* bootstrap, Backend* backend);
 };
 
