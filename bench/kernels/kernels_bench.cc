@@ -188,6 +188,23 @@ int main(int argc, char** argv) {
                                                         int64_t(h.size()));
                                 },
                                 reps));
+  // The operand-format forms (the MLP's kept GELU; its backward with the
+  // first product's bias gradient), under bf16 where they convert as they go.
+  {
+    std::vector<float> dbias(4 * C, 0.0f);
+    std::vector<uint16_t> hop(h.size());
+    backend->SetMatmulPrecision(mingpt::MatmulPrecision::kBf16);
+    Report("gelu fwd -> bf16 operand [N,4C]",
+           Time([&] { backend->GeluForwardOperand(hop.data(), h.data(), int64_t(h.size())); },
+                reps));
+    Report("gelu bwd -> bf16 operand + bias grad",
+           Time([&] {
+                  backend->GeluBackwardOperand(hop.data(), dbias.data(), h.data(), dh.data(), N,
+                                               4 * C);
+                },
+                reps));
+    backend->SetMatmulPrecision(mingpt::MatmulPrecision::kFp32);
+  }
   drop.p = 0.1f;
   Report("dropout [N,C]", Time(
                               [&] {

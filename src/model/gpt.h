@@ -10,14 +10,13 @@
 // construction: a step allocates nothing. The arena holds the embedding
 // output (block 0's input), per block its output x_out (the next block's
 // input; the last one feeds the head), the block intermediates (ln1 and its
-// mean/rstd, q, k, v, the attention probabilities, the attention output, the
-// mid-block residual, ln2 and its mean/rstd, the MLP pre-activation), the
-// head's activations and logits, and the backward scratch. The GELU output,
-// the largest intermediate with the pre-activation ([B,T,4C]), is not kept:
-// the forward writes it into the backward's [B,T,4C] scratch (free until
-// then) for the MLP's output product, and the backward recomputes it there
-// from the pre-activation (one GELU per block, ~1% of a step) — a quarter of
-// the block activations saved.
+// mean/rstd, q, k, v, each attention row's log-sum-exp, the attention output,
+// the mid-block residual, ln2 and its mean/rstd, the MLP pre-activation and
+// its GELU), the head's activations and logits, and the backward scratch.
+// ln1, ln2, ln_f and the GELU are read only by matrix products and are kept
+// in the products' operand format (Backend::OperandBytes() each: bf16 under
+// native bf16), written so by their producers and handed to the products as
+// MatmulOperand::Converted, forward and backward alike.
 //
 // Block intermediates are kept for every block, or, with activation
 // checkpointing, for one block only: all blocks share one set as scratch and
@@ -25,8 +24,8 @@
 // block l's forward from its saved input (same ops, same dropout masks, so
 // the same floats) into that scratch, between Acquire and Release of its unit;
 // the last block needs no recompute, its intermediates are still there from
-// the forward, and the recompute stops after the MLP's first product (its
-// GELU and output projection feed only the next block). Block activations then take
+// the forward, and the recompute stops after the MLP's GELU (the output
+// projection feeds only the next block). Block activations then take
 // (n_layer + 1)·B·T·C floats plus one block's intermediates instead of
 // n_layer blocks', for about two thirds of a block forward's matrix products
 // per block and step.
