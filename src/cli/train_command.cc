@@ -166,6 +166,9 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   f->num_threads = app->add_option("--num_threads", o.num_threads, "CPU threads per rank (default: the cores / the ranks on this machine)");
   app->add_flag("--activation_checkpointing", o.activation_checkpointing,
                 "Keep only each block's input; recompute the block in backward");
+  app->add_option("--enable_checkpointing", o.enable_checkpointing,
+                  "Lightning's flag: false saves no checkpoint (timing runs, huge models)")
+      ->capture_default_str();
   app->add_flag("--profile_memory", o.profile_memory, "Print each rank's memory at the end");
   app->add_flag("--profile", o.profile,
                 "Print each rank's time per phase at the end: compute, optimizer, and the "
@@ -242,7 +245,9 @@ Command AddTrain(CLI::App* app) {
     std::printf("trained %lld steps (%lld tokens); last train loss %.4f; best val loss %.4f\n",
                 static_cast<long long>(s.steps), static_cast<long long>(s.tokens), s.last_train_loss,
                 s.best_val_loss);
-    std::printf("checkpoints: %s/checkpoints/{best,last}\n", f->o.default_root_dir.c_str());
+    if (f->o.enable_checkpointing) {
+      std::printf("checkpoints: %s/checkpoints/{best,last}\n", f->o.default_root_dir.c_str());
+    }
     return Status::Ok();
   };
 }

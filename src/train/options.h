@@ -41,6 +41,7 @@ struct TrainOptions {
   std::string offload_params = "nvme";  // nvme | cpu: where NVMe offload keeps the parameters
   int offload_buffer_mb = 256;      // NVMe offload's optimizer streaming pool
   bool activation_checkpointing = false;
+  bool enable_checkpointing = true;  // Lightning's flag: false saves no checkpoint
   bool profile_memory = false;      // print each rank's memory at the end
   bool profile = false;             // print each rank's time per phase at the end
   size_t memory_budget = 0;         // bytes per rank for --strategy auto; 0: available / local ranks

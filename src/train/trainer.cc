@@ -275,7 +275,10 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   }
   if (dry_run) return s;
   std::error_code ec;
-  if (comm->rank() == 0) std::filesystem::create_directories(o->default_root_dir + "/checkpoints", ec);
+  if (comm->rank() == 0) {
+    std::filesystem::create_directories(
+        o->default_root_dir + (o->enable_checkpointing ? "/checkpoints" : ""), ec);
+  }
   if (ec) return Status::Error("cannot create '" + o->default_root_dir + "': " + ec.message());
   return s;
 }
@@ -418,6 +421,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   double tokens_per_s = 0;
 
   auto save = [&](const std::string& name) -> Status {
+    if (!o.enable_checkpointing) return Status::Ok();
     return SaveTrainingState(ckpt_dir + "/" + name, layout, tokenizer, o, state, &sp, comm);
   };
   auto validate = [&]() -> Status {

@@ -22,6 +22,16 @@ TEST_F(TrainFlagTest, TinyModelTrains) {
   EXPECT_TRUE(Exists(tmp_ / "ok_run/metrics.csv"));
 }
 
+TEST_F(TrainFlagTest, EnableCheckpointingFalseSavesNothing) {
+  // Lightning's flag: the run trains and logs, and writes no checkpoint.
+  const ProcessResult r = Train("no_ckpt", {{"--enable_checkpointing", "false"}});
+  ASSERT_TRUE(Succeeded(r)) << r.Describe();
+  EXPECT_TRUE(Exists(tmp_ / "no_ckpt/metrics.csv"));
+  EXPECT_FALSE(Exists(tmp_ / "no_ckpt/checkpoints"));
+  EXPECT_EQ(r.out.find("checkpoints:"), std::string::npos) << r.out;
+  ExpectTrainRefused({{"--enable_checkpointing", "sometimes"}}, 2, {"enable_checkpointing"});
+}
+
 TEST_F(TrainFlagTest, EmbdNotDivisibleByHead) {
   ExpectTrainRefused({{"--n_embd", "16"}, {"--n_head", "3"}}, 1, {"divisible", "n_head"});
 }
