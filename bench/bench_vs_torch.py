@@ -130,6 +130,7 @@ def bench_mingpt(a):
                "--max_steps", str(a.warmup + a.steps), "--limit_val_batches", "0",
                "--precision", a.precision,
                "--default_root_dir", root, "--log_every_n_steps", "1"]
+        cmd += getattr(a, "extra_args", [])  # e.g. --accelerator cuda (gpu_vs_torch.py)
         if a.verbose:
             print("  " + " ".join(cmd), flush=True)
         r = subprocess.run(cmd, stdout=None if a.verbose else subprocess.DEVNULL,

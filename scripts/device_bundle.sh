@@ -21,13 +21,13 @@ if ! command -v nvcc >/dev/null && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then
 fi
 scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMINGPT_CUDA=ON >/dev/null
-cmake --build build -j"$(nproc)" --target mingpt mingpt_cuda test_cuda test_model
+cmake --build build -j"$(nproc)" --target mingpt mingpt_cuda test_cuda
 
 out=build-device
 rm -rf "$out"
 mkdir -p "$out/lib" "$out/tests"
 cp build/mingpt build/libmingpt_cuda.so "$out/"
-cp build/tests/test_cuda build/tests/test_model "$out/tests/"
+cp build/tests/test_cuda "$out/tests/"
 
 # The shared libraries the binaries load, less those the GPU machine has:
 # glibc's, the GCC runtime's and CUDA's.

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call on a machine lent through the device tool
+# (issue 5). From the repository root, with build-device/ (made here by
+# scripts/device_bundle.sh) and data/tinyshakespeare.txt carried:
+#
+#   run(command="bash scripts/device_check.sh", carry=["build-device", "data"], timeout_s=600)
+#
+# Stages (each runs whatever the one before it did; logs go to $OUT):
+#   1. the machine: nvidia-smi, and every library the binaries load found
+#   2. the cuda tests (tests/cuda: every op against the CPU backend, a
+#      training step, determinism)
+#   3. the seed's 1.7B command (deepspeed_stage_3_offload, --precision 16,
+#      batch 1) for a few steps: peak GPU memory beside the seed's 5.1 GiB
+#   4. GPT-2-small in bf16: mingpt vs the seed's model in PyTorch and in
+#      Lightning (bench/gpu_vs_torch.py)
+# and a summary last. STAGES="1 2" runs some of them only.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/mingpt-device}
+mkdir -p "$OUT"
+STAGES=${STAGES:-"1 2 3 4"}
+bundle=$PWD/build-device
+data=$PWD/data/tinyshakespeare.txt
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if [[ ! -x $bundle/mingpt ]]; then
+  echo "device_check: no $bundle/mingpt: run scripts/device_bundle.sh here and carry build-device" >&2
+  exit 1
+fi
+# CUDA's libraries: the toolkit's, else PyTorch's wheels (CUDA 13 either way).
+cuda_dirs=$(python3 - <<'EOF'
+import glob, site, sys
+dirs = []
+roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    roots += glob.glob(sp + "/nvidia/*/lib") + glob.glob(sp + "/nvidia/cu*/lib")
+for d in roots:
+    if any(glob.glob(d + "/lib" + n) for n in ("cudart.so.13", "cublasLt.so.13", "nccl.so.2")):
+        dirs.append(d)
+print(":".join(dict.fromkeys(dirs)))
+EOF
+)
+export LD_LIBRARY_PATH="$bundle/lib:$cuda_dirs:${LD_LIBRARY_PATH:-}"
+export MINGPT_CUDA_PLUGIN=$bundle/libmingpt_cuda.so
+
+if want 1; then
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+  head -15 "$OUT/nvidia-smi.txt"
+  missing=$(ldd "$bundle/mingpt" "$bundle/libmingpt_cuda.so" "$bundle"/tests/* 2>&1 |
+            grep "not found" | sort -u)
+  if [[ -n $missing ]]; then
+    note "1 libraries: MISSING: $missing"
+  else
+    note "1 libraries: all found (CUDA from ${cuda_dirs:-the system})"
+  fi
+fi
+
+if want 2; then
+  "$bundle/tests/test_cuda" --gtest_brief=1 > "$OUT/test_cuda.log" 2>&1
+  rc=$?
+  tail -25 "$OUT/test_cuda.log"
+  note "2 cuda tests: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/test_cuda.log" | tr '\n' ' ')"
+fi
+
+# Runs a mingpt command, the most GPU memory in use while it runs sampled
+# every 200 ms into $OUT/$1.mem.
+with_gpu_memory() {
+  local name=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/$name.mem" &
+  local poll=$!
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  kill "$poll" 2>/dev/null; wait "$poll" 2>/dev/null
+  local peak; peak=$(sort -n "$OUT/$name.mem" | tail -1)
+  echo "$rc ${peak:-?}"
+}
+
+if want 3; then
+  read -r rc peak < <(with_gpu_memory seed-1.7b timeout 300 "$bundle/mingpt" train \
+    --data "$data" --accelerator cuda --gpus 1 --n_layer 15 --n_head 16 --n_embd 3072 \
+    --batch_size 1 --precision 16 --strategy deepspeed_stage_3_offload --max_steps 4 \
+    --limit_val_batches 0 --log_every_n_steps 1 --enable_checkpointing false \
+    --default_root_dir "$OUT/run-1.7b" --profile --profile_memory)
+  tail -20 "$OUT/seed-1.7b.log"
+  cp "$OUT/run-1.7b/metrics.csv" "$OUT/seed-1.7b.metrics.csv" 2>/dev/null
+  cp "$OUT/run-1.7b/memory.csv" "$OUT/seed-1.7b.memory.csv" 2>/dev/null
+  note "3 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB)"
+fi
+
+if want 4; then
+  timeout 420 python3 bench/gpu_vs_torch.py --binary "$bundle/mingpt" --data "$data" \
+    > "$OUT/gpt2-small.log" 2>&1
+  rc=$?
+  tail -12 "$OUT/gpt2-small.log"
+  note "4 GPT-2-small bf16 vs PyTorch and Lightning: exit $rc (table above, $OUT/gpt2-small.log)"
+fi
+
+echo
+echo "summary"
+printf '  %s\n' "${summary[@]}"
