@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
                [&] {
                  backend->AttentionBackward(
                      dq.data(), dk.data(), dv.data(), y.data(), q.data(),
-                     k.data(), v.data(), probs.data(), B, T, C, NH, drop);
+                     k.data(), v.data(), out.data(), probs.data(), B, T, C, NH, drop);
                },
                reps),
            2 * attn_flops);

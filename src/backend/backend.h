@@ -141,12 +141,15 @@ class Backend {
   //   out_h = sum_j softmax_j(q_h . k_j,h / sqrt(hs)) v_j,h               (=)
   virtual void AttentionDecode(float* out, const float* q, const float* k_cache,
                                const float* v_cache, int T, int C, int NH) = 0;
-  // dq, dk, dv (=) from dout, using the saved lse and the same dropout.
+  // dq, dk, dv (=) from dout, using the forward's output `out` (for
+  // delta_i = dout_i . out_i = sum_j P_ij dP_ij, dropout included), the saved
+  // lse and the same dropout.
   virtual void AttentionBackward(float* dq, float* dk, float* dv,
                                  const float* dout, const float* q,
                                  const float* k, const float* v,
-                                 const float* lse, int B, int T, int C,
-                                 int NH, const DropoutSpec& dropout) = 0;
+                                 const float* out, const float* lse, int B,
+                                 int T, int C, int NH,
+                                 const DropoutSpec& dropout) = 0;
 
   // out = x * Phi(x), exact erf form (nn.GELU()). In place allowed.         (=)
   virtual void GeluForward(float* out, const float* x, int64_t n) = 0;

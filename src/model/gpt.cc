@@ -336,7 +336,7 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     // Attention branch: x_mid = x_in + drop(proj(attn(q, k, v))), q/k/v = Linear(ln1(x_in)).
     const float* dp = branch_grad(Resid1Site(l));
     be.MatmulBackward(a.datty, G[kProjW], G[kProjB], dp, s.atty, P[kProjW], N, C, C, false);
-    be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.lse, B, T, C, NH,
+    be.AttentionBackward(a.dq, a.dk, a.dv, a.datty, s.q, s.k, s.v, s.atty, s.lse, B, T, C, NH,
                          Site(dropout, p, AttnSite(l)));
     const MatmulOperand ln1 = MatmulOperand::Converted(s.ln1);
     be.MatmulBackward(a.dln, G[kQueryW], G[kQueryB], a.dq, ln1, P[kQueryW], N, C, C, false);

@@ -108,7 +108,7 @@ TEST_F(DropoutTest, AttentionDropoutShardsAgree) {
   backend_.AttentionForward(out.data(), probs.data(), q.data(), k.data(),
                             v.data(), 4, T, C, NH, Spec(0.2f, 0));
   backend_.AttentionBackward(dq.data(), dk.data(), dv.data(), dout.data(),
-                             q.data(), k.data(), v.data(), probs.data(), 4, T,
+                             q.data(), k.data(), v.data(), out.data(), probs.data(), 4, T,
                              C, NH, Spec(0.2f, 0));
   FVec out2(2 * n), probs2(2 * NH * T), dq2(2 * n), dk2(2 * n), dv2(2 * n);
   backend_.AttentionForward(out2.data(), probs2.data(), q.data() + 2 * n,
@@ -116,7 +116,7 @@ TEST_F(DropoutTest, AttentionDropoutShardsAgree) {
                             Spec(0.2f, 2));
   backend_.AttentionBackward(dq2.data(), dk2.data(), dv2.data(),
                              dout.data() + 2 * n, q.data() + 2 * n,
-                             k.data() + 2 * n, v.data() + 2 * n, probs2.data(),
+                             k.data() + 2 * n, v.data() + 2 * n, out2.data(), probs2.data(),
                              2, T, C, NH, Spec(0.2f, 2));
   EXPECT_EQ(out2, FVec(out.begin() + 2 * n, out.end()));
   EXPECT_EQ(dq2, FVec(dq.begin() + 2 * n, dq.end()));

@@ -106,7 +106,7 @@ struct Workload {
     });
     be.GeluBackward(dx.data(), att.data(), dx.data(), N * C);
     be.AttentionBackward(dq.data(), dk.data(), dv.data(), dx.data(), q, k, vv,
-                         probs.data(), B, T, C, NH, d);
+                         att.data(), probs.data(), B, T, C, NH, d);
     matmul([&] {
       be.MatmulBackward(dln.data(), dW.data(), db.data(), dout.data(),
                         ln.data(), W.data(), N, C, 3 * C, true);

@@ -260,19 +260,26 @@ class CudaAttentionTest : public CudaVsCpuTest {
     gpu_->AttentionForward(gout.f32(), glse.f32(), gq.f32(), gk.f32(), gv.f32(), c.B, c.T, c.C,
                            c.NH, dropout);
     gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32(), gq.f32(), gk.f32(),
-                            gv.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
+                            gv.f32(), gout.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
     FVec out(n), lse(nl), dq(n), dk(n), dv(n);
     cpu_->AttentionForward(out.data(), lse.data(), q.data(), k.data(), v.data(), c.B, c.T, c.C,
                            c.NH, dropout);
     cpu_->AttentionBackward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
-                            v.data(), lse.data(), c.B, c.T, c.C, c.NH, dropout);
+                            v.data(), out.data(), lse.data(), c.B, c.T, c.C, c.NH, dropout);
     const std::string what = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) +
                              " C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH) +
                              " p=" + std::to_string(dropout.p) + " ";
     ExpectClose(Down(gout, n), out, 1e-5, what + "out");
     ExpectClose(Down(glse, nl), lse, 1e-5, what + "lse");
-    ExpectClose(Down(gdq, n), dq, 1e-5, what + "dq");
-    ExpectClose(Down(gdk, n), dk, 1e-5, what + "dk");
+    // dq and dk against the largest of the three gradients: at T = 1 they are
+    // zero in exact arithmetic, and the CPU's delta_i = dout_i . out_i
+    // cancels P dP only to rounding.
+    double g = 1e-30;
+    for (const FVec* t : {&dq, &dk, &dv}) {
+      for (float x : *t) g = std::max(g, std::abs(static_cast<double>(x)));
+    }
+    ExpectNear(Down(gdq, n), ToDouble(dq), 1e-5, 1e-5 * g, what + "dq");
+    ExpectNear(Down(gdk, n), ToDouble(dk), 1e-5, 1e-5 * g, what + "dk");
     ExpectClose(Down(gdv, n), dv, 1e-5, what + "dv");
   }
 };
@@ -490,7 +497,7 @@ TEST_F(CudaBackendTest, Deterministic) {
                          false);
     gpu_->AttentionForward(tmp.f32(), lse.f32(), gx.f32(), gx.f32(), gx.f32(), B, T, C, NH, drop);
     gpu_->AttentionBackward(dq.f32(), dk.f32(), dv.f32(), gx.f32(), gx.f32(), gx.f32(), gx.f32(),
-                            lse.f32(), B, T, C, NH, drop);
+                            tmp.f32(), lse.f32(), B, T, C, NH, drop);
     gpu_->EncoderBackward(dwte.f32(), dwpe.f32(), gx.f32(), gidx.as<int32_t>(), B, T, C);
     for (Buffer* z : {&dx, &dw, &db, &dW, &dbias, &dq, &dk, &dv, &dwte, &dwpe, &tmp, &lse}) {
       r.push_back(Down(*z, z->bytes() / 4));

@@ -151,9 +151,9 @@ class RecordingBackend final : public Backend {
     inner_->AttentionDecode(out, q, k_cache, v_cache, T, C, NH);
   }
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                         const float* k, const float* v, const float* lse, int B, int T, int C,
-                         int NH, const DropoutSpec& dropout) override {
-    inner_->AttentionBackward(dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout);
+                         const float* k, const float* v, const float* out, const float* lse,
+                         int B, int T, int C, int NH, const DropoutSpec& dropout) override {
+    inner_->AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, B, T, C, NH, dropout);
   }
   void GeluForward(float* out, const float* x, int64_t n) override {
     inner_->GeluForward(out, x, n);

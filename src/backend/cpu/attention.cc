@@ -68,15 +68,7 @@ struct Layout {
   int64_t Forward() const { return 2 * Tp * hsp + 2 * BlockRows() + 2 * Tile(); }
   // q, q^T, dout, dout^T, the dq accumulator and each row's delta_i; the key
   // tile's K, V, dK and dV; the P, dP, dropped P and multiplier tiles.
-  // Then the dropout bits of the head's tiles (uint32 words; counted as
-  // elements of at least 4 bytes).
-  int64_t Backward() const {
-    return 5 * Tp * hsp + Tp + 4 * BlockRows() + 4 * Tile() + MaskWords();
-  }
-  int64_t MaskWords() const {
-    const int64_t n = Tp / kBlock;
-    return n * (n + 1) / 2 * kBlock;
-  }
+  int64_t Backward() const { return 5 * Tp * hsp + Tp + 4 * BlockRows() + 4 * Tile(); }
   int64_t PerThread() const { return std::max(Forward(), Backward()); }
 };
 
@@ -247,34 +239,6 @@ MINGPT_WIDE_VECTORS void TileMultipliers(const DropoutSpec& dropout, int64_t b, 
   }
 }
 
-// The backward draws each tile's dropout mask once, in its first sweep, and
-// keeps it as bits for the second: Philox costs about as much per element
-// as all of the tile's products. Word j of a tile holds bit r for query r.
-static_assert(kBlock == 32, "one uint32 of mask bits per key of a tile");
-
-template <typename Real>
-MINGPT_WIDE_VECTORS void SaveMaskBits(const Real* mult, unsigned char* bits) {
-  uint32_t words[kBlock];
-  for (int j = 0; j < kBlock; ++j) {
-    uint32_t w = 0;
-    for (int r = 0; r < kBlock; ++r) w |= uint32_t{mult[j * kBlock + r] != 0} << r;
-    words[j] = w;
-  }
-  std::memcpy(bits, words, sizeof words);  // scratch is typed Real
-}
-
-template <typename Real>
-MINGPT_WIDE_VECTORS void LoadMaskBits(const unsigned char* bits, Real scale, Real* mult) {
-  uint32_t words[kBlock];
-  std::memcpy(words, bits, sizeof words);
-  for (int j = 0; j < kBlock; ++j) {
-#pragma omp simd
-    for (int r = 0; r < kBlock; ++r) {
-      mult[j * kBlock + r] = (words[j] >> r) & 1 ? scale : Real(0);
-    }
-  }
-}
-
 // ---- forward ---------------------------------------------------------------
 //
 // Tiles are held transposed, st[j * kBlock + r] for key j0 + j and query i0
@@ -384,19 +348,15 @@ struct BackwardBuffers {
   Real *qs, *qt, *dos, *dot, *dq, *delta;  // whole head
   Real *kj, *vj, *dk, *dv;                 // key tile
   Real *p, *dp, *d, *mult;                 // (query block, key tile), transposed
-  unsigned char* mask_bits;                // dropout bits of every tile
 };
 
-// Per (query block i0, key tile j0), the head's tile number `tile`: P^T =
-// exp(S^T - lse) (0 where masked or past the end) and dP^T = V dout^T times
-// the dropout multipliers; D^T = P^T times them (D = P without dropout).
-// The multipliers are drawn (and their bits saved) when `draw`, else
-// loaded from the bits.
+// Per (query block i0, key tile j0): P^T = exp(S^T - lse) (0 where masked
+// or past the end) and dP^T = V dout^T times the dropout multipliers; D^T =
+// P^T times them (D = P without dropout).
 template <typename Real>
 MINGPT_WIDE_VECTORS void ProbabilityTiles(const BackwardBuffers<Real>& buf, const Real* lse,
                                           const Layout& L, int64_t b, int64_t h, int64_t i0,
-                                          int64_t j0, int64_t tile, bool draw,
-                                          const DropoutSpec& dropout) {
+                                          int64_t j0, const DropoutSpec& dropout) {
   const int64_t hs = L.hs, hsp = L.hsp;
   const int64_t rows = std::min<int64_t>(kBlock, L.T - i0);
   TileProduct(buf.kj, hsp, 1, kBlock, buf.qt + i0 * hsp, kBlock, hs, kBlock, buf.p, kBlock,
@@ -414,13 +374,7 @@ MINGPT_WIDE_VECTORS void ProbabilityTiles(const BackwardBuffers<Real>& buf, cons
     }
   }
   if (dropout.enabled()) {
-    unsigned char* bits = buf.mask_bits + tile * kBlock * sizeof(uint32_t);
-    if (draw) {
-      TileMultipliers(dropout, b, h, L.T, i0, j0, rows, buf.mult);
-      SaveMaskBits(buf.mult, bits);
-    } else {
-      LoadMaskBits(bits, static_cast<Real>(dropout.scale()), buf.mult);
-    }
+    TileMultipliers(dropout, b, h, L.T, i0, j0, rows, buf.mult);
 #pragma omp simd
     for (int64_t e = 0; e < L.Tile(); ++e) {
       buf.d[e] = buf.p[e] * buf.mult[e];
@@ -438,16 +392,17 @@ void StageKeyTile(const BackwardBuffers<Real>& buf, const Real* k, const Real* v
   StageRows(buf.vj, v + j0 * C, cols, kBlock, L, C);
 }
 
-// Backward of one head, flash-attention style with key tiles outermost: a
-// first sweep forms delta_i = sum_j P_ij dP_ij (= dout_i . out_i; the
-// output is not an argument, so it is recomputed this way); the second, per
-// key tile, accumulates dK and dV of the tile in scratch and dq of every
-// block below it. Tiles above the diagonal are skipped in both.
+// Backward of one head, flash-attention style with key tiles outermost:
+// delta_i = sum_j P_ij dP_ij = dout_i . out_i (dropout included: out_i =
+// sum_j dropped P_ij V_j) from the forward's output, then per key tile dK
+// and dV of the tile in scratch and dq of every block below it. Tiles above
+// the diagonal are skipped; each tile's dropout mask is drawn once.
 template <typename Real>
 MINGPT_WIDE_VECTORS void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* dout,
                                       const Real* q, const Real* k, const Real* v,
-                                      const Real* lse, int64_t C, const Layout& L, int64_t b,
-                                      int64_t h, const DropoutSpec& dropout, Real* scratch) {
+                                      const Real* out, const Real* lse, int64_t C,
+                                      const Layout& L, int64_t b, int64_t h,
+                                      const DropoutSpec& dropout, Real* scratch) {
   const int64_t T = L.T, hs = L.hs, Tp = L.Tp, hsp = L.hsp;
   const Real scale = Real(1) / std::sqrt(static_cast<Real>(hs));
   BackwardBuffers<Real> buf;
@@ -465,7 +420,6 @@ MINGPT_WIDE_VECTORS void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* 
   buf.dp = buf.p + L.Tile();         // [kBlock, kBlock] dP^T
   buf.mult = buf.dp + L.Tile();      // [kBlock, kBlock] dropout multipliers^T
   buf.d = buf.mult + L.Tile();       // [kBlock, kBlock] D^T (P^T without dropout)
-  buf.mask_bits = reinterpret_cast<unsigned char*>(buf.d + L.Tile());  // [MaskWords]
   if (!dropout.enabled()) buf.d = buf.p;
   StageRows(buf.qs, q, T, Tp, L, C, scale);
   StageRows(buf.dos, dout, T, Tp, L, C);
@@ -474,30 +428,22 @@ MINGPT_WIDE_VECTORS void BackwardHead(Real* dq, Real* dk, Real* dv, const Real* 
     StageTransposed(buf.qt + i0 * hsp, q + i0 * C, rows, L, C, scale);
     StageTransposed(buf.dot + i0 * hsp, dout + i0 * C, rows, L, C);
   }
-  std::fill(buf.dq, buf.dq + Tp * hsp + Tp, Real(0));  // dq and delta
-
-  int64_t tile = 0;
-  for (int64_t j0 = 0; j0 < T; j0 += kBlock) {  // delta_i
-    StageKeyTile(buf, k, v, C, L, j0);
-    for (int64_t i0 = j0; i0 < T; i0 += kBlock, ++tile) {
-      ProbabilityTiles(buf, lse, L, b, h, i0, j0, tile, true, dropout);
-      Real* delta = buf.delta + i0;
-      for (int64_t j = 0; j < kBlock; ++j) {
-        const Real* pj = buf.p + j * kBlock;
-        const Real* dpj = buf.dp + j * kBlock;
-#pragma omp simd
-        for (int64_t r = 0; r < kBlock; ++r) delta[r] += pj[r] * dpj[r];
-      }
-    }
+  std::fill(buf.dq, buf.dq + Tp * hsp + Tp, Real(0));  // dq and delta (padded rows 0)
+  for (int64_t i = 0; i < T; ++i) {
+    const Real* di = dout + i * C;
+    const Real* oi = out + i * C;
+    Real sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < hs; ++c) sum += di[c] * oi[c];
+    buf.delta[i] = sum;
   }
 
-  tile = 0;
   for (int64_t j0 = 0; j0 < T; j0 += kBlock) {
     StageKeyTile(buf, k, v, C, L, j0);
     std::fill(buf.dk, buf.dk + 2 * L.BlockRows(), Real(0));  // dk and dv
     const int64_t cols = std::min<int64_t>(kBlock, T - j0);
-    for (int64_t i0 = j0; i0 < T; i0 += kBlock, ++tile) {
-      ProbabilityTiles(buf, lse, L, b, h, i0, j0, tile, false, dropout);
+    for (int64_t i0 = j0; i0 < T; i0 += kBlock) {
+      ProbabilityTiles(buf, lse, L, b, h, i0, j0, dropout);
       const bool diagonal = i0 == j0;
       // dV += D^T dout.
       TileProduct(buf.d, kBlock, 1, kBlock, buf.dos + i0 * hsp, hsp, kBlock, hsp, buf.dv, hsp,
@@ -592,13 +538,13 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const Real* k,
 
 template <typename Real>
 void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
-                       const Real* q, const Real* k, const Real* v,
+                       const Real* q, const Real* k, const Real* v, const Real* out,
                        const Real* lse, int B, int T, int C, int NH,
                        const DropoutSpec& dropout, Real* scratch, int threads) {
   ForEachHead(B, T, C, NH, scratch, threads,
               [&](int64_t at, int64_t bh, int64_t b, int64_t h, const Layout& L, Real* s) {
                 BackwardHead(dq + at, dk + at, dv + at, dout + at, q + at, k + at, v + at,
-                             lse + bh * T, C, L, b, h, dropout, s);
+                             out + at, lse + bh * T, C, L, b, h, dropout, s);
               });
 }
 
@@ -643,11 +589,11 @@ template void AttentionForward<double>(double*, double*, const double*,
                                        int);
 template void AttentionBackward<float>(float*, float*, float*, const float*,
                                        const float*, const float*, const float*,
-                                       const float*, int, int, int, int,
+                                       const float*, const float*, int, int, int, int,
                                        const DropoutSpec&, float*, int);
 template void AttentionBackward<double>(double*, double*, double*,
                                         const double*, const double*,
-                                        const double*, const double*,
+                                        const double*, const double*, const double*,
                                         const double*, int, int, int, int,
                                         const DropoutSpec&, double*, int);
 

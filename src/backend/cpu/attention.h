@@ -8,7 +8,8 @@
 //   out_i = sum_j D[i,j] v_j                                               (=)
 // backward (P recomputed as exp(S - lse), masks recomputed):
 //   dD[i,j] = dout_i . v_j;  dv_j = sum_i D[i,j] dout_i                    (=)
-//   dP = dD * keep / (1-p);  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k])
+//   dP = dD * keep / (1-p);  dS[i,j] = P[i,j] (dP[i,j] - delta_i),
+//   delta_i = sum_k P[i,k] dP[i,k] = dout_i . out_i
 //   dq_i = sum_j dS[i,j] k_j / sqrt(hs);  dk_j = sum_i dS[i,j] q_i / sqrt(hs)
 //   (=)
 // shapes: q, k, v, out, dq, dk, dv, dout [B,T,C], head h in channels
@@ -20,11 +21,11 @@
 // diagonal one is masked. Forward: per block of 32 query rows, an online
 // softmax over the key tiles (running max and sum per row, the output
 // accumulator rescaled when the max grows); lse_i = max_i + log(sum_i).
-// Backward, key tiles outermost: a first sweep recomputes P from lse and
-// forms delta_i = sum_j P[i,j] dP[i,j] (= dout_i . out_i), the second forms dS
-// per tile and accumulates dq, dk, dv; each tile's dropout mask is drawn in
-// the first sweep and kept as bits (a head's causal triangle, T*T/16 bytes)
-// for the second. Tiles are held transposed (queries along vectors), so the
+// Backward: delta_i = sum_j P[i,j] dP[i,j] = dout_i . out_i from the
+// forward's output (one dot product per row, where recomputing it would take
+// a sweep over every tile), then, key tiles outermost, P recomputed from lse,
+// dS per tile, and dq, dk, dv accumulated; each tile's dropout mask is drawn
+// once. Tiles are held transposed (queries along vectors), so the
 // softmax's row reductions are vector operations. The head's rows are
 // staged zero-padded in the thread's part of `scratch`, and the products
 // run in register tiles of the build's vector width (8 x 32 floats under
@@ -55,9 +56,10 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const Real* k,
                       const Real* v, int B, int T, int C, int NH,
                       const DropoutSpec& dropout, Real* scratch, int threads);
 
+// `out` is the forward's output: delta_i = dout_i . out_i.
 template <typename Real>
 void AttentionBackward(Real* dq, Real* dk, Real* dv, const Real* dout,
-                       const Real* q, const Real* k, const Real* v,
+                       const Real* q, const Real* k, const Real* v, const Real* out,
                        const Real* lse, int B, int T, int C, int NH,
                        const DropoutSpec& dropout, Real* scratch, int threads);
 

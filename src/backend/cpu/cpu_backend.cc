@@ -137,11 +137,11 @@ void CpuBackend::AttentionDecode(float* out, const float* q, const float* k_cach
 }
 void CpuBackend::AttentionBackward(float* dq, float* dk, float* dv,
                                    const float* dout, const float* q,
-                                   const float* k, const float* v,
+                                   const float* k, const float* v, const float* out,
                                    const float* lse, int B, int T, int C,
                                    int NH, const DropoutSpec& dropout) {
   const int threads = omp_get_max_threads();
-  cpu::AttentionBackward(dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout,
+  cpu::AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, B, T, C, NH, dropout,
                          AttentionScratch(T, C, NH, threads), threads);
 }
 

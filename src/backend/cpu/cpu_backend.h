@@ -70,7 +70,7 @@ class CpuBackend final : public Backend {
   void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
                        int T, int C, int NH) override;
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout,
-                         const float* q, const float* k, const float* v,
+                         const float* q, const float* k, const float* v, const float* out,
                          const float* lse, int B, int T, int C, int NH,
                          const DropoutSpec& dropout) override;
   void GeluForward(float* out, const float* x, int64_t n) override;
