@@ -114,8 +114,8 @@ TEST(LowPrecision, ToBf16KeepsTheHighBitsOfTheRoundedValue) {
 // each against double products of the rounded operands. native_bf16: the
 // bf16 x bf16 -> fp32 primitive where the CPU has one (else the rounded fp32
 // operands); the same arithmetic up to the order of the fp32 sums.
-void CheckMatmul(MatmulPrecision p, bool native_bf16 = true) {
-  const int N = 37, IC = 53, OC = 29;
+void CheckMatmul(MatmulPrecision p, bool native_bf16 = true, int N = 37, int IC = 53,
+                 int OC = 29) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   auto fill = [&](size_t n) {
@@ -186,6 +186,12 @@ void CheckMatmul(MatmulPrecision p, bool native_bf16 = true) {
 }
 
 TEST(LowPrecision, MatmulFp32) { CheckMatmul(MatmulPrecision::kFp32); }
+// IC at least twice OC and N: the backward products whose B is wide and
+// row-major (W for dinp, inp for dW) pack B first (OnednnMatmul::PackB).
+TEST(LowPrecision, MatmulFp32WideInputPacksB) {
+  CheckMatmul(MatmulPrecision::kFp32, true, 37, 160, 29);
+  CheckMatmul(MatmulPrecision::kFp32, true, 20, 96, 40);
+}
 TEST(LowPrecision, MatmulBf16RoundsOperandsAndAccumulatesInFp32) {
   CheckMatmul(MatmulPrecision::kBf16, /*native_bf16=*/false);
 }

@@ -16,7 +16,23 @@ struct OnednnMatmul::Entry {
   size_t scratchpad_bytes = 0;
   dnnl_exec_arg_t args[5];  // C API arguments: no per-call std containers
   int num_args = 0;
+  // PackB: B as given, the reorder into the primitive's format (b), and the
+  // bytes that takes in packed_b_.
+  memory b_given;
+  dnnl::reorder pack;
+  size_t packed_bytes = 0;
 };
+
+// oneDNN 2.6's fp32 matmul runs 2-3x slower on a row-major B (columns
+// contiguous) much wider than deep: the MLP's output layer backward at
+// n_embd 768 (B 768 x 3072, W for dinp and inp for dW) ran at ~100 GFLOP/s
+// where the forward runs at ~280. Packing B into the primitive's own format
+// first (a copy of B) restores the rate; on the narrower and the transposed
+// B of the other products it gains little or loses, as it does in bf16. The
+// choice depends on the shape only, so results are the same run to run.
+bool OnednnMatmul::PackB(const Key& key) {
+  return !key.bf16 && !key.b_trans && key.Ncol >= 2 * key.K;
+}
 
 OnednnMatmul::OnednnMatmul()
     : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
@@ -34,6 +50,9 @@ OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
                     key.a_trans ? memory::dims{1, M} : memory::dims{K, 1});
   memory::desc b_md({K, Ncol}, operand,
                     key.b_trans ? memory::dims{1, K} : memory::dims{Ncol, 1});
+  const bool pack_b = PackB(key);
+  const memory::desc b_prim_md =
+      pack_b ? memory::desc({K, Ncol}, operand, memory::format_tag::any) : b_md;
   memory::desc bias_md({1, Ncol}, f32, memory::dims{Ncol, 1});
   memory::desc dst_md({M, Ncol}, f32, memory::dims{Ncol, 1});
 
@@ -45,20 +64,29 @@ OnednnMatmul::Entry& OnednnMatmul::Get(const Key& key) {
     attr.set_post_ops(ops);
   }
 #if DNNL_VERSION_MAJOR >= 3
-  auto pd = key.bias ? dnnl::matmul::primitive_desc(engine_, a_md, b_md,
+  auto pd = key.bias ? dnnl::matmul::primitive_desc(engine_, a_md, b_prim_md,
                                                     bias_md, dst_md, attr)
-                     : dnnl::matmul::primitive_desc(engine_, a_md, b_md, dst_md,
+                     : dnnl::matmul::primitive_desc(engine_, a_md, b_prim_md, dst_md,
                                                     attr);
 #else
-  auto desc = key.bias ? dnnl::matmul::desc(a_md, b_md, bias_md, dst_md)
-                       : dnnl::matmul::desc(a_md, b_md, dst_md);
+  auto desc = key.bias ? dnnl::matmul::desc(a_md, b_prim_md, bias_md, dst_md)
+                       : dnnl::matmul::desc(a_md, b_prim_md, dst_md);
   dnnl::matmul::primitive_desc pd(desc, attr, engine_);
 #endif
 
   auto e = std::make_unique<Entry>();
   e->prim = dnnl::matmul(pd);
   e->a = memory(a_md, engine_, nullptr);
-  e->b = memory(b_md, engine_, nullptr);
+  if (pack_b) {
+    const memory::desc packed_md = pd.weights_desc();
+    e->b_given = memory(b_md, engine_, nullptr);
+    e->b = memory(packed_md, engine_, nullptr);
+    e->pack = dnnl::reorder(dnnl::reorder::primitive_desc(engine_, b_md, engine_, packed_md));
+    e->packed_bytes = packed_md.get_size();
+    packed_b_.Reserve(e->packed_bytes);
+  } else {
+    e->b = memory(b_md, engine_, nullptr);
+  }
   e->dst = memory(dst_md, engine_, nullptr);
   e->args[e->num_args++] = {DNNL_ARG_SRC, e->a.get()};
   e->args[e->num_args++] = {DNNL_ARG_WEIGHTS, e->b.get()};
@@ -113,7 +141,17 @@ void OnednnMatmul::Run(Key key, const void* a, const void* b, const float* bias,
   key.bf16 = bf16_operands();
   Entry& e = Get(key);
   e.a.set_data_handle(const_cast<void*>(a));
-  e.b.set_data_handle(const_cast<void*>(b));
+  if (e.packed_bytes > 0) {
+    e.b_given.set_data_handle(const_cast<void*>(b));
+    e.b.set_data_handle(packed_b_.data());
+    dnnl_exec_arg_t pack_args[2] = {{DNNL_ARG_FROM, e.b_given.get()}, {DNNL_ARG_TO, e.b.get()}};
+    const dnnl_status_t packed =
+        dnnl_primitive_execute(e.pack.get(), stream_.get(), 2, pack_args);
+    MINGPT_CHECK(packed == dnnl_success, "oneDNN reorder failed (status %d)",
+                 static_cast<int>(packed));
+  } else {
+    e.b.set_data_handle(const_cast<void*>(b));
+  }
   e.dst.set_data_handle(dst);
   if (key.bias) e.bias.set_data_handle(const_cast<float*>(bias));
   if (e.scratchpad_bytes > 0) e.scratchpad.set_data_handle(scratchpad_.data());

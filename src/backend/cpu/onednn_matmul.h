@@ -3,7 +3,8 @@
 //   Forward:         out[N,OC]  = inp[N,IC] @ W[OC,IC]^T + bias[OC]         (=)
 //   Backward:        dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]                (+=)
 //                    dinp[N,IC] = dout[N,OC] @ W[OC,IC]  (= or +=; may be null)
-// Transposes are expressed as strides (never copied); accumulation is
+// Transposes are expressed as strides (never copied; one exception, PackB,
+// packs a wide fp32 B into the primitive's format); accumulation is
 // oneDNN's sum post-op. Primitives are cached by (kind of product, shape,
 // accumulate, bias) together with their memory objects, and run with a user
 // scratchpad owned here, grown only when a new primitive needs more: once a
@@ -80,6 +81,8 @@ class OnednnMatmul {
   struct Entry;
 
   Entry& Get(const Key& key);
+  // Whether the product packs B before it runs (see the .cc).
+  static bool PackB(const Key& key);
   bool bf16_operands() const { return precision_ == MatmulPrecision::kBf16 && native_bf16_; }
   // x[n] as the primitives take it under precision_: itself (fp32, or
   // already converted), or converted into `buf` (bf16 storage, or fp32
@@ -96,6 +99,7 @@ class OnednnMatmul {
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
   bool native_bf16_ = CpuHasBf16Matmul();
   ScratchBuffer a_, b_, dout_;  // operands converted to precision_ (Operand)
+  ScratchBuffer packed_b_;      // B in the primitive's format (PackB)
 };
 
 }  // namespace mingpt::cpu
