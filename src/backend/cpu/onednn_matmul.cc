@@ -23,15 +23,20 @@ struct OnednnMatmul::Entry {
   size_t packed_bytes = 0;
 };
 
-// oneDNN 2.6's fp32 matmul runs 2-3x slower on a row-major B (columns
-// contiguous) much wider than deep: the MLP's output layer backward at
-// n_embd 768 (B 768 x 3072, W for dinp and inp for dW) ran at ~100 GFLOP/s
-// where the forward runs at ~280. Packing B into the primitive's own format
-// first (a copy of B) restores the rate; on the narrower and the transposed
-// B of the other products it gains little or loses, as it does in bf16. The
-// choice depends on the shape only, so results are the same run to run.
+// oneDNN 2.6's fp32 matmul is slower on a row-major B (columns contiguous)
+// than on the same B packed into the primitive's own format: 2-3x on a B much
+// wider than deep (the MLP's output layer backward at n_embd 768, B 768 x
+// 3072, W for dinp and inp for dW: ~100 GFLOP/s where the forward runs at
+// ~280), 5-20% on the weight as dinp's B at every shape measured (K x N from
+// 384 x 384 to 3072 x 768). Packing costs a copy of B: small beside dinp's
+// product, which reads W once per row block, but not always beside dW's,
+// whose B is the input (dW with a B no wider than twice its depth loses up
+// to 20% when packed). In bf16 packing gains little or loses. The choice
+// depends on the shape only, so results are the same run to run.
 bool OnednnMatmul::PackB(const Key& key) {
-  return !key.bf16 && !key.b_trans && key.Ncol >= 2 * key.K;
+  if (key.bf16 || key.b_trans) return false;
+  const bool dinp_product = !key.a_trans;  // B = W; dW's product reads A = dout^T
+  return dinp_product || key.Ncol >= 2 * key.K;
 }
 
 OnednnMatmul::OnednnMatmul()
