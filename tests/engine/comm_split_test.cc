@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "dist/launch.h"
 #include "engine/memory_checks.h"
+#include "engine/mpi_worker.h"
 
 namespace mingpt {
 namespace {
@@ -62,31 +62,16 @@ TEST(CommSplitCheck, HostCommunicatorRefusesDeviceMemory) {
   EXPECT_FALSE(memory.Overlaps(gone, 4));
 }
 
-std::string Quote(const std::string& s) { return "'" + s + "'"; }
-
 TEST(CommSplit, EveryStrategyKeepsHostAndDeviceCollectivesApart) {
   const int world = 2;
   const std::string dir =
       ::testing::TempDir() + "mingpt_comm_split_" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
-  // mingpt's own mpirun command line, with the worker in place of the
-  // executable (its last word when given no arguments).
-  auto argv = MpirunCommand(world, {});
-  ASSERT_TRUE(argv.ok()) << argv.status().message();
-  argv->back() = COMM_SPLIT_WORKER;
-  argv->push_back(dir);
-  std::string cmd;
-  for (const std::string& a : *argv) cmd += Quote(a) + " ";
-  cmd += "2>&1";
-  std::string out;
-  std::FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
+  auto run = test::RunWorker(COMM_SPLIT_WORKER, world, dir);
+  ASSERT_TRUE(run.ok()) << run.status().message();
+  const std::string& out = run->out;
   std::printf("%s", out.c_str());
-  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(run->status, 0) << out;
   EXPECT_EQ(out.find("FAIL"), std::string::npos);
   // One line per strategy, so a worker that skipped some cannot pass.
   size_t lines = 0;

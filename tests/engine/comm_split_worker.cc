@@ -22,19 +22,14 @@
 // failure; exits 1 on any (every rank learns the outcome).
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "common/metrics_csv.h"
-#include "core/rng.h"
-#include "dist/agree.h"
-#include "dist/launch.h"
-#include "dist/mpi_communicator.h"
 #include "engine/memory_checks.h"
-#include "train/model_checkpoint.h"
+#include "engine/mpi_worker.h"
 #include "train/trainer.h"
 
 namespace mingpt {
@@ -73,15 +68,6 @@ TrainOptions Options(const fs::path& dir, const std::string& root, const std::st
     o.offload_buffer_mb = 1;
   }
   return o;
-}
-
-StatusOr<std::vector<float>> Weights(const fs::path& root) {
-  MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt,
-                          OpenTrainingCheckpoint((root / "checkpoints/last").string()));
-  ModelLayout layout(ckpt.config);
-  std::vector<float> w(layout.total_numel());
-  MINGPT_RETURN_IF_ERROR(ReadCheckpointTensors(ckpt, layout, w.data(), nullptr, nullptr));
-  return w;
 }
 
 // The checked run of `strategy` into DIR/<strategy>-checked, in two parts;
@@ -135,8 +121,9 @@ Status Compare(const fs::path& dir, const std::string& strategy, const test::Che
   if (checked != plain) {
     return Status::Error(strategy + ": the checked run's losses differ from the plain run's");
   }
-  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wp, Weights(dir / (strategy + "-plain")));
-  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wc, Weights(dir / (strategy + "-checked")));
+  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wp, test::LastWeights(dir / (strategy + "-plain")));
+  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wc,
+                          test::LastWeights(dir / (strategy + "-checked")));
   if (wp != wc) {
     return Status::Error(strategy + ": the checked run's weights differ from the plain run's");
   }
@@ -149,29 +136,11 @@ Status Compare(const fs::path& dir, const std::string& strategy, const test::Che
 }
 
 int Run(const fs::path& dir) {
-  const MpiEnvironment env = DetectMpiEnvironment();
-  std::unique_ptr<Communicator> comm;
-  if (env.launched) {
-    auto made = MakeMpiCommunicator();
-    if (!made.ok()) {
-      std::fprintf(stderr, "%s\n", made.status().message().c_str());
-      return 1;
-    }
-    comm = std::move(made).value();
-  } else {
-    comm = MakeLocalCommunicator();
-  }
-  if (comm->rank() == 0) {
-    fs::create_directories(dir);
-    std::ofstream f(dir / "data.txt");
-    const char* kPhrases[] = {"a bad cab, ", "each face. ", "a cafe bed\n", "dead beef, "};
-    for (int i = 0; i < 600; ++i) f << kPhrases[Philox4x32(7, i, 0, 0, 0)[0] % 4];
-  }
-  comm->Barrier();
+  std::unique_ptr<Communicator> comm = test::JoinWorld();
+  if (!comm) return 1;
+  test::WritePhraseText(comm.get(), dir);
   int failures = 0;
-  for (const char* name : {"ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
-                           "deepspeed_stage_2_offload", "deepspeed_stage_3_offload",
-                           "deepspeed_stage_3_offload_nvme"}) {
+  for (const char* name : test::kEveryStrategy) {
     const std::string strategy = name;
     test::CheckLog host_log, device_log;
     Status s = Train(Options(dir, strategy + "-plain", strategy), comm.get()).status();
@@ -179,11 +148,7 @@ int Run(const fs::path& dir) {
     if (s.ok()) s = CheckLogs(strategy, host_log, device_log);
     s = AgreeOnStatus(comm.get(), s);
     if (s.ok() && comm->rank() == 0) s = Compare(dir, strategy, host_log, device_log);
-    s = AgreeOnStatus(comm.get(), s);
-    if (!s.ok()) {
-      if (!IsPeerFailure(s)) std::fprintf(stderr, "FAIL: %s\n", s.message().c_str());
-      ++failures;
-    }
+    test::CountFailure(comm.get(), s, &failures);
   }
   return failures == 0 ? 0 : 1;
 }

@@ -13,19 +13,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/metrics_csv.h"
-#include "core/rng.h"
-#include "dist/agree.h"
-#include "dist/launch.h"
-#include "dist/mpi_communicator.h"
-#include "train/model_checkpoint.h"
+#include "engine/mpi_worker.h"
 #include "train/trainer.h"
 
 namespace mingpt {
@@ -78,14 +72,6 @@ TrainOptions Options(const fs::path& dir, const std::string& root, const std::st
   return o;
 }
 
-StatusOr<std::vector<float>> Weights(const fs::path& root) {
-  MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint((root / "checkpoints/last").string()));
-  ModelLayout layout(ckpt.config);
-  std::vector<float> w(layout.total_numel());
-  MINGPT_RETURN_IF_ERROR(ReadCheckpointTensors(ckpt, layout, w.data(), nullptr, nullptr));
-  return w;
-}
-
 // Rank 0: the single-process run and the comparison.
 Status Compare(const fs::path& dir, const std::string& strategy, int world, const Case& c) {
   const std::string sharded = strategy + "-" + c.name, single = sharded + "-single";
@@ -99,8 +85,8 @@ Status Compare(const fs::path& dir, const std::string& strategy, int world, cons
   for (const auto& [step, loss] : b) {
     worst_loss = std::max(worst_loss, std::abs(a.at(step) - loss) / std::abs(loss));
   }
-  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wa, Weights(dir / sharded));
-  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wb, Weights(dir / single));
+  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wa, test::LastWeights(dir / sharded));
+  MINGPT_ASSIGN_OR_RETURN(std::vector<float> wb, test::LastWeights(dir / single));
   for (size_t i = 0; i < wa.size(); ++i) {
     worst_weight = std::max(worst_weight, static_cast<double>(std::abs(wa[i] - wb[i])));
   }
@@ -114,43 +100,19 @@ Status Compare(const fs::path& dir, const std::string& strategy, int world, cons
 }
 
 int Run(const fs::path& dir) {
-  const MpiEnvironment env = DetectMpiEnvironment();
-  std::unique_ptr<Communicator> comm;
-  if (env.launched) {
-    auto made = MakeMpiCommunicator();
-    if (!made.ok()) {
-      std::fprintf(stderr, "%s\n", made.status().message().c_str());
-      return 1;
-    }
-    comm = std::move(made).value();
-  } else {
-    comm = MakeLocalCommunicator();
-  }
+  std::unique_ptr<Communicator> comm = test::JoinWorld();
+  if (!comm) return 1;
   const int world = comm->world();
-  if (comm->rank() == 0) {
-    fs::create_directories(dir);
-    // Phrases in a random order: learnable, so the loss falls and the
-    // weights move.
-    std::ofstream f(dir / "data.txt");
-    const char* kPhrases[] = {"a bad cab, ", "each face. ", "a cafe bed\n", "dead beef, "};
-    for (int i = 0; i < 600; ++i) f << kPhrases[Philox4x32(7, i, 0, 0, 0)[0] % 4];
-  }
-  comm->Barrier();
+  test::WritePhraseText(comm.get(), dir);
   const Case cases[] = {{"plain"}, {"accumulate", 2}, {"dropout", 1, 0.1f},
                         {"checkpointing", 1, 0.1f, true}};
   int failures = 0;
-  for (const char* strategy : {"ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3",
-                               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload",
-                               "deepspeed_stage_3_offload_nvme"}) {
+  for (const char* strategy : test::kEveryStrategy) {
     for (const Case& c : cases) {
       Status s = Train(Options(dir, std::string(strategy) + "-" + c.name, strategy, kBatch, c),
                        comm.get()).status();
       if (s.ok() && comm->rank() == 0) s = Compare(dir, strategy, world, c);
-      s = AgreeOnStatus(comm.get(), s);
-      if (!s.ok()) {
-        if (!IsPeerFailure(s)) std::fprintf(stderr, "FAIL: %s\n", s.message().c_str());
-        ++failures;
-      }
+      test::CountFailure(comm.get(), s, &failures);
     }
   }
   return failures == 0 ? 0 : 1;
