@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cpu/omp_util.h"
 
@@ -10,104 +11,107 @@ namespace mingpt::cpu {
 
 namespace {
 
-// One row: out = LayerNorm(x) with the row's mean and rstd.
 template <typename Real>
-inline void NormalizeRow(Real* o, Real* mean, Real* rstd, const Real* xr, const Real* w,
-                         const Real* b, int C) {
+struct RowStats {
+  Real mean, rstd;
+};
+
+// A row's mean and rstd: a second sweep over the cached row centres exactly.
+template <typename Real>
+inline RowStats<Real> Statistics(const Real* xr, int C) {
   const Real inv_c = Real(1) / C;
   Real sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int c = 0; c < C; ++c) sum += xr[c];
   const Real m = sum * inv_c;
-  Real sq = 0;  // second sweep over the cached row: exact centring
+  Real sq = 0;
 #pragma omp simd reduction(+ : sq)
   for (int c = 0; c < C; ++c) {
     const Real d = xr[c] - m;
     sq += d * d;
   }
-  const Real s = Real(1) / std::sqrt(sq * inv_c + Real(kLayerNormEps));
-#pragma omp simd
-  for (int c = 0; c < C; ++c) o[c] = (xr[c] - m) * s * w[c] + b[c];
-  if (mean) *mean = m;
-  if (rstd) *rstd = s;
+  return {m, Real(1) / std::sqrt(sq * inv_c + Real(kLayerNormEps))};
 }
 
-// The fp32 rows of LayerNormForward handed to a sink a span at a time
-// (NormalizeRow's arithmetic, split into the statistics and the output).
-inline void NormalizeRowToSink(int64_t row, float* mean, float* rstd, const float* xr,
-                               const float* w, const float* b, int C, SpanSink sink, void* ctx) {
-  constexpr int kSpan = 512;
-  const float inv_c = 1.0f / C;
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int c = 0; c < C; ++c) sum += xr[c];
-  const float m = sum * inv_c;
-  float sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int c = 0; c < C; ++c) {
-    const float d = xr[c] - m;
-    sq += d * d;
-  }
-  const float s = 1.0f / std::sqrt(sq * inv_c + static_cast<float>(kLayerNormEps));
-  alignas(64) float o[kSpan];
-  for (int c0 = 0; c0 < C; c0 += kSpan) {
-    const int width = std::min(kSpan, C - c0);
+// o[c] = LayerNorm(x)[c] for c < count, xr, w and b at the same column.
+template <typename Real>
+inline void NormalizeSpan(Real* o, const Real* xr, const Real* w, const Real* b,
+                          RowStats<Real> st, int count) {
 #pragma omp simd
-    for (int c = 0; c < width; ++c) o[c] = (xr[c0 + c] - m) * s * w[c0 + c] + b[c0 + c];
-    sink(ctx, row * C + c0, o, width);
+  for (int c = 0; c < count; ++c) o[c] = (xr[c] - st.mean) * st.rstd * w[c] + b[c];
+}
+
+// Row n of the output written to `out` (a Real*: the whole row at once) or
+// handed to a SpanSink (`sink`, `ctx`: a span of 512 at a time), with the
+// row's statistics saved where asked.
+template <typename Real>
+struct RowOutput {
+  Real* out = nullptr;
+  SpanSink sink = nullptr;
+  void* ctx = nullptr;
+};
+
+template <typename Real>
+inline void NormalizeRow(int64_t n, const RowOutput<Real>& dst, Real* mean, Real* rstd,
+                         const Real* xr, const Real* w, const Real* b, int C) {
+  const RowStats<Real> st = Statistics(xr, C);
+  if (dst.out) {
+    NormalizeSpan(dst.out + n * C, xr, w, b, st, C);
+  } else if constexpr (std::is_same_v<Real, float>) {
+    constexpr int kSpan = 512;
+    alignas(64) float o[kSpan];
+    for (int c0 = 0; c0 < C; c0 += kSpan) {
+      const int width = std::min(kSpan, C - c0);
+      NormalizeSpan(o, xr + c0, w + c0, b + c0, st, width);
+      dst.sink(dst.ctx, n * C + c0, o, width);
+    }
   }
-  if (mean) *mean = m;
-  if (rstd) *rstd = s;
+  if (mean) mean[n] = st.mean;
+  if (rstd) rstd[n] = st.rstd;
+}
+
+// LayerNorm over the rows of x, or of sum = x + branch (written) when branch
+// is given, in parallel.
+template <typename Real>
+void LayerNormRows(const RowOutput<Real>& dst, Real* sum, Real* mean, Real* rstd, const Real* x,
+                   const Real* branch, const Real* w, const Real* b, int N, int C) {
+#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
+  for (int64_t n = 0; n < N; ++n) {
+    const Real* xr = x + n * C;
+    if (branch) {
+      Real* sr = sum + n * C;
+      const Real* br = branch + n * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) sr[c] = xr[c] + br[c];
+      xr = sr;
+    }
+    NormalizeRow(n, dst, mean, rstd, xr, w, b, C);
+  }
 }
 
 }  // namespace
 
 void LayerNormForwardSpans(float* mean, float* rstd, const float* x, const float* w,
                            const float* b, int N, int C, SpanSink sink, void* ctx) {
-#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
-  for (int64_t n = 0; n < N; ++n) {
-    NormalizeRowToSink(n, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, x + n * C, w, b,
-                       C, sink, ctx);
-  }
+  LayerNormRows<float>({nullptr, sink, ctx}, nullptr, mean, rstd, x, nullptr, w, b, N, C);
 }
 
 void ResidualLayerNormForwardSpans(float* sum, float* mean, float* rstd, const float* x,
                                    const float* branch, const float* w, const float* b, int N,
                                    int C, SpanSink sink, void* ctx) {
-#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
-  for (int64_t n = 0; n < N; ++n) {
-    float* sr = sum + n * C;
-    const float* xr = x + n * C;
-    const float* br = branch + n * C;
-#pragma omp simd
-    for (int c = 0; c < C; ++c) sr[c] = xr[c] + br[c];
-    NormalizeRowToSink(n, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, sr, w, b, C,
-                       sink, ctx);
-  }
+  LayerNormRows<float>({nullptr, sink, ctx}, sum, mean, rstd, x, branch, w, b, N, C);
 }
 
 template <typename Real>
 void LayerNormForward(Real* out, Real* mean, Real* rstd, const Real* x,
                       const Real* w, const Real* b, int N, int C) {
-#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
-  for (int64_t n = 0; n < N; ++n) {
-    NormalizeRow(out + n * C, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, x + n * C, w,
-                 b, C);
-  }
+  LayerNormRows<Real>({out}, nullptr, mean, rstd, x, nullptr, w, b, N, C);
 }
 
 template <typename Real>
 void ResidualLayerNormForward(Real* sum, Real* out, Real* mean, Real* rstd, const Real* x,
                               const Real* branch, const Real* w, const Real* b, int N, int C) {
-#pragma omp parallel for schedule(static) if (Parallel(int64_t{N} * C))
-  for (int64_t n = 0; n < N; ++n) {
-    Real* sr = sum + n * C;
-    const Real* xr = x + n * C;
-    const Real* br = branch + n * C;
-#pragma omp simd
-    for (int c = 0; c < C; ++c) sr[c] = xr[c] + br[c];
-    NormalizeRow(out + n * C, mean ? mean + n : nullptr, rstd ? rstd + n : nullptr, sr, w, b, C);
-  }
+  LayerNormRows<Real>({out}, sum, mean, rstd, x, branch, w, b, N, C);
 }
 
 template <typename Real>
