@@ -110,6 +110,14 @@ TEST(LowPrecision, ToBf16KeepsTheHighBitsOfTheRoundedValue) {
   EXPECT_GT(subnormals, 0);
 }
 
+// n draws of N(0, sigma^2), in order from rng.
+std::vector<float> Normals(std::mt19937& rng, size_t n, float sigma) {
+  std::normal_distribution<float> normal(0.0f, sigma);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
 // out = inp @ W^T + bias, and the three backward products, under `p`:
 // each against double products of the rounded operands. native_bf16: the
 // bf16 x bf16 -> fp32 primitive where the CPU has one (else the rounded fp32
@@ -117,12 +125,7 @@ TEST(LowPrecision, ToBf16KeepsTheHighBitsOfTheRoundedValue) {
 void CheckMatmul(MatmulPrecision p, bool native_bf16 = true, int N = 37, int IC = 53,
                  int OC = 29) {
   std::mt19937 rng(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto fill = [&](size_t n) {
-    std::vector<float> v(n);
-    for (float& x : v) x = normal(rng);
-    return v;
-  };
+  auto fill = [&](size_t n) { return Normals(rng, n, 1.0f); };
   std::vector<float> inp = fill(N * IC), W = fill(OC * IC), bias = fill(OC), dout = fill(N * OC);
   auto rounded = [&](std::vector<float> v) {
     RoundArray(v.data(), v.data(), static_cast<int64_t>(v.size()), p);
@@ -215,12 +218,7 @@ TEST(LowPrecision, MatmulFp16RoundsOperandsAndAccumulatesInFp32) {
 void CheckOperandOps(MatmulPrecision p, bool native_bf16) {
   const int N = 37, C = 131, OC = 29;
   std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 2.0f);
-  auto fill = [&](size_t n) {
-    std::vector<float> v(n);
-    for (float& x : v) x = normal(rng);
-    return v;
-  };
+  auto fill = [&](size_t n) { return Normals(rng, n, 2.0f); };
   const std::vector<float> x = fill(N * C), dout = fill(N * C), W = fill(OC * C),
                            bias = fill(OC), dy = fill(N * OC), db0 = fill(C);
   auto backend = std::make_unique<CpuBackend>(2);
