@@ -151,57 +151,11 @@ inline typename V::T GeluGradV(typename V::T x) {
   return V::Add(cdf, xpdf);
 }
 
-// out[i] = f(x[i]) (* scale[i] when scale is given) for i < n, in parallel
-// (static split) over whole vectors; the tail through a padded vector.
-template <typename V, typename F>
-inline void MapVec(float* out, const float* x, const float* scale, int64_t n, F f) {
-  constexpr int W = V::kWidth;
-  const int64_t blocks = n / W;
-#pragma omp parallel for schedule(static) if (Parallel(8 * n))
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t i = b * W;
-    auto y = f(V::Load(x + i));
-    if (scale) y = V::Mul(y, V::Load(scale + i));
-    V::Store(out + i, y);
-  }
-  for (int64_t i = blocks * W; i < n; ++i) {
-    float t[W] = {x[i]};
-    V::Store(t, f(V::Load(t)));
-    out[i] = scale ? t[0] * scale[i] : t[0];
-  }
-}
 #endif
 
-}  // namespace
-
-template <typename Real>
-void GeluForward(Real* out, const Real* x, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (Parallel(8 * n))
-  for (int64_t i = 0; i < n; ++i) out[i] = GeluScalar(x[i]);
-}
-
-template <typename Real>
-void GeluBackward(Real* dx, const Real* x, const Real* dout, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (Parallel(8 * n))
-  for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * GeluGradScalar(x[i]);
-}
-
-#if defined(__AVX2__) && defined(__FMA__)
-template <>
-void GeluForward<float>(float* out, const float* x, int64_t n) {
-  MapVec<Vec>(out, x, nullptr, n, [](Vec::T v) { return GeluV<Vec>(v); });
-}
-
-template <>
-void GeluBackward<float>(float* dx, const float* x, const float* dout, int64_t n) {
-  MapVec<Vec>(dx, x, dout, n, [](Vec::T v) { return GeluGradV<Vec>(v); });
-}
-#endif
-
-namespace {
-
-// out[i] = GELU(x[i]) and out[i] = dout[i] * GELU'(x[i]) for i < n on the
-// calling thread, with the same per-element arithmetic as the array forms.
+// out[i] = GELU(x[i]) and dx[i] = dout[i] * GELU'(x[i]) for i < n on the
+// calling thread: whole vectors, then the tail through a padded one (the
+// same per-element arithmetic). out may alias x, dx may alias dout.
 void GeluForwardRow(float* out, const float* x, int64_t n) {
 #if defined(__AVX2__) && defined(__FMA__)
   constexpr int W = Vec::kWidth;
@@ -214,6 +168,7 @@ void GeluForwardRow(float* out, const float* x, int64_t n) {
     for (int64_t j = i; j < n; ++j) out[j] = t[j - i];
   }
 #else
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = GeluScalar(x[i]);
 #endif
 }
@@ -232,22 +187,52 @@ void GeluBackwardRow(float* dx, const float* x, const float* dout, int64_t n) {
     for (int64_t j = i; j < n; ++j) dx[j] = t[j - i] * dout[j];
   }
 #else
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * GeluGradScalar(x[i]);
 #endif
 }
 
-}  // namespace
-
-void GeluForwardSpans(const float* x, int64_t n, SpanSink sink, void* ctx) {
-  constexpr int64_t kSpan = 1024;
+// fn(begin, count) over [0, n) in spans of kSpan, in parallel (static split).
+constexpr int64_t kSpan = 1024;
+template <typename Fn>
+inline void ForEachSpan(int64_t n, Fn fn) {
   const int64_t spans = (n + kSpan - 1) / kSpan;
 #pragma omp parallel for schedule(static) if (Parallel(8 * n))
-  for (int64_t k = 0; k < spans; ++k) {
+  for (int64_t k = 0; k < spans; ++k) fn(k * kSpan, std::min(kSpan, n - k * kSpan));
+}
+
+}  // namespace
+
+template <typename Real>
+void GeluForward(Real* out, const Real* x, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (Parallel(8 * n))
+  for (int64_t i = 0; i < n; ++i) out[i] = GeluScalar(x[i]);
+}
+
+template <typename Real>
+void GeluBackward(Real* dx, const Real* x, const Real* dout, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (Parallel(8 * n))
+  for (int64_t i = 0; i < n; ++i) dx[i] = dout[i] * GeluGradScalar(x[i]);
+}
+
+template <>
+void GeluForward<float>(float* out, const float* x, int64_t n) {
+  ForEachSpan(n, [&](int64_t b, int64_t count) { GeluForwardRow(out + b, x + b, count); });
+}
+
+template <>
+void GeluBackward<float>(float* dx, const float* x, const float* dout, int64_t n) {
+  ForEachSpan(n, [&](int64_t b, int64_t count) {
+    GeluBackwardRow(dx + b, x + b, dout + b, count);
+  });
+}
+
+void GeluForwardSpans(const float* x, int64_t n, SpanSink sink, void* ctx) {
+  ForEachSpan(n, [&](int64_t b, int64_t count) {
     alignas(64) float values[kSpan];
-    const int64_t begin = k * kSpan, count = std::min(kSpan, n - begin);
-    GeluForwardRow(values, x + begin, count);
-    sink(ctx, begin, values, count);
-  }
+    GeluForwardRow(values, x + b, count);
+    sink(ctx, b, values, count);
+  });
 }
 
 void GeluBackwardColumns(const float* x, const float* dout, int64_t N, int64_t C, float* dbias,
