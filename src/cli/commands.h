@@ -36,6 +36,10 @@ Command AddServe(CLI::App* app);
 Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
 StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
 
+// --accelerator for train, evaluate and sample: cpu, cuda (gpu) or auto
+// (ResolveAccelerator resolves it).
+CLI::Option* AddAcceleratorFlag(CLI::App* app, std::string* accelerator);
+
 // Parses "8GiB", "512M", "1.5G", "1000000" (bytes) into bytes; errors name `flag`.
 StatusOr<size_t> ParseBytes(const std::string& text, const std::string& flag);
 

@@ -49,13 +49,6 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   return m;
 }
 
-// --accelerator, as `train` has it.
-CLI::Option* AddAcceleratorFlag(CLI::App* app, std::string* accelerator) {
-  return app->add_option("--accelerator", *accelerator,
-                         "cpu, cuda (or gpu), or auto: cuda when built with it and a device is "
-                         "present")
-      ->capture_default_str();
-}
 
 }  // namespace
 

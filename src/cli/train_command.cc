@@ -160,9 +160,7 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_option("--offload_buffer_mb", o.offload_buffer_mb,
                   "deepspeed_stage_3_offload_nvme: the optimizer's I/O buffer pool in MiB")
       ->capture_default_str();
-  app->add_option("--accelerator", o.accelerator,
-                  "cpu, cuda (or gpu), or auto: cuda when built with it and a device is present")
-      ->capture_default_str();
+  AddAcceleratorFlag(app, &o.accelerator);
   f->num_threads = app->add_option("--num_threads", o.num_threads, "CPU threads per rank (default: the cores / the ranks on this machine)");
   app->add_flag("--activation_checkpointing", o.activation_checkpointing,
                 "Keep only each block's input; recompute the block in backward");
@@ -180,6 +178,13 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
 }
 
 }  // namespace
+
+CLI::Option* AddAcceleratorFlag(CLI::App* app, std::string* accelerator) {
+  return app->add_option("--accelerator", *accelerator,
+                         "cpu, cuda (or gpu), or auto: cuda when built with it and a device is "
+                         "present")
+      ->capture_default_str();
+}
 
 StatusOr<size_t> ParseBytes(const std::string& text, const std::string& flag) {
   size_t used = 0;
