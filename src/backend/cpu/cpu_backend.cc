@@ -61,16 +61,19 @@ void CpuBackend::ResidualLayerNormForward(float* sum, float* out, float* mean, f
 }
 namespace {
 
-// Where a fused kernel's spans go: the operand-format result.
+// Where a fused kernel's spans go: `dst` in the matmul's operand format.
 struct OperandSink {
-  const OnednnMatmul* matmul;
-  char* dst;
-  size_t bytes;  // per element
+  OperandSink(const OnednnMatmul& m, void* out)
+      : matmul(&m), dst(static_cast<char*>(out)), bytes(m.operand_bytes()) {}
 
   static void Store(void* ctx, int64_t offset, const float* values, int64_t count) {
     const auto* s = static_cast<const OperandSink*>(ctx);
     s->matmul->ToOperandSpan(s->dst + offset * s->bytes, values, count);
   }
+
+  const OnednnMatmul* matmul;
+  char* dst;
+  size_t bytes;  // per element
 };
 
 }  // namespace
@@ -81,7 +84,7 @@ void CpuBackend::LayerNormForwardOperand(void* out, float* mean, float* rstd, co
     cpu::LayerNormForward(static_cast<float*>(out), mean, rstd, x, w, b, N, C);
     return;
   }
-  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  OperandSink sink(matmul_, out);
   LayerNormForwardSpans(mean, rstd, x, w, b, N, C, &OperandSink::Store, &sink);
 }
 void CpuBackend::ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
@@ -92,7 +95,7 @@ void CpuBackend::ResidualLayerNormForwardOperand(float* sum, void* out, float* m
                                   C);
     return;
   }
-  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  OperandSink sink(matmul_, out);
   ResidualLayerNormForwardSpans(sum, mean, rstd, x, branch, w, b, N, C, &OperandSink::Store,
                                 &sink);
 }
@@ -158,13 +161,13 @@ void CpuBackend::GeluForwardOperand(void* out, const float* x, int64_t n) {
     cpu::GeluForward(static_cast<float*>(out), x, n);
     return;
   }
-  OperandSink sink{&matmul_, static_cast<char*>(out), matmul_.operand_bytes()};
+  OperandSink sink(matmul_, out);
   GeluForwardSpans(x, n, &OperandSink::Store, &sink);
 }
 
 void CpuBackend::GeluBackwardOperand(void* dx, float* dbias, const float* x, const float* dout,
                                      int N, int C) {
-  OperandSink sink{&matmul_, static_cast<char*>(dx), matmul_.operand_bytes()};
+  OperandSink sink(matmul_, dx);
   GeluBackwardColumns(x, dout, N, C, dbias, &OperandSink::Store, &sink);
 }
 
