@@ -9,9 +9,9 @@
 // written).
 //   adamw_bench [threads] [millions of elements] [reps]
 // defaults: all threads, 16 M elements (a 16M-parameter shard), 11 reps.
-// Not in the CMake build; after building mingpt_backend into build/:
-//   g++ -std=c++20 -O3 -march=native -fopenmp -Isrc \
-//       bench/kernels/adamw_bench.cc build/libmingpt_backend.a -ldnnl -o adamw_bench
+// Built with the project (build/adamw_bench; -DMINGPT_BUILD_BENCH=OFF skips
+// it); ctest's bench.adamw_bench runs it on a small state. Exits 1 when the
+// two loops disagree.
 
 #include <omp.h>
 
@@ -89,6 +89,12 @@ int main(int argc, char** argv) {
   }
   double worst = 0;
   for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(a.p[i]) - b.p[i]));
+  // Parameters are O(1) and move by ~lr per step: float rounding of the two
+  // orders stays far below 1e-5; anything larger is a wrong update.
+  if (!(worst < 1e-5)) {
+    std::fprintf(stderr, "adamw_bench: the two loops disagree (max |p difference| %.2e)\n", worst);
+    return 1;
+  }
 
   const double vec = Best(MakeState(n), reps, [&](State& s, int t) {
     mingpt::cpu::AdamW(s.p.data(), s.g.data(), s.m.data(), s.v.data(), n, lr, b1, b2, eps, wd, t);

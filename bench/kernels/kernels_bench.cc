@@ -5,11 +5,9 @@
 // dnnl_sgemm on the forward shape as the ceiling to compare against.
 //   kernels_bench [threads] [B T C NH V]
 // defaults: all threads, B=8 T=256 C=384 NH=6 V=65.
-// Not in the CMake build (the top level has no bench/ directory); after
-// building mingpt_backend into build-kernels:
-//   g++ -std=c++20 -O3 -march=native -fopenmp -Isrc \
-//       bench/kernels/kernels_bench.cc build-kernels/libmingpt_backend.a \
-//       -ldnnl -o kernels_bench && ./kernels_bench 1
+// Built with the project (build/kernels_bench; -DMINGPT_BUILD_BENCH=OFF skips
+// it); ctest's bench.kernels_bench runs it at a tiny shape so that it keeps
+// building and running.
 
 #include <omp.h>
 
