@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median as _median
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
@@ -41,6 +42,10 @@ PRESETS = {
     "gpt-nano": (3, 3, 48, 64, 32, 0.1),
     "gpt1-12x768": (12, 12, 768, 128, 8, 0.0),
 }
+
+
+def median(values):
+    return _median(values) if values else None
 
 
 def default_data():
@@ -161,6 +166,9 @@ def main():
                    help="thread counts to measure (each a row)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure both sides this many times, alternating, and report medians "
+                        "(shared machines drift by 10-20%% within minutes)")
     for flag in ("n_layer", "n_head", "n_embd", "block_size", "batch_size"):
         p.add_argument("--" + flag, type=int)
     p.add_argument("--dropout", type=float)
@@ -174,6 +182,8 @@ def main():
                     PRESETS[a.preset]):
         if getattr(a, k) is None:
             setattr(a, k, v)
+    if a.rounds < 1 or a.steps < 1 or a.warmup < 0:
+        p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if not a.data or not os.path.exists(a.data):
         p.error("--data: no such file (tinyshakespeare.txt)")
     if not a.skip_mingpt and (not a.binary or not os.path.exists(a.binary)):
@@ -185,32 +195,51 @@ def main():
     rows = []
     for threads in a.threads:
         a.threads = threads
-        torch_tps = mingpt_tps = None
-        if not a.skip_torch:
-            # torch as configured by set_num_threads(threads), and its faster
-            # set-up on small core counts: one intra-op thread with the BLAS
-            # using all `threads` (no oversubscription). The ratio uses the best.
-            for intra_op in sorted({threads, 1}, reverse=True):
-                tps, blas = bench_torch(a, intra_op)
-                print(f"  torch, BLAS threads {threads}, intra-op threads {intra_op}: {tps:,.0f} tok/s")
-                torch_tps = max(torch_tps or 0, tps)
-            print(f"  torch BLAS: {blas}")
-        if not a.skip_mingpt:
-            mingpt_tps = bench_mingpt(a)
-        rows.append((config, threads, torch_tps, mingpt_tps))
+        torch_runs, mingpt_runs, ratios = [], [], []
+        for r in range(a.rounds):
+            if a.rounds > 1:
+                print(f"  round {r + 1} of {a.rounds}")
+            torch_tps = mingpt_tps = None
+            if not a.skip_torch:
+                # torch as configured by set_num_threads(threads), and its faster
+                # set-up on small core counts: one intra-op thread with the BLAS
+                # using all `threads` (no oversubscription). The ratio uses the best.
+                for intra_op in sorted({threads, 1}, reverse=True):
+                    tps, blas = bench_torch(a, intra_op)
+                    print(f"  torch, BLAS threads {threads}, intra-op threads {intra_op}: "
+                          f"{tps:,.0f} tok/s")
+                    torch_tps = max(torch_tps or 0, tps)
+                if r == 0:
+                    print(f"  torch BLAS: {blas}")
+                torch_runs.append(torch_tps)
+            if not a.skip_mingpt:
+                mingpt_tps = bench_mingpt(a)
+                if a.rounds > 1:
+                    print(f"  mingpt: {mingpt_tps:,.0f} tok/s")
+                mingpt_runs.append(mingpt_tps)
+            if torch_tps and mingpt_tps:
+                ratios.append(mingpt_tps / torch_tps)
+        rows.append((config, threads, median(torch_runs), median(mingpt_runs), ratios))
 
     fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     header = ("config", "threads", "torch tok/s (best)", "mingpt tok/s", "mingpt/torch")
-    table = [header] + [
-        (c, str(t), fmt(tt), fmt(mt), f"{mt / tt:.2f}x" if tt and mt else "-")
-        for c, t, tt, mt in rows]
+    if a.rounds > 1:
+        header += ("ratio range",)
+    table = [header]
+    for c, t, tt, mt, ratios in rows:
+        row = (c, str(t), fmt(tt), fmt(mt), f"{median(ratios):.2f}x" if ratios else "-")
+        if a.rounds > 1:
+            row += (f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-",)
+        table.append(row)
+    if a.rounds > 1:
+        print(f"medians over {a.rounds} rounds (each round: torch, then mingpt; the ratio is "
+              "the median of the rounds' ratios)")
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for i, r in enumerate(table):
         print("  ".join(s.ljust(w) if j == 0 else s.rjust(w) for j, (s, w) in
                         enumerate(zip(r, widths))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-
 
 if __name__ == "__main__":
     main()
