@@ -192,12 +192,13 @@ def main():
     config = (f"L{a.n_layer} H{a.n_head} C{a.n_embd} T{a.block_size} B{a.batch_size} "
               f"drop{a.dropout:g} {'bf16' if a.precision == 'bf16' else 'fp32'}")
     print(f"{a.warmup} warm-up + {a.steps} timed steps; data {a.data}")
+    several = a.rounds > 1
     rows = []
     for threads in a.threads:
         a.threads = threads
         torch_runs, mingpt_runs, ratios = [], [], []
         for r in range(a.rounds):
-            if a.rounds > 1:
+            if several:
                 print(f"  round {r + 1} of {a.rounds}")
             torch_tps = mingpt_tps = None
             if not a.skip_torch:
@@ -214,7 +215,7 @@ def main():
                 torch_runs.append(torch_tps)
             if not a.skip_mingpt:
                 mingpt_tps = bench_mingpt(a)
-                if a.rounds > 1:
+                if several:
                     print(f"  mingpt: {mingpt_tps:,.0f} tok/s")
                 mingpt_runs.append(mingpt_tps)
             if torch_tps and mingpt_tps:
@@ -223,15 +224,15 @@ def main():
 
     fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     header = ("config", "threads", "torch tok/s (best)", "mingpt tok/s", "mingpt/torch")
-    if a.rounds > 1:
+    if several:
         header += ("ratio range",)
     table = [header]
     for c, t, tt, mt, ratios in rows:
         row = (c, str(t), fmt(tt), fmt(mt), f"{median(ratios):.2f}x" if ratios else "-")
-        if a.rounds > 1:
+        if several:
             row += (f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-",)
         table.append(row)
-    if a.rounds > 1:
+    if several:
         print(f"medians over {a.rounds} rounds (each round: torch, then mingpt; the ratio is "
               "the median of the rounds' ratios)")
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -240,6 +241,7 @@ def main():
                         enumerate(zip(r, widths))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
 
 if __name__ == "__main__":
     main()
