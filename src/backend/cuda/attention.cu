@@ -19,11 +19,10 @@
 // the tile's probabilities broadcast by shuffles. The backward runs two
 // kernels, query-major (D and dq) then key-major (dk and dv), so that no
 // gradient is accumulated by more than one block: no atomics, deterministic.
-#include <cuda_runtime.h>
-
 #include <cmath>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/reduce.cuh"
 #include "core/check.h"
@@ -101,7 +100,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     ForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
                   HeadRows q_at, HeadRows kv_at, int T, int NH, int first_query,
                   DropoutSpec dropout) {
-  extern __shared__ float smem[];
+  MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = kv_at.hs, stride = TileStride(hs);
   float* qs = smem;                     // [kOwnRows][hs]  q / sqrt(hs)
   float* kt = qs + kOwnRows * hs;       // [kTile][stride] keys of the tile
@@ -184,7 +183,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     BackwardQueryKernel(float* dq, float* delta, const float* dout, const float* q,
                         const float* k, const float* v, const float* lse, HeadRows at, int T,
                         int NH, DropoutSpec dropout) {
-  extern __shared__ float smem[];
+  MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = at.hs, stride = TileStride(hs);
   float* qs = smem;                   // [kOwnRows][hs]  q / sqrt(hs)
   float* dos = qs + kOwnRows * hs;    // [kOwnRows][hs]  dout
@@ -253,7 +252,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     BackwardKeyKernel(float* dk, float* dv, const float* dout, const float* q, const float* k,
                       const float* v, const float* lse, const float* delta, HeadRows at, int T,
                       int NH, DropoutSpec dropout) {
-  extern __shared__ float smem[];
+  MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = at.hs, stride = TileStride(hs);
   float* ks = smem;                     // [kOwnRows][hs]  own keys
   float* vs = ks + kOwnRows * hs;       // [kOwnRows][hs]  own values
@@ -339,17 +338,21 @@ int HeadSize(int C, int NH) {
 
 unsigned RowBlocks(int64_t rows) { return static_cast<unsigned>((rows + kOwnRows - 1) / kOwnRows); }
 
+// The runtime's C entry point takes the kernel as a const void* (the
+// template overload of cuda_runtime.h is nvcc's only).
+template <typename Kernel>
+void SetMaxDynamicShared(Kernel* kernel, size_t bytes) {
+  MINGPT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes)));
+}
+
 }  // namespace
 
 void AttentionInit() {
-  MINGPT_CUDA_CHECK(cudaFuncSetAttribute(ForwardKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(ForwardSmem(kMaxHeadSize))));
-  MINGPT_CUDA_CHECK(cudaFuncSetAttribute(BackwardQueryKernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(BackwardSmem(kMaxHeadSize))));
-  MINGPT_CUDA_CHECK(cudaFuncSetAttribute(BackwardKeyKernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(BackwardSmem(kMaxHeadSize))));
+  SetMaxDynamicShared(ForwardKernel, ForwardSmem(kMaxHeadSize));
+  SetMaxDynamicShared(BackwardQueryKernel, BackwardSmem(kMaxHeadSize));
+  SetMaxDynamicShared(BackwardKeyKernel, BackwardSmem(kMaxHeadSize));
 }
 
 void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* q,
@@ -358,7 +361,7 @@ void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* 
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
-  ForwardKernel<<<dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream>>>(
+  MINGPT_LAUNCH(ForwardKernel, dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream)(
       out, lse, q, k, v, at, at, T, NH, 0, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
@@ -368,7 +371,7 @@ void AttentionDecode(cudaStream_t stream, float* out, const float* q, const floa
   const int hs = HeadSize(C, NH);
   MINGPT_CHECK(T >= 1, "AttentionDecode needs at least one cached row");
   const HeadRows q_at{0, C, hs}, kv_at{int64_t{T} * C, C, hs};
-  ForwardKernel<<<dim3(1, NH, 1), kWarps * 32, ForwardSmem(hs), stream>>>(
+  MINGPT_LAUNCH(ForwardKernel, dim3(1, NH, 1), kWarps * 32, ForwardSmem(hs), stream)(
       out, nullptr, q, k_cache, v_cache, q_at, kv_at, T, NH, T - 1, DropoutSpec{});
   MINGPT_CUDA_CHECK_LAUNCH();
 }
@@ -380,10 +383,10 @@ void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, con
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
   const dim3 grid(RowBlocks(T), NH, B);
-  BackwardQueryKernel<<<grid, kWarps * 32, BackwardSmem(hs), stream>>>(dq, delta, dout, q, k, v,
+  MINGPT_LAUNCH(BackwardQueryKernel, grid, kWarps * 32, BackwardSmem(hs), stream)(dq, delta, dout, q, k, v,
                                                                       lse, at, T, NH, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
-  BackwardKeyKernel<<<grid, kWarps * 32, BackwardSmem(hs), stream>>>(dk, dv, dout, q, k, v, lse,
+  MINGPT_LAUNCH(BackwardKeyKernel, grid, kWarps * 32, BackwardSmem(hs), stream)(dk, dv, dout, q, k, v, lse,
                                                                     delta, at, T, NH, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
 }

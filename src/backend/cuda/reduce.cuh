@@ -4,7 +4,7 @@
 // with the same value.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "backend/cuda/device.cuh"
 
 namespace mingpt::cuda {
 

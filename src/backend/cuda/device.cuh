@@ -1,0 +1,23 @@
+// What the backend's .cu files see of CUDA: nvcc's device language, or,
+// when they are compiled as C++ with MINGPT_CUDA_EMULATION, the CPU
+// emulator's (emulation/emulator.h), which runs every kernel thread as a
+// fiber so that the kernels are tested in CI on machines without a GPU.
+//
+// The two constructs that are not C++ go through macros, the same text for
+// both builds:
+//   MINGPT_LAUNCH(Kernel, grid, block, smem_bytes, stream)(args...)
+//       is Kernel<<<grid, block, smem_bytes, stream>>>(args...);
+//   MINGPT_DYNAMIC_SHARED(float, smem);
+//       is extern __shared__ float smem[];
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#if defined(MINGPT_CUDA_EMULATION)
+#include "backend/cuda/emulation/emulator.h"
+#else
+#define MINGPT_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define MINGPT_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif

@@ -1,0 +1,2 @@
+// attention.cu compiled as C++ for the CPU emulator (emulator.h).
+#include "backend/cuda/attention.cu"

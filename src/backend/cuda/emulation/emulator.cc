@@ -1,0 +1,322 @@
+// The kernel emulator (emulator.h): blocks in turn, a block's threads as
+// ucontext fibers on the launching thread, barriers and warp shuffles as
+// points where a fiber hands control back to the block's scheduler.
+#include "backend/cuda/emulation/emulator.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "backend/cuda/emulation/runtime_state.h"
+
+namespace mingpt::cuda::emu {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kStackBytes = size_t{256} << 10;
+constexpr int kDefaultMaxDynamicShared = 48 << 10;
+constexpr int kOptInMaxDynamicShared = 227 << 10;  // Hopper's per-block maximum
+
+enum class State { kRunnable, kAtBarrier, kAtShuffle, kDone };
+
+struct Fiber {
+  ucontext_t context;
+  uint3 idx;
+  int linear, warp, lane;
+  State state;
+  uint64_t shuffles;  // shuffles this thread has made
+  std::source_location at;  // the barrier or shuffle it waits at
+};
+
+struct Warp {
+  int live, arrived;
+  uint64_t slots[2][kWarpSize];  // by the parity of the shuffle's count
+};
+
+// The launch being run. Launches are serialised (g_launch_mutex): the
+// __shared__ arrays are statics, one per kernel.
+struct Launch {
+  const char* name;
+  const std::function<void()>* body;
+  dim3 grid, block;
+  uint3 block_idx;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  int live = 0, at_barrier = 0;
+  std::vector<unsigned char> smem;
+  ucontext_t scheduler;
+  Fiber* current = nullptr;
+};
+
+std::mutex g_launch_mutex;
+Launch* g_launch = nullptr;
+
+// Fiber stacks, kept across launches (mmap'd, so untouched pages cost nothing).
+std::vector<void*>& Stacks() {
+  static std::vector<void*> stacks;
+  return stacks;
+}
+
+void* Stack(size_t i) {
+  auto& stacks = Stacks();
+  while (stacks.size() <= i) {
+    void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED) {
+      std::fprintf(stderr, "CUDA emulator: cannot map a fiber stack\n");
+      std::abort();
+    }
+    stacks.push_back(p);
+  }
+  return stacks[i];
+}
+
+std::map<const void*, int>& MaxDynamicShared() {
+  static std::map<const void*, int> limits;
+  return limits;
+}
+
+Launch& Current() {
+  if (g_launch == nullptr || g_launch->current == nullptr) {
+    std::fprintf(stderr, "CUDA emulator: a device function was called outside a kernel\n");
+    std::abort();
+  }
+  return *g_launch;
+}
+
+[[noreturn]] void Fail(const char* format, ...) {
+  const Launch* l = g_launch;
+  if (l != nullptr) {
+    std::fprintf(stderr, "CUDA emulator: kernel %s, block (%u,%u,%u)", l->name, l->block_idx.x,
+                 l->block_idx.y, l->block_idx.z);
+    if (l->current) {
+      std::fprintf(stderr, ", thread (%u,%u,%u)", l->current->idx.x, l->current->idx.y,
+                   l->current->idx.z);
+    }
+    std::fprintf(stderr, ": ");
+  } else {
+    std::fprintf(stderr, "CUDA emulator: ");
+  }
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(stderr, format, args);
+  va_end(args);
+  std::fprintf(stderr, "\n");
+  std::abort();
+}
+
+void Yield(Launch& l, Fiber& f) { swapcontext(&f.context, &l.scheduler); }
+
+void ReleaseBarrier(Launch& l) {
+  for (Fiber& f : l.fibers) {
+    if (f.state == State::kAtBarrier) f.state = State::kRunnable;
+  }
+  l.at_barrier = 0;
+}
+
+void FiberMain() {
+  Launch& l = *g_launch;
+  Fiber& f = *l.current;
+  (*l.body)();
+  l.current = &f;  // (the scheduler may have run others in between)
+  f.state = State::kDone;
+  --l.live;
+  Warp& w = l.warps[f.warp];
+  --w.live;
+  if (w.arrived > 0) Fail("exited while %d lanes of its warp wait at a full-mask shuffle", w.arrived);
+  if (l.at_barrier > 0 && l.at_barrier == l.live) ReleaseBarrier(l);
+  // Returning resumes the scheduler (uc_link).
+}
+
+[[noreturn]] void Deadlock(Launch& l) {
+  int barrier = 0, shuffle = 0, done = 0;
+  for (const Fiber& f : l.fibers) {
+    barrier += f.state == State::kAtBarrier;
+    shuffle += f.state == State::kAtShuffle;
+    done += f.state == State::kDone;
+  }
+  l.current = nullptr;
+  Fail("deadlock: %d threads wait at __syncthreads and %d at warp shuffles that the others "
+       "never reach (%d exited): a barrier or shuffle inside divergent code",
+       barrier, shuffle, done);
+}
+
+void RunBlock(Launch& l) {
+  const int n = static_cast<int>(l.block.x * l.block.y * l.block.z);
+  l.fibers.assign(n, Fiber{});
+  l.warps.assign((n + kWarpSize - 1) / kWarpSize, Warp{});
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = l.fibers[i];
+    f.linear = i;
+    f.idx = {static_cast<unsigned>(i) % l.block.x, (i / l.block.x) % l.block.y,
+             i / (l.block.x * l.block.y)};
+    f.warp = i / kWarpSize;
+    f.lane = i % kWarpSize;
+    f.state = State::kRunnable;
+    ++l.warps[f.warp].live;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = Stack(i);
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &l.scheduler;
+    makecontext(&f.context, &FiberMain, 0);
+  }
+  l.live = n;
+  l.at_barrier = 0;
+  std::memset(l.smem.data(), 0xFF, l.smem.size());  // NaN floats, until written
+  // Warp by warp, last first; a warp runs until none of its lanes can go on
+  // (they wait at a barrier, or exited), so that one warp gets far ahead of
+  // the others, as a warp scheduler lets it.
+  const int warps = static_cast<int>(l.warps.size());
+  while (l.live > 0) {
+    bool ran = false;
+    for (int w = warps - 1; w >= 0; --w) {
+      for (bool progress = true; progress;) {
+        progress = false;
+        for (int i = std::min(n, (w + 1) * kWarpSize) - 1; i >= w * kWarpSize; --i) {
+          Fiber& f = l.fibers[i];
+          if (f.state != State::kRunnable) continue;
+          l.current = &f;
+          swapcontext(&l.scheduler, &f.context);
+          ran = progress = true;
+        }
+      }
+    }
+    if (!ran) Deadlock(l);
+  }
+  l.current = nullptr;
+}
+
+}  // namespace
+
+uint3 ThreadIdx() { return Current().current->idx; }
+uint3 BlockIdx() { return Current().block_idx; }
+dim3 BlockDim() { return Current().block; }
+dim3 GridDim() { return Current().grid; }
+int LaneId() { return Current().current->lane; }
+
+void* DynamicShared() {
+  Launch& l = Current();
+  return l.smem.empty() ? nullptr : l.smem.data();
+}
+
+bool SameCall(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && a.column() == b.column() &&
+         std::strcmp(a.file_name(), b.file_name()) == 0;
+}
+
+void SyncThreads(const std::source_location& where) {
+  Launch& l = Current();
+  Fiber& f = *l.current;
+  for (const Fiber& g : l.fibers) {
+    if (g.state == State::kAtBarrier && !SameCall(g.at, where)) {
+      Fail("__syncthreads at %s:%u while thread (%u,%u,%u) waits at the one at %s:%u: a "
+           "barrier inside divergent code",
+           where.file_name(), where.line(), g.idx.x, g.idx.y, g.idx.z, g.at.file_name(),
+           g.at.line());
+    }
+  }
+  f.at = where;
+  f.state = State::kAtBarrier;
+  if (++l.at_barrier == l.live) {
+    ReleaseBarrier(l);
+  } else {
+    Yield(l, f);
+  }
+  l.current = &f;
+}
+
+void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, int src,
+                     const std::source_location& where) {
+  Launch& l = Current();
+  Fiber& f = *l.current;
+  Warp& w = l.warps[f.warp];
+  if (mask != 0xFFFFFFFFu) Fail("shuffle with mask %#x: only full-mask shuffles are emulated", mask);
+  if (w.live != kWarpSize) {
+    Fail("full-mask shuffle in warp %d, which has %d live lanes (32 needed)", f.warp, w.live);
+  }
+  const int parity = static_cast<int>(f.shuffles & 1);
+  const uint64_t count = ++f.shuffles;
+  std::memcpy(&w.slots[parity][f.lane], value, bytes);
+  f.at = where;
+  f.state = State::kAtShuffle;
+  if (++w.arrived == kWarpSize) {
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      Fiber& g = l.fibers[f.warp * kWarpSize + lane];
+      if (g.shuffles != count || !SameCall(g.at, where)) {
+        Fail("lanes of warp %d meet at different shuffles (lane %d at its #%llu, %s:%u; lane "
+             "%d at #%llu, %s:%u): a shuffle inside divergent code",
+             f.warp, f.lane, static_cast<unsigned long long>(count), where.file_name(),
+             where.line(), lane, static_cast<unsigned long long>(g.shuffles),
+             g.at.file_name(), g.at.line());
+      }
+      g.state = State::kRunnable;
+    }
+    w.arrived = 0;
+  } else {
+    Yield(l, f);
+  }
+  l.current = &f;
+  std::memcpy(out, &w.slots[parity][src], bytes);
+}
+
+void Trap() {
+  Fail("__trap()");
+}
+
+cudaError_t SetMaxDynamicShared(const void* kernel, int bytes) {
+  if (kernel == nullptr) return Record(cudaErrorInvalidDeviceFunction);
+  if (bytes < 0 || bytes > kOptInMaxDynamicShared) return Record(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  MaxDynamicShared()[kernel] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 block,
+                         size_t dynamic_smem, cudaStream_t stream,
+                         const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  if (g_launch != nullptr) {
+    std::fprintf(stderr, "CUDA emulator: kernel %s launched from inside kernel %s\n", name,
+                 g_launch->name);
+    std::abort();
+  }
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 ||
+      grid.x > 0x7FFFFFFFu || grid.y == 0 || grid.y > 65535 || grid.z == 0 || grid.z > 65535) {
+    return Record(cudaErrorInvalidConfiguration);
+  }
+  auto limit = MaxDynamicShared().find(kernel);
+  const int max_smem = limit == MaxDynamicShared().end() ? kDefaultMaxDynamicShared : limit->second;
+  if (dynamic_smem > static_cast<size_t>(max_smem)) return Record(cudaErrorInvalidValue);
+  if (!IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+
+  Launch l;
+  l.name = name;
+  l.body = &body;
+  l.grid = grid;
+  l.block = block;
+  l.smem.resize(dynamic_smem);
+  g_launch = &l;
+  for (int64_t z = grid.z - 1; z >= 0; --z) {
+    for (int64_t y = grid.y - 1; y >= 0; --y) {
+      for (int64_t x = grid.x - 1; x >= 0; --x) {
+        l.block_idx = {static_cast<unsigned>(x), static_cast<unsigned>(y),
+                       static_cast<unsigned>(z)};
+        RunBlock(l);
+      }
+    }
+  }
+  g_launch = nullptr;
+  return cudaSuccess;
+}
+
+}  // namespace mingpt::cuda::emu

@@ -1,0 +1,345 @@
+// The CUDA runtime functions the backend calls, for the emulator: one device
+// (0) whose memory is host memory. Allocations are registered, so that a
+// copy in the wrong direction, out of an allocation's bounds or between
+// overlapping regions, a free of a pointer never allocated and a stream
+// used after its destruction are errors here, as they are (or should be)
+// on a GPU. Every operation completes before its call returns.
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "backend/cuda/emulation/emulator.h"
+#include "backend/cuda/emulation/runtime_state.h"
+
+struct CUstream_st {
+  unsigned flags;
+};
+struct CUevent_st {
+  unsigned flags;
+};
+
+namespace mingpt::cuda::emu {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::map<uintptr_t, size_t> device, pinned;  // base -> bytes
+  std::set<const CUstream_st*> streams;
+  std::set<const CUevent_st*> events;
+  size_t device_bytes = 0;
+};
+
+Registry& R() {
+  static Registry r;
+  return r;
+}
+
+thread_local cudaError_t g_last_error = cudaSuccess;
+
+// The allocation of `kind` holding [p, p + bytes), if any: 1 when one holds
+// all of it, -1 when p is inside one that ends too soon, 0 when none.
+int Holds(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = allocs.upper_bound(a);
+  if (it == allocs.begin()) return 0;
+  --it;
+  if (a >= it->first + it->second && !(a == it->first && it->second == 0)) return 0;
+  return a + bytes <= it->first + it->second ? 1 : -1;
+}
+
+[[noreturn]] void Misuse(const char* call, const char* what, const void* a, const void* b,
+                         size_t bytes) {
+  std::fprintf(stderr, "CUDA emulator: %s of %zu bytes (%p, %p): %s\n", call, bytes, a, b, what);
+  std::abort();
+}
+
+// Device memory must lie inside one live device allocation; an error names
+// the call.
+void CheckDevice(const char* call, const void* p, const void* other, size_t bytes) {
+  const int held = Holds(R().device, p, bytes);
+  if (held == 1) return;
+  Misuse(call, held < 0 ? "runs past the end of its device allocation"
+                        : "device pointer not inside any device allocation",
+         p, other, bytes);
+}
+
+void* AlignedAlloc(size_t alignment, size_t bytes) {
+  const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+  return std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
+}
+
+}  // namespace
+
+cudaError_t Record(cudaError_t err) {
+  if (err != cudaSuccess) g_last_error = err;
+  return err;
+}
+
+bool IsLiveStream(cudaStream_t stream) {
+  if (stream == nullptr) return true;
+  std::lock_guard<std::mutex> lock(R().mutex);
+  return R().streams.count(stream) > 0;
+}
+
+}  // namespace mingpt::cuda::emu
+
+using mingpt::cuda::emu::R;
+using mingpt::cuda::emu::Record;
+
+// ---- errors and devices ----------------------------------------------------------
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = mingpt::cuda::emu::g_last_error;
+  mingpt::cuda::emu::g_last_error = cudaSuccess;
+  return err;
+}
+
+cudaError_t cudaPeekAtLastError() { return mingpt::cuda::emu::g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+    default: return "cudaError (other)";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorInvalidDeviceFunction: return "invalid device function";
+    default: return "an error the emulator does not name";
+  }
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : Record(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  const size_t host = static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+  std::lock_guard<std::mutex> lock(R().mutex);
+  *total = host;
+  *free_bytes = host > R().device_bytes ? host - R().device_bytes : 0;
+  return cudaSuccess;
+}
+
+// ---- memory --------------------------------------------------------------------------
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = mingpt::cuda::emu::AlignedAlloc(256, bytes);
+  if (*p == nullptr) return Record(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(R().mutex);
+  R().device[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  R().device_bytes += bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(R().mutex);
+  auto it = R().device.find(reinterpret_cast<uintptr_t>(p));
+  if (it == R().device.end()) return Record(cudaErrorInvalidDevicePointer);
+  R().device_bytes -= it->second;
+  R().device.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = mingpt::cuda::emu::AlignedAlloc(4096, bytes);
+  if (*p == nullptr) return Record(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(R().mutex);
+  R().pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(R().mutex);
+  auto it = R().pinned.find(reinterpret_cast<uintptr_t>(p));
+  if (it == R().pinned.end()) return Record(cudaErrorInvalidValue);
+  R().pinned.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  std::lock_guard<std::mutex> lock(R().mutex);
+  *attr = cudaPointerAttributes{};
+  if (mingpt::cuda::emu::Holds(R().device, p, 0) != 0) {
+    attr->type = cudaMemoryTypeDevice;
+    attr->devicePointer = const_cast<void*>(p);
+  } else if (mingpt::cuda::emu::Holds(R().pinned, p, 0) != 0) {
+    attr->type = cudaMemoryTypeHost;
+    attr->hostPointer = attr->devicePointer = const_cast<void*>(p);
+  } else {
+    attr->type = cudaMemoryTypeUnregistered;
+    attr->device = -2;
+    return cudaSuccess;
+  }
+  attr->device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  if (bytes == 0) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(R().mutex);
+    mingpt::cuda::emu::CheckDevice("cudaMemsetAsync", p, nullptr, bytes);
+  }
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  using mingpt::cuda::emu::CheckDevice;
+  using mingpt::cuda::emu::Holds;
+  using mingpt::cuda::emu::Misuse;
+  if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  if (bytes == 0) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(R().mutex);
+    const auto& dev = R().device;
+    switch (kind) {
+      case cudaMemcpyHostToDevice:
+        CheckDevice("cudaMemcpyAsync (host to device)", dst, src, bytes);
+        if (Holds(dev, src, 0) != 0) Misuse("cudaMemcpyAsync", "host to device from device memory", dst, src, bytes);
+        break;
+      case cudaMemcpyDeviceToHost:
+        CheckDevice("cudaMemcpyAsync (device to host)", src, dst, bytes);
+        if (Holds(dev, dst, 0) != 0) Misuse("cudaMemcpyAsync", "device to host into device memory", dst, src, bytes);
+        break;
+      case cudaMemcpyDeviceToDevice:
+        CheckDevice("cudaMemcpyAsync (device to device)", dst, src, bytes);
+        CheckDevice("cudaMemcpyAsync (device to device)", src, dst, bytes);
+        break;
+      case cudaMemcpyDefault:
+        if (Holds(dev, dst, 0) != 0) CheckDevice("cudaMemcpyAsync (default)", dst, src, bytes);
+        if (Holds(dev, src, 0) != 0) CheckDevice("cudaMemcpyAsync (default)", src, dst, bytes);
+        break;
+      default:
+        return Record(cudaErrorInvalidValue);
+    }
+    const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+    if (d < s + bytes && s < d + bytes) Misuse("cudaMemcpyAsync", "overlapping regions", dst, src, bytes);
+  }
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  return cudaMemsetAsync(p, value, bytes, nullptr);
+}
+
+// ---- streams and events ----------------------------------------------------------------
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  *stream = new CUstream_st{flags};
+  std::lock_guard<std::mutex> lock(R().mutex);
+  R().streams.insert(*stream);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(R().mutex);
+  if (stream == nullptr || R().streams.erase(stream) == 0) {
+    return Record(cudaErrorInvalidResourceHandle);
+  }
+  delete stream;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return mingpt::cuda::emu::IsLiveStream(stream) ? cudaSuccess
+                                                 : Record(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
+  *event = new CUevent_st{flags};
+  std::lock_guard<std::mutex> lock(R().mutex);
+  R().events.insert(*event);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(R().mutex);
+  if (event == nullptr || R().events.erase(event) == 0) {
+    return Record(cudaErrorInvalidResourceHandle);
+  }
+  delete event;
+  return cudaSuccess;
+}
+
+namespace {
+bool IsLiveEvent(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(R().mutex);
+  return R().events.count(event) > 0;
+}
+}  // namespace
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (!IsLiveEvent(event) || !mingpt::cuda::emu::IsLiveStream(stream)) {
+    return Record(cudaErrorInvalidResourceHandle);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned /*flags*/) {
+  if (!IsLiveEvent(event) || !mingpt::cuda::emu::IsLiveStream(stream)) {
+    return Record(cudaErrorInvalidResourceHandle);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return IsLiveEvent(event) ? cudaSuccess : Record(cudaErrorInvalidResourceHandle);
+}
+
+// ---- kernels -------------------------------------------------------------------------------
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return Record(cudaErrorInvalidValue);
+  return mingpt::cuda::emu::SetMaxDynamicShared(func, value);
+}
