@@ -72,6 +72,9 @@ int CudaDevices() {
 #ifdef MINGPT_CUDA_PLUGIN
   // No driver, no device: known without loading the module (and cuBLASLt).
   static const bool driver = [] {
+    // A module named by MINGPT_CUDA_PLUGIN is loaded whatever the driver
+    // (the CPU emulator's module needs none).
+    if (std::getenv("MINGPT_CUDA_PLUGIN") != nullptr) return true;
     void* cuda = ::dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
     if (cuda != nullptr) ::dlclose(cuda);
     return cuda != nullptr;

@@ -406,8 +406,9 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   Progress progress(state.step, total_steps, o.log_every_n_steps, o.progress, /*silent=*/!lead);
   progress.Message("mingpt: " + o.model.ToString() + ", " + std::to_string(layout.num_parameters()) +
                    " parameters; " + std::to_string(total_steps) + " steps of " +
-                   std::to_string(plan.global_batch) + "x" + std::to_string(T) + " tokens" +
-                   (world > 1 ? " on " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
+                   std::to_string(plan.global_batch) + "x" + std::to_string(T) + " tokens on " +
+                   backend->name() +
+                   (world > 1 ? ", " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
                    (setup.resume ? ", resuming at step " + std::to_string(state.step) : ""));
 
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());

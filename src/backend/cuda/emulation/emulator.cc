@@ -52,6 +52,7 @@ struct Launch {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   int live = 0, at_barrier = 0;
+  std::source_location barrier_at;  // where the threads at the barrier wait
   std::vector<unsigned char> smem;
   ucontext_t scheduler;
   Fiber* current = nullptr;
@@ -216,14 +217,12 @@ bool SameCall(const std::source_location& a, const std::source_location& b) {
 void SyncThreads(const std::source_location& where) {
   Launch& l = Current();
   Fiber& f = *l.current;
-  for (const Fiber& g : l.fibers) {
-    if (g.state == State::kAtBarrier && !SameCall(g.at, where)) {
-      Fail("__syncthreads at %s:%u while thread (%u,%u,%u) waits at the one at %s:%u: a "
-           "barrier inside divergent code",
-           where.file_name(), where.line(), g.idx.x, g.idx.y, g.idx.z, g.at.file_name(),
-           g.at.line());
-    }
+  if (l.at_barrier > 0 && !SameCall(l.barrier_at, where)) {
+    Fail("__syncthreads at %s:%u while other threads wait at the one at %s:%u: a barrier "
+         "inside divergent code",
+         where.file_name(), where.line(), l.barrier_at.file_name(), l.barrier_at.line());
   }
+  l.barrier_at = where;
   f.at = where;
   f.state = State::kAtBarrier;
   if (++l.at_barrier == l.live) {

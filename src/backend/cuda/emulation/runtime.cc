@@ -1,5 +1,5 @@
-// The CUDA runtime functions the backend calls, for the emulator: one device
-// (0) whose memory is host memory. Allocations are registered, so that a
+// The CUDA runtime functions the backend calls, for the emulator: devices
+// whose memory is host memory. Allocations are registered, so that a
 // copy in the wrong direction, out of an allocation's bounds or between
 // overlapping regions, a free of a pointer never allocated and a stream
 // used after its destruction are errors here, as they are (or should be)
@@ -131,17 +131,33 @@ const char* cudaGetErrorString(cudaError_t err) {
   }
 }
 
+namespace {
+// $MINGPT_CUDA_EMULATED_DEVICES devices (1 to 16, default 1), all sharing
+// host memory: for runs of several ranks on one machine.
+int EmulatedDevices() {
+  static const int devices = [] {
+    const char* env = std::getenv("MINGPT_CUDA_EMULATED_DEVICES");
+    const int n = env ? std::atoi(env) : 1;
+    return n >= 1 && n <= 16 ? n : 1;
+  }();
+  return devices;
+}
+thread_local int g_device = 0;
+}  // namespace
+
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = EmulatedDevices();
   return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess : Record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= EmulatedDevices()) return Record(cudaErrorInvalidDevice);
+  g_device = device;
+  return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = g_device;
   return cudaSuccess;
 }
 

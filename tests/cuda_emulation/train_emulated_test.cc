@@ -1,0 +1,84 @@
+// `mingpt train --accelerator cuda` end to end on the CPU emulator's CUDA
+// module (MINGPT_CUDA_PLUGIN = libmingpt_cuda_emulated.so): the CUDA
+// backend, its kernels and cuBLASLt calls, the engine's device and pinned
+// host buffers, offload's copies between them, and several ranks each on a
+// device of its own, against the CPU backend's trajectory of the same run.
+// The device communicator is the host one here (no NCCL is emulated).
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli/cli_fixture.h"
+#include "common/metrics_csv.h"
+
+namespace mingpt::cli_test {
+namespace {
+
+using test::TrainLosses;
+
+class TrainOnEmulatedCuda : public CliTest {
+ protected:
+  // A small model with dropout (the masks must agree too), 4 steps.
+  ProcessResult Run(const std::string& root, const std::string& accelerator, int devices,
+                    std::vector<std::pair<std::string, std::string>> extra = {}) {
+    std::vector<std::pair<std::string, std::string>> flags = {
+        {"--accelerator", accelerator}, {"--devices", std::to_string(devices)},
+        {"--n_layer", "2"},            {"--n_embd", "32"},
+        {"--block_size", "16"},        {"--batch_size", std::to_string(4 / devices)},
+        {"--max_steps", "4"},          {"--log_every_n_steps", "1"},
+        {"--dropout", "0.1"},          {"--limit_val_batches", "2"}};
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    RunOptions o = Options();
+    o.env["MINGPT_CUDA_PLUGIN"] = MINGPT_CUDA_EMULATED_PLUGIN;
+    o.env["MINGPT_CUDA_EMULATED_DEVICES"] = "2";
+    o.timeout_s = 300;
+    return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), o);
+  }
+
+  // The two runs logged the same losses, to the digits metrics.csv keeps.
+  void ExpectSameTrajectory(const std::string& a, const std::string& b) {
+    const auto la = TrainLosses(tmp_ / a), lb = TrainLosses(tmp_ / b);
+    ASSERT_EQ(la.size(), 4u) << a;
+    ASSERT_EQ(lb.size(), 4u) << b;
+    for (const auto& [step, loss] : la) {
+      EXPECT_NEAR(lb.at(step), loss, 2e-5 * loss) << a << " vs " << b << " step " << step;
+    }
+  }
+};
+
+TEST_F(TrainOnEmulatedCuda, SingleDeviceFollowsTheCpuTrajectory) {
+  const ProcessResult cuda = Run("cuda", "cuda", 1);
+  ASSERT_TRUE(Succeeded(cuda));
+  EXPECT_NE(cuda.err.find("tokens on cuda"), std::string::npos) << cuda.Describe();
+  ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1)));
+  ExpectSameTrajectory("cpu", "cuda");
+}
+
+// The seed's 1.7B command (--gpus 1 --precision 16 --strategy
+// deepspeed_stage_3_offload --batch_size 1) at a tiny size: fp16 products
+// with loss scaling, parameters, gradients and Adam moments offloaded to
+// pinned host memory.
+TEST_F(TrainOnEmulatedCuda, SeedStage3OffloadCommandFollowsTheCpuTrajectory) {
+  const std::vector<std::pair<std::string, std::string>> seed = {
+      {"--precision", "16"}, {"--strategy", "deepspeed_stage_3_offload"}};
+  ASSERT_TRUE(Succeeded(Run("cuda", "cuda", 1, seed)));
+  ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1, seed)));
+  ExpectSameTrajectory("cpu", "cuda");
+}
+
+// Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2 offload: the
+// trajectory of one CPU process with the same global batch.
+TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
+  ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1, {{"--precision", "bf16"}})));
+  for (const std::string strategy : {"deepspeed_stage_3", "deepspeed_stage_2_offload"}) {
+    const std::string root = "cuda2_" + strategy;
+    const ProcessResult r =
+        Run(root, "cuda", 2, {{"--precision", "bf16"}, {"--strategy", strategy}});
+    ASSERT_TRUE(Succeeded(r));
+    EXPECT_NE(r.err.find("tokens on cuda, 2 ranks"), std::string::npos) << r.Describe();
+    ExpectSameTrajectory("cpu", root);
+  }
+}
+
+}  // namespace
+}  // namespace mingpt::cli_test
