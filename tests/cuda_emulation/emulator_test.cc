@@ -86,9 +86,9 @@ template <typename T>
 T* DeviceCopy(const std::vector<T>& host) {
   void* p = nullptr;
   EXPECT_EQ(cudaMalloc(&p, host.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpyAsync(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice,
-                            nullptr),
-            cudaSuccess);
+  EXPECT_EQ(
+      cudaMemcpyAsync(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, nullptr),
+      cudaSuccess);
   return static_cast<T*>(p);
 }
 
@@ -106,8 +106,8 @@ std::vector<float> Rotate(bool barrier) {
   for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i);
   float* d_in = DeviceCopy(in);
   float* d_out = DeviceCopy(std::vector<float>(in.size(), 0.0f));
-  MINGPT_LAUNCH(RotateKernel, blocks, threads, threads * sizeof(float), nullptr)(d_out, d_in,
-                                                                                barrier);
+  MINGPT_LAUNCH(RotateKernel, blocks, threads, threads * sizeof(float), nullptr, d_out, d_in,
+                barrier);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   std::vector<float> out = HostCopy(d_out, in.size());
   cudaFree(d_in);
@@ -136,7 +136,7 @@ TEST(CudaEmulator, WarpShufflesHaveCudaResults) {
   float* sums = DeviceCopy(std::vector<float>(threads));
   float* bcast = DeviceCopy(std::vector<float>(threads));
   int* lanes = DeviceCopy(std::vector<int>(threads));
-  MINGPT_LAUNCH(WarpKernel, 1, threads, 0, nullptr)(sums, bcast, lanes);
+  MINGPT_LAUNCH(WarpKernel, 1, threads, 0, nullptr, sums, bcast, lanes);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   const std::vector<float> s = HostCopy(sums, threads), b = HostCopy(bcast, threads);
   const std::vector<int> l = HostCopy(lanes, threads);
@@ -150,7 +150,7 @@ TEST(CudaEmulator, WarpShufflesHaveCudaResults) {
 
 TEST(CudaEmulator, ExitedThreadsCountAsArrivedAtBarriers) {
   int* out = DeviceCopy(std::vector<int>(64, 0));
-  MINGPT_LAUNCH(EarlyExitBarrierKernel, 1, 64, 0, nullptr)(out);
+  MINGPT_LAUNCH(EarlyExitBarrierKernel, 1, 64, 0, nullptr, out);
   const std::vector<int> o = HostCopy(out, 64);
   for (int t = 0; t < 40; ++t) EXPECT_EQ(o[t], 40 - t);
   for (int t = 40; t < 64; ++t) EXPECT_EQ(o[t], 0);
@@ -158,42 +158,43 @@ TEST(CudaEmulator, ExitedThreadsCountAsArrivedAtBarriers) {
 
 TEST(CudaEmulatorDeathTest, DivergenceIsFatalAndNamed) {
   float* out = DeviceCopy(std::vector<float>(64));
-  EXPECT_DEATH(MINGPT_LAUNCH(DivergentShuffleKernel, 1, 32, 0, nullptr)(out),
+  EXPECT_DEATH(MINGPT_LAUNCH(DivergentShuffleKernel, 1, 32, 0, nullptr, out),
                "DivergentShuffleKernel.*different shuffles");
-  EXPECT_DEATH(MINGPT_LAUNCH(DivergentBarrierKernel, 1, 64, 0, nullptr)(out),
+  EXPECT_DEATH(MINGPT_LAUNCH(DivergentBarrierKernel, 1, 64, 0, nullptr, out),
                "DivergentBarrierKernel.*barrier inside divergent code");
-  EXPECT_DEATH(MINGPT_LAUNCH(DeadlockKernel, 1, 64, 0, nullptr)(out), "DeadlockKernel.*deadlock");
-  EXPECT_DEATH(MINGPT_LAUNCH(ShuffleAfterExitKernel, 1, 32, 0, nullptr)(out),
+  EXPECT_DEATH(MINGPT_LAUNCH(DeadlockKernel, 1, 64, 0, nullptr, out), "DeadlockKernel.*deadlock");
+  EXPECT_DEATH(MINGPT_LAUNCH(ShuffleAfterExitKernel, 1, 32, 0, nullptr, out),
                "ShuffleAfterExitKernel.*(31 live lanes|exited while)");
-  EXPECT_DEATH(MINGPT_LAUNCH(TrapKernel, 2, 32, 0, nullptr)(), "TrapKernel.*__trap");
+  EXPECT_DEATH(MINGPT_LAUNCH(TrapKernel, 2, 32, 0, nullptr), "TrapKernel.*__trap");
 }
 
 TEST(CudaEmulator, LaunchConfigurationErrorsAsOnAGpu) {
   float* out = DeviceCopy(std::vector<float>(1024));
-  MINGPT_LAUNCH(BigSharedKernel, 1, 2048, 0, nullptr)(out);
+  MINGPT_LAUNCH(BigSharedKernel, 1, 2048, 0, nullptr, out);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // read and cleared
-  MINGPT_LAUNCH(BigSharedKernel, dim3(1, 70000), 32, 0, nullptr)(out);
+  MINGPT_LAUNCH(BigSharedKernel, dim3(1, 70000), 32, 0, nullptr, out);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
   // Above 48 KiB of dynamic shared memory only once the kernel's limit is raised.
   const size_t big = 64 << 10;
-  MINGPT_LAUNCH(BigSharedKernel, 1, 32, big, nullptr)(out);
+  MINGPT_LAUNCH(BigSharedKernel, 1, 32, big, nullptr, out);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
-  ASSERT_EQ(cudaFuncSetAttribute(reinterpret_cast<const void*>(BigSharedKernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(big)),
-            cudaSuccess);
-  MINGPT_LAUNCH(BigSharedKernel, 1, 32, big, nullptr)(out);
+  ASSERT_EQ(
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(BigSharedKernel),
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(big)),
+      cudaSuccess);
+  MINGPT_LAUNCH(BigSharedKernel, 1, 32, big, nullptr, out);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(HostCopy(out, 32), std::vector<float>(32, 1.0f));
-  EXPECT_EQ(cudaFuncSetAttribute(reinterpret_cast<const void*>(BigSharedKernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 300 << 10),
+  EXPECT_EQ(cudaFuncSetAttribute(reinterpret_cast<const void*>(BigSharedKernel),
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, 300 << 10),
             cudaErrorInvalidValue);  // above any GPU's
   cudaGetLastError();
   // A destroyed stream.
   cudaStream_t s = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   ASSERT_EQ(cudaStreamDestroy(s), cudaSuccess);
-  MINGPT_LAUNCH(BigSharedKernel, 1, 32, 0, s)(out);
+  MINGPT_LAUNCH(BigSharedKernel, 1, 32, 0, s, out);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidResourceHandle);
   cudaFree(out);
 }
@@ -201,8 +202,7 @@ TEST(CudaEmulator, LaunchConfigurationErrorsAsOnAGpu) {
 TEST(CudaEmulatorDeathTest, CopiesOutsideAllocationsAreFatal) {
   float* d = DeviceCopy(std::vector<float>(16));
   std::vector<float> host(32);
-  EXPECT_DEATH(cudaMemcpyAsync(host.data(), d, 32 * sizeof(float), cudaMemcpyDeviceToHost,
-                               nullptr),
+  EXPECT_DEATH(cudaMemcpyAsync(host.data(), d, 32 * sizeof(float), cudaMemcpyDeviceToHost, nullptr),
                "past the end of its device allocation");
   EXPECT_DEATH(cudaMemcpyAsync(d, host.data(), 4, cudaMemcpyDeviceToHost, nullptr),
                "not inside any device allocation");
@@ -227,9 +227,9 @@ TEST(CudaEmulator, CublasLtProductsAndLayoutChecks) {
   cublasLtMatmulDesc_t desc;
   ASSERT_EQ(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
   const int32_t trans = CUBLAS_OP_T;
-  ASSERT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans,
-                                           sizeof(trans)),
-            CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans)),
+      CUBLAS_STATUS_SUCCESS);
   cublasLtMatrixLayout_t la, lb, ld, bad;
   cublasLtMatrixLayoutCreate(&la, CUDA_R_32F, 3, 2, 3);
   cublasLtMatrixLayoutCreate(&lb, CUDA_R_32F, 3, 3, 3);

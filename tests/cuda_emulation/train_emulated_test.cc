@@ -22,11 +22,16 @@ class TrainOnEmulatedCuda : public CliTest {
   ProcessResult Run(const std::string& root, const std::string& accelerator, int devices,
                     std::vector<std::pair<std::string, std::string>> extra = {}) {
     std::vector<std::pair<std::string, std::string>> flags = {
-        {"--accelerator", accelerator}, {"--devices", std::to_string(devices)},
-        {"--n_layer", "2"},            {"--n_embd", "32"},
-        {"--block_size", "16"},        {"--batch_size", std::to_string(4 / devices)},
-        {"--max_steps", "4"},          {"--log_every_n_steps", "1"},
-        {"--dropout", "0.1"},          {"--limit_val_batches", "2"}};
+        {"--accelerator", accelerator},
+        {"--devices", std::to_string(devices)},
+        {"--n_layer", "2"},
+        {"--n_embd", "32"},
+        {"--block_size", "16"},
+        {"--batch_size", std::to_string(4 / devices)},
+        {"--max_steps", "4"},
+        {"--log_every_n_steps", "1"},
+        {"--dropout", "0.1"},
+        {"--limit_val_batches", "2"}};
     flags.insert(flags.end(), extra.begin(), extra.end());
     RunOptions o = Options();
     o.env["MINGPT_CUDA_PLUGIN"] = MINGPT_CUDA_EMULATED_PLUGIN;

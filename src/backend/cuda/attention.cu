@@ -361,8 +361,8 @@ void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* 
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
-  MINGPT_LAUNCH(ForwardKernel, dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream)(
-      out, lse, q, k, v, at, at, T, NH, 0, dropout);
+  MINGPT_LAUNCH(ForwardKernel, dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream, out,
+                lse, q, k, v, at, at, T, NH, 0, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -371,8 +371,8 @@ void AttentionDecode(cudaStream_t stream, float* out, const float* q, const floa
   const int hs = HeadSize(C, NH);
   MINGPT_CHECK(T >= 1, "AttentionDecode needs at least one cached row");
   const HeadRows q_at{0, C, hs}, kv_at{int64_t{T} * C, C, hs};
-  MINGPT_LAUNCH(ForwardKernel, dim3(1, NH, 1), kWarps * 32, ForwardSmem(hs), stream)(
-      out, nullptr, q, k_cache, v_cache, q_at, kv_at, T, NH, T - 1, DropoutSpec{});
+  MINGPT_LAUNCH(ForwardKernel, dim3(1, NH, 1), kWarps * 32, ForwardSmem(hs), stream, out, nullptr,
+                q, k_cache, v_cache, q_at, kv_at, T, NH, T - 1, DropoutSpec{});
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -383,11 +383,11 @@ void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, con
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
   const dim3 grid(RowBlocks(T), NH, B);
-  MINGPT_LAUNCH(BackwardQueryKernel, grid, kWarps * 32, BackwardSmem(hs), stream)(dq, delta, dout, q, k, v,
-                                                                      lse, at, T, NH, dropout);
+  MINGPT_LAUNCH(BackwardQueryKernel, grid, kWarps * 32, BackwardSmem(hs), stream, dq, delta, dout,
+                q, k, v, lse, at, T, NH, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(BackwardKeyKernel, grid, kWarps * 32, BackwardSmem(hs), stream)(dk, dv, dout, q, k, v, lse,
-                                                                    delta, at, T, NH, dropout);
+  MINGPT_LAUNCH(BackwardKeyKernel, grid, kWarps * 32, BackwardSmem(hs), stream, dk, dv, dout, q, k,
+                v, lse, delta, at, T, NH, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 

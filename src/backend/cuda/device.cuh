@@ -5,7 +5,7 @@
 //
 // The two constructs that are not C++ go through macros, the same text for
 // both builds:
-//   MINGPT_LAUNCH(Kernel, grid, block, smem_bytes, stream)(args...)
+//   MINGPT_LAUNCH(Kernel, grid, block, smem_bytes, stream, args...)
 //       is Kernel<<<grid, block, smem_bytes, stream>>>(args...);
 //   MINGPT_DYNAMIC_SHARED(float, smem);
 //       is extern __shared__ float smem[];
@@ -18,6 +18,7 @@
 #if defined(MINGPT_CUDA_EMULATION)
 #include "backend/cuda/emulation/emulator.h"
 #else
-#define MINGPT_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define MINGPT_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #define MINGPT_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif

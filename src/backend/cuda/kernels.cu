@@ -233,11 +233,11 @@ void ColumnSums(cudaStream_t stream, float* out_a, float* out_b, Terms terms, in
                 float* partials) {
   if (N <= 0 || C <= 0) return;
   const int chunks = ColumnChunks(N);
-  MINGPT_LAUNCH(ColumnPartialsKernel<Terms>, dim3((C + 31) / 32, chunks), dim3(32, kColumnRowLanes), 0, stream)(
-      partials, terms, N, C);
+  MINGPT_LAUNCH(ColumnPartialsKernel<Terms>, dim3((C + 31) / 32, chunks), dim3(32, kColumnRowLanes),
+                0, stream, partials, terms, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(ColumnFinishKernel, (C + kThreads - 1) / kThreads, kThreads, 0, stream)(out_a, out_b,
-                                                                            partials, chunks, C);
+  MINGPT_LAUNCH(ColumnFinishKernel, (C + kThreads - 1) / kThreads, kThreads, 0, stream, out_a,
+                out_b, partials, chunks, C);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -379,24 +379,27 @@ void EncoderForward(cudaStream_t stream, float* out, const int32_t* idx, const f
                     const float* wpe, int B, int T, int C) {
   const int64_t total = int64_t{B} * T * C;
   if (total == 0) return;
-  MINGPT_LAUNCH(EncoderForwardKernel, Blocks(total), kThreads, 0, stream)(out, idx, wte, wpe, T, C, total);
+  MINGPT_LAUNCH(EncoderForwardKernel, Blocks(total), kThreads, 0, stream, out, idx, wte, wpe, T, C,
+                total);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void EncoderBackward(cudaStream_t stream, float* dwte, float* dwpe, const float* dout,
                      const int32_t* idx, int B, int T, int C) {
   if (int64_t{B} * T * C == 0) return;
-  MINGPT_LAUNCH(EncoderBackwardWteKernel, (C + 127) / 128, 128, 0, stream)(dwte, dout, idx, int64_t{B} * T,
-                                                                 C);
+  MINGPT_LAUNCH(EncoderBackwardWteKernel, (C + 127) / 128, 128, 0, stream, dwte, dout, idx,
+                int64_t{B} * T, C);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(EncoderBackwardWpeKernel, Blocks(int64_t{T} * C), kThreads, 0, stream)(dwpe, dout, B, T, C);
+  MINGPT_LAUNCH(EncoderBackwardWpeKernel, Blocks(int64_t{T} * C), kThreads, 0, stream, dwpe, dout,
+                B, T, C);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void LayerNormForward(cudaStream_t stream, float* out, float* mean, float* rstd, const float* x,
                       const float* w, const float* b, int N, int C) {
   if (N == 0) return;
-  MINGPT_LAUNCH(LayerNormForwardKernel, RowBlocks(N), kThreads, 0, stream)(out, mean, rstd, x, w, b, N, C);
+  MINGPT_LAUNCH(LayerNormForwardKernel, RowBlocks(N), kThreads, 0, stream, out, mean, rstd, x, w, b,
+                N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -404,8 +407,8 @@ void ResidualLayerNormForward(cudaStream_t stream, float* sum, float* out, float
                               float* rstd, const float* x, const float* branch, const float* w,
                               const float* b, int N, int C) {
   if (N == 0) return;
-  MINGPT_LAUNCH(ResidualLayerNormKernel, RowBlocks(N), kThreads, 0, stream)(sum, out, mean, rstd, x, branch,
-                                                                 w, b, N, C);
+  MINGPT_LAUNCH(ResidualLayerNormKernel, RowBlocks(N), kThreads, 0, stream, sum, out, mean, rstd, x,
+                branch, w, b, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -413,8 +416,8 @@ void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, con
                        const float* x, const float* w, const float* mean, const float* rstd, int N,
                        int C, float* partials) {
   if (N == 0) return;
-  MINGPT_LAUNCH(LayerNormBackwardDxKernel, RowBlocks(N), kThreads, 0, stream)(dx, dout, x, w, mean, rstd, N,
-                                                                   C);
+  MINGPT_LAUNCH(LayerNormBackwardDxKernel, RowBlocks(N), kThreads, 0, stream, dx, dout, x, w, mean,
+                rstd, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
   ColumnSums(stream, dw, db, LayerNormGradTerms{dout, x, mean, rstd, C}, N, C, partials);
 }
@@ -428,7 +431,7 @@ int64_t ColumnPartialsFloats(int N, int C) { return 2 * int64_t{ColumnChunks(N)}
 
 void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(GeluForwardKernel<float>, Blocks(n), kThreads, 0, stream)(out, x, n);
+  MINGPT_LAUNCH(GeluForwardKernel<float>, Blocks(n), kThreads, 0, stream, out, x, n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -437,14 +440,16 @@ void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t 
   if (n == 0) return;
   switch (precision) {
     case MatmulPrecision::kBf16:
-      MINGPT_LAUNCH(GeluForwardKernel<__nv_bfloat16>, Blocks(n), kThreads, 0, stream)(static_cast<__nv_bfloat16*>(out), x,
-                                                            n);
+      MINGPT_LAUNCH(GeluForwardKernel<__nv_bfloat16>, Blocks(n), kThreads, 0, stream,
+                    static_cast<__nv_bfloat16*>(out), x, n);
       break;
     case MatmulPrecision::kFp16:
-      MINGPT_LAUNCH(GeluForwardKernel<__half>, Blocks(n), kThreads, 0, stream)(static_cast<__half*>(out), x, n);
+      MINGPT_LAUNCH(GeluForwardKernel<__half>, Blocks(n), kThreads, 0, stream,
+                    static_cast<__half*>(out), x, n);
       break;
     case MatmulPrecision::kFp32:
-      MINGPT_LAUNCH(GeluForwardKernel<float>, Blocks(n), kThreads, 0, stream)(static_cast<float*>(out), x, n);
+      MINGPT_LAUNCH(GeluForwardKernel<float>, Blocks(n), kThreads, 0, stream,
+                    static_cast<float*>(out), x, n);
       break;
   }
   MINGPT_CUDA_CHECK_LAUNCH();
@@ -452,19 +457,19 @@ void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t 
 
 void GeluBackward(cudaStream_t stream, float* dx, const float* x, const float* dout, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(GeluBackwardKernel, Blocks(n), kThreads, 0, stream)(dx, x, dout, n);
+  MINGPT_LAUNCH(GeluBackwardKernel, Blocks(n), kThreads, 0, stream, dx, x, dout, n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void Add(cudaStream_t stream, float* out, const float* a, const float* b, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(AddKernel, Blocks(n), kThreads, 0, stream)(out, a, b, n);
+  MINGPT_LAUNCH(AddKernel, Blocks(n), kThreads, 0, stream, out, a, b, n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void Scale(cudaStream_t stream, float* x, int64_t n, float s) {
   if (n == 0) return;
-  MINGPT_LAUNCH(ScaleKernel, Blocks(n), kThreads, 0, stream)(x, n, s);
+  MINGPT_LAUNCH(ScaleKernel, Blocks(n), kThreads, 0, stream, x, n, s);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -473,20 +478,22 @@ void Dropout(cudaStream_t stream, float* y, const float* x, int B, int64_t row_s
   const int64_t n = int64_t{B} * row_size;
   if (n == 0) return;
   if (!dropout.enabled()) {
-    if (y != x) MINGPT_CUDA_CHECK(cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    if (y != x) {
+      MINGPT_CUDA_CHECK(
+          cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    }
     return;
   }
-  MINGPT_LAUNCH(DropoutKernel, Blocks(int64_t{B} * ((row_size + 3) / 4)), kThreads, 0, stream)(y, x, B,
-                                                                                     row_size,
-                                                                                     dropout);
+  MINGPT_LAUNCH(DropoutKernel, Blocks(int64_t{B} * ((row_size + 3) / 4)), kThreads, 0, stream, y, x,
+                B, row_size, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void CrossEntropyForward(cudaStream_t stream, float* losses, const float* logits,
                          const int32_t* targets, int N, int V) {
   if (N == 0) return;
-  MINGPT_LAUNCH(CrossEntropyKernel, N, kThreads, 0, stream)(losses, nullptr, logits, targets, V, 0.0f,
-                                                 false);
+  MINGPT_LAUNCH(CrossEntropyKernel, N, kThreads, 0, stream, losses, nullptr, logits, targets, V,
+                0.0f, false);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -494,8 +501,8 @@ void CrossEntropyForwardBackward(cudaStream_t stream, float* losses, float* dlog
                                  const float* logits, const int32_t* targets, int N, int V,
                                  float dloss) {
   if (N == 0) return;
-  MINGPT_LAUNCH(CrossEntropyKernel, N, kThreads, 0, stream)(losses, dlogits, logits, targets, V, dloss,
-                                                 true);
+  MINGPT_LAUNCH(CrossEntropyKernel, N, kThreads, 0, stream, losses, dlogits, logits, targets, V,
+                dloss, true);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -517,7 +524,7 @@ AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps,
 void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, int64_t n,
            const AdamWScalars& s) {
   if (n == 0) return;
-  MINGPT_LAUNCH(AdamWKernel, Blocks(n), kThreads, 0, stream)(p, g, m, v, n, s);
+  MINGPT_LAUNCH(AdamWKernel, Blocks(n), kThreads, 0, stream, p, g, m, v, n, s);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -526,21 +533,23 @@ int SumSquaresPartials() { return kSumSquaresBlocks; }
 void SumSquares(cudaStream_t stream, double* result, const float* x, int64_t n,
                 double* partials) {
   // A fixed grid: the order of the sum depends on n only.
-  MINGPT_LAUNCH(SumSquaresPartialKernel, kSumSquaresBlocks, kThreads, 0, stream)(partials, x, n);
+  MINGPT_LAUNCH(SumSquaresPartialKernel, kSumSquaresBlocks, kThreads, 0, stream, partials, x, n);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(SumSquaresFinishKernel, 1, kThreads, 0, stream)(result, partials, kSumSquaresBlocks);
+  MINGPT_LAUNCH(SumSquaresFinishKernel, 1, kThreads, 0, stream, result, partials,
+                kSumSquaresBlocks);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void ConvertToBf16(cudaStream_t stream, void* dst, const float* src, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(ToBf16Kernel, Blocks(n), kThreads, 0, stream)(static_cast<__nv_bfloat16*>(dst), src, n);
+  MINGPT_LAUNCH(ToBf16Kernel, Blocks(n), kThreads, 0, stream, static_cast<__nv_bfloat16*>(dst), src,
+                n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void ConvertToFp16(cudaStream_t stream, void* dst, const float* src, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(ToFp16Kernel, Blocks(n), kThreads, 0, stream)(static_cast<__half*>(dst), src, n);
+  MINGPT_LAUNCH(ToFp16Kernel, Blocks(n), kThreads, 0, stream, static_cast<__half*>(dst), src, n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 

@@ -93,8 +93,8 @@ cublasStatus_t Check(const Desc& d, const Layout& a, const Layout& b, const Layo
   s->k = static_cast<int64_t>(ta ? a.rows : a.cols);
   const int64_t kb = static_cast<int64_t>(tb ? b.cols : b.rows);
   s->n = static_cast<int64_t>(tb ? b.rows : b.cols);
-  if (kb != s->k || static_cast<int64_t>(dl.rows) != s->m || static_cast<int64_t>(dl.cols) != s->n ||
-      c.rows != dl.rows || c.cols != dl.cols) {
+  if (kb != s->k || static_cast<int64_t>(dl.rows) != s->m ||
+      static_cast<int64_t>(dl.cols) != s->n || c.rows != dl.rows || c.cols != dl.cols) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   for (const Layout* l : {&a, &b, &c, &dl}) {
@@ -124,10 +124,14 @@ cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
 
 const char* cublasLtGetStatusString(cublasStatus_t status) {
   switch (status) {
-    case CUBLAS_STATUS_SUCCESS: return "success";
-    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value (emulator)";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported (emulator)";
-    default: return "error (emulator)";
+    case CUBLAS_STATUS_SUCCESS:
+      return "success";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "invalid value (emulator)";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "not supported (emulator)";
+    default:
+      return "error (emulator)";
   }
 }
 
@@ -143,8 +147,8 @@ cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
 }
 
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
-                                              cublasLtMatmulDescAttributes_t attr,
-                                              const void* buf, size_t bytes) {
+                                              cublasLtMatmulDescAttributes_t attr, const void* buf,
+                                              size_t bytes) {
   Desc& d = *D(desc);
   bool ok = false;
   switch (attr) {

@@ -6,11 +6,11 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -33,7 +33,7 @@ struct Fiber {
   uint3 idx;
   int linear, warp, lane;
   State state;
-  uint64_t shuffles;  // shuffles this thread has made
+  uint64_t shuffles;        // shuffles this thread has made
   std::source_location at;  // the barrier or shuffle it waits at
 };
 
@@ -133,7 +133,8 @@ void FiberMain() {
   --l.live;
   Warp& w = l.warps[f.warp];
   --w.live;
-  if (w.arrived > 0) Fail("exited while %d lanes of its warp wait at a full-mask shuffle", w.arrived);
+  if (w.arrived > 0)
+    Fail("exited while %d lanes of its warp wait at a full-mask shuffle", w.arrived);
   if (l.at_barrier > 0 && l.at_barrier == l.live) ReleaseBarrier(l);
   // Returning resumes the scheduler (uc_link).
 }
@@ -146,9 +147,10 @@ void FiberMain() {
     done += f.state == State::kDone;
   }
   l.current = nullptr;
-  Fail("deadlock: %d threads wait at __syncthreads and %d at warp shuffles that the others "
-       "never reach (%d exited): a barrier or shuffle inside divergent code",
-       barrier, shuffle, done);
+  Fail(
+      "deadlock: %d threads wait at __syncthreads and %d at warp shuffles that the others "
+      "never reach (%d exited): a barrier or shuffle inside divergent code",
+      barrier, shuffle, done);
 }
 
 void RunBlock(Launch& l) {
@@ -218,9 +220,10 @@ void SyncThreads(const std::source_location& where) {
   Launch& l = Current();
   Fiber& f = *l.current;
   if (l.at_barrier > 0 && !SameCall(l.barrier_at, where)) {
-    Fail("__syncthreads at %s:%u while other threads wait at the one at %s:%u: a barrier "
-         "inside divergent code",
-         where.file_name(), where.line(), l.barrier_at.file_name(), l.barrier_at.line());
+    Fail(
+        "__syncthreads at %s:%u while other threads wait at the one at %s:%u: a barrier "
+        "inside divergent code",
+        where.file_name(), where.line(), l.barrier_at.file_name(), l.barrier_at.line());
   }
   l.barrier_at = where;
   f.at = where;
@@ -238,7 +241,8 @@ void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, 
   Launch& l = Current();
   Fiber& f = *l.current;
   Warp& w = l.warps[f.warp];
-  if (mask != 0xFFFFFFFFu) Fail("shuffle with mask %#x: only full-mask shuffles are emulated", mask);
+  if (mask != 0xFFFFFFFFu)
+    Fail("shuffle with mask %#x: only full-mask shuffles are emulated", mask);
   if (w.live != kWarpSize) {
     Fail("full-mask shuffle in warp %d, which has %d live lanes (32 needed)", f.warp, w.live);
   }
@@ -251,11 +255,11 @@ void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, 
     for (int lane = 0; lane < kWarpSize; ++lane) {
       Fiber& g = l.fibers[f.warp * kWarpSize + lane];
       if (g.shuffles != count || !SameCall(g.at, where)) {
-        Fail("lanes of warp %d meet at different shuffles (lane %d at its #%llu, %s:%u; lane "
-             "%d at #%llu, %s:%u): a shuffle inside divergent code",
-             f.warp, f.lane, static_cast<unsigned long long>(count), where.file_name(),
-             where.line(), lane, static_cast<unsigned long long>(g.shuffles),
-             g.at.file_name(), g.at.line());
+        Fail(
+            "lanes of warp %d meet at different shuffles (lane %d at its #%llu, %s:%u; lane "
+            "%d at #%llu, %s:%u): a shuffle inside divergent code",
+            f.warp, f.lane, static_cast<unsigned long long>(count), where.file_name(), where.line(),
+            lane, static_cast<unsigned long long>(g.shuffles), g.at.file_name(), g.at.line());
       }
       g.state = State::kRunnable;
     }
@@ -267,9 +271,7 @@ void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, 
   std::memcpy(out, &w.slots[parity][src], bytes);
 }
 
-void Trap() {
-  Fail("__trap()");
-}
+void Trap() { Fail("__trap()"); }
 
 cudaError_t SetMaxDynamicShared(const void* kernel, int bytes) {
   if (kernel == nullptr) return Record(cudaErrorInvalidDeviceFunction);

@@ -82,7 +82,7 @@ T Shuffle(unsigned mask, T value, int src, const std::source_location& where) {
   return out;
 }
 
-// MINGPT_LAUNCH(kernel, grid, block, smem, stream)(args...): the arguments
+// MINGPT_LAUNCH(kernel, grid, block, smem, stream, args...): the arguments
 // are converted to the kernel's parameter types once (as a launch copies
 // them), and each thread calls the kernel with its own copies.
 template <typename... Params>
@@ -102,8 +102,8 @@ struct Launcher {
 };
 
 template <typename... Params>
-Launcher<Params...> MakeLauncher(const char* name, void (*kernel)(Params...), dim3 grid,
-                                 dim3 block, size_t smem, cudaStream_t stream) {
+Launcher<Params...> MakeLauncher(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                 size_t smem, cudaStream_t stream) {
   return {name, kernel, grid, block, smem, stream};
 }
 
@@ -122,8 +122,8 @@ Launcher<Params...> MakeLauncher(const char* name, void (*kernel)(Params...), di
 #define __shared__ static
 #define __launch_bounds__(...)
 
-#define MINGPT_LAUNCH(kernel, grid, block, smem, stream) \
-  ::mingpt::cuda::emu::MakeLauncher(#kernel, kernel, grid, block, smem, stream)
+#define MINGPT_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::mingpt::cuda::emu::MakeLauncher(#kernel, kernel, grid, block, smem, stream)(__VA_ARGS__)
 #define MINGPT_DYNAMIC_SHARED(type, name) \
   type* name = static_cast<type*>(::mingpt::cuda::emu::DynamicShared())
 
@@ -143,6 +143,6 @@ template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32,
                   std::source_location where = std::source_location::current()) {
   if (width != 32) ::mingpt::cuda::emu::Trap();
-  return ::mingpt::cuda::emu::Shuffle(
-      mask, value, (::mingpt::cuda::emu::LaneId() ^ lane_mask) & 31, where);
+  return ::mingpt::cuda::emu::Shuffle(mask, value, (::mingpt::cuda::emu::LaneId() ^ lane_mask) & 31,
+                                      where);
 }

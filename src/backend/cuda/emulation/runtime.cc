@@ -65,8 +65,9 @@ int Holds(const std::map<uintptr_t, size_t>& allocs, const void* p, size_t bytes
 void CheckDevice(const char* call, const void* p, const void* other, size_t bytes) {
   const int held = Holds(R().device, p, bytes);
   if (held == 1) return;
-  Misuse(call, held < 0 ? "runs past the end of its device allocation"
-                        : "device pointer not inside any device allocation",
+  Misuse(call,
+         held < 0 ? "runs past the end of its device allocation"
+                  : "device pointer not inside any device allocation",
          p, other, bytes);
 }
 
@@ -105,29 +106,47 @@ cudaError_t cudaPeekAtLastError() { return mingpt::cuda::emu::g_last_error; }
 
 const char* cudaGetErrorName(cudaError_t err) {
   switch (err) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
-    default: return "cudaError (other)";
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorInvalidDeviceFunction:
+      return "cudaErrorInvalidDeviceFunction";
+    default:
+      return "cudaError (other)";
   }
 }
 
 const char* cudaGetErrorString(cudaError_t err) {
   switch (err) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorInvalidDeviceFunction: return "invalid device function";
-    default: return "an error the emulator does not name";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidDevicePointer:
+      return "invalid device pointer";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorInvalidDeviceFunction:
+      return "invalid device function";
+    default:
+      return "an error the emulator does not name";
   }
 }
 
@@ -253,11 +272,15 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
     switch (kind) {
       case cudaMemcpyHostToDevice:
         CheckDevice("cudaMemcpyAsync (host to device)", dst, src, bytes);
-        if (Holds(dev, src, 0) != 0) Misuse("cudaMemcpyAsync", "host to device from device memory", dst, src, bytes);
+        if (Holds(dev, src, 0) != 0) {
+          Misuse("cudaMemcpyAsync", "host to device from device memory", dst, src, bytes);
+        }
         break;
       case cudaMemcpyDeviceToHost:
         CheckDevice("cudaMemcpyAsync (device to host)", src, dst, bytes);
-        if (Holds(dev, dst, 0) != 0) Misuse("cudaMemcpyAsync", "device to host into device memory", dst, src, bytes);
+        if (Holds(dev, dst, 0) != 0) {
+          Misuse("cudaMemcpyAsync", "device to host into device memory", dst, src, bytes);
+        }
         break;
       case cudaMemcpyDeviceToDevice:
         CheckDevice("cudaMemcpyAsync (device to device)", dst, src, bytes);
@@ -271,7 +294,9 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
         return Record(cudaErrorInvalidValue);
     }
     const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
-    if (d < s + bytes && s < d + bytes) Misuse("cudaMemcpyAsync", "overlapping regions", dst, src, bytes);
+    if (d < s + bytes && s < d + bytes) {
+      Misuse("cudaMemcpyAsync", "overlapping regions", dst, src, bytes);
+    }
   }
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
