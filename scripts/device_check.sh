@@ -86,7 +86,8 @@ if want 3; then
   tail -20 "$OUT/seed-1.7b.log"
   cp "$OUT/run-1.7b/metrics.csv" "$OUT/seed-1.7b.metrics.csv" 2>/dev/null
   cp "$OUT/run-1.7b/memory.csv" "$OUT/seed-1.7b.memory.csv" 2>/dev/null
-  note "3 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB)"
+  held=$(tail -1 "$OUT/run-1.7b/memory.csv" 2>/dev/null | awk -F, '{printf "%.0f", $NF / 1048576}')
+  note "3 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB), of which mingpt's allocations ${held:-?} MiB (memory.csv peak_device_bytes)"
 fi
 
 if want 4; then

@@ -70,6 +70,11 @@ class Backend {
   virtual void* MallocHost(size_t bytes) = 0;
   virtual void FreeHost(void* p) = 0;
   virtual void Synchronize() = 0;
+  // The most device memory this process has held through its backends at
+  // once (their allocations and scratch; not a GPU's context or libraries'
+  // own), in bytes. 0 on the CPU backend, whose memory is host memory (peak
+  // RSS counts it).
+  virtual int64_t PeakDeviceBytes() const { return 0; }
 
   // ---- settings -----------------------------------------------------------
   virtual void SetMatmulPrecision(MatmulPrecision precision) = 0;

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <csignal>
 #include <ctime>
 #include <filesystem>
@@ -247,9 +248,13 @@ Command AddTrain(CLI::App* app) {
     MINGPT_RETURN_IF_ERROR(r.status());
     if (rank != 0) return Status::Ok();
     const TrainSummary& s = *r;
-    std::printf("trained %lld steps (%lld tokens); last train loss %.4f; best val loss %.4f\n",
-                static_cast<long long>(s.steps), static_cast<long long>(s.tokens), s.last_train_loss,
-                s.best_val_loss);
+    std::printf("trained %lld steps (%lld tokens); last train loss %.4f; ",
+                static_cast<long long>(s.steps), static_cast<long long>(s.tokens), s.last_train_loss);
+    if (std::isfinite(s.best_val_loss)) {
+      std::printf("best val loss %.4f\n", s.best_val_loss);
+    } else {
+      std::printf("not validated\n");
+    }
     if (f->o.enable_checkpointing) {
       std::printf("checkpoints: %s/checkpoints/{best,last}\n", f->o.default_root_dir.c_str());
     }

@@ -98,10 +98,13 @@ std::string ConfigFingerprint(const TrainOptions& o) {
 }
 
 // Every rank's memory, gathered on all ranks: per rank {params, grads,
-// optimizer, working, activations, peak RSS, host} in bytes, where host is
-// the part of the first four in host memory (offload strategies).
-constexpr int kMemoryFields = 7;
-std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t activations) {
+// optimizer, working, activations, peak RSS, host, peak device} in bytes,
+// where host is the part of the first four in host memory (offload
+// strategies) and peak device the most the backend has held on a GPU (0 on
+// the CPU backend).
+constexpr int kMemoryFields = 8;
+std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t activations,
+                                 const Backend& backend) {
   std::vector<double> all(static_cast<size_t>(comm->world()) * kMemoryFields, 0.0);
   const MemoryAccount m = s.memory();
   double* mine = all.data() + static_cast<size_t>(comm->rank()) * kMemoryFields;
@@ -109,7 +112,7 @@ std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t a
       static_cast<double>(m.params), static_cast<double>(m.grads),
       static_cast<double>(m.optimizer), static_cast<double>(m.working),
       static_cast<double>(activations), static_cast<double>(PeakRssBytes()),
-      static_cast<double>(m.host)};
+      static_cast<double>(m.host), static_cast<double>(backend.PeakDeviceBytes())};
   std::copy(fields, fields + kMemoryFields, mine);
   comm->AllReduce(all.data(), static_cast<int64_t>(all.size())).Wait();
   return all;
@@ -122,7 +125,7 @@ void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<do
   if (!f) return;
   if (fresh) {
     std::fprintf(f, "step,rank,params_bytes,grads_bytes,optimizer_bytes,working_bytes,"
-                    "activation_bytes,peak_rss_bytes,host_bytes\n");
+                    "activation_bytes,peak_rss_bytes,host_bytes,peak_device_bytes\n");
   }
   for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
     std::fprintf(f, "%lld,%zu", static_cast<long long>(step), r);
@@ -135,8 +138,9 @@ void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<do
 }
 
 void PrintMemoryTable(const std::vector<double>& all) {
-  std::printf("%-5s %12s %12s %12s %12s %12s %12s %12s\n", "rank", "params_MiB", "grads_MiB",
-              "optim_MiB", "working_MiB", "activ_MiB", "peak_rss_MiB", "host_MiB");
+  std::printf("%-5s %12s %12s %12s %12s %12s %12s %12s %12s\n", "rank", "params_MiB",
+              "grads_MiB", "optim_MiB", "working_MiB", "activ_MiB", "peak_rss_MiB", "host_MiB",
+              "device_MiB");
   for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
     std::printf("%-5zu", r);
     for (int i = 0; i < kMemoryFields; ++i) {
@@ -491,7 +495,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
       tokens_per_s = window_tokens / std::max(1e-9, now - window_time);
       window_time = now;
       window_tokens = 0;
-      const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+      const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
       double state_max = 0, rss_max = 0;
       for (int r = 0; r < world; ++r) {
         const double* m = &mem[static_cast<size_t>(r) * kMemoryFields];
@@ -537,14 +541,14 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   }
   {
     // The final memory report, after the last save: the run's peak.
-    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
     if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
   }
   if (o.profile) {
     PrintPhaseTable(comm, fwdbwd_s, optimizer_s, sp.wait_times(), state.step - first_step);
   }
   if (o.profile_memory) {
-    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes());
+    const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
     if (lead) PrintMemoryTable(mem);
   }
   summary.steps = state.step;

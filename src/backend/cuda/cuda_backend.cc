@@ -8,9 +8,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <unordered_map>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_resources.h"
@@ -20,6 +22,41 @@
 
 namespace mingpt {
 namespace cuda {
+
+namespace {
+std::atomic<int64_t> g_device_bytes{0}, g_peak_device_bytes{0};
+}  // namespace
+
+void* DeviceMalloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    int device = -1;
+    cudaGetDevice(&device);
+    std::fprintf(stderr,
+                 "%s:%d: cudaMalloc of %zu bytes on device %d failed: %s (%zu of %zu free; "
+                 "mingpt holds %lld)\n",
+                 __FILE__, __LINE__, bytes, device, cudaGetErrorString(err), free_bytes, total,
+                 static_cast<long long>(g_device_bytes.load()));
+    std::abort();
+  }
+  const int64_t held = g_device_bytes += static_cast<int64_t>(bytes);
+  int64_t peak = g_peak_device_bytes.load();
+  while (held > peak && !g_peak_device_bytes.compare_exchange_weak(peak, held)) {
+  }
+  return p;
+}
+
+void DeviceFree(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  MINGPT_CUDA_CHECK(cudaFree(p));
+  g_device_bytes -= static_cast<int64_t>(bytes);
+}
+
+int64_t PeakDeviceBytes() { return g_peak_device_bytes.load(); }
+
 namespace {
 
 // Makes `device` current before the members that need it are built.
@@ -65,6 +102,7 @@ class CudaBackend final : public Backend {
   void* MallocHost(size_t bytes) override;
   void FreeHost(void* p) override;
   void Synchronize() override { MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+  int64_t PeakDeviceBytes() const override { return cuda::PeakDeviceBytes(); }
 
   // ---- settings ----
   void SetMatmulPrecision(MatmulPrecision precision) override { matmul_.set_precision(precision); }
@@ -202,25 +240,23 @@ class CudaBackend final : public Backend {
   DeviceScratch operand_staging_;  // OperandStaging
   DeviceScratch sum_squares_;      // partials and the result
   PinnedDouble sum_squares_host_;
+  std::unordered_map<void*, size_t> allocations_;  // Malloc's, by address
 };
 
 void* CudaBackend::Malloc(size_t bytes) {
   if (bytes == 0) return nullptr;
-  void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, bytes);  // 256-byte aligned
-  if (err != cudaSuccess) {
-    size_t free_bytes = 0, total = 0;
-    cudaMemGetInfo(&free_bytes, &total);
-    std::fprintf(stderr, "%s:%d: cudaMalloc of %zu bytes on device %d failed: %s (%zu of %zu free)\n",
-                 __FILE__, __LINE__, bytes, device_, cudaGetErrorString(err), free_bytes, total);
-    std::abort();
-  }
+  void* p = DeviceMalloc(bytes);  // 256-byte aligned
+  allocations_[p] = bytes;
   return p;
 }
 
 // cudaFree waits for the device: no op in flight still uses p afterwards.
 void CudaBackend::Free(void* p) {
-  if (p) MINGPT_CUDA_CHECK(cudaFree(p));
+  if (p == nullptr) return;
+  auto it = allocations_.find(p);
+  MINGPT_CHECK(it != allocations_.end(), "Free of %p, which this backend did not allocate", p);
+  DeviceFree(p, it->second);
+  allocations_.erase(it);
 }
 
 void CudaBackend::Memset0(void* p, size_t bytes) {

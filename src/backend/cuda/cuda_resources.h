@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
@@ -45,15 +46,20 @@ class Event {
   cudaEvent_t e_ = nullptr;
 };
 
+// Every device allocation of the backend goes through these two, which keep
+// the bytes held and their high-water mark (PeakDeviceBytes). DeviceMalloc
+// aborts with the numbers when the device is full.
+void* DeviceMalloc(size_t bytes);
+void DeviceFree(void* p, size_t bytes);
+int64_t PeakDeviceBytes();
+
 // Device memory for an op's temporaries. Reserve(bytes) returns at least
 // `bytes`; growing frees the old block (cudaFree waits for the device, so
 // work in flight that used it is done first).
 class DeviceScratch {
  public:
   DeviceScratch() = default;
-  ~DeviceScratch() {
-    if (p_) cudaFree(p_);
-  }
+  ~DeviceScratch() { DeviceFree(p_, bytes_); }
   DeviceScratch(DeviceScratch&& o) noexcept
       : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
   DeviceScratch& operator=(DeviceScratch&&) = delete;
@@ -61,9 +67,10 @@ class DeviceScratch {
 
   void* Reserve(size_t bytes) {
     if (bytes > bytes_) {
-      if (p_) MINGPT_CUDA_CHECK(cudaFree(p_));
+      DeviceFree(p_, bytes_);
       p_ = nullptr;
-      MINGPT_CUDA_CHECK(cudaMalloc(&p_, bytes));
+      bytes_ = 0;
+      p_ = DeviceMalloc(bytes);
       bytes_ = bytes;
     }
     return p_;
