@@ -38,9 +38,12 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     max_padded_ = std::max(max_padded_, shards_[u].padded);
     max_shard_ = std::max(max_shard_, shards_[u].shard);
   }
+  // Host state is the device backend's host memory (page-locked on a GPU, so
+  // that copies to and from it run at full speed and without staging) on
+  // which the host backend computes.
   auto alloc = [&](Buffer* b, bool whole, bool on_host) {
     const size_t bytes = (whole ? whole_numel_ : shard_numel_) * sizeof(float);
-    *b = on_host ? Buffer(host_, bytes, Buffer::kHost) : Buffer(backend, bytes);
+    *b = on_host ? Buffer(backend, bytes, Buffer::kHost) : Buffer(backend, bytes);
     (on_host ? host_ : backend)->Memset0(b->f32(), bytes);
   };
   // A state in NVMe offload's files gets no buffer.
@@ -54,7 +57,9 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
       alloc(&exp_avg_sq_, moments_whole(), on_host(StateKind::kExpAvgSq));
     }
     if (master_separate()) alloc(&master_, /*whole=*/false, /*on_host=*/true);
-    if (offload() && !nvme_) host_reduced_ = Buffer(host_, max_shard_ * sizeof(float), Buffer::kHost);
+    if (offload() && !nvme_) {
+      host_reduced_ = Buffer(backend, max_shard_ * sizeof(float), Buffer::kHost);
+    }
   }
   grads_written_.assign(U, 0);
   if (stage_ >= 2 && training) {

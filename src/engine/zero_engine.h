@@ -32,8 +32,9 @@
 //
 // Offload (deepspeed_stage_2_offload, deepspeed_stage_3_offload: stage 2 or
 // 3 with a host backend): the gradient shard, the AdamW moments and the fp32
-// parameters the optimizer steps live in the host backend's host memory
-// (pinned on a GPU), and the host backend does the arithmetic on them
+// parameters the optimizer steps live in host memory from the device
+// backend's MallocHost (pinned on a GPU), and the host backend does the
+// arithmetic on them
 // (gradient norm, clipping, AdamW):
 //                 on the device                    in host memory
 //   stage 2 off.  whole params, gradient staging   master param shard, grad shard, moments

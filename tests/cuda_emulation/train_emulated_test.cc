@@ -5,6 +5,8 @@
 // device of its own, against the CPU backend's trajectory of the same run.
 // The device communicator is the host one here (no NCCL is emulated).
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,7 +23,8 @@ class TrainOnEmulatedCuda : public CliTest {
  protected:
   // A small model with dropout (the masks must agree too), 4 steps.
   ProcessResult Run(const std::string& root, const std::string& accelerator, int devices,
-                    std::vector<std::pair<std::string, std::string>> extra = {}) {
+                    std::vector<std::pair<std::string, std::string>> extra = {},
+                    const std::map<std::string, std::string>& env = {}) {
     std::vector<std::pair<std::string, std::string>> flags = {
         {"--accelerator", accelerator},
         {"--devices", std::to_string(devices)},
@@ -38,6 +41,7 @@ class TrainOnEmulatedCuda : public CliTest {
     o.env["MINGPT_CUDA_PLUGIN"] = MINGPT_CUDA_EMULATED_PLUGIN;
     o.env["MINGPT_CUDA_EMULATED_DEVICES"] = "2";
     o.timeout_s = 300;
+    for (const auto& [k, v] : env) o.env[k] = v;
     return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), o);
   }
 
@@ -101,6 +105,49 @@ TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
     EXPECT_NE(r.err.find("tokens on cuda, 2 ranks"), std::string::npos) << r.Describe();
     ExpectSameTrajectory("cpu", root);
   }
+}
+
+// After the first step a step allocates nothing: runs of 2 and of 5 steps
+// make the same device and pinned-host allocations (the emulator counts
+// every cudaMalloc, cudaFree and cudaMallocHost), and more kernel launches.
+TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
+  auto stats = [&](const std::string& name, const std::string& steps,
+                   std::vector<std::pair<std::string, std::string>> flags) {
+    const std::string file = tmp_ / (name + ".stats");
+    flags.push_back({"--max_steps", steps});
+    flags.push_back({"--limit_val_batches", "0"});
+    flags.push_back({"--enable_checkpointing", "false"});
+    const ProcessResult r =
+        Run(name, "cuda", 1, flags, {{"MINGPT_CUDA_EMULATOR_STATS", file}});
+    EXPECT_TRUE(Succeeded(r));
+    std::ifstream f(file);
+    std::string line;
+    std::getline(f, line);
+    std::map<std::string, long long> counts;
+    std::stringstream ss(line);
+    for (std::string kv; ss >> kv;) {
+      const size_t eq = kv.find('=');
+      if (eq != std::string::npos) counts[kv.substr(0, eq)] = std::stoll(kv.substr(eq + 1));
+    }
+    EXPECT_EQ(counts.size(), 4u) << "statistics line: " << line;
+    return counts;
+  };
+  std::map<std::string, std::map<std::string, long long>> by_name;
+  for (const auto& [name, flags] :
+       std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>>{
+           {"fp32", {}},
+           {"seed", {{"--precision", "16"}, {"--strategy", "deepspeed_stage_3_offload"}}}}) {
+    auto two = stats(name + "2", "2", flags), five = stats(name + "5", "5", flags);
+    for (const char* k : {"device_mallocs", "device_frees", "host_mallocs"}) {
+      EXPECT_EQ(two[k], five[k]) << name << ": " << k << " grew with the steps";
+    }
+    EXPECT_GT(two["device_mallocs"], 0) << name;
+    EXPECT_GT(five["launches"], two["launches"]) << name;
+    by_name[name] = two;
+  }
+  // Offload keeps its state in page-locked host memory: the parameter and
+  // gradient shards, both moments and the reduced-gradient buffer.
+  EXPECT_GE(by_name["seed"]["host_mallocs"], by_name["fp32"]["host_mallocs"] + 5);
 }
 
 }  // namespace

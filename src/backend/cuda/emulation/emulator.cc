@@ -307,6 +307,7 @@ cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 b
   l.block = block;
   l.smem.resize(dynamic_smem);
   g_launch = &l;
+  CountLaunch();
   for (int64_t z = grid.z - 1; z >= 0; --z) {
     for (int64_t y = grid.y - 1; y >= 0; --y) {
       for (int64_t x = grid.x - 1; x >= 0; --x) {

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +43,21 @@ Registry& R() {
 }
 
 thread_local cudaError_t g_last_error = cudaSuccess;
+
+struct Stats {
+  std::atomic<long long> device_mallocs{0}, device_frees{0}, host_mallocs{0}, launches{0};
+  ~Stats() {
+    const char* path = std::getenv("MINGPT_CUDA_EMULATOR_STATS");
+    if (path == nullptr) return;
+    if (std::FILE* f = std::fopen(path, "a")) {
+      std::fprintf(f, "device_mallocs=%lld device_frees=%lld host_mallocs=%lld launches=%lld\n",
+                   device_mallocs.load(), device_frees.load(), host_mallocs.load(),
+                   launches.load());
+      std::fclose(f);
+    }
+  }
+};
+Stats g_stats;
 
 // The allocation of `kind` holding [p, p + bytes), if any: 1 when one holds
 // all of it, -1 when p is inside one that ends too soon, 0 when none.
@@ -82,6 +98,8 @@ cudaError_t Record(cudaError_t err) {
   if (err != cudaSuccess) g_last_error = err;
   return err;
 }
+
+void CountLaunch() { ++g_stats.launches; }
 
 bool IsLiveStream(cudaStream_t stream) {
   if (stream == nullptr) return true;
@@ -195,6 +213,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = mingpt::cuda::emu::AlignedAlloc(256, bytes);
   if (*p == nullptr) return Record(cudaErrorMemoryAllocation);
+  ++mingpt::cuda::emu::g_stats.device_mallocs;
   std::lock_guard<std::mutex> lock(R().mutex);
   R().device[reinterpret_cast<uintptr_t>(*p)] = bytes;
   R().device_bytes += bytes;
@@ -207,6 +226,7 @@ cudaError_t cudaFree(void* p) {
   auto it = R().device.find(reinterpret_cast<uintptr_t>(p));
   if (it == R().device.end()) return Record(cudaErrorInvalidDevicePointer);
   R().device_bytes -= it->second;
+  ++mingpt::cuda::emu::g_stats.device_frees;
   R().device.erase(it);
   std::free(p);
   return cudaSuccess;
@@ -215,6 +235,7 @@ cudaError_t cudaFree(void* p) {
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
   *p = mingpt::cuda::emu::AlignedAlloc(4096, bytes);
   if (*p == nullptr) return Record(cudaErrorMemoryAllocation);
+  ++mingpt::cuda::emu::g_stats.host_mallocs;
   std::lock_guard<std::mutex> lock(R().mutex);
   R().pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
   return cudaSuccess;
