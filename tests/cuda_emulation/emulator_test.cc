@@ -214,6 +214,48 @@ TEST(CudaEmulatorDeathTest, CopiesOutsideAllocationsAreFatal) {
   cudaFree(d);
 }
 
+__global__ void FillKernel(float* x, float v) { x[threadIdx.x] = v; }
+
+// Work on a stream runs when something waits for it: a copy on another
+// stream that does not wait for an event after the work reads the old values
+// (as it may on a GPU); one that waits reads the new ones.
+TEST(CudaEmulator, StreamsOrderWorkOnlyThroughEvents) {
+  float* d = DeviceCopy(std::vector<float>(32, 0.0f));
+  void* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(&pinned, 32 * sizeof(float)), cudaSuccess);
+  float* h = static_cast<float*>(pinned);
+  cudaStream_t compute, copy;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking), cudaSuccess);
+  cudaEvent_t filled;
+  ASSERT_EQ(cudaEventCreateWithFlags(&filled, cudaEventDisableTiming), cudaSuccess);
+
+  MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 7.0f);
+  cudaMemcpyAsync(h, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, copy);  // no wait
+  cudaStreamSynchronize(copy);
+  EXPECT_EQ(h[5], 0.0f);  // the fill has not run
+  cudaStreamSynchronize(compute);
+
+  MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 9.0f);
+  cudaEventRecord(filled, compute);
+  cudaStreamWaitEvent(copy, filled, 0);
+  cudaMemcpyAsync(h, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, copy);
+  cudaStreamSynchronize(copy);
+  EXPECT_EQ(h[5], 9.0f);
+
+  // Into pageable memory a copy returns done, after its stream's earlier work.
+  MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 11.0f);
+  std::vector<float> pageable(32);
+  cudaMemcpyAsync(pageable.data(), d, 32 * sizeof(float), cudaMemcpyDeviceToHost, compute);
+  EXPECT_EQ(pageable[5], 11.0f);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  cudaEventDestroy(filled);
+  cudaStreamDestroy(compute);
+  cudaStreamDestroy(copy);
+  cudaFreeHost(pinned);
+  cudaFree(d);
+}
+
 // The emulated cuBLASLt: a correct transposed product, and a leading
 // dimension below the rows refused as cuBLASLt refuses it.
 TEST(CudaEmulator, CublasLtProductsAndLayoutChecks) {

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cuda/emulation/runtime_state.h"
+
 struct cublasLtContext {
   int unused;
 };
@@ -108,6 +110,33 @@ uint32_t Alignment(const void* p) {
   uint32_t align = 1;
   while (align < 256 && a % (2 * align) == 0) align *= 2;
   return a == 0 ? 256 : align;
+}
+
+// D = alpha op(A) op(B) + beta C (+ bias), for a checked shape.
+void Product(const Desc& d, const Layout& a, const Layout& b, const Layout& c, const Layout& dl,
+             const Shape& s, float alpha, float beta, const void* A, const void* B, const void* C,
+             void* Dp) {
+  const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
+  const bool ta = d.trans_a == CUBLAS_OP_T, tb = d.trans_b == CUBLAS_OP_T;
+  std::vector<float> out(static_cast<size_t>(s.m * s.n));
+  for (int64_t j = 0; j < s.n; ++j) {
+    for (int64_t i = 0; i < s.m; ++i) {
+      double acc = 0;
+      for (int64_t p = 0; p < s.k; ++p) {
+        const double x = Load(A, a.type, ta ? p + i * a.ld : i + p * a.ld);
+        const double y = Load(B, b.type, tb ? j + p * b.ld : p + j * b.ld);
+        acc += x * y;
+      }
+      double v = alpha * acc;
+      if (beta != 0.0f) v += beta * static_cast<double>(static_cast<const float*>(C)[i + j * c.ld]);
+      if (bias) v += static_cast<const float*>(d.bias)[i];
+      out[static_cast<size_t>(i + j * s.m)] = static_cast<float>(v);
+    }
+  }
+  float* D_out = static_cast<float*>(Dp);
+  for (int64_t j = 0; j < s.n; ++j) {
+    for (int64_t i = 0; i < s.m; ++i) D_out[i + j * dl.ld] = out[static_cast<size_t>(i + j * s.m)];
+  }
 }
 
 }  // namespace
@@ -249,10 +278,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               const void* C, cublasLtMatrixLayout_t c_desc, void* Dp,
                               cublasLtMatrixLayout_t d_desc, const cublasLtMatmulAlgo_t* algo_p,
                               void* /*workspace*/, size_t /*workspace_bytes*/,
-                              cudaStream_t /*stream*/) {
+                              cudaStream_t stream) {
   if (handle == nullptr || algo_p == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-  const Desc& d = *D(desc);
-  const Layout &a = *L(a_desc), &b = *L(b_desc), &c = *L(c_desc), &dl = *L(d_desc);
+  // Copies: the descriptors may change (the bias pointer) before the product runs.
+  const Desc d = *D(desc);
+  const Layout a = *L(a_desc), b = *L(b_desc), c = *L(c_desc), dl = *L(d_desc);
   Shape s;
   const cublasStatus_t status = Check(d, a, b, c, dl, &s);
   if (status != CUBLAS_STATUS_SUCCESS) return status;
@@ -262,29 +292,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   for (int i = 0; i < 4; ++i) {
     if (Alignment(ptrs[i]) < algo.min_align[i]) return CUBLAS_STATUS_INVALID_VALUE;
   }
-  const bool bias = d.epilogue == CUBLASLT_EPILOGUE_BIAS;
-  if (bias && d.bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && d.bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  // alpha and beta are read now (host pointers); the product runs in stream order.
   const float alpha = *static_cast<const float*>(alpha_p);
   const float beta = *static_cast<const float*>(beta_p);
-  const bool ta = d.trans_a == CUBLAS_OP_T, tb = d.trans_b == CUBLAS_OP_T;
-  std::vector<float> out(static_cast<size_t>(s.m * s.n));
-  for (int64_t j = 0; j < s.n; ++j) {
-    for (int64_t i = 0; i < s.m; ++i) {
-      double acc = 0;
-      for (int64_t p = 0; p < s.k; ++p) {
-        const double x = Load(A, a.type, ta ? p + i * a.ld : i + p * a.ld);
-        const double y = Load(B, b.type, tb ? j + p * b.ld : p + j * b.ld);
-        acc += x * y;
-      }
-      double v = alpha * acc;
-      if (beta != 0.0f) v += beta * static_cast<double>(static_cast<const float*>(C)[i + j * c.ld]);
-      if (bias) v += static_cast<const float*>(d.bias)[i];
-      out[static_cast<size_t>(i + j * s.m)] = static_cast<float>(v);
-    }
-  }
-  float* D_out = static_cast<float*>(Dp);
-  for (int64_t j = 0; j < s.n; ++j) {
-    for (int64_t i = 0; i < s.m; ++i) D_out[i + j * dl.ld] = out[static_cast<size_t>(i + j * s.m)];
-  }
+  mingpt::cuda::emu::Enqueue(stream, [=] { Product(d, a, b, c, dl, s, alpha, beta, A, B, C, Dp); });
   return CUBLAS_STATUS_SUCCESS;
 }

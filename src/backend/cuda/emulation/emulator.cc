@@ -198,6 +198,35 @@ void RunBlock(Launch& l) {
   l.current = nullptr;
 }
 
+// Runs a checked launch: every block in turn.
+void Run(const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+         const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  if (g_launch != nullptr) {
+    std::fprintf(stderr, "CUDA emulator: kernel %s launched from inside kernel %s\n", name,
+                 g_launch->name);
+    std::abort();
+  }
+  Launch l;
+  l.name = name;
+  l.body = &body;
+  l.grid = grid;
+  l.block = block;
+  l.smem.resize(dynamic_smem);
+  g_launch = &l;
+  CountLaunch();
+  for (int64_t z = grid.z - 1; z >= 0; --z) {
+    for (int64_t y = grid.y - 1; y >= 0; --y) {
+      for (int64_t x = grid.x - 1; x >= 0; --x) {
+        l.block_idx = {static_cast<unsigned>(x), static_cast<unsigned>(y),
+                       static_cast<unsigned>(z)};
+        RunBlock(l);
+      }
+    }
+  }
+  g_launch = nullptr;
+}
+
 }  // namespace
 
 uint3 ThreadIdx() { return Current().current->idx; }
@@ -282,42 +311,21 @@ cudaError_t SetMaxDynamicShared(const void* kernel, int bytes) {
 }
 
 cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 block,
-                         size_t dynamic_smem, cudaStream_t stream,
-                         const std::function<void()>& body) {
-  std::lock_guard<std::mutex> lock(g_launch_mutex);
-  if (g_launch != nullptr) {
-    std::fprintf(stderr, "CUDA emulator: kernel %s launched from inside kernel %s\n", name,
-                 g_launch->name);
-    std::abort();
-  }
+                         size_t dynamic_smem, cudaStream_t stream, std::function<void()> body) {
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 ||
       grid.x > 0x7FFFFFFFu || grid.y == 0 || grid.y > 65535 || grid.z == 0 || grid.z > 65535) {
     return Record(cudaErrorInvalidConfiguration);
   }
-  auto limit = MaxDynamicShared().find(kernel);
-  const int max_smem = limit == MaxDynamicShared().end() ? kDefaultMaxDynamicShared : limit->second;
-  if (dynamic_smem > static_cast<size_t>(max_smem)) return Record(cudaErrorInvalidValue);
-  if (!IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
-
-  Launch l;
-  l.name = name;
-  l.body = &body;
-  l.grid = grid;
-  l.block = block;
-  l.smem.resize(dynamic_smem);
-  g_launch = &l;
-  CountLaunch();
-  for (int64_t z = grid.z - 1; z >= 0; --z) {
-    for (int64_t y = grid.y - 1; y >= 0; --y) {
-      for (int64_t x = grid.x - 1; x >= 0; --x) {
-        l.block_idx = {static_cast<unsigned>(x), static_cast<unsigned>(y),
-                       static_cast<unsigned>(z)};
-        RunBlock(l);
-      }
-    }
+  {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    auto limit = MaxDynamicShared().find(kernel);
+    const int max_smem =
+        limit == MaxDynamicShared().end() ? kDefaultMaxDynamicShared : limit->second;
+    if (dynamic_smem > static_cast<size_t>(max_smem)) return Record(cudaErrorInvalidValue);
   }
-  g_launch = nullptr;
+  if (!IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  Enqueue(stream, [=, body = std::move(body)] { Run(name, grid, block, dynamic_smem, body); });
   return cudaSuccess;
 }
 

@@ -31,9 +31,12 @@
 //     227 KiB of Hopper).
 //   - __trap() stops the process with the kernel's name (a GPU would fail
 //     the next checked CUDA call).
-// Not emulated: concurrency between blocks and streams (every operation
-// completes before its call returns, so a missing synchronisation cannot
-// show), the memory model, and timing.
+//   - Streams (runtime_state.h): a launch, like every copy, product and
+//     collective, runs when something waits for its stream's work, so a
+//     reader on another stream or the host that does not wait sees the old
+//     values.
+// Not emulated: blocks or streams running at the same time, the memory
+// model, and timing.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -64,12 +67,12 @@ void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, 
 void* DynamicShared();
 [[noreturn]] void Trap();
 
-// Runs body() as every thread of every block; returns the launch error
-// (cudaSuccess, or a configuration error), which also becomes the sticky
-// last error as a GPU launch's does.
+// Checks the launch, then enqueues on `stream` the running of body() as
+// every thread of every block; returns the launch error (cudaSuccess, or a
+// configuration error), which also becomes the sticky last error as a GPU
+// launch's does.
 cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 block,
-                         size_t dynamic_smem, cudaStream_t stream,
-                         const std::function<void()>& body);
+                         size_t dynamic_smem, cudaStream_t stream, std::function<void()> body);
 
 // The kernel's maximum dynamic shared memory (cudaFuncSetAttribute).
 cudaError_t SetMaxDynamicShared(const void* kernel, int bytes);
@@ -95,9 +98,9 @@ struct Launcher {
 
   template <typename... Args>
   void operator()(Args&&... args) const {
-    const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
     LaunchKernel(name, reinterpret_cast<const void*>(kernel), grid, block, smem, stream,
-                 [&] { std::apply(kernel, params); });
+                 [k = kernel, params = std::move(params)] { std::apply(k, params); });
   }
 };
 

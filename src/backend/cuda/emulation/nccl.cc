@@ -2,8 +2,8 @@
 // ranks of a communicator are processes of one machine (one emulated device
 // each), which meet in a POSIX shared-memory segment named by the unique
 // id. A collective moves its data through one slot per rank, a chunk at a
-// time, between process-shared barriers; sums run in rank order. Like every
-// emulated call it completes before it returns (the stream is not used).
+// time, between process-shared barriers; sums run in rank order, in stream
+// order like the emulator's other device work.
 // A world of one needs no segment: its collectives are copies.
 #include <fcntl.h>
 #include <nccl.h>
@@ -19,6 +19,8 @@
 #include <random>
 #include <string>
 #include <thread>
+
+#include "backend/cuda/emulation/runtime_state.h"
 
 namespace {
 
@@ -54,6 +56,8 @@ size_t TypeBytes(ncclDataType_t t) {
   }
 }
 
+bool Summable(ncclDataType_t t) { return t == ncclFloat32 || t == ncclFloat64; }
+
 }  // namespace
 
 struct ncclComm {
@@ -79,16 +83,12 @@ void SumSlots(const ncclComm* c, T* out, size_t count) {
   }
 }
 
-ncclResult_t Sum(const ncclComm* c, void* out, size_t count, ncclDataType_t t) {
-  switch (t) {
-    case ncclFloat32:
-      SumSlots(c, static_cast<float*>(out), count);
-      return ncclSuccess;
-    case ncclFloat64:
-      SumSlots(c, static_cast<double*>(out), count);
-      return ncclSuccess;
-    default:
-      return ncclInvalidArgument;  // only the sums mingpt uses are emulated
+// Only the sums mingpt uses are emulated (Summable).
+void Sum(const ncclComm* c, void* out, size_t count, ncclDataType_t t) {
+  if (t == ncclFloat64) {
+    SumSlots(c, static_cast<double*>(out), count);
+  } else {
+    SumSlots(c, static_cast<float*>(out), count);
   }
 }
 
@@ -171,85 +171,97 @@ ncclResult_t ncclCommDestroy(ncclComm_t c) {
   return ncclSuccess;
 }
 
+// Each collective is checked now and runs in stream order (runtime_state.h),
+// as NCCL's kernels do.
+
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t,
-                           ncclRedOp_t op, ncclComm_t c, cudaStream_t /*stream*/) {
+                           ncclRedOp_t op, ncclComm_t c, cudaStream_t stream) {
   const size_t e = TypeBytes(t);
-  if (c == nullptr || e == 0 || op != ncclSum) return ncclInvalidArgument;
-  if (c->nranks == 1) {
-    if (send != recv) std::memcpy(recv, send, count * e);
-    return ncclSuccess;
-  }
-  const size_t per = kSlotBytes / e;
-  for (size_t at = 0; at < count; at += per) {
-    const size_t n = std::min(per, count - at);
-    std::memcpy(c->Slot(c->rank), static_cast<const unsigned char*>(send) + at * e, n * e);
-    c->Wait();
-    const ncclResult_t r = Sum(c, static_cast<unsigned char*>(recv) + at * e, n, t);
-    c->Wait();
-    if (r != ncclSuccess) return r;
-  }
+  if (c == nullptr || !Summable(t) || op != ncclSum) return ncclInvalidArgument;
+  mingpt::cuda::emu::Enqueue(stream, [=] {
+    if (c->nranks == 1) {
+      if (send != recv) std::memcpy(recv, send, count * e);
+      return;
+    }
+    const size_t per = kSlotBytes / e;
+    for (size_t at = 0; at < count; at += per) {
+      const size_t n = std::min(per, count - at);
+      std::memcpy(c->Slot(c->rank), static_cast<const unsigned char*>(send) + at * e, n * e);
+      c->Wait();
+      Sum(c, static_cast<unsigned char*>(recv) + at * e, n, t);
+      c->Wait();
+    }
+  });
   return ncclSuccess;
 }
 
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recvcount, ncclDataType_t t,
-                               ncclRedOp_t op, ncclComm_t c, cudaStream_t /*stream*/) {
+                               ncclRedOp_t op, ncclComm_t c, cudaStream_t stream) {
   const size_t e = TypeBytes(t);
-  if (c == nullptr || e == 0 || op != ncclSum) return ncclInvalidArgument;
-  if (c->nranks == 1) {
-    if (send != recv) std::memcpy(recv, send, recvcount * e);
-    return ncclSuccess;
-  }
-  const size_t per = kSlotBytes / e;
-  // Rank d's block of every rank's send, summed into rank d's recv.
-  for (int d = 0; d < c->nranks; ++d) {
-    for (size_t at = 0; at < recvcount; at += per) {
-      const size_t n = std::min(per, recvcount - at);
-      std::memcpy(c->Slot(c->rank), static_cast<const unsigned char*>(send) + (d * recvcount + at) * e,
-                  n * e);
-      c->Wait();
-      ncclResult_t r = ncclSuccess;
-      if (d == c->rank) r = Sum(c, static_cast<unsigned char*>(recv) + at * e, n, t);
-      c->Wait();
-      if (r != ncclSuccess) return r;
+  if (c == nullptr || !Summable(t) || op != ncclSum) return ncclInvalidArgument;
+  mingpt::cuda::emu::Enqueue(stream, [=] {
+    if (c->nranks == 1) {
+      if (send != recv) std::memcpy(recv, send, recvcount * e);
+      return;
     }
-  }
+    const size_t per = kSlotBytes / e;
+    // Rank d's block of every rank's send, summed into rank d's recv.
+    for (int d = 0; d < c->nranks; ++d) {
+      for (size_t at = 0; at < recvcount; at += per) {
+        const size_t n = std::min(per, recvcount - at);
+        std::memcpy(c->Slot(c->rank),
+                    static_cast<const unsigned char*>(send) + (d * recvcount + at) * e, n * e);
+        c->Wait();
+        if (d == c->rank) Sum(c, static_cast<unsigned char*>(recv) + at * e, n, t);
+        c->Wait();
+      }
+    }
+  });
   return ncclSuccess;
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t sendcount, ncclDataType_t t,
-                           ncclComm_t c, cudaStream_t /*stream*/) {
+                           ncclComm_t c, cudaStream_t stream) {
   const size_t e = TypeBytes(t);
   if (c == nullptr || e == 0) return ncclInvalidArgument;
-  auto* out = static_cast<unsigned char*>(recv);
-  if (c->nranks == 1) {
-    if (send != recv) std::memmove(out, send, sendcount * e);
-    return ncclSuccess;
-  }
-  const size_t per = kSlotBytes / e;
-  for (size_t at = 0; at < sendcount; at += per) {
-    const size_t n = std::min(per, sendcount - at);
-    std::memcpy(c->Slot(c->rank), static_cast<const unsigned char*>(send) + at * e, n * e);
-    c->Wait();
-    for (int r = 0; r < c->nranks; ++r) std::memcpy(out + (r * sendcount + at) * e, c->Slot(r), n * e);
-    c->Wait();
-  }
+  mingpt::cuda::emu::Enqueue(stream, [=] {
+    auto* out = static_cast<unsigned char*>(recv);
+    if (c->nranks == 1) {
+      if (send != recv) std::memmove(out, send, sendcount * e);
+      return;
+    }
+    const size_t per = kSlotBytes / e;
+    for (size_t at = 0; at < sendcount; at += per) {
+      const size_t n = std::min(per, sendcount - at);
+      std::memcpy(c->Slot(c->rank), static_cast<const unsigned char*>(send) + at * e, n * e);
+      c->Wait();
+      for (int r = 0; r < c->nranks; ++r) {
+        std::memcpy(out + (r * sendcount + at) * e, c->Slot(r), n * e);
+      }
+      c->Wait();
+    }
+  });
   return ncclSuccess;
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root,
-                           ncclComm_t c, cudaStream_t /*stream*/) {
+                           ncclComm_t c, cudaStream_t stream) {
   const size_t e = TypeBytes(t);
   if (c == nullptr || e == 0 || root < 0 || root >= c->nranks) return ncclInvalidArgument;
-  if (c->nranks == 1) {
-    if (send != recv) std::memcpy(recv, send, count * e);
-    return ncclSuccess;
-  }
-  for (size_t at = 0; at < count * e; at += kSlotBytes) {
-    const size_t n = std::min(kSlotBytes, count * e - at);
-    if (c->rank == root) std::memcpy(c->Slot(root), static_cast<const unsigned char*>(send) + at, n);
-    c->Wait();
-    std::memcpy(static_cast<unsigned char*>(recv) + at, c->Slot(root), n);
-    c->Wait();
-  }
+  mingpt::cuda::emu::Enqueue(stream, [=] {
+    if (c->nranks == 1) {
+      if (send != recv) std::memcpy(recv, send, count * e);
+      return;
+    }
+    for (size_t at = 0; at < count * e; at += kSlotBytes) {
+      const size_t n = std::min(kSlotBytes, count * e - at);
+      if (c->rank == root) {
+        std::memcpy(c->Slot(root), static_cast<const unsigned char*>(send) + at, n);
+      }
+      c->Wait();
+      std::memcpy(static_cast<unsigned char*>(recv) + at, c->Slot(root), n);
+      c->Wait();
+    }
+  });
   return ncclSuccess;
 }

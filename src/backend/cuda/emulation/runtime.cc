@@ -3,7 +3,8 @@
 // copy in the wrong direction, out of an allocation's bounds or between
 // overlapping regions, a free of a pointer never allocated and a stream
 // used after its destruction are errors here, as they are (or should be)
-// on a GPU. Every operation completes before its call returns.
+// on a GPU. Work on a created stream waits in its queue until something
+// waits for it (runtime_state.h).
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -11,19 +12,34 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
+#include <vector>
 
 #include "backend/cuda/emulation/emulator.h"
 #include "backend/cuda/emulation/runtime_state.h"
 
+// A stream: its queue of work not run yet, and how much it has enqueued and
+// run. `exec` is held while its work runs (recursively: work that waits for
+// an event runs the other stream's work, never this one's).
 struct CUstream_st {
   unsigned flags;
+  std::mutex queue_mu;
+  std::deque<std::function<void()>> queue;  // guarded by queue_mu
+  uint64_t enqueued = 0;                    // guarded by queue_mu
+  std::recursive_mutex exec;
+  uint64_t executed = 0;  // guarded by exec
 };
+// An event: the work of `stream` up to `position` when it was recorded.
 struct CUevent_st {
   unsigned flags;
+  cudaStream_t stream = nullptr;
+  uint64_t position = 0;
 };
 
 namespace mingpt::cuda::emu {
@@ -100,6 +116,53 @@ cudaError_t Record(cudaError_t err) {
 }
 
 void CountLaunch() { ++g_stats.launches; }
+
+void Enqueue(cudaStream_t stream, std::function<void()> work) {
+  if (stream == nullptr) {
+    work();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(stream->queue_mu);
+  stream->queue.push_back(std::move(work));
+  ++stream->enqueued;
+}
+
+namespace {
+// Runs the work of `stream` up to `position` (what it had enqueued then).
+void RunUntil(cudaStream_t stream, uint64_t position) {
+  if (stream == nullptr) return;
+  std::lock_guard<std::recursive_mutex> exec(stream->exec);
+  while (stream->executed < position) {
+    std::function<void()> work;
+    {
+      std::lock_guard<std::mutex> lock(stream->queue_mu);
+      work = std::move(stream->queue.front());
+      stream->queue.pop_front();
+    }
+    ++stream->executed;
+    work();
+  }
+}
+
+uint64_t Enqueued(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(stream->queue_mu);
+  return stream->enqueued;
+}
+
+// cudaFree, cudaFreeHost, cudaDeviceSynchronize: every stream's work.
+void DrainAll() {
+  std::vector<cudaStream_t> streams;
+  {
+    std::lock_guard<std::mutex> lock(R().mutex);
+    for (const CUstream_st* s : R().streams) streams.push_back(const_cast<cudaStream_t>(s));
+  }
+  for (cudaStream_t s : streams) Drain(s);
+}
+}  // namespace
+
+void Drain(cudaStream_t stream) {
+  if (stream != nullptr) RunUntil(stream, Enqueued(stream));
+}
 
 bool IsLiveStream(cudaStream_t stream) {
   if (stream == nullptr) return true;
@@ -198,7 +261,10 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  mingpt::cuda::emu::DrainAll();
+  return cudaSuccess;
+}
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   const size_t host = static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
@@ -220,8 +286,10 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   return cudaSuccess;
 }
 
+// Waits for the device first, as cudaFree does.
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  mingpt::cuda::emu::DrainAll();
   std::lock_guard<std::mutex> lock(R().mutex);
   auto it = R().device.find(reinterpret_cast<uintptr_t>(p));
   if (it == R().device.end()) return Record(cudaErrorInvalidDevicePointer);
@@ -243,6 +311,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 
 cudaError_t cudaFreeHost(void* p) {
   if (p == nullptr) return cudaSuccess;
+  mingpt::cuda::emu::DrainAll();
   std::lock_guard<std::mutex> lock(R().mutex);
   auto it = R().pinned.find(reinterpret_cast<uintptr_t>(p));
   if (it == R().pinned.end()) return Record(cudaErrorInvalidValue);
@@ -276,7 +345,7 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t strea
     std::lock_guard<std::mutex> lock(R().mutex);
     mingpt::cuda::emu::CheckDevice("cudaMemsetAsync", p, nullptr, bytes);
   }
-  std::memset(p, value, bytes);
+  mingpt::cuda::emu::Enqueue(stream, [=] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 
@@ -287,9 +356,12 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   using mingpt::cuda::emu::Misuse;
   if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
+  bool dst_pageable = false, src_pageable = false;
   {
     std::lock_guard<std::mutex> lock(R().mutex);
     const auto& dev = R().device;
+    dst_pageable = Holds(dev, dst, 0) == 0 && Holds(R().pinned, dst, 0) == 0;
+    src_pageable = Holds(dev, src, 0) == 0 && Holds(R().pinned, src, 0) == 0;
     switch (kind) {
       case cudaMemcpyHostToDevice:
         CheckDevice("cudaMemcpyAsync (host to device)", dst, src, bytes);
@@ -319,7 +391,19 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
       Misuse("cudaMemcpyAsync", "overlapping regions", dst, src, bytes);
     }
   }
-  std::memcpy(dst, src, bytes);
+  // CUDA's documented behaviour for pageable host memory: a copy into it
+  // returns once done (the stream's earlier work first); a copy from it has
+  // read the source when it returns. Pinned memory is copied in stream order.
+  if (dst_pageable) {
+    mingpt::cuda::emu::Drain(stream);
+    std::memcpy(dst, src, bytes);
+  } else if (src_pageable) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(
+        static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
+    mingpt::cuda::emu::Enqueue(stream, [=] { std::memcpy(dst, staged->data(), bytes); });
+  } else {
+    mingpt::cuda::emu::Enqueue(stream, [=] { std::memcpy(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
 
@@ -334,7 +418,8 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
 // ---- streams and events ----------------------------------------------------------------
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
-  *stream = new CUstream_st{flags};
+  *stream = new CUstream_st;
+  (*stream)->flags = flags;
   std::lock_guard<std::mutex> lock(R().mutex);
   R().streams.insert(*stream);
   return cudaSuccess;
@@ -344,18 +429,22 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream) {
   return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
 
+// The stream's work is finished first (a GPU would finish it after).
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(R().mutex);
-  if (stream == nullptr || R().streams.erase(stream) == 0) {
+  if (stream == nullptr || !mingpt::cuda::emu::IsLiveStream(stream)) {
     return Record(cudaErrorInvalidResourceHandle);
   }
+  mingpt::cuda::emu::Drain(stream);
+  std::lock_guard<std::mutex> lock(R().mutex);
+  R().streams.erase(stream);
   delete stream;
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return mingpt::cuda::emu::IsLiveStream(stream) ? cudaSuccess
-                                                 : Record(cudaErrorInvalidResourceHandle);
+  if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  mingpt::cuda::emu::Drain(stream);
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
@@ -385,18 +474,26 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (!IsLiveEvent(event) || !mingpt::cuda::emu::IsLiveStream(stream)) {
     return Record(cudaErrorInvalidResourceHandle);
   }
+  event->stream = stream;
+  event->position = stream ? mingpt::cuda::emu::Enqueued(stream) : 0;
   return cudaSuccess;
 }
 
+// Work enqueued on `stream` from now on runs after the event's work.
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned /*flags*/) {
   if (!IsLiveEvent(event) || !mingpt::cuda::emu::IsLiveStream(stream)) {
     return Record(cudaErrorInvalidResourceHandle);
   }
+  const cudaStream_t on = event->stream;
+  const uint64_t position = event->position;
+  mingpt::cuda::emu::Enqueue(stream, [on, position] { mingpt::cuda::emu::RunUntil(on, position); });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return IsLiveEvent(event) ? cudaSuccess : Record(cudaErrorInvalidResourceHandle);
+  if (!IsLiveEvent(event)) return Record(cudaErrorInvalidResourceHandle);
+  mingpt::cuda::emu::RunUntil(event->stream, event->position);
+  return cudaSuccess;
 }
 
 // ---- kernels -------------------------------------------------------------------------------

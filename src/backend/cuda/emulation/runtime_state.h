@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <functional>
+
 namespace mingpt::cuda::emu {
 
 // Makes `err` the sticky last error (unless cudaSuccess) and returns it, as
@@ -12,6 +14,17 @@ cudaError_t Record(cudaError_t err);
 
 // True for the default stream (null) and streams created and not destroyed.
 bool IsLiveStream(cudaStream_t stream);
+
+// Stream order. Work enqueued on a created stream runs later, in order, when
+// the host waits for it (cudaStreamSynchronize, cudaEventSynchronize, the
+// implicit waits of cudaFree and of copies into pageable memory) or when
+// another stream's work waits for an event recorded after it. So work that
+// another stream or the host uses without waiting for it is not done yet,
+// and the reader sees the old contents, as it may on a GPU. Work on the
+// default stream (null) runs at once.
+void Enqueue(cudaStream_t stream, std::function<void()> work);
+// Runs everything enqueued on `stream` so far.
+void Drain(cudaStream_t stream);
 
 // Counts a kernel launch that ran (for the statistics below).
 void CountLaunch();
