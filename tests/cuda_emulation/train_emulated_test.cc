@@ -150,5 +150,31 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
   EXPECT_GE(by_name["seed"]["host_mallocs"], by_name["fp32"]["host_mallocs"] + 5);
 }
 
+// `sample` (the KV-cache decoder) and `evaluate` on the emulated GPU print
+// what they print on the CPU, from one checkpoint.
+TEST_F(TrainOnEmulatedCuda, SampleAndEvaluateMatchTheCpu) {
+  ASSERT_TRUE(Succeeded(Run("trained", "cpu", 1, {{"--max_steps", "3"}})));
+  const std::string ckpt = tmp_ / "trained/checkpoints/last";
+  RunOptions o = Options();
+  o.env["MINGPT_CUDA_PLUGIN"] = MINGPT_CUDA_EMULATED_PLUGIN;
+  o.timeout_s = 300;
+  std::map<std::string, std::string> sampled, evaluated;
+  for (const std::string accelerator : {"cpu", "cuda"}) {
+    const ProcessResult s = RunMingpt({"sample", "--checkpoint", ckpt, "--prompt", "the ",
+                                       "--steps", "30", "--seed", "5", "--accelerator",
+                                       accelerator}, o);
+    ASSERT_TRUE(Succeeded(s));
+    sampled[accelerator] = s.out;
+    const ProcessResult e = RunMingpt({"evaluate", "--checkpoint", ckpt, "--data", data_,
+                                       "--split", "val", "--accelerator", accelerator}, o);
+    ASSERT_TRUE(Succeeded(e));
+    evaluated[accelerator] = e.out;
+  }
+  EXPECT_EQ(sampled["cuda"], sampled["cpu"]);
+  EXPECT_FALSE(sampled["cpu"].empty());
+  EXPECT_EQ(evaluated["cuda"], evaluated["cpu"]);
+  EXPECT_NE(evaluated["cpu"].find("val loss"), std::string::npos) << evaluated["cpu"];
+}
+
 }  // namespace
 }  // namespace mingpt::cli_test
