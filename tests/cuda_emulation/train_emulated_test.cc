@@ -4,6 +4,7 @@
 // host buffers, offload's copies between them, and several ranks each on a
 // device of its own, against the CPU backend's trajectory of the same run.
 // The device communicator is the host one here (no NCCL is emulated).
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -148,6 +149,20 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
   // Offload keeps its state in page-locked host memory: the parameter and
   // gradient shards, both moments and the reduced-gradient buffer.
   EXPECT_GE(by_name["seed"]["host_mallocs"], by_name["fp32"]["host_mallocs"] + 5);
+}
+
+// NVMe offload (stage 3, the state in files under --offload_dir) on the
+// emulated GPU: the CPU's trajectory.
+TEST_F(TrainOnEmulatedCuda, NvmeOffloadFollowsTheCpuTrajectory) {
+  for (const std::string accelerator : {"cpu", "cuda"}) {
+    const std::string dir = tmp_ / ("nvme_" + accelerator);
+    ASSERT_TRUE(std::filesystem::create_directories(dir));
+    ASSERT_TRUE(Succeeded(Run(accelerator, accelerator, 1,
+                              {{"--precision", "bf16"},
+                               {"--strategy", "deepspeed_stage_3_offload_nvme"},
+                               {"--offload_dir", dir}})));
+  }
+  ExpectSameTrajectory("cpu", "cuda");
 }
 
 // `sample` (the KV-cache decoder) and `evaluate` on the emulated GPU print
