@@ -69,6 +69,11 @@ class Backend {
   // offload strategies keep the state they move off the device.
   virtual void* MallocHost(size_t bytes) = 0;
   virtual void FreeHost(void* p) = 0;
+  // Page-locks host memory allocated elsewhere, for memory that must meet
+  // other needs too (O_DIRECT's alignment), as MallocHost's is; UnpinHost
+  // before it is freed. Nothing to do on the CPU backend.
+  virtual void PinHost(void* /*p*/, size_t /*bytes*/) {}
+  virtual void UnpinHost(void* /*p*/) {}
   virtual void Synchronize() = 0;
   // The most device memory this process has held through its backends at
   // once (their allocations and scratch; not a GPU's context or libraries'

@@ -118,6 +118,12 @@ NvmeState::~NvmeState() {
   fs::remove_all(run_dir_, ec);  // scratch: checkpoints hold the state
 }
 
+std::vector<std::pair<void*, size_t>> NvmeState::device_copy_buffers() {
+  return {{pool_.data(), pool_.bytes()},
+          {staging_[0].data(), staging_[0].bytes()},
+          {staging_[1].data(), staging_[1].bytes()}};
+}
+
 size_t NvmeState::disk_bytes() const { return DiskBytes(shards_, options_.params); }
 
 size_t NvmeState::memory_bytes() const {

@@ -64,6 +64,9 @@ class NvmeState {
   static size_t MemoryBytes(const std::vector<ShardRange>& shards, size_t buffer_bytes);
   size_t disk_bytes() const;
   size_t memory_bytes() const;
+  // The buffers device copies read or write (the optimizer's pool, the
+  // gradient staging), for the engine to page-lock on a GPU.
+  std::vector<std::pair<void*, size_t>> device_copy_buffers();
   bool params_on_disk() const { return options_.params; }
   const std::string& dir() const { return run_dir_; }
 

@@ -74,7 +74,14 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
       backend->Memset0(s.memory.f32(), s.memory.bytes());
       if (on_disk(StateKind::kParams)) {
         s.read_buffer = AlignedBlock(static_cast<size_t>(max_shard_) * sizeof(float));
+        pins_.push_back(std::make_unique<HostPin>(backend, s.read_buffer.data(),
+                                                  s.read_buffer.bytes()));
       }
+    }
+  }
+  if (nvme_) {
+    for (const auto& [p, bytes] : nvme_->device_copy_buffers()) {
+      pins_.push_back(std::make_unique<HostPin>(backend, p, bytes));
     }
   }
 }

@@ -69,6 +69,7 @@
 #pragma once
 
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -220,9 +221,20 @@ class ZeroEngine : public Strategy {
   std::array<Staging, 2> staging_;
   int next_staging_ = 0;
   std::array<Slot, 2> slots_;
+  // NVMe offload's buffers that device copies use, page-locked through the
+  // backend (PinHost) while the engine lives; last, so unpinned first.
+  struct HostPin {
+    Backend* backend = nullptr;
+    void* p = nullptr;
+    HostPin(Backend* b, void* ptr, size_t bytes) : backend(b), p(ptr) { b->PinHost(ptr, bytes); }
+    HostPin(const HostPin&) = delete;
+    HostPin& operator=(const HostPin&) = delete;
+    ~HostPin() { backend->UnpinHost(p); }
+  };
   int last_acquired_ = -1;
   mutable WaitTimes waits_;
   bool last_micro_batch_ = true;
+  std::vector<std::unique_ptr<HostPin>> pins_;
 };
 
 }  // namespace mingpt

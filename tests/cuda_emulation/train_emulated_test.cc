@@ -130,7 +130,7 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
       const size_t eq = kv.find('=');
       if (eq != std::string::npos) counts[kv.substr(0, eq)] = std::stoll(kv.substr(eq + 1));
     }
-    EXPECT_EQ(counts.size(), 4u) << "statistics line: " << line;
+    EXPECT_EQ(counts.size(), 5u) << "statistics line: " << line;
     return counts;
   };
   std::map<std::string, std::map<std::string, long long>> by_name;
@@ -139,7 +139,7 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
            {"fp32", {}},
            {"seed", {{"--precision", "16"}, {"--strategy", "deepspeed_stage_3_offload"}}}}) {
     auto two = stats(name + "2", "2", flags), five = stats(name + "5", "5", flags);
-    for (const char* k : {"device_mallocs", "device_frees", "host_mallocs"}) {
+    for (const char* k : {"device_mallocs", "device_frees", "host_mallocs", "host_registers"}) {
       EXPECT_EQ(two[k], five[k]) << name << ": " << k << " grew with the steps";
     }
     EXPECT_GT(two["device_mallocs"], 0) << name;
@@ -152,17 +152,25 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
 }
 
 // NVMe offload (stage 3, the state in files under --offload_dir) on the
-// emulated GPU: the CPU's trajectory.
+// emulated GPU: the CPU's trajectory, with the buffers device copies use
+// (the optimizer's pool, two gradient staging buffers, two parameter read
+// buffers) page-locked.
 TEST_F(TrainOnEmulatedCuda, NvmeOffloadFollowsTheCpuTrajectory) {
+  const std::string stats = tmp_ / "nvme.stats";
   for (const std::string accelerator : {"cpu", "cuda"}) {
     const std::string dir = tmp_ / ("nvme_" + accelerator);
     ASSERT_TRUE(std::filesystem::create_directories(dir));
     ASSERT_TRUE(Succeeded(Run(accelerator, accelerator, 1,
                               {{"--precision", "bf16"},
                                {"--strategy", "deepspeed_stage_3_offload_nvme"},
-                               {"--offload_dir", dir}})));
+                               {"--offload_dir", dir}},
+                              {{"MINGPT_CUDA_EMULATOR_STATS", stats}})));
   }
   ExpectSameTrajectory("cpu", "cuda");
+  std::ifstream f(stats);
+  std::string line;
+  std::getline(f, line);
+  EXPECT_NE(line.find("host_registers=5 "), std::string::npos) << line;
 }
 
 // `sample` (the KV-cache decoder) and `evaluate` on the emulated GPU print

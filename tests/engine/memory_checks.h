@@ -94,6 +94,9 @@ class RecordingBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override { inner_->Copy(dst, src, bytes); }
   void* MallocHost(size_t bytes) override { return inner_->MallocHost(bytes); }
   void FreeHost(void* p) override { inner_->FreeHost(p); }
+  void PinHost(void* p, size_t bytes) override { inner_->PinHost(p, bytes); }
+  void UnpinHost(void* p) override { inner_->UnpinHost(p); }
+  int64_t PeakDeviceBytes() const override { return inner_->PeakDeviceBytes(); }
   void Synchronize() override { inner_->Synchronize(); }
 
   void SetMatmulPrecision(MatmulPrecision p) override { inner_->SetMatmulPrecision(p); }

@@ -101,6 +101,10 @@ class CudaBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override;
   void* MallocHost(size_t bytes) override;
   void FreeHost(void* p) override;
+  void PinHost(void* p, size_t bytes) override {
+    if (bytes) MINGPT_CUDA_CHECK(cudaHostRegister(p, bytes, cudaHostRegisterDefault));
+  }
+  void UnpinHost(void* p) override { MINGPT_CUDA_CHECK(cudaHostUnregister(p)); }
   void Synchronize() override { MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
   int64_t PeakDeviceBytes() const override { return cuda::PeakDeviceBytes(); }
 

@@ -48,6 +48,7 @@ namespace {
 struct Registry {
   std::mutex mutex;
   std::map<uintptr_t, size_t> device, pinned;  // base -> bytes
+  std::set<uintptr_t> registered;               // of pinned: cudaHostRegister's
   std::set<const CUstream_st*> streams;
   std::set<const CUevent_st*> events;
   size_t device_bytes = 0;
@@ -61,14 +62,17 @@ Registry& R() {
 thread_local cudaError_t g_last_error = cudaSuccess;
 
 struct Stats {
-  std::atomic<long long> device_mallocs{0}, device_frees{0}, host_mallocs{0}, launches{0};
+  std::atomic<long long> device_mallocs{0}, device_frees{0}, host_mallocs{0}, host_registers{0},
+      launches{0};
   ~Stats() {
     const char* path = std::getenv("MINGPT_CUDA_EMULATOR_STATS");
     if (path == nullptr) return;
     if (std::FILE* f = std::fopen(path, "a")) {
-      std::fprintf(f, "device_mallocs=%lld device_frees=%lld host_mallocs=%lld launches=%lld\n",
+      std::fprintf(f,
+                   "device_mallocs=%lld device_frees=%lld host_mallocs=%lld host_registers=%lld "
+                   "launches=%lld\n",
                    device_mallocs.load(), device_frees.load(), host_mallocs.load(),
-                   launches.load());
+                   host_registers.load(), launches.load());
       std::fclose(f);
     }
   }
@@ -314,9 +318,34 @@ cudaError_t cudaFreeHost(void* p) {
   mingpt::cuda::emu::DrainAll();
   std::lock_guard<std::mutex> lock(R().mutex);
   auto it = R().pinned.find(reinterpret_cast<uintptr_t>(p));
-  if (it == R().pinned.end()) return Record(cudaErrorInvalidValue);
+  if (it == R().pinned.end() || R().registered.count(it->first)) {
+    return Record(cudaErrorInvalidValue);
+  }
   R().pinned.erase(it);
   std::free(p);
+  return cudaSuccess;
+}
+
+// Memory allocated elsewhere becomes pinned until unregistered (and may not
+// be cudaFreeHost'd).
+cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned /*flags*/) {
+  std::lock_guard<std::mutex> lock(R().mutex);
+  if (p == nullptr || bytes == 0 || mingpt::cuda::emu::Holds(R().pinned, p, 1) != 0 ||
+      mingpt::cuda::emu::Holds(R().device, p, 1) != 0) {
+    return Record(cudaErrorInvalidValue);  // (CUDA: cudaErrorHostMemoryAlreadyRegistered)
+  }
+  R().pinned[reinterpret_cast<uintptr_t>(p)] = bytes;
+  R().registered.insert(reinterpret_cast<uintptr_t>(p));
+  ++mingpt::cuda::emu::g_stats.host_registers;
+  return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void* p) {
+  mingpt::cuda::emu::DrainAll();  // copies in flight may still use it
+  std::lock_guard<std::mutex> lock(R().mutex);
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  if (R().registered.erase(a) == 0) return Record(cudaErrorInvalidValue);
+  R().pinned.erase(a);
   return cudaSuccess;
 }
 

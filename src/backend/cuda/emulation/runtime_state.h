@@ -30,7 +30,8 @@ void Drain(cudaStream_t stream);
 void CountLaunch();
 
 // With $MINGPT_CUDA_EMULATOR_STATS set, the process appends one line to that
-// file at exit: "device_mallocs=A device_frees=B host_mallocs=C launches=D",
+// file at exit: "device_mallocs=A device_frees=B host_mallocs=C
+// host_registers=D launches=E",
 // the calls made over its life, so that a test can see, for example, that
 // more training steps make no more allocations.
 
