@@ -25,7 +25,8 @@ class TrainOnEmulatedCuda : public CliTest {
   // A small model with dropout (the masks must agree too), 4 steps.
   ProcessResult Run(const std::string& root, const std::string& accelerator, int devices,
                     std::vector<std::pair<std::string, std::string>> extra = {},
-                    const std::map<std::string, std::string>& env = {}) {
+                    const std::map<std::string, std::string>& env = {},
+                    const std::vector<std::string>& switches = {}) {
     std::vector<std::pair<std::string, std::string>> flags = {
         {"--accelerator", accelerator},
         {"--devices", std::to_string(devices)},
@@ -43,7 +44,9 @@ class TrainOnEmulatedCuda : public CliTest {
     o.env["MINGPT_CUDA_EMULATED_DEVICES"] = "2";
     o.timeout_s = 300;
     for (const auto& [k, v] : env) o.env[k] = v;
-    return RunMingpt(TinyTrainArgs(data_, tmp_ / root, flags), o);
+    std::vector<std::string> args = TinyTrainArgs(data_, tmp_ / root, flags);
+    args.insert(args.end(), switches.begin(), switches.end());
+    return RunMingpt(args, o);
   }
 
   // peak_device_bytes of the last row of <root>/memory.csv (rank 0 at one rank).
@@ -149,6 +152,52 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
   // Offload keeps its state in page-locked host memory: the parameter and
   // gradient shards, both moments and the reduced-gradient buffer.
   EXPECT_GE(by_name["seed"]["host_mallocs"], by_name["fp32"]["host_mallocs"] + 5);
+}
+
+// Activation checkpointing, gradient accumulation, and fp16 with loss-scale
+// overflows (steps skipped, the scale lowered) follow the CPU on the GPU.
+TEST_F(TrainOnEmulatedCuda, TrainingFeaturesFollowTheCpuTrajectory) {
+  struct Case {
+    std::string name;
+    std::vector<std::pair<std::string, std::string>> flags;
+    std::vector<std::string> switches;
+  };
+  const std::vector<Case> cases = {
+      {"ckpt", {}, {"--activation_checkpointing"}},
+      {"accumulate", {{"--accumulate_grad_batches", "2"}}, {}},
+      {"overflow", {{"--precision", "16"}, {"--initial_scale_power", "30"}}, {}}};
+  for (const auto& [name, flags, switches] : cases) {
+    const ProcessResult cuda = Run(name + "_cuda", "cuda", 1, flags, {}, switches);
+    ASSERT_TRUE(Succeeded(cuda));
+    ASSERT_TRUE(Succeeded(Run(name + "_cpu", "cpu", 1, flags, {}, switches)));
+    ExpectSameTrajectory(name + "_cpu", name + "_cuda");
+    if (name == "overflow") {
+      EXPECT_NE(cuda.err.find("skipped on gradient overflow"), std::string::npos)
+          << cuda.Describe();
+    }
+  }
+}
+
+// A checkpoint saved on the GPU resumes on the CPU and on the GPU, each on
+// the trajectory of an uninterrupted run.
+TEST_F(TrainOnEmulatedCuda, CheckpointsResumeAcrossAccelerators) {
+  const std::vector<std::pair<std::string, std::string>> every2 = {{"--val_check_interval", "2"}};
+  ASSERT_TRUE(Succeeded(Run("whole", "cpu", 1, every2)));
+  auto first = every2;
+  first.push_back({"--max_steps", "2"});
+  ASSERT_TRUE(Succeeded(Run("first", "cuda", 1, first)));
+  const auto whole = TrainLosses(tmp_ / "whole");
+  for (const std::string accelerator : {"cpu", "cuda"}) {
+    auto resume = every2;
+    resume.push_back({"--ckpt_path", tmp_ / "first/checkpoints/last"});
+    const std::string root = "resumed_" + accelerator;
+    ASSERT_TRUE(Succeeded(Run(root, accelerator, 1, resume)));
+    const auto resumed = TrainLosses(tmp_ / root);
+    ASSERT_EQ(resumed.size(), 2u) << root;
+    for (const auto& [step, loss] : resumed) {
+      EXPECT_NEAR(loss, whole.at(step), 2e-5 * loss) << root << " step " << step;
+    }
+  }
 }
 
 // NVMe offload (stage 3, the state in files under --offload_dir) on the
