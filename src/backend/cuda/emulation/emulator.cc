@@ -1,10 +1,14 @@
 // The kernel emulator (emulator.h): blocks in turn, a block's threads as
-// ucontext fibers on the launching thread, barriers and warp shuffles as
-// points where a fiber hands control back to the block's scheduler.
+// fibers on the launching thread, barriers and warp shuffles as points where
+// a fiber hands control back to the block's scheduler.
 #include "backend/cuda/emulation/emulator.h"
 
 #include <sys/mman.h>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#else
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cstdarg>
@@ -17,8 +21,87 @@
 
 #include "backend/cuda/emulation/runtime_state.h"
 
+#if defined(__x86_64__)
+// Fiber switches on x86-64 without ucontext's signal-mask system call (half
+// the emulator's time): save the callee-saved registers, MXCSR and the x87
+// control word on the current stack, store the stack pointer in *save, load
+// `load` and restore the same from it. A new fiber's stack is made to look
+// like a switched-out one whose return address is its entry (Start below).
+extern "C" void mingpt_emu_switch_context(void** save, void* load);
+asm(R"(
+  .pushsection .text
+  .p2align 4
+  .globl mingpt_emu_switch_context
+  .hidden mingpt_emu_switch_context
+  .type mingpt_emu_switch_context, @function
+mingpt_emu_switch_context:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size mingpt_emu_switch_context, .-mingpt_emu_switch_context
+  .popsection
+)");
+#endif
+
 namespace mingpt::cuda::emu {
 namespace {
+
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+
+// A context that, switched to, calls entry() on `stack` (entry must never
+// return), with the caller's floating-point control state.
+void Start(Context* c, void* stack, size_t bytes, void (*entry)()) {
+  auto* p = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack) + bytes) &
+                                        ~uintptr_t{15});
+  *--p = 0;                                  // entry's return address: none
+  *--p = reinterpret_cast<uint64_t>(entry);  // where the switch returns to
+  for (int i = 0; i < 6; ++i) *--p = 0;      // rbp, rbx, r12-r15
+  --p;
+  const uint32_t mxcsr = _mm_getcsr();
+  uint16_t x87 = 0;
+  asm volatile("fnstcw %0" : "=m"(x87));
+  std::memcpy(p, &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(p) + 4, &x87, 2);
+  c->sp = p;
+}
+
+void Switch(Context* from, Context* to) { mingpt_emu_switch_context(&from->sp, to->sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void Start(Context* c, void* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c->uc);
+  c->uc.uc_stack.ss_sp = stack;
+  c->uc.uc_stack.ss_size = bytes;
+  c->uc.uc_link = nullptr;
+  makecontext(&c->uc, entry, 0);
+}
+
+void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+#endif
 
 constexpr int kWarpSize = 32;
 constexpr int kMaxThreads = 1024;
@@ -29,7 +112,7 @@ constexpr int kOptInMaxDynamicShared = 227 << 10;  // Hopper's per-block maximum
 enum class State { kRunnable, kAtBarrier, kAtShuffle, kDone };
 
 struct Fiber {
-  ucontext_t context;
+  Context context;
   uint3 idx;
   int linear, warp, lane;
   State state;
@@ -54,7 +137,7 @@ struct Launch {
   int live = 0, at_barrier = 0;
   std::source_location barrier_at;  // where the threads at the barrier wait
   std::vector<unsigned char> smem;
-  ucontext_t scheduler;
+  Context scheduler;
   Fiber* current = nullptr;
 };
 
@@ -115,7 +198,7 @@ Launch& Current() {
   std::abort();
 }
 
-void Yield(Launch& l, Fiber& f) { swapcontext(&f.context, &l.scheduler); }
+void Yield(Launch& l, Fiber& f) { Switch(&f.context, &l.scheduler); }
 
 void ReleaseBarrier(Launch& l) {
   for (Fiber& f : l.fibers) {
@@ -136,7 +219,8 @@ void FiberMain() {
   if (w.arrived > 0)
     Fail("exited while %d lanes of its warp wait at a full-mask shuffle", w.arrived);
   if (l.at_barrier > 0 && l.at_barrier == l.live) ReleaseBarrier(l);
-  // Returning resumes the scheduler (uc_link).
+  Switch(&f.context, &l.scheduler);  // for good: a finished fiber is not resumed
+  std::abort();
 }
 
 [[noreturn]] void Deadlock(Launch& l) {
@@ -166,11 +250,7 @@ void RunBlock(Launch& l) {
     f.lane = i % kWarpSize;
     f.state = State::kRunnable;
     ++l.warps[f.warp].live;
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = Stack(i);
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = &l.scheduler;
-    makecontext(&f.context, &FiberMain, 0);
+    Start(&f.context, Stack(i), kStackBytes, &FiberMain);
   }
   l.live = n;
   l.at_barrier = 0;
@@ -188,7 +268,7 @@ void RunBlock(Launch& l) {
           Fiber& f = l.fibers[i];
           if (f.state != State::kRunnable) continue;
           l.current = &f;
-          swapcontext(&l.scheduler, &f.context);
+          Switch(&l.scheduler, &f.context);
           ran = progress = true;
         }
       }
