@@ -65,7 +65,7 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
   if (stage_ >= 2 && training) {
     for (Staging& s : staging_) {
       s.whole = Buffer(backend, max_padded_ * sizeof(float));
-      s.reduced = Buffer(backend, max_shard_ * sizeof(float));
+      if (world() > 1) s.reduced = Buffer(backend, max_shard_ * sizeof(float));
     }
   }
   if (stage_ == 3) {
@@ -267,7 +267,7 @@ void ZeroEngine::GradsReady(int unit) {
   }
   for (Staging& s : staging_) {
     if (s.unit != unit || s.in_flight) continue;
-    s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
+    if (world() > 1) s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
     s.in_flight = true;
     s.last = last_micro_batch_;
     return;
@@ -282,7 +282,7 @@ void ZeroEngine::FinishStaging(Staging* s) {
   } else if (s->in_flight) {
     float* shard = GradBase(s->unit);
     const int64_t n = shards_[s->unit].shard;
-    const float* reduced = s->reduced.f32();
+    const float* reduced = Reduced(*s);
     if (offload()) {  // down to the host, where the gradient shard lives
       backend_->CopyToHost(host_reduced_.f32(), reduced, n * sizeof(float));
       reduced = host_reduced_.f32();
@@ -298,7 +298,7 @@ void ZeroEngine::NvmeFinishStaging(Staging* s) {
   const int64_t n = shards_[unit].shard;
   StatusOr<float*> staged = nvme_->StagingBuffer();
   Check(staged.status());
-  backend_->CopyToHost(*staged, s->reduced.f32(), n * sizeof(float));
+  backend_->CopyToHost(*staged, Reduced(*s), n * sizeof(float));
   Check(nvme_->AddGrads(unit, *staged, /*first=*/!grads_written_[unit]));
   grads_written_[unit] = 1;
   // The step's final gradient of this shard: its part of the norm.
@@ -431,7 +431,8 @@ MemoryAccount ZeroEngine::Account(const ModelLayout& layout, int rank, int world
   m.params = (stage <= 2 ? whole : shard) * sizeof(float);
   m.grads = (stage <= 1 ? whole : shard) * sizeof(float);
   m.optimizer = 2 * (stage == 0 ? whole : shard) * sizeof(float);
-  if (stage >= 2) m.working += 2 * (max_padded + max_shard) * sizeof(float);
+  // Two staging buffers, each a whole unit and (several ranks) its shard.
+  if (stage >= 2) m.working += 2 * (max_padded + (world > 1 ? max_shard : 0)) * sizeof(float);
   if (stage == 3) m.working += 2 * max_padded * sizeof(float);
   if (offload) {
     const size_t master = stage == 2 ? shard * sizeof(float) : 0;

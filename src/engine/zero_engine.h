@@ -137,13 +137,18 @@ class ZeroEngine : public Strategy {
     AsyncFile::Ticket read = 0;    // its read in flight (then the gather is still to start)
   };
   struct Staging {  // stages 2, 3: one unit's gradients on their way to the shard
-    Buffer whole, reduced;
+    Buffer whole, reduced;  // reduced: none at one rank, where the shard is the whole
     int unit = -1;           // the unit it holds; -1 none
     bool in_flight = false;  // its reduce-scatter started; FinishStaging adds the result
     bool last = false;       // of the step's last micro-batch
     Work work;
   };
 
+  // A staging buffer's reduced shard: its own buffer, or at one rank (no
+  // reduce-scatter to make) the whole gradient itself.
+  const float* Reduced(const Staging& s) const {
+    return world() > 1 ? s.reduced.f32() : s.whole.f32();
+  }
   bool params_whole() const { return stage_ <= 2; }
   // Where the parameters AdamW steps are: the whole parameters (stages 0, 1,
   // 2), the shard (stage 3), or stage 2 offload's master shard on the host.

@@ -200,6 +200,18 @@ TEST_F(TrainOnEmulatedCuda, CheckpointsResumeAcrossAccelerators) {
   }
 }
 
+// MINGPT_CUDA_EMULATOR_SKIP_COMPUTE, for sizing configurations too large to
+// compute here: the same device allocations as the run that computes.
+TEST_F(TrainOnEmulatedCuda, SkippingComputeKeepsTheAllocations) {
+  const std::vector<std::pair<std::string, std::string>> seed = {
+      {"--precision", "16"}, {"--strategy", "deepspeed_stage_3_offload"}};
+  ASSERT_TRUE(Succeeded(Run("computed", "cuda", 1, seed)));
+  ASSERT_TRUE(
+      Succeeded(Run("skipped", "cuda", 1, seed, {{"MINGPT_CUDA_EMULATOR_SKIP_COMPUTE", "1"}})));
+  EXPECT_GT(PeakDeviceBytes("computed"), 0);
+  EXPECT_EQ(PeakDeviceBytes("skipped"), PeakDeviceBytes("computed"));
+}
+
 // NVMe offload (stage 3, the state in files under --offload_dir) on the
 // emulated GPU: the CPU's trajectory, with the buffers device copies use
 // (the optimizer's pool, two gradient staging buffers, two parameter read

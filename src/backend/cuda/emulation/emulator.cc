@@ -405,6 +405,7 @@ cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 b
     if (dynamic_smem > static_cast<size_t>(max_smem)) return Record(cudaErrorInvalidValue);
   }
   if (!IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  if (SkipCompute()) return cudaSuccess;
   Enqueue(stream, [=, body = std::move(body)] { Run(name, grid, block, dynamic_smem, body); });
   return cudaSuccess;
 }

@@ -29,6 +29,12 @@ void Drain(cudaStream_t stream);
 // Counts a kernel launch that ran (for the statistics below).
 void CountLaunch();
 
+// $MINGPT_CUDA_EMULATOR_SKIP_COMPUTE=1: kernels and products are checked but
+// not run (copies and collectives still are), so that a configuration too
+// large to compute on a CPU shows its allocations (memory.csv's
+// peak_device_bytes) in seconds; the numbers it trains on are meaningless.
+bool SkipCompute();
+
 // With $MINGPT_CUDA_EMULATOR_STATS set, the process appends one line to that
 // file at exit: "device_mallocs=A device_frees=B host_mallocs=C
 // host_registers=D launches=E",
