@@ -4,6 +4,9 @@
 #include "backend/cuda/emulation/emulator.h"
 
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #if defined(__x86_64__)
 #include <xmmintrin.h>
 #else
@@ -64,9 +67,18 @@ mingpt_emu_switch_context:
 namespace mingpt::cuda::emu {
 namespace {
 
+// A context's stack, for AddressSanitizer's fiber switches: its lowest
+// address and size, and ASan's fake stack while switched out.
+struct FiberStack {
+  const void* bottom = nullptr;
+  size_t size = 0;
+  void* fake = nullptr;
+};
+
 #if defined(__x86_64__)
 struct Context {
   void* sp = nullptr;
+  FiberStack stack;
 };
 
 // A context that, switched to, calls entry() on `stack` (entry must never
@@ -86,10 +98,11 @@ void Start(Context* c, void* stack, size_t bytes, void (*entry)()) {
   c->sp = p;
 }
 
-void Switch(Context* from, Context* to) { mingpt_emu_switch_context(&from->sp, to->sp); }
+void RawSwitch(Context* from, Context* to) { mingpt_emu_switch_context(&from->sp, to->sp); }
 #else
 struct Context {
   ucontext_t uc;
+  FiberStack stack;
 };
 
 void Start(Context* c, void* stack, size_t bytes, void (*entry)()) {
@@ -100,8 +113,32 @@ void Start(Context* c, void* stack, size_t bytes, void (*entry)()) {
   makecontext(&c->uc, entry, 0);
 }
 
-void Switch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+void RawSwitch(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 #endif
+
+// A switch between stacks, told to AddressSanitizer when it is on (its
+// fiber interface): otherwise it takes a fiber's stack for a corrupted
+// thread stack. `for_good`: `from` is never resumed.
+void Switch(Context* from, Context* to, bool for_good = false) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(for_good ? nullptr : &from->stack.fake, to->stack.bottom,
+                                 to->stack.size);
+#endif
+  RawSwitch(from, to);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(from->stack.fake, nullptr, nullptr);
+#endif
+  (void)for_good;
+}
+
+// The first thing a new fiber does: finishes the switch that started it,
+// learning the stack it came from (the scheduler's), to switch back to.
+void Started(Context* scheduler) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler->stack.bottom, &scheduler->stack.size);
+#endif
+  (void)scheduler;
+}
 
 constexpr int kWarpSize = 32;
 constexpr int kMaxThreads = 1024;
@@ -210,6 +247,7 @@ void ReleaseBarrier(Launch& l) {
 void FiberMain() {
   Launch& l = *g_launch;
   Fiber& f = *l.current;
+  Started(&l.scheduler);
   (*l.body)();
   l.current = &f;  // (the scheduler may have run others in between)
   f.state = State::kDone;
@@ -219,7 +257,7 @@ void FiberMain() {
   if (w.arrived > 0)
     Fail("exited while %d lanes of its warp wait at a full-mask shuffle", w.arrived);
   if (l.at_barrier > 0 && l.at_barrier == l.live) ReleaseBarrier(l);
-  Switch(&f.context, &l.scheduler);  // for good: a finished fiber is not resumed
+  Switch(&f.context, &l.scheduler, /*for_good=*/true);  // a finished fiber is not resumed
   std::abort();
 }
 
@@ -251,10 +289,11 @@ void RunBlock(Launch& l) {
     f.state = State::kRunnable;
     ++l.warps[f.warp].live;
     Start(&f.context, Stack(i), kStackBytes, &FiberMain);
+    f.context.stack = {Stack(i), kStackBytes, nullptr};
   }
   l.live = n;
   l.at_barrier = 0;
-  std::memset(l.smem.data(), 0xFF, l.smem.size());  // NaN floats, until written
+  if (!l.smem.empty()) std::memset(l.smem.data(), 0xFF, l.smem.size());  // NaN floats, until written
   // Warp by warp, last first; a warp runs until none of its lanes can go on
   // (they wait at a barrier, or exited), so that one warp gets far ahead of
   // the others, as a warp scheduler lets it.

@@ -29,6 +29,10 @@
 //     GPU: block and grid limits, and dynamic shared memory above 48 KiB
 //     unless cudaFuncSetAttribute raised the kernel's limit (at most the
 //     227 KiB of Hopper).
+//   - Under AddressSanitizer (the test suite's sanitizer pass), every
+//     access a kernel makes outside its buffers: device allocations are
+//     exactly their size (runtime.cc), and the fiber switches are told to
+//     ASan, which checks the fibers' stacks as it does a thread's.
 //   - __trap() stops the process with the kernel's name (a GPU would fail
 //     the next checked CUDA call).
 //   - Streams (runtime_state.h): a launch, like every copy, product and

@@ -108,9 +108,12 @@ void CheckDevice(const char* call, const void* p, const void* other, size_t byte
          p, other, bytes);
 }
 
+// Exactly `bytes` (not rounded up to the alignment, as aligned_alloc would
+// need), so that under AddressSanitizer a kernel, copy or product that runs
+// past the end of its buffer is caught at the first byte.
 void* AlignedAlloc(size_t alignment, size_t bytes) {
-  const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-  return std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded);
+  void* p = nullptr;
+  return posix_memalign(&p, alignment, bytes == 0 ? 1 : bytes) == 0 ? p : nullptr;
 }
 
 }  // namespace
