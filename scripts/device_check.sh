@@ -13,7 +13,13 @@
 #      batch 1) for a few steps: peak GPU memory beside the seed's 5.1 GiB
 #   4. GPT-2-small in bf16: mingpt vs the seed's model in PyTorch and in
 #      Lightning (bench/gpu_vs_torch.py)
-# and a summary last. STAGES="1 2" runs some of them only.
+#   5. (only when asked: STAGES="5") compute-sanitizer's memcheck and
+#      racecheck over the cuda tests' kernels, where the machine's runtime
+#      lets it read the device (not on gVisor)
+# and a summary last. STAGES="1 2" runs some of them only. The stages share
+# a deadline (BUDGET_S seconds, 570 by default: under the device tool's
+# 600 s a call), each cut short or skipped so that the summary is always
+# printed and $OUT comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mingpt-device}
@@ -24,6 +30,14 @@ data=$PWD/data/tinyshakespeare.txt
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 want() { [[ " $STAGES " == *" $1 "* ]]; }
+budget=${BUDGET_S:-570}
+# Seconds a stage may take: at most $1, and what is left of the budget less
+# 20 s for the summary; 0 when too little is left to start (a stage is then
+# skipped: never handed to timeout, for which 0 means no limit).
+allow() {
+  local left=$((budget - SECONDS - 20))
+  if (( left < 30 )); then echo 0; elif (( left < $1 )); then echo "$left"; else echo "$1"; fi
+}
 
 if [[ ! -x $bundle/mingpt ]]; then
   echo "device_check: no $bundle/mingpt: run scripts/device_bundle.sh here and carry build-device" >&2
@@ -57,8 +71,10 @@ if want 1; then
   fi
 fi
 
-if want 2; then
-  "$bundle/tests/test_cuda" --gtest_brief=1 > "$OUT/test_cuda.log" 2>&1
+if want 2 && (( $(allow 240) == 0 )); then
+  note "2 cuda tests: skipped, out of time (BUDGET_S=$budget)"
+elif want 2; then
+  timeout "$(allow 240)" "$bundle/tests/test_cuda" --gtest_brief=1 > "$OUT/test_cuda.log" 2>&1
   rc=$?
   tail -25 "$OUT/test_cuda.log"
   note "2 cuda tests: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$OUT/test_cuda.log" | tr '\n' ' ')"
@@ -77,8 +93,10 @@ with_gpu_memory() {
   echo "$rc ${peak:-?}"
 }
 
-if want 3; then
-  read -r rc peak < <(with_gpu_memory seed-1.7b timeout 300 "$bundle/mingpt" train \
+if want 3 && (( $(allow 300) == 0 )); then
+  note "3 seed 1.7B: skipped, out of time (BUDGET_S=$budget)"
+elif want 3; then
+  read -r rc peak < <(with_gpu_memory seed-1.7b timeout "$(allow 300)" "$bundle/mingpt" train \
     --data "$data" --accelerator cuda --gpus 1 --n_layer 15 --n_head 16 --n_embd 3072 \
     --batch_size 1 --precision 16 --strategy deepspeed_stage_3_offload --max_steps 4 \
     --limit_val_batches 0 --log_every_n_steps 1 --enable_checkpointing false \
@@ -90,12 +108,33 @@ if want 3; then
   note "3 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB), of which mingpt's allocations ${held:-?} MiB (memory.csv peak_device_bytes)"
 fi
 
-if want 4; then
-  timeout 420 python3 bench/gpu_vs_torch.py --binary "$bundle/mingpt" --data "$data" \
+if want 4 && (( $(allow 420) == 0 )); then
+  note "4 GPT-2-small: skipped, out of time (BUDGET_S=$budget): run it alone with STAGES=4"
+elif want 4; then
+  timeout "$(allow 420)" python3 bench/gpu_vs_torch.py --binary "$bundle/mingpt" --data "$data" \
     > "$OUT/gpt2-small.log" 2>&1
   rc=$?
   tail -12 "$OUT/gpt2-small.log"
   note "4 GPT-2-small bf16 vs PyTorch and Lightning: exit $rc (table above, $OUT/gpt2-small.log)"
+fi
+
+if want 5; then
+  if ! command -v compute-sanitizer >/dev/null; then
+    note "5 compute-sanitizer: not on this machine"
+  else
+    for tool in memcheck racecheck; do
+      if (( $(allow 240) == 0 )); then
+        note "5 compute-sanitizer $tool: skipped, out of time (BUDGET_S=$budget)"
+        continue
+      fi
+      timeout "$(allow 240)" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        "$bundle/tests/test_cuda" --gtest_brief=1 --gtest_filter='CudaBackendTest.*:CudaAttentionTest.*' \
+        > "$OUT/sanitizer-$tool.log" 2>&1
+      rc=$?
+      tail -8 "$OUT/sanitizer-$tool.log"
+      note "5 compute-sanitizer $tool: exit $rc ($(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log"))"
+    done
+  fi
 fi
 
 echo
