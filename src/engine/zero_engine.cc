@@ -281,13 +281,24 @@ void ZeroEngine::FinishStaging(Staging* s) {
     NvmeFinishStaging(s);
   } else if (s->in_flight) {
     float* shard = GradBase(s->unit);
-    const int64_t n = shards_[s->unit].shard;
+    const size_t bytes = shards_[s->unit].shard * sizeof(float);
     const float* reduced = Reduced(*s);
-    if (offload()) {  // down to the host, where the gradient shard lives
-      backend_->CopyToHost(host_reduced_.f32(), reduced, n * sizeof(float));
-      reduced = host_reduced_.f32();
+    if (!grads_written_[s->unit]) {
+      // The step's first gradient of the unit is the shard (ZeroGrads left
+      // it unzeroed): one copy, straight into host memory under offload.
+      if (offload()) {
+        backend_->CopyToHost(shard, reduced, bytes);
+      } else {
+        backend_->Copy(shard, reduced, bytes);
+      }
+    } else {
+      if (offload()) {  // down to the host, where the gradient shard lives
+        backend_->CopyToHost(host_reduced_.f32(), reduced, bytes);
+        reduced = host_reduced_.f32();
+      }
+      state_backend()->Add(shard, shard, reduced, static_cast<int64_t>(bytes / sizeof(float)));
     }
-    state_backend()->Add(shard, shard, reduced, n);
+    grads_written_[s->unit] = 1;
   }
   s->in_flight = false;
   s->unit = -1;
@@ -313,22 +324,32 @@ void ZeroEngine::FinishGradComm() {
   }
 }
 
+void ZeroEngine::CompleteGrads() {
+  FinishGradComm();
+  if (grads_whole() || nvme_) return;  // NVMe: its optimizer pass zeroes them as it reads
+  for (int u = 0; u < layout_.num_units(); ++u) {
+    if (grads_written_[u]) continue;  // a unit no micro-batch gave a gradient: zero
+    state_backend()->Memset0(GradBase(u), shards_[u].shard * sizeof(float));
+    grads_written_[u] = 1;
+  }
+}
+
 // ---- Strategy --------------------------------------------------------------
 
 void ZeroEngine::ZeroGrads() {
   FinishGradComm();
-  if (nvme_) {  // the files are overwritten by the step's first gradients
+  if (grads_whole()) {  // the backward adds into them
+    backend_->Memset0(grads_.f32(), grads_.bytes());
+  } else {  // shards (in memory or on disk) are overwritten by the step's first gradients
     std::fill(grads_written_.begin(), grads_written_.end(), 0);
     grad_sumsq_ = 0;
     grad_scale_ = 1;
-  } else {
-    state_backend()->Memset0(grads_.f32(), grads_.bytes());
   }
   last_micro_batch_ = true;
 }
 
 double ZeroEngine::GradNorm() {
-  FinishGradComm();
+  CompleteGrads();
   if (stage_ == 0) return std::sqrt(backend_->SumSquares(grads_.f32(), whole_numel_));
   double sum = 0;
   if (nvme_) {
@@ -347,6 +368,7 @@ double ZeroEngine::GradNorm() {
 
 void ZeroEngine::ScaleGrads(double f) {
   if (f == 1.0) return;
+  CompleteGrads();
   if (nvme_) {
     grad_scale_ *= f;
     return;
@@ -388,6 +410,7 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
     NvmeOptimizerStep(c, lr, t);
     return;
   }
+  CompleteGrads();
   WaitAllParams();
   for (int u = 0; u < layout_.num_units(); ++u) {
     const ShardRange& sr = shards_[u];

@@ -19,8 +19,10 @@
 //                 all-reduce of unit u's gradients (units are the buckets).
 //   stage 2, 3    Grads(u) hands out one of two staging buffers of a whole
 //                 unit; GradsReady(u) starts its reduce-scatter, whose result
-//                 is added into the gradient shard when the staging buffer is
-//                 next needed (or before the norm).
+//                 goes into the gradient shard when the staging buffer is
+//                 next needed (or before the norm): copied over it for the
+//                 step's first micro-batch (ZeroGrads zeroes no shard),
+//                 added to it for later ones.
 //   stage 1, 2    OptimizerStep ends by starting an in-place all-gather of
 //                 each unit's parameters; Acquire(u) waits for unit u's only,
 //                 so the gathers overlap the next forward.
@@ -39,9 +41,10 @@
 //                 on the device                    in host memory
 //   stage 2 off.  whole params, gradient staging   master param shard, grad shard, moments
 //   stage 3 off.  gathered units, grad staging     param shard, grad shard, moments
-// Each unit's reduce-scattered gradient shard is copied to the host and added
-// there when its staging buffer is next needed (during the backward of a
-// later unit); after the step, stage 2 copies the updated master shard into
+// Each unit's reduce-scattered gradient shard is copied to the host when its
+// staging buffer is next needed (during the backward of a later unit),
+// straight into the host shard for the step's first micro-batch, else into
+// a host buffer and added there; after the step, stage 2 copies the updated master shard into
 // the device's whole parameters (then all-gathers as stage 2 does), and
 // stage 3 copies a unit's host shard into its slot before each gather. On
 // the CPU backend the host is the device and the transfers are plain copies.
@@ -200,6 +203,9 @@ class ZeroEngine : public Strategy {
   void WaitAllParams() const;
   void FinishStaging(Staging* s);
   void FinishGradComm();
+  // FinishGradComm, then every gradient shard this step's (zero where no
+  // micro-batch gave one): before anything reads them.
+  void CompleteGrads();
   int GatherInto(int unit, int avoid_slot);
   void InvalidateSlots();
 
@@ -218,7 +224,11 @@ class ZeroEngine : public Strategy {
   Buffer master_;         // stage 2 offload: this rank's fp32 parameter shard, host
   Buffer host_reduced_;   // offload: a unit's reduced gradient shard, copied to the host
   std::unique_ptr<NvmeState> nvme_;
-  std::vector<char> grads_written_;  // NVMe: unit's gradient on disk is this step's
+  // Stages 2, 3: unit's gradient shard (in memory or on disk) is this step's;
+  // until then it holds a stale one, which the first reduced gradient
+  // replaces instead of being added to zeroes (CompleteGrads zeroes what no
+  // micro-batch wrote).
+  std::vector<char> grads_written_;
   double grad_sumsq_ = 0;            // NVMe: of the step's final gradient shards
   double grad_scale_ = 1;            // NVMe: ScaleGrads, applied as the optimizer reads
   mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit
