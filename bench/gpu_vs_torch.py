@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
@@ -232,6 +233,9 @@ def main():
             print(f"  lightning: {tps:,.0f} tok/s", flush=True)
         except ImportError as e:
             print(f"  lightning: not installed ({e})")
+        except Exception as e:  # noqa: BLE001 -- one side failing must not cost the others' rows
+            traceback.print_exc()
+            print(f"  lightning: failed ({type(e).__name__}: {e})", flush=True)
     if "mingpt" not in a.skip:
         from bench_vs_torch import bench_mingpt
         a.precision, a.verbose = "bf16", False
