@@ -75,6 +75,30 @@ class Backend {
   virtual void PinHost(void* /*p*/, size_t /*bytes*/) {}
   virtual void UnpinHost(void* /*p*/) {}
   virtual void Synchronize() = 0;
+
+  // Asynchronous transfers between backend memory and page-locked host
+  // memory (MallocHost's, or PinHost'd), for the offload strategies: on a
+  // GPU they run on a copy stream beside the compute. A transfer starts after
+  // the work issued before it (it reads what earlier ops wrote and overwrites
+  // nothing they still read); work issued after it is not ordered after it
+  // until OrderAfter(t), which makes the device wait (the host goes on).
+  // WaitTransfer(t) blocks the host until t is done; until then the host
+  // must not read a copy's host destination nor change its host source.
+  // Transfers complete in the order issued (waiting for one waits for every
+  // earlier one). 0 is a transfer that is done. On the CPU backend they are
+  // the plain copies, done when issued.
+  using Transfer = uint64_t;
+  virtual Transfer CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) {
+    CopyToDevice(dst, host_src, bytes);
+    return 0;
+  }
+  virtual Transfer CopyToHostAsync(void* host_dst, const void* src, size_t bytes) {
+    CopyToHost(host_dst, src, bytes);
+    return 0;
+  }
+  virtual void OrderAfter(Transfer /*t*/) {}
+  virtual void WaitTransfer(Transfer /*t*/) {}
+
   // The most device memory this process has held through its backends at
   // once (their allocations and scratch; not a GPU's context or libraries'
   // own), in bytes. 0 on the CPU backend, whose memory is host memory (peak

@@ -62,6 +62,7 @@ ZeroEngine::ZeroEngine(Backend* backend, const ModelLayout& layout, Communicator
     }
   }
   grads_written_.assign(U, 0);
+  grad_downloads_.assign(U, 0);
   if (stage_ >= 2 && training) {
     for (Staging& s : staging_) {
       s.whole = Buffer(backend, max_padded_ * sizeof(float));
@@ -91,6 +92,7 @@ ZeroEngine::~ZeroEngine() {
   for (Slot& s : slots_) {
     if (s.read != 0) (void)nvme_->FinishRead(s.read);
   }
+  WaitTransfers();
   WaitAllParams();
   for (Work& w : grad_reduces_) w.Wait();
   for (Staging& s : staging_) s.work.Wait();
@@ -183,6 +185,8 @@ const float* ZeroEngine::Acquire(int unit) {
   if (s < 0) s = GatherInto(unit, -1);
   if (slots_[s].read != 0) FinishSlotRead(s);
   TimedWait(slots_[s].gather, &waits_.params);
+  backend_->OrderAfter(slots_[s].upload);  // the unit's compute follows its upload
+  slots_[s].upload = 0;
   slots_[s].in_use = true;
   // Prefetch the next unit of the pass: forward ascends; backward descends
   // from the head (acquired twice in a row) down to block 0 (the stem's
@@ -214,7 +218,15 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
   const float* send = Base(StateKind::kParams, unit);
   if (offload()) {  // the host shard goes up into its place in the slot: gathered in place
     float* mine = slot.memory.f32() + sr.offset;
-    backend_->CopyToDevice(mine, send, sr.shard * sizeof(float));
+    // On the copy stream, beside the compute of the unit before (after the
+    // compute that read the slot's last unit). At one rank nothing but the
+    // unit's compute reads it (ordered in Acquire); a gather reads it at
+    // once, and follows the compute stream, which waits for it here.
+    slot.upload = Track(backend_->CopyToDeviceAsync(mine, send, sr.shard * sizeof(float)));
+    if (world() > 1) {
+      backend_->OrderAfter(slot.upload);
+      slot.upload = 0;
+    }
     send = mine;
   }
   slot.gather = device_comm_->AllGather(send, slot.memory.f32(), sr.shard);
@@ -237,6 +249,7 @@ void ZeroEngine::InvalidateSlots() {
     s.read = 0;
     s.gather.Wait();
     s.unit = -1;
+    s.upload = 0;  // (waited for before the step changed the host shards)
   }
 }
 
@@ -270,6 +283,9 @@ void ZeroEngine::GradsReady(int unit) {
     if (world() > 1) s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
     s.in_flight = true;
     s.last = last_micro_batch_;
+    // At one rank the gradient is final now: under offload the step's first
+    // one starts down to the host at once, beside the next unit's backward.
+    if (world() == 1 && offload() && !nvme_ && !grads_written_[unit]) StartDownload(&s);
     return;
   }
   MINGPT_CHECK(false, "GradsReady(%d) without Grads(%d)", unit, unit);
@@ -280,28 +296,43 @@ void ZeroEngine::FinishStaging(Staging* s) {
   if (s->in_flight && nvme_) {
     NvmeFinishStaging(s);
   } else if (s->in_flight) {
-    float* shard = GradBase(s->unit);
-    const size_t bytes = shards_[s->unit].shard * sizeof(float);
+    const int unit = s->unit;
+    float* shard = GradBase(unit);
+    const size_t bytes = shards_[unit].shard * sizeof(float);
     const float* reduced = Reduced(*s);
-    if (!grads_written_[s->unit]) {
+    if (!grads_written_[unit]) {
       // The step's first gradient of the unit is the shard (ZeroGrads left
       // it unzeroed): one copy, straight into host memory under offload.
       if (offload()) {
-        backend_->CopyToHost(shard, reduced, bytes);
+        StartDownload(s);
       } else {
         backend_->Copy(shard, reduced, bytes);
+        grads_written_[unit] = 1;
       }
     } else {
       if (offload()) {  // down to the host, where the gradient shard lives
         backend_->CopyToHost(host_reduced_.f32(), reduced, bytes);
         reduced = host_reduced_.f32();
+        backend_->WaitTransfer(grad_downloads_[unit]);  // the first micro-batch's, added to
       }
       state_backend()->Add(shard, shard, reduced, static_cast<int64_t>(bytes / sizeof(float)));
     }
-    grads_written_[s->unit] = 1;
   }
+  // The staging buffer is written again next (Grads): not before its
+  // download has read it.
+  backend_->OrderAfter(s->download);
+  s->download = 0;
   s->in_flight = false;
   s->unit = -1;
+}
+
+void ZeroEngine::StartDownload(Staging* s) {
+  const int unit = s->unit;
+  s->download = Track(backend_->CopyToHostAsync(GradBase(unit), Reduced(*s),
+                                                shards_[unit].shard * sizeof(float)));
+  grad_downloads_[unit] = s->download;
+  grads_written_[unit] = 1;
+  s->in_flight = false;  // nothing left to add
 }
 
 void ZeroEngine::NvmeFinishStaging(Staging* s) {
@@ -326,6 +357,7 @@ void ZeroEngine::FinishGradComm() {
 
 void ZeroEngine::CompleteGrads() {
   FinishGradComm();
+  WaitTransfers();  // the gradients' downloads landed, the parameters' uploads read their shards
   if (grads_whole() || nvme_) return;  // NVMe: its optimizer pass zeroes them as it reads
   for (int u = 0; u < layout_.num_units(); ++u) {
     if (grads_written_[u]) continue;  // a unit no micro-batch gave a gradient: zero
@@ -425,9 +457,10 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
                              At(m, moments_whole(), sr, a), At(v, moments_whole(), sr, a), b - a,
                              lr, c.beta1, c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
     }
-    if (master_separate()) {  // the updated shard up into the device's whole parameters
-      backend_->CopyToDevice(params_.f32() + whole_base_[u] + sr.offset, p,
-                             sr.shard * sizeof(float));
+    if (master_separate()) {  // the updated shard up into the device's whole parameters,
+      // beside the AdamW of the next units; the next forward (and all-gather) follows it
+      backend_->OrderAfter(Track(backend_->CopyToDeviceAsync(
+          params_.f32() + whole_base_[u] + sr.offset, p, sr.shard * sizeof(float))));
     }
   }
   if ((stage_ == 1 || stage_ == 2) && world() > 1) {
@@ -520,6 +553,7 @@ ElementRange ZeroEngine::Held(int unit, StateKind kind) const {
 }
 
 void ZeroEngine::Upload(int unit, StateKind kind, const float* host) {
+  WaitTransfers();  // none may still read host state about to change
   const ElementRange r = Held(unit, kind);
   if (kind == StateKind::kParams) {
     WaitParams(unit);

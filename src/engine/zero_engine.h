@@ -41,13 +41,19 @@
 //                 on the device                    in host memory
 //   stage 2 off.  whole params, gradient staging   master param shard, grad shard, moments
 //   stage 3 off.  gathered units, grad staging     param shard, grad shard, moments
-// Each unit's reduce-scattered gradient shard is copied to the host when its
-// staging buffer is next needed (during the backward of a later unit),
-// straight into the host shard for the step's first micro-batch, else into
-// a host buffer and added there; after the step, stage 2 copies the updated master shard into
-// the device's whole parameters (then all-gathers as stage 2 does), and
-// stage 3 copies a unit's host shard into its slot before each gather. On
-// the CPU backend the host is the device and the transfers are plain copies.
+// The transfers are the backend's asynchronous ones (backend.h), which on a
+// GPU run on a copy stream beside the compute, ordered on the device
+// (OrderAfter); the host waits for them once a step (CompleteGrads):
+//   - a unit's step's first gradient shard goes down into the host shard as
+//     soon as it is final (at one rank when GradsReady, at several once the
+//     reduce-scatter is waited for); the staging buffer's reuse follows it;
+//     later micro-batches' come down into a host buffer and are added there;
+//   - stage 3 copies a unit's host shard up into its slot when it is
+//     prefetched, and the unit's compute (one rank) or gather follows it;
+//   - after each unit's AdamW, stage 2 copies its updated master shard up
+//     into the device's whole parameters (then all-gathers as stage 2 does).
+// On the CPU backend the host is the device and the transfers are plain
+// copies.
 //
 // NVMe offload (deepspeed_stage_3_offload_nvme: stage 3 with a host backend
 // and an NvmeState): the gradient shard, the moments and (with
@@ -136,6 +142,7 @@ class ZeroEngine : public Strategy {
     int unit = -1;
     bool in_use = false;
     Work gather;
+    Backend::Transfer upload = 0;  // offload at one rank: the host shard on its way up
     AlignedBlock read_buffer;      // NVMe parameters: the shard read from disk
     AsyncFile::Ticket read = 0;    // its read in flight (then the gather is still to start)
   };
@@ -145,6 +152,7 @@ class ZeroEngine : public Strategy {
     bool in_flight = false;  // its reduce-scatter started; FinishStaging adds the result
     bool last = false;       // of the step's last micro-batch
     Work work;
+    Backend::Transfer download = 0;  // offload: the copy of its gradient down to the host
   };
 
   // A staging buffer's reduced shard: its own buffer, or at one rank (no
@@ -202,6 +210,16 @@ class ZeroEngine : public Strategy {
   void WaitParams(int unit) const;
   void WaitAllParams() const;
   void FinishStaging(Staging* s);
+  // Offload, the step's first gradient of s's unit: the copy down into the
+  // host shard starts (the host waits for it in CompleteGrads).
+  void StartDownload(Staging* s);
+  // Starts an offload transfer (backend_'s asynchronous copies), noting it
+  // as the latest, which CompleteGrads and the host state's users wait for.
+  Backend::Transfer Track(Backend::Transfer t) {
+    if (t != 0) last_transfer_ = t;
+    return t;
+  }
+  void WaitTransfers() { backend_->WaitTransfer(last_transfer_); }
   void FinishGradComm();
   // FinishGradComm, then every gradient shard this step's (zero where no
   // micro-batch gave one): before anything reads them.
@@ -229,6 +247,8 @@ class ZeroEngine : public Strategy {
   // replaces instead of being added to zeroes (CompleteGrads zeroes what no
   // micro-batch wrote).
   std::vector<char> grads_written_;
+  std::vector<Backend::Transfer> grad_downloads_;  // offload: per unit, its first gradient's copy
+  Backend::Transfer last_transfer_ = 0;            // offload: the latest transfer started
   double grad_sumsq_ = 0;            // NVMe: of the step's final gradient shards
   double grad_scale_ = 1;            // NVMe: ScaleGrads, applied as the optimizer reads
   mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit

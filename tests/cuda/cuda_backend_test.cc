@@ -379,6 +379,42 @@ TEST_F(CudaBackendTest, OperandFormatOpsMatchCpu) {
   gpu_->SetMatmulPrecision(MatmulPrecision::kFp32);
 }
 
+// The offload strategies' asynchronous transfers: each starts after the work
+// issued before it, later work waits for it on the device after OrderAfter,
+// the host after WaitTransfer (which waits for every earlier one too), and
+// more transfers than the backend's ring of 64 events may be issued.
+TEST_F(CudaBackendTest, AsyncTransfersFollowEarlierWorkAndWaitsOrderThem) {
+  const int64_t n = 1001;
+  const int rounds = 150;
+  Buffer host(gpu_.get(), rounds * n * sizeof(float), Buffer::kHost);
+  Buffer dev(gpu_.get(), n * sizeof(float));
+  FVec x = Rand(n);
+  Buffer gx = Up(x);
+  std::vector<Backend::Transfer> downs;
+  for (int r = 0; r < rounds; ++r) {  // scale, then copy down what the scaling wrote
+    gpu_->Scale(gx.f32(), n, 0.5f);
+    downs.push_back(gpu_->CopyToHostAsync(host.f32() + r * n, gx.f32(), n * sizeof(float)));
+  }
+  gpu_->WaitTransfer(downs.back());  // and every earlier one
+  FVec want = x;
+  for (int r = 0; r < rounds; ++r) {
+    cpu_->Scale(want.data(), n, 0.5f);
+    ASSERT_EQ(FVec(host.f32() + r * n, host.f32() + (r + 1) * n), want) << "round " << r;
+  }
+  // Up: the host source, then the device reads it after OrderAfter.
+  for (int64_t i = 0; i < n; ++i) host.f32()[i] = x[i] + 1;
+  const Backend::Transfer up = gpu_->CopyToDeviceAsync(dev.f32(), host.f32(), n * sizeof(float));
+  gpu_->OrderAfter(up);
+  gpu_->Add(dev.f32(), dev.f32(), gx.f32(), n);
+  FVec sum(n);
+  for (int64_t i = 0; i < n; ++i) sum[i] = (x[i] + 1) + want[i];  // one rounding each, as Add
+  EXPECT_EQ(Down(dev, n), sum);  // waits for the compute stream only
+  gpu_->WaitTransfer(up);
+  EXPECT_EQ(gpu_->CopyToHostAsync(host.f32(), dev.f32(), 0), 0u);  // nothing to copy: done
+  gpu_->WaitTransfer(0);
+  gpu_->OrderAfter(0);
+}
+
 TEST_F(CudaBackendTest, AddAndScale) {
   const int64_t n = 5001;
   FVec a = Rand(n), b = Rand(n);

@@ -60,6 +60,30 @@ class TrainOnEmulatedCuda : public CliTest {
     return comma == std::string::npos ? -1 : std::stod(last.substr(comma + 1));
   }
 
+  // The emulator's counts (MINGPT_CUDA_EMULATOR_STATS) over a run of `steps`
+  // steps on one device, by name: device_mallocs, launches, stream_syncs...
+  std::map<std::string, long long> EmulatorStats(
+      const std::string& name, const std::string& steps,
+      std::vector<std::pair<std::string, std::string>> flags) {
+    const std::string file = tmp_ / (name + ".stats");
+    flags.push_back({"--max_steps", steps});
+    flags.push_back({"--limit_val_batches", "0"});
+    flags.push_back({"--enable_checkpointing", "false"});
+    const ProcessResult r = Run(name, "cuda", 1, flags, {{"MINGPT_CUDA_EMULATOR_STATS", file}});
+    EXPECT_TRUE(Succeeded(r)) << r.Describe();
+    std::ifstream f(file);
+    std::string line;
+    std::getline(f, line);
+    std::map<std::string, long long> counts;
+    std::stringstream ss(line);
+    for (std::string kv; ss >> kv;) {
+      const size_t eq = kv.find('=');
+      if (eq != std::string::npos) counts[kv.substr(0, eq)] = std::stoll(kv.substr(eq + 1));
+    }
+    EXPECT_EQ(counts.size(), 6u) << "statistics line: " << line;
+    return counts;
+  }
+
   // The two runs logged the same losses, to the digits metrics.csv keeps.
   void ExpectSameTrajectory(const std::string& a, const std::string& b) {
     const auto la = TrainLosses(tmp_ / a), lb = TrainLosses(tmp_ / b);
@@ -97,11 +121,13 @@ TEST_F(TrainOnEmulatedCuda, SeedStage3OffloadCommandFollowsTheCpuTrajectory) {
   EXPECT_EQ(PeakDeviceBytes("cpu"), 0);
 }
 
-// Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2 offload: the
+// Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2 and ZeRO-3 offload
+// (whose transfers run on the copy stream beside the collectives): the
 // trajectory of one CPU process with the same global batch.
 TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
   ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1, {{"--precision", "bf16"}})));
-  for (const std::string strategy : {"deepspeed_stage_3", "deepspeed_stage_2_offload"}) {
+  for (const std::string strategy :
+       {"deepspeed_stage_3", "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"}) {
     const std::string root = "cuda2_" + strategy;
     const ProcessResult r =
         Run(root, "cuda", 2, {{"--precision", "bf16"}, {"--strategy", strategy}});
@@ -116,25 +142,8 @@ TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
 // every cudaMalloc, cudaFree and cudaMallocHost), and more kernel launches.
 TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
   auto stats = [&](const std::string& name, const std::string& steps,
-                   std::vector<std::pair<std::string, std::string>> flags) {
-    const std::string file = tmp_ / (name + ".stats");
-    flags.push_back({"--max_steps", steps});
-    flags.push_back({"--limit_val_batches", "0"});
-    flags.push_back({"--enable_checkpointing", "false"});
-    const ProcessResult r =
-        Run(name, "cuda", 1, flags, {{"MINGPT_CUDA_EMULATOR_STATS", file}});
-    EXPECT_TRUE(Succeeded(r));
-    std::ifstream f(file);
-    std::string line;
-    std::getline(f, line);
-    std::map<std::string, long long> counts;
-    std::stringstream ss(line);
-    for (std::string kv; ss >> kv;) {
-      const size_t eq = kv.find('=');
-      if (eq != std::string::npos) counts[kv.substr(0, eq)] = std::stoll(kv.substr(eq + 1));
-    }
-    EXPECT_EQ(counts.size(), 5u) << "statistics line: " << line;
-    return counts;
+                   const std::vector<std::pair<std::string, std::string>>& flags) {
+    return EmulatorStats(name, steps, flags);
   };
   std::map<std::string, std::map<std::string, long long>> by_name;
   for (const auto& [name, flags] :
@@ -152,6 +161,25 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
   // Offload keeps its state in page-locked host memory: the parameter and
   // gradient shards, both moments and the reduced-gradient buffer.
   EXPECT_GE(by_name["seed"]["host_mallocs"], by_name["fp32"]["host_mallocs"] + 5);
+}
+
+// Offload's transfers run on the copy stream, ordered on the device: the
+// host waits for the compute stream a fixed number of times a step (the
+// loss, the norm), not once or twice a unit as synchronous copies made it,
+// so twice the layers make it wait no more often.
+TEST_F(TrainOnEmulatedCuda, OffloadMakesTheHostWaitNoMoreOftenForMoreLayers) {
+  for (const std::string strategy : {"deepspeed_stage_3_offload", "deepspeed_stage_2_offload"}) {
+    auto per_step = [&](const std::string& layers) {
+      const std::vector<std::pair<std::string, std::string>> flags = {
+          {"--precision", "16"}, {"--strategy", strategy}, {"--n_layer", layers}};
+      const std::string name = strategy + "_L" + layers + "_";
+      return EmulatorStats(name + "3", "3", flags)["stream_syncs"] -
+             EmulatorStats(name + "2", "2", flags)["stream_syncs"];
+    };
+    const long long two = per_step("2"), four = per_step("4");
+    EXPECT_GT(two, 0) << strategy;
+    EXPECT_EQ(four, two) << strategy << ": host waits a step at 4 layers vs 2";
+  }
 }
 
 // Activation checkpointing, gradient accumulation, and fp16 with loss-scale

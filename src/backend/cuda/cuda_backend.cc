@@ -2,12 +2,16 @@
 // is enqueued on the backend's stream, in call order; the host waits only
 // where the contract hands data to the host (CopyToHost, SumSquares), takes
 // it from the host (CopyToDevice: the caller may reuse its buffer at once),
-// or asks (Synchronize). Temporaries live in scratch that grows to the
-// largest shape seen, so a repeated step allocates nothing.
+// or asks (Synchronize). The asynchronous transfers of the offload
+// strategies run on a second stream, the copy stream, ordered after the
+// compute stream by an event and finished by a ring of events (Transfers
+// below). Temporaries live in scratch that grows to the largest shape seen,
+// so a repeated step allocates nothing.
 #include "backend/cuda/cuda_backend.h"
 
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -86,7 +90,10 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : selector_(device), device_(device), matmul_(stream_.get()) {
     AttentionInit();
   }
-  ~CudaBackend() override { cudaStreamSynchronize(stream_.get()); }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_.get());
+    cudaStreamSynchronize(copy_stream_.get());
+  }
 
   const char* name() const override { return "cuda"; }
   cudaStream_t stream() const { return stream_.get(); }
@@ -106,6 +113,14 @@ class CudaBackend final : public Backend {
   }
   void UnpinHost(void* p) override { MINGPT_CUDA_CHECK(cudaHostUnregister(p)); }
   void Synchronize() override { MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+  Transfer CopyToDeviceAsync(void* dst, const void* host_src, size_t bytes) override {
+    return StartTransfer(dst, host_src, bytes, cudaMemcpyHostToDevice);
+  }
+  Transfer CopyToHostAsync(void* host_dst, const void* src, size_t bytes) override {
+    return StartTransfer(host_dst, src, bytes, cudaMemcpyDeviceToHost);
+  }
+  void OrderAfter(Transfer t) override;
+  void WaitTransfer(Transfer t) override;
   int64_t PeakDeviceBytes() const override { return cuda::PeakDeviceBytes(); }
 
   // ---- settings ----
@@ -235,9 +250,24 @@ class CudaBackend final : public Backend {
     return operand_staging_.Reserve<float>(static_cast<size_t>(n));
   }
 
+  Transfer StartTransfer(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+  // The event that finishes transfer t, or null when t is done for certain:
+  // 0, or so old that its slot of the ring has been reused (which waited for it).
+  cudaEvent_t TransferEvent(Transfer t) const {
+    if (t == 0 || t + kTransferRing < next_transfer_) return nullptr;
+    MINGPT_CHECK(t < next_transfer_, "transfer %llu was never started",
+                 static_cast<unsigned long long>(t));
+    return transfer_done_[t % kTransferRing].get();
+  }
+
+  static constexpr uint64_t kTransferRing = 64;
   DeviceSelector selector_;  // first: the members below live on the device
   int device_;
   Stream stream_;
+  Stream copy_stream_;       // the asynchronous transfers
+  Event compute_reached_;    // recorded on stream_ as each transfer starts
+  std::array<Event, kTransferRing> transfer_done_;  // transfer t: [t % kTransferRing]
+  Transfer next_transfer_ = 1;
   LtMatmul matmul_;
   DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
   DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
@@ -279,6 +309,32 @@ void CudaBackend::CopyToHost(void* host_dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   MINGPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
   MINGPT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+// A transfer on the copy stream, after the work issued so far on the
+// compute stream. Reusing a slot of the ring first waits (on the host) for
+// the transfer kTransferRing before, long done in any real use.
+Backend::Transfer CudaBackend::StartTransfer(void* dst, const void* src, size_t bytes,
+                                             cudaMemcpyKind kind) {
+  if (bytes == 0) return 0;
+  const Transfer t = next_transfer_++;
+  cudaEvent_t done = transfer_done_[t % kTransferRing].get();
+  if (t > kTransferRing) MINGPT_CUDA_CHECK(cudaEventSynchronize(done));
+  MINGPT_CUDA_CHECK(cudaEventRecord(compute_reached_.get(), stream()));
+  MINGPT_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_.get(), compute_reached_.get(), 0));
+  MINGPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, copy_stream_.get()));
+  MINGPT_CUDA_CHECK(cudaEventRecord(done, copy_stream_.get()));
+  return t;
+}
+
+void CudaBackend::OrderAfter(Transfer t) {
+  if (cudaEvent_t done = TransferEvent(t)) {
+    MINGPT_CUDA_CHECK(cudaStreamWaitEvent(stream(), done, 0));
+  }
+}
+
+void CudaBackend::WaitTransfer(Transfer t) {
+  if (cudaEvent_t done = TransferEvent(t)) MINGPT_CUDA_CHECK(cudaEventSynchronize(done));
 }
 
 // cudaMemcpy's regions must not overlap (the CPU backend's memmove allows

@@ -64,16 +64,16 @@ thread_local cudaError_t g_last_error = cudaSuccess;
 
 struct Stats {
   std::atomic<long long> device_mallocs{0}, device_frees{0}, host_mallocs{0}, host_registers{0},
-      launches{0};
+      launches{0}, stream_syncs{0};
   ~Stats() {
     const char* path = std::getenv("MINGPT_CUDA_EMULATOR_STATS");
     if (path == nullptr) return;
     if (std::FILE* f = std::fopen(path, "a")) {
       std::fprintf(f,
                    "device_mallocs=%lld device_frees=%lld host_mallocs=%lld host_registers=%lld "
-                   "launches=%lld\n",
+                   "launches=%lld stream_syncs=%lld\n",
                    device_mallocs.load(), device_frees.load(), host_mallocs.load(),
-                   host_registers.load(), launches.load());
+                   host_registers.load(), launches.load(), stream_syncs.load());
       std::fclose(f);
     }
   }
@@ -484,6 +484,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
+  ++mingpt::cuda::emu::g_stats.stream_syncs;
   mingpt::cuda::emu::Drain(stream);
   return cudaSuccess;
 }
