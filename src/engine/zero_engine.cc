@@ -280,7 +280,11 @@ void ZeroEngine::GradsReady(int unit) {
   }
   for (Staging& s : staging_) {
     if (s.unit != unit || s.in_flight) continue;
-    if (world() > 1) s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
+    if (world() > 1) {
+      backend_->OrderAfter(s.download);  // the last download from s.reduced read it
+      s.download = 0;
+      s.work = device_comm_->ReduceScatter(s.whole.f32(), s.reduced.f32(), sr.shard);
+    }
     s.in_flight = true;
     s.last = last_micro_batch_;
     // At one rank the gradient is final now: under offload the step's first
@@ -318,10 +322,14 @@ void ZeroEngine::FinishStaging(Staging* s) {
       state_backend()->Add(shard, shard, reduced, static_cast<int64_t>(bytes / sizeof(float)));
     }
   }
-  // The staging buffer is written again next (Grads): not before its
-  // download has read it.
-  backend_->OrderAfter(s->download);
-  s->download = 0;
+  // What the download reads is written again next: at one rank the whole
+  // gradient, by the next backward into the buffer (Grads), so that follows
+  // the download; at several the reduced shard, by the next reduce-scatter
+  // (GradsReady orders it), so the backward goes on beside the download.
+  if (world() == 1) {
+    backend_->OrderAfter(s->download);
+    s->download = 0;
+  }
   s->in_flight = false;
   s->unit = -1;
 }

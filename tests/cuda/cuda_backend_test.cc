@@ -394,6 +394,7 @@ TEST_F(CudaBackendTest, AsyncTransfersFollowEarlierWorkAndWaitsOrderThem) {
   for (int r = 0; r < rounds; ++r) {  // scale, then copy down what the scaling wrote
     gpu_->Scale(gx.f32(), n, 0.5f);
     downs.push_back(gpu_->CopyToHostAsync(host.f32() + r * n, gx.f32(), n * sizeof(float)));
+    gpu_->OrderAfter(downs.back());  // the next scaling overwrites what the copy reads
   }
   gpu_->WaitTransfer(downs.back());  // and every earlier one
   FVec want = x;

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/device.cuh"
@@ -218,8 +220,13 @@ __global__ void FillKernel(float* x, float v) { x[threadIdx.x] = v; }
 
 // Work on a stream runs when something waits for it: a copy on another
 // stream that does not wait for an event after the work reads the old values
-// (as it may on a GPU); one that waits reads the new ones.
+// (as it may on a GPU); one that waits reads the new ones. Under the
+// compute_first schedule a stream that runs kernels runs them at once: the
+// copy that does not wait reads the new values, and a kernel that does not
+// wait for a copy before it overwrites what the copy was to read.
 TEST(CudaEmulator, StreamsOrderWorkOnlyThroughEvents) {
+  const char* schedule = std::getenv("MINGPT_CUDA_EMULATOR_SCHEDULE");
+  const bool compute_first = schedule != nullptr && std::string(schedule) == "compute_first";
   float* d = DeviceCopy(std::vector<float>(32, 0.0f));
   void* pinned = nullptr;
   ASSERT_EQ(cudaMallocHost(&pinned, 32 * sizeof(float)), cudaSuccess);
@@ -233,7 +240,7 @@ TEST(CudaEmulator, StreamsOrderWorkOnlyThroughEvents) {
   MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 7.0f);
   cudaMemcpyAsync(h, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, copy);  // no wait
   cudaStreamSynchronize(copy);
-  EXPECT_EQ(h[5], 0.0f);  // the fill has not run
+  EXPECT_EQ(h[5], compute_first ? 7.0f : 0.0f);  // lazily, the fill has not run
   cudaStreamSynchronize(compute);
 
   MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 9.0f);
@@ -242,6 +249,13 @@ TEST(CudaEmulator, StreamsOrderWorkOnlyThroughEvents) {
   cudaMemcpyAsync(h, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, copy);
   cudaStreamSynchronize(copy);
   EXPECT_EQ(h[5], 9.0f);
+
+  // A copy, then a fill on the compute stream that does not wait for it.
+  cudaMemcpyAsync(h, d, 32 * sizeof(float), cudaMemcpyDeviceToHost, copy);
+  MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 13.0f);
+  cudaStreamSynchronize(copy);
+  EXPECT_EQ(h[5], compute_first ? 13.0f : 9.0f);  // compute first: overwritten before read
+  cudaStreamSynchronize(compute);
 
   // Into pageable memory a copy returns done, after its stream's earlier work.
   MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 11.0f);

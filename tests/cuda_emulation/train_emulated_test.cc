@@ -18,6 +18,7 @@
 namespace mingpt::cli_test {
 namespace {
 
+using test::MetricsColumn;
 using test::TrainLosses;
 
 class TrainOnEmulatedCuda : public CliTest {
@@ -84,13 +85,22 @@ class TrainOnEmulatedCuda : public CliTest {
     return counts;
   }
 
-  // The two runs logged the same losses, to the digits metrics.csv keeps.
+  // The two runs logged the same losses, to the digits metrics.csv keeps,
+  // and the same gradient norms (which a gradient gone wrong moves at once,
+  // before the losses show it).
   void ExpectSameTrajectory(const std::string& a, const std::string& b) {
     const auto la = TrainLosses(tmp_ / a), lb = TrainLosses(tmp_ / b);
     ASSERT_EQ(la.size(), 4u) << a;
     ASSERT_EQ(lb.size(), 4u) << b;
     for (const auto& [step, loss] : la) {
       EXPECT_NEAR(lb.at(step), loss, 2e-5 * loss) << a << " vs " << b << " step " << step;
+    }
+    // (A step skipped on a loss-scale overflow logs no norm: the same ones.)
+    const auto ga = MetricsColumn(tmp_ / a, "grad_norm"), gb = MetricsColumn(tmp_ / b, "grad_norm");
+    ASSERT_EQ(ga.size(), gb.size()) << a << " vs " << b;
+    for (const auto& [step, norm] : ga) {
+      ASSERT_TRUE(gb.count(step)) << b << " has no grad_norm at step " << step;
+      EXPECT_NEAR(gb.at(step), norm, 2e-4 * norm) << a << " vs " << b << " grad_norm, step " << step;
     }
   }
 };
@@ -182,8 +192,11 @@ TEST_F(TrainOnEmulatedCuda, OffloadMakesTheHostWaitNoMoreOftenForMoreLayers) {
   }
 }
 
-// Activation checkpointing, gradient accumulation, and fp16 with loss-scale
-// overflows (steps skipped, the scale lowered) follow the CPU on the GPU.
+// Activation checkpointing, gradient accumulation, fp16 with loss-scale
+// overflows (steps skipped, the scale lowered), and one rank's ZeRO-2
+// offload (its gradients' copies down beside the backward) and ZeRO-3
+// offload with accumulation (later micro-batches' gradients added on the
+// host) follow the CPU on the GPU.
 TEST_F(TrainOnEmulatedCuda, TrainingFeaturesFollowTheCpuTrajectory) {
   struct Case {
     std::string name;
@@ -193,7 +206,11 @@ TEST_F(TrainOnEmulatedCuda, TrainingFeaturesFollowTheCpuTrajectory) {
   const std::vector<Case> cases = {
       {"ckpt", {}, {"--activation_checkpointing"}},
       {"accumulate", {{"--accumulate_grad_batches", "2"}}, {}},
-      {"overflow", {{"--precision", "16"}, {"--initial_scale_power", "30"}}, {}}};
+      {"overflow", {{"--precision", "16"}, {"--initial_scale_power", "30"}}, {}},
+      {"offload2", {{"--strategy", "deepspeed_stage_2_offload"}}, {}},
+      {"offload3_accumulate",
+       {{"--strategy", "deepspeed_stage_3_offload"}, {"--accumulate_grad_batches", "2"}},
+       {}}};
   for (const auto& [name, flags, switches] : cases) {
     const ProcessResult cuda = Run(name + "_cuda", "cuda", 1, flags, {}, switches);
     ASSERT_TRUE(Succeeded(cuda));

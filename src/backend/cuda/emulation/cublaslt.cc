@@ -297,6 +297,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const float alpha = *static_cast<const float*>(alpha_p);
   const float beta = *static_cast<const float*>(beta_p);
   if (mingpt::cuda::emu::SkipCompute()) return CUBLAS_STATUS_SUCCESS;
-  mingpt::cuda::emu::Enqueue(stream, [=] { Product(d, a, b, c, dl, s, alpha, beta, A, B, C, Dp); });
+  mingpt::cuda::emu::Enqueue(
+      stream, [=] { Product(d, a, b, c, dl, s, alpha, beta, A, B, C, Dp); }, /*compute=*/true);
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -445,7 +445,9 @@ cudaError_t LaunchKernel(const char* name, const void* kernel, dim3 grid, dim3 b
   }
   if (!IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
   if (SkipCompute()) return cudaSuccess;
-  Enqueue(stream, [=, body = std::move(body)] { Run(name, grid, block, dynamic_smem, body); });
+  Enqueue(
+      stream, [=, body = std::move(body)] { Run(name, grid, block, dynamic_smem, body); },
+      /*compute=*/true);
   return cudaSuccess;
 }
 

@@ -38,7 +38,9 @@
 //   - Streams (runtime_state.h): a launch, like every copy, product and
 //     collective, runs when something waits for its stream's work, so a
 //     reader on another stream or the host that does not wait sees the old
-//     values.
+//     values; under MINGPT_CUDA_EMULATOR_SCHEDULE=compute_first the streams
+//     that run kernels run at once instead, so that a kernel that does not
+//     wait for another stream's earlier reader overwrites what it reads.
 // Not emulated: blocks or streams running at the same time, the memory
 // model, and timing.
 #pragma once

@@ -33,6 +33,7 @@ struct CUstream_st {
   std::mutex queue_mu;
   std::deque<std::function<void()>> queue;  // guarded by queue_mu
   uint64_t enqueued = 0;                    // guarded by queue_mu
+  bool compute = false;                     // has run kernels or products; guarded by queue_mu
   std::recursive_mutex exec;
   uint64_t executed = 0;  // guarded by exec
 };
@@ -133,14 +134,37 @@ bool SkipCompute() {
   return skip;
 }
 
-void Enqueue(cudaStream_t stream, std::function<void()> work) {
+namespace {
+// $MINGPT_CUDA_EMULATOR_SCHEDULE: "lazy" (the default) or "compute_first".
+bool ComputeFirst() {
+  static const bool compute_first = [] {
+    const char* env = std::getenv("MINGPT_CUDA_EMULATOR_SCHEDULE");
+    const std::string schedule = env == nullptr ? "" : env;
+    if (schedule.empty() || schedule == "lazy") return false;
+    if (schedule == "compute_first") return true;
+    std::fprintf(stderr,
+                 "CUDA emulator: MINGPT_CUDA_EMULATOR_SCHEDULE=%s: expected lazy or compute_first\n",
+                 schedule.c_str());
+    std::abort();
+  }();
+  return compute_first;
+}
+}  // namespace
+
+void Enqueue(cudaStream_t stream, std::function<void()> work, bool compute) {
   if (stream == nullptr) {
     work();
     return;
   }
-  std::lock_guard<std::mutex> lock(stream->queue_mu);
-  stream->queue.push_back(std::move(work));
-  ++stream->enqueued;
+  bool run_now = false;
+  {
+    std::lock_guard<std::mutex> lock(stream->queue_mu);
+    stream->queue.push_back(std::move(work));
+    ++stream->enqueued;
+    stream->compute = stream->compute || compute;
+    run_now = stream->compute && ComputeFirst();
+  }
+  if (run_now) Drain(stream);
 }
 
 namespace {

@@ -22,7 +22,15 @@ bool IsLiveStream(cudaStream_t stream);
 // another stream or the host uses without waiting for it is not done yet,
 // and the reader sees the old contents, as it may on a GPU. Work on the
 // default stream (null) runs at once.
-void Enqueue(cudaStream_t stream, std::function<void()> work);
+//
+// That order exposes a reader that does not wait for its writer. The other
+// hazard, a writer that does not wait for an earlier reader on another
+// stream (a kernel overwriting a buffer a copy or collective has still to
+// read), shows with $MINGPT_CUDA_EMULATOR_SCHEDULE=compute_first: a stream
+// that has run a kernel or product (a compute stream: `compute` work) then
+// runs each piece of work as it is enqueued, while the others stay lazy.
+// Tests run under both schedules.
+void Enqueue(cudaStream_t stream, std::function<void()> work, bool compute = false);
 // Runs everything enqueued on `stream` so far.
 void Drain(cudaStream_t stream);
 
