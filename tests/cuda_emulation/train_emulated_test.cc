@@ -132,8 +132,9 @@ TEST_F(TrainOnEmulatedCuda, SeedStage3OffloadCommandFollowsTheCpuTrajectory) {
 }
 
 // Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2 and ZeRO-3 offload
-// (whose transfers run on the copy stream beside the collectives): the
-// trajectory of one CPU process with the same global batch.
+// (whose transfers run on the copy stream beside the collectives), and ZeRO-3
+// offload accumulating two micro-batches: the trajectory of one CPU process
+// with the same global batch.
 TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
   ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1, {{"--precision", "bf16"}})));
   for (const std::string strategy :
@@ -145,6 +146,15 @@ TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
     EXPECT_NE(r.err.find("tokens on cuda, 2 ranks"), std::string::npos) << r.Describe();
     ExpectSameTrajectory("cpu", root);
   }
+  // With two micro-batches a step: the second's gradients come down after the
+  // first's and are added to them on the host.
+  const std::vector<std::pair<std::string, std::string>> accumulate = {
+      {"--precision", "bf16"}, {"--accumulate_grad_batches", "2"}};
+  ASSERT_TRUE(Succeeded(Run("cpu_accumulate", "cpu", 1, accumulate)));
+  auto offload = accumulate;
+  offload.push_back({"--strategy", "deepspeed_stage_3_offload"});
+  ASSERT_TRUE(Succeeded(Run("cuda2_offload_accumulate", "cuda", 2, offload)));
+  ExpectSameTrajectory("cpu_accumulate", "cuda2_offload_accumulate");
 }
 
 // After the first step a step allocates nothing: runs of 2 and of 5 steps
