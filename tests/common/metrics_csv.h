@@ -1,62 +1,52 @@
-// Reading a run's metrics.csv in tests: the train_loss column (or any other) by step.
+// Reading a run's metrics.csv in tests: a column by name (train_loss, grad_norm...), by step.
 #pragma once
 
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace mingpt::test {
 
-// The train_loss cells of <root>/metrics.csv as written, by step (the rows
-// that have one: validation rows do not).
-inline std::map<int, std::string> TrainLossCells(const std::string& root) {
+// The cells of column `name` of <root>/metrics.csv as written, by step (the
+// rows where it is written: validation rows have no train_loss, skipped
+// steps no grad_norm). Empty when there is no such column.
+inline std::map<int, std::string> MetricsCells(const std::string& root, const std::string& name) {
+  auto split = [](const std::string& line) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
+    return cells;
+  };
   std::ifstream f(root + "/metrics.csv");
   std::string line;
   std::getline(f, line);
+  const std::vector<std::string> header = split(line);
+  size_t index = 0;
+  while (index < header.size() && header[index] != name) ++index;
   std::map<int, std::string> out;
+  if (index == header.size()) return out;
   while (std::getline(f, line)) {
-    std::stringstream ss(line);
-    std::string step, tokens, loss;
-    std::getline(ss, step, ',');
-    std::getline(ss, tokens, ',');
-    std::getline(ss, loss, ',');
-    if (!loss.empty()) out[std::stoi(step)] = loss;
+    const std::vector<std::string> cells = split(line);
+    if (index < cells.size() && !cells[index].empty()) out[std::stoi(cells[0])] = cells[index];
   }
   return out;
 }
 
 // The same as numbers.
-inline std::map<int, double> TrainLosses(const std::string& root) {
+inline std::map<int, double> MetricsColumn(const std::string& root, const std::string& name) {
   std::map<int, double> out;
-  for (const auto& [step, cell] : TrainLossCells(root)) out[step] = std::stod(cell);
+  for (const auto& [step, cell] : MetricsCells(root, name)) out[step] = std::stod(cell);
   return out;
 }
 
-// Any column of <root>/metrics.csv by name, as numbers, by step (the rows
-// where it is written).
-inline std::map<int, double> MetricsColumn(const std::string& root, const std::string& name) {
-  std::ifstream f(root + "/metrics.csv");
-  std::string line, cell;
-  std::getline(f, line);
-  int index = -1;
-  std::stringstream header(line);
-  for (int i = 0; std::getline(header, cell, ','); ++i) {
-    if (cell == name) index = i;
-  }
-  std::map<int, double> out;
-  if (index < 0) return out;
-  while (std::getline(f, line)) {
-    std::stringstream ss(line);
-    std::string step;
-    std::getline(ss, step, ',');
-    cell.clear();
-    for (int i = 1; i <= index && std::getline(ss, cell, ','); ++i) {
-    }
-    if (index == 0) cell = step;
-    if (!cell.empty()) out[std::stoi(step)] = std::stod(cell);
-  }
-  return out;
+// The train_loss cells as written, and as numbers.
+inline std::map<int, std::string> TrainLossCells(const std::string& root) {
+  return MetricsCells(root, "train_loss");
+}
+inline std::map<int, double> TrainLosses(const std::string& root) {
+  return MetricsColumn(root, "train_loss");
 }
 
 }  // namespace mingpt::test
