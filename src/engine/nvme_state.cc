@@ -176,8 +176,8 @@ Status NvmeState::WriteShard(Kind kind, int unit, const float* src, int64_t n) {
                                Offset(unit, 0)));
 }
 
-StatusOr<float*> NvmeState::StagingBuffer() {
-  const int i = next_staging_;
+StatusOr<float*> NvmeState::StagingBuffer(int i) {
+  if (i < 0 || i >= kStagingBuffers) return Status::Error("no staging buffer " + std::to_string(i));
   if (staging_write_[i] != 0) {
     MINGPT_RETURN_IF_ERROR(TimedWait(files_[kGrads].get(), staging_write_[i]));
     staging_write_[i] = 0;
@@ -185,10 +185,9 @@ StatusOr<float*> NvmeState::StagingBuffer() {
   return staging_[i].f32();
 }
 
-Status NvmeState::AddGrads(int unit, float* staged, bool first) {
-  const int i = next_staging_;
-  if (staged != staging_[i].f32()) return Status::Error("AddGrads: not the staging buffer");
-  next_staging_ ^= 1;
+Status NvmeState::AddGrads(int unit, int i, bool first) {
+  if (i < 0 || i >= kStagingBuffers) return Status::Error("no staging buffer " + std::to_string(i));
+  float* staged = staging_[i].f32();
   AsyncFile* f = files_[kGrads].get();
   const size_t bytes = DirectRound(static_cast<size_t>(shards_[unit].shard) * 4);
   if (!first) {  // this step's earlier micro-batches: read (after their writes), add

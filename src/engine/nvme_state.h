@@ -14,8 +14,9 @@
 //                    chunk k.
 //   gradients        AddGrads writes a unit's reduced shard (the first
 //                    micro-batch of a step) or reads, adds and writes it (the
-//                    following ones), from one of two staging buffers, so
-//                    that backward goes on while the last write runs.
+//                    following ones), from one of two staging buffers (the
+//                    engine's two gradient stagings), so that backward goes
+//                    on while the last write runs.
 //   parameters       ReadParams starts reading a unit's parameter shard into
 //                    the caller's aligned buffer (the gather's prefetch) and
 //                    FinishRead waits for it.
@@ -76,12 +77,14 @@ class NvmeState {
   Status Read(Kind kind, int unit, int64_t from, int64_t n, float* dst);
   Status WriteShard(Kind kind, int unit, const float* src, int64_t n);
 
-  // Gradients. StagingBuffer: a kDirectAlign-aligned buffer of the largest
-  // shard, free to fill (waits for its previous write). AddGrads then adds
-  // it to unit u's gradient on disk (first: replaces it), leaving the sum in
-  // the buffer (so the caller can take its norm), and starts the write.
-  StatusOr<float*> StagingBuffer();
-  Status AddGrads(int unit, float* staged, bool first);
+  // Gradients, through staging buffer i (0 or 1). StagingBuffer(i): a
+  // kDirectAlign-aligned buffer of the largest shard, free to fill (waits
+  // for its previous write). AddGrads(u, i, ...) then adds it to unit u's
+  // gradient on disk (first: replaces it), leaving the sum in the buffer (so
+  // the caller can take its norm), and starts the write.
+  static constexpr int kStagingBuffers = 2;
+  StatusOr<float*> StagingBuffer(int i);
+  Status AddGrads(int unit, int i, bool first);
 
   // Parameter shard of unit u into `dst` (kDirectAlign-aligned, at least
   // DirectRound(shard * 4) bytes): ReadParams starts it, FinishRead waits.
@@ -117,9 +120,8 @@ class NvmeState {
   std::unique_ptr<AsyncFile> files_[kNumKinds];
   AlignedBlock pool_;    // 2 sets x {p, g, m, v} x chunk_
   AlignedBlock bounce_;  // Read / WriteShard / the grads read-add
-  AlignedBlock staging_[2];
-  AsyncFile::Ticket staging_write_[2] = {0, 0};
-  int next_staging_ = 0;
+  AlignedBlock staging_[kStagingBuffers];
+  AsyncFile::Ticket staging_write_[kStagingBuffers] = {0, 0};
   double io_wait_ = 0;
 };
 

@@ -212,6 +212,8 @@ int ZeroEngine::GatherInto(int unit, int avoid_slot) {
   slot.unit = unit;
   const ShardRange& sr = shards_[unit];
   if (on_disk(StateKind::kParams)) {  // read now; gathered when acquired (FinishSlotRead)
+    backend_->WaitTransfer(slot.read_buffer_upload);  // the last shard read went up
+    slot.read_buffer_upload = 0;
     slot.read = nvme_->ReadParams(unit, slot.read_buffer.f32());
     return s;
   }
@@ -239,7 +241,15 @@ void ZeroEngine::FinishSlotRead(int s) {
   slot.read = 0;
   const ShardRange& sr = shards_[slot.unit];
   float* mine = slot.memory.f32() + sr.offset;
-  backend_->CopyToDevice(mine, slot.read_buffer.data(), sr.shard * sizeof(float));
+  // Up on the copy stream, as offload's host shards go (GatherInto): the
+  // unit's compute (Acquire) or its gather waits for it on the device.
+  slot.upload = Track(backend_->CopyToDeviceAsync(mine, slot.read_buffer.data(),
+                                                  sr.shard * sizeof(float)));
+  slot.read_buffer_upload = slot.upload;
+  if (world() > 1) {
+    backend_->OrderAfter(slot.upload);
+    slot.upload = 0;
+  }
   slot.gather = device_comm_->AllGather(mine, slot.memory.f32(), sr.shard);
 }
 
@@ -250,6 +260,7 @@ void ZeroEngine::InvalidateSlots() {
     s.gather.Wait();
     s.unit = -1;
     s.upload = 0;  // (waited for before the step changed the host shards)
+    s.read_buffer_upload = 0;
   }
 }
 
@@ -289,7 +300,11 @@ void ZeroEngine::GradsReady(int unit) {
     s.last = last_micro_batch_;
     // At one rank the gradient is final now: under offload the step's first
     // one starts down to the host at once, beside the next unit's backward.
-    if (world() == 1 && offload() && !nvme_ && !grads_written_[unit]) StartDownload(&s);
+    if (world() == 1 && nvme_) {
+      NvmeStartDownload(&s);
+    } else if (world() == 1 && offload() && !grads_written_[unit]) {
+      StartDownload(&s);
+    }
     return;
   }
   MINGPT_CHECK(false, "GradsReady(%d) without Grads(%d)", unit, unit);
@@ -343,13 +358,23 @@ void ZeroEngine::StartDownload(Staging* s) {
   s->in_flight = false;  // nothing left to add
 }
 
+void ZeroEngine::NvmeStartDownload(Staging* s) {
+  StatusOr<float*> staged = nvme_->StagingBuffer(Index(*s));  // its last write done
+  Check(staged.status());
+  s->download = Track(backend_->CopyToHostAsync(*staged, Reduced(*s),
+                                                shards_[s->unit].shard * sizeof(float)));
+}
+
 void ZeroEngine::NvmeFinishStaging(Staging* s) {
   const int unit = s->unit;
   const int64_t n = shards_[unit].shard;
-  StatusOr<float*> staged = nvme_->StagingBuffer();
+  // At one rank the download started when the gradient was final
+  // (GradsReady); at several, now that the reduce-scatter is done.
+  if (s->download == 0) NvmeStartDownload(s);
+  backend_->WaitTransfer(s->download);
+  StatusOr<float*> staged = nvme_->StagingBuffer(Index(*s));
   Check(staged.status());
-  backend_->CopyToHost(*staged, Reduced(*s), n * sizeof(float));
-  Check(nvme_->AddGrads(unit, *staged, /*first=*/!grads_written_[unit]));
+  Check(nvme_->AddGrads(unit, Index(*s), /*first=*/!grads_written_[unit]));
   grads_written_[unit] = 1;
   // The step's final gradient of this shard: its part of the norm.
   if (s->last) grad_sumsq_ += host_->SumSquares(*staged, n);

@@ -145,6 +145,7 @@ class ZeroEngine : public Strategy {
     Backend::Transfer upload = 0;  // offload at one rank: the host shard on its way up
     AlignedBlock read_buffer;      // NVMe parameters: the shard read from disk
     AsyncFile::Ticket read = 0;    // its read in flight (then the gather is still to start)
+    Backend::Transfer read_buffer_upload = 0;  // its copy up, which the next read follows
   };
   struct Staging {  // stages 2, 3: one unit's gradients on their way to the shard
     Buffer whole, reduced;  // reduced: none at one rank, where the shard is the whole
@@ -154,6 +155,7 @@ class ZeroEngine : public Strategy {
     Work work;
     Backend::Transfer download = 0;  // offload: the copy of its gradient down to the host
   };
+  int Index(const Staging& s) const { return static_cast<int>(&s - staging_.data()); }
 
   // A staging buffer's reduced shard: its own buffer, or at one rank (no
   // reduce-scatter to make) the whole gradient itself.
@@ -187,6 +189,9 @@ class ZeroEngine : public Strategy {
   }
   // NVMe: the gather of a slot whose parameter shard was being read.
   void FinishSlotRead(int slot);
+  // NVMe: s's reduced gradient starts down into the NvmeState's staging
+  // buffer of the same index; NvmeFinishStaging adds it to the disk's.
+  void NvmeStartDownload(Staging* s);
   void NvmeFinishStaging(Staging* s);
   void NvmeOptimizerStep(const AdamWConfig& config, float lr, int t);
   // Copies between the engine's state and the caller's host memory.

@@ -131,17 +131,23 @@ TEST_F(TrainOnEmulatedCuda, SeedStage3OffloadCommandFollowsTheCpuTrajectory) {
   EXPECT_EQ(PeakDeviceBytes("cpu"), 0);
 }
 
-// Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2 and ZeRO-3 offload
-// (whose transfers run on the copy stream beside the collectives), and ZeRO-3
-// offload accumulating two micro-batches: the trajectory of one CPU process
-// with the same global batch.
+// Two ranks, a device each, ZeRO-3 in bf16 and ZeRO-2, ZeRO-3 and NVMe
+// offload (whose transfers run on the copy stream beside the collectives),
+// and ZeRO-3 offload accumulating two micro-batches: the trajectory of one
+// CPU process with the same global batch.
 TEST_F(TrainOnEmulatedCuda, TwoRanksShardedFollowTheSingleProcessTrajectory) {
   ASSERT_TRUE(Succeeded(Run("cpu", "cpu", 1, {{"--precision", "bf16"}})));
-  for (const std::string strategy :
-       {"deepspeed_stage_3", "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"}) {
+  for (const std::string strategy : {"deepspeed_stage_3", "deepspeed_stage_2_offload",
+                                     "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme"}) {
     const std::string root = "cuda2_" + strategy;
-    const ProcessResult r =
-        Run(root, "cuda", 2, {{"--precision", "bf16"}, {"--strategy", strategy}});
+    std::vector<std::pair<std::string, std::string>> flags = {{"--precision", "bf16"},
+                                                              {"--strategy", strategy}};
+    if (strategy.ends_with("_nvme")) {
+      const std::string dir = tmp_ / (root + "_offload");
+      ASSERT_TRUE(std::filesystem::create_directories(dir));
+      flags.push_back({"--offload_dir", dir});
+    }
+    const ProcessResult r = Run(root, "cuda", 2, flags);
     ASSERT_TRUE(Succeeded(r));
     EXPECT_NE(r.err.find("tokens on cuda, 2 ranks"), std::string::npos) << r.Describe();
     ExpectSameTrajectory("cpu", root);
@@ -186,13 +192,21 @@ TEST_F(TrainOnEmulatedCuda, LaterStepsAllocateNothing) {
 // Offload's transfers run on the copy stream, ordered on the device: the
 // host waits for the compute stream a fixed number of times a step (the
 // loss, the norm), not once or twice a unit as synchronous copies made it,
-// so twice the layers make it wait no more often.
+// so twice the layers make it wait no more often. NVMe offload's copies
+// (the parameter shard read from disk going up, each gradient going down to
+// be added on disk) are the same.
 TEST_F(TrainOnEmulatedCuda, OffloadMakesTheHostWaitNoMoreOftenForMoreLayers) {
-  for (const std::string strategy : {"deepspeed_stage_3_offload", "deepspeed_stage_2_offload"}) {
+  for (const std::string strategy : {"deepspeed_stage_3_offload", "deepspeed_stage_2_offload",
+                                     "deepspeed_stage_3_offload_nvme"}) {
     auto per_step = [&](const std::string& layers) {
-      const std::vector<std::pair<std::string, std::string>> flags = {
+      std::vector<std::pair<std::string, std::string>> flags = {
           {"--precision", "16"}, {"--strategy", strategy}, {"--n_layer", layers}};
       const std::string name = strategy + "_L" + layers + "_";
+      if (strategy.ends_with("_nvme")) {
+        const std::string dir = tmp_ / (name + "offload");
+        EXPECT_TRUE(std::filesystem::create_directories(dir));
+        flags.push_back({"--offload_dir", dir});
+      }
       return EmulatorStats(name + "3", "3", flags)["stream_syncs"] -
              EmulatorStats(name + "2", "2", flags)["stream_syncs"];
     };

@@ -78,13 +78,16 @@ TEST(NvmeState, OptimizerStreamsEveryUnitInChunksAndWritesBack) {
       const auto v = UnitValues(kind, u, shards[u].shard);
       ASSERT_TRUE(s.WriteShard(static_cast<NvmeState::Kind>(kind), u, v.data(), shards[u].shard).ok());
     }
-    // Gradients: micro-batch 1 replaces whatever was there, micro-batch 2 adds.
+    // Gradients: micro-batch 1 replaces whatever was there, micro-batch 2 adds
+    // (through the staging buffers in turn, as the engine's stagings alternate).
     for (bool first : {true, false}) {
-      auto staged = s.StagingBuffer();
+      const int buffer = (2 * u + !first) % NvmeState::kStagingBuffers;
+      auto staged = s.StagingBuffer(buffer);
       ASSERT_TRUE(staged.ok());
       for (int64_t i = 0; i < shards[u].shard; ++i) (*staged)[i] = Value(NvmeState::kGrads, u, i);
-      ASSERT_TRUE(s.AddGrads(u, *staged, first).ok());
+      ASSERT_TRUE(s.AddGrads(u, buffer, first).ok());
     }
+    EXPECT_FALSE(s.StagingBuffer(NvmeState::kStagingBuffers).ok());
   }
   std::vector<int64_t> seen(3, 0);
   int calls = 0;

@@ -26,16 +26,14 @@
 #include "backend/cuda/emulation/runtime_state.h"
 
 // A stream: its queue of work not run yet, and how much it has enqueued and
-// run. `exec` is held while its work runs (recursively: work that waits for
-// an event runs the other stream's work, never this one's).
+// run.
 struct CUstream_st {
   unsigned flags;
   std::mutex queue_mu;
   std::deque<std::function<void()>> queue;  // guarded by queue_mu
   uint64_t enqueued = 0;                    // guarded by queue_mu
   bool compute = false;                     // has run kernels or products; guarded by queue_mu
-  std::recursive_mutex exec;
-  uint64_t executed = 0;  // guarded by exec
+  uint64_t executed = 0;                    // guarded by ExecMutex()
 };
 // An event: the work of `stream` up to `position` when it was recorded.
 struct CUevent_st {
@@ -168,10 +166,22 @@ void Enqueue(cudaStream_t stream, std::function<void()> work, bool compute) {
 }
 
 namespace {
+// Held while any stream's work runs, by one thread of the process at a time
+// (the host thread waiting for a stream, a communicator's completion thread):
+// recursively, since work that waits for an event runs the other stream's
+// work. One lock for every stream, because a lock per stream deadlocks: a
+// thread running the copy stream (which waits for the compute stream) and
+// another running the collectives' stream into the compute stream (which
+// waits for a copy) would each hold what the other needs.
+std::recursive_mutex& ExecMutex() {
+  static std::recursive_mutex mu;
+  return mu;
+}
+
 // Runs the work of `stream` up to `position` (what it had enqueued then).
 void RunUntil(cudaStream_t stream, uint64_t position) {
   if (stream == nullptr) return;
-  std::lock_guard<std::recursive_mutex> exec(stream->exec);
+  std::lock_guard<std::recursive_mutex> exec(ExecMutex());
   while (stream->executed < position) {
     std::function<void()> work;
     {
