@@ -340,7 +340,9 @@ Command AddBench(CLI::App* app) {
     if (models.empty()) return err("nothing to measure: give --model_types or --sizes");
     MINGPT_ASSIGN_OR_RETURN(const std::string data, ResolveDataPath(b.data));
     MINGPT_ASSIGN_OR_RETURN(const std::string text, ReadFile(data));
-    const int vocab = CharTokenizer::FromText(text).size();
+    auto tokenizer = CharTokenizer::FromText(text);
+    if (!tokenizer.ok()) return tokenizer.status().WithContext("data file '" + data + "'");
+    const int vocab = tokenizer->size();
     for (auto& [name, c] : models) {
       c.block_size = b.block_size;
       c.vocab_size = vocab;

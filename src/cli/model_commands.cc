@@ -175,13 +175,12 @@ Command AddSample(CLI::App* app) {
     if (!ids.ok()) return ids.status().WithContext("--prompt");
     std::fputs(f->prompt.c_str(), stdout);
     std::fflush(stdout);
-    const std::string& vocab = m->ckpt.tokenizer.vocab();
     auto echo = [](int32_t id, void* ctx) {
-      std::fputc((*static_cast<const std::string*>(ctx))[id], stdout);
+      std::fputs(static_cast<const CharTokenizer*>(ctx)->Piece(id).c_str(), stdout);
       std::fflush(stdout);
     };
     Sample(m->gpt.get(), m->params.get(), std::move(ids).value(), f->o, echo,
-           const_cast<std::string*>(&vocab));
+           const_cast<CharTokenizer*>(&m->ckpt.tokenizer));
     std::fputc('\n', stdout);
     return Status::Ok();
   };

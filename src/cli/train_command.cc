@@ -268,7 +268,9 @@ Command AddPlan(CLI::App* app) {
     MINGPT_RETURN_IF_ERROR(ResolveFlags(f.get()));
     MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(f->o));
     MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(f->o.data_path));
-    f->o.model.vocab_size = CharTokenizer::FromText(text).size();
+    auto tokenizer = CharTokenizer::FromText(text);
+    if (!tokenizer.ok()) return tokenizer.status().WithContext("data file '" + f->o.data_path + "'");
+    f->o.model.vocab_size = tokenizer->size();
     MINGPT_RETURN_IF_ERROR(f->o.model.Validate());
     const PlanInput in{f->o.model, f->o.batch_size, f->o.devices, text.size(), NvmeSettings(f->o)};
     const size_t budget = f->o.memory_budget > 0 ? f->o.memory_budget : DefaultMemoryBudget(f->o.devices);

@@ -7,47 +7,149 @@
 
 namespace mingpt {
 
-CharTokenizer CharTokenizer::FromText(const std::string& text) {
-  bool seen[256] = {};
-  for (unsigned char c : text) seen[c] = true;
-  std::string vocab;
-  for (int c = 0; c < 256; ++c) {
-    if (seen[c]) vocab.push_back(static_cast<char>(c));
+namespace {
+
+// The code point at text[*pos] (advancing *pos past it), or -1 when the
+// bytes there are not UTF-8: strictly, as Python decodes (no overlong forms,
+// surrogates or code points past U+10FFFF).
+int32_t NextCodePoint(std::string_view text, size_t* pos) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const size_t i = *pos;
+  const unsigned char b0 = byte(i);
+  if (b0 < 0x80) {
+    *pos = i + 1;
+    return b0;
   }
-  return *FromVocab(vocab);
+  int len;
+  int32_t cp;
+  int32_t min;
+  if ((b0 & 0xE0) == 0xC0) {
+    len = 2, cp = b0 & 0x1F, min = 0x80;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    len = 3, cp = b0 & 0x0F, min = 0x800;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    len = 4, cp = b0 & 0x07, min = 0x10000;
+  } else {
+    return -1;
+  }
+  if (i + len > text.size()) return -1;
+  for (int k = 1; k < len; ++k) {
+    const unsigned char b = byte(i + k);
+    if ((b & 0xC0) != 0x80) return -1;
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
+  *pos = i + len;
+  return cp;
+}
+
+std::string Utf8(char32_t c) {
+  std::string s;
+  if (c < 0x80) {
+    s.push_back(static_cast<char>(c));
+  } else if (c < 0x800) {
+    s.push_back(static_cast<char>(0xC0 | (c >> 6)));
+    s.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  } else if (c < 0x10000) {
+    s.push_back(static_cast<char>(0xE0 | (c >> 12)));
+    s.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  } else {
+    s.push_back(static_cast<char>(0xF0 | (c >> 18)));
+    s.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+  }
+  return s;
+}
+
+Status NotUtf8(std::string_view text, size_t pos) {
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "not UTF-8 text (byte 0x%02x at offset %zu)",
+                static_cast<unsigned char>(text[pos]), pos);
+  return Status::Error(buf);
+}
+
+// The character as the error names it: itself when printable, else U+XXXX.
+std::string Printable(char32_t c) {
+  if (c >= 32 && c != 127 && !(c >= 0x80 && c < 0xA0)) {
+    std::string s = "'";
+    s += Utf8(c);
+    s += '\'';
+    return s;
+  }
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "U+%04X", static_cast<unsigned>(c));
+  return buf;
+}
+
+}  // namespace
+
+StatusOr<CharTokenizer> CharTokenizer::FromText(std::string_view text) {
+  bool ascii[128] = {};
+  std::vector<char32_t> others;
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t at = pos;
+    const int32_t c = NextCodePoint(text, &pos);
+    if (c < 0) return NotUtf8(text, at);
+    if (c < 128) {
+      ascii[c] = true;
+    } else {
+      others.push_back(static_cast<char32_t>(c));
+    }
+  }
+  std::sort(others.begin(), others.end());
+  others.erase(std::unique(others.begin(), others.end()), others.end());
+  std::string vocab;
+  for (int c = 0; c < 128; ++c) {
+    if (ascii[c]) vocab.push_back(static_cast<char>(c));
+  }
+  for (char32_t c : others) vocab += Utf8(c);
+  return FromVocab(vocab);
 }
 
 StatusOr<CharTokenizer> CharTokenizer::FromVocab(const std::string& vocab) {
+  if (vocab.empty()) return Status::Error("vocabulary is empty");
   CharTokenizer t;
   t.vocab_ = vocab;
-  std::fill(std::begin(t.stoi_), std::end(t.stoi_), -1);
-  for (size_t i = 0; i < vocab.size(); ++i) {
-    unsigned char c = vocab[i];
-    if (t.stoi_[c] != -1) return Status::Error("vocabulary repeats a character");
-    t.stoi_[c] = static_cast<int>(i);
+  std::fill(std::begin(t.ascii_), std::end(t.ascii_), -1);
+  for (size_t pos = 0; pos < vocab.size();) {
+    const size_t at = pos;
+    const int32_t c = NextCodePoint(vocab, &pos);
+    if (c < 0) return NotUtf8(vocab, at).WithContext("vocabulary");
+    const int id = static_cast<int>(t.pieces_.size());
+    if (t.Id(static_cast<char32_t>(c)) >= 0) {
+      return Status::Error("vocabulary repeats the character " + Printable(c));
+    }
+    if (c < 128) {
+      t.ascii_[c] = id;
+    } else {
+      t.others_.emplace(static_cast<char32_t>(c), id);
+    }
+    t.pieces_.push_back(vocab.substr(at, pos - at));
   }
-  if (vocab.empty()) return Status::Error("vocabulary is empty");
   return t;
 }
 
-namespace {
-std::string Printable(unsigned char c) {
-  if (c >= 32 && c < 127) return std::string("'") + static_cast<char>(c) + "'";
-  char buf[16];
-  std::snprintf(buf, sizeof(buf), "byte 0x%02x", c);
-  return buf;
+int CharTokenizer::Id(char32_t c) const {
+  if (c < 128) return ascii_[c];
+  const auto it = others_.find(c);
+  return it == others_.end() ? -1 : it->second;
 }
-}  // namespace
 
-StatusOr<std::vector<int32_t>> CharTokenizer::Encode(const std::string& text) const {
-  std::vector<int32_t> ids(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    unsigned char c = text[i];
-    if (stoi_[c] < 0) {
-      return Status::Error("character " + Printable(c) + " at position " + std::to_string(i) +
-                           " is not in the model's vocabulary");
+StatusOr<std::vector<int32_t>> CharTokenizer::Encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  ids.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    const size_t at = pos;
+    const int32_t c = NextCodePoint(text, &pos);
+    if (c < 0) return NotUtf8(text, at);
+    const int id = Id(static_cast<char32_t>(c));
+    if (id < 0) {
+      return Status::Error("character " + Printable(c) + " at position " +
+                           std::to_string(ids.size()) + " is not in the model's vocabulary");
     }
-    ids[i] = stoi_[c];
+    ids.push_back(id);
   }
   return ids;
 }
@@ -55,7 +157,7 @@ StatusOr<std::vector<int32_t>> CharTokenizer::Encode(const std::string& text) co
 std::string CharTokenizer::Decode(const std::vector<int32_t>& ids) const {
   std::string s;
   s.reserve(ids.size());
-  for (int32_t id : ids) s.push_back(vocab_[id]);
+  for (int32_t id : ids) s += pieces_[id];
   return s;
 }
 

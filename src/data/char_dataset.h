@@ -1,6 +1,7 @@
-// Character-level data, as the seed's CharDataset: the vocabulary is the
-// sorted set of distinct bytes of the text; the text splits contiguously into
-// 90% train, 5% val, 5% test.
+// Character-level data, as the seed's CharDataset: the text is UTF-8 (as
+// Python reads it) and the vocabulary is the sorted set of its distinct
+// characters (Unicode code points: `sorted(set(text))`); the text splits
+// contiguously into 90% train, 5% val, 5% test.
 //
 // Training samples are random (block_size+1)-character windows of the train
 // split. Sample g (a *global* sample index: step, micro-batch and batch row
@@ -13,6 +14,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "core/status.h"
@@ -22,20 +25,29 @@ namespace mingpt {
 class CharTokenizer {
  public:
   CharTokenizer() = default;
-  // Vocabulary = sorted distinct bytes of `text`.
-  static CharTokenizer FromText(const std::string& text);
-  // Vocabulary given in id order (as stored in a checkpoint).
+  // Vocabulary = sorted distinct characters of `text`; an error names the
+  // first byte that is not UTF-8 (Python's UnicodeDecodeError).
+  static StatusOr<CharTokenizer> FromText(std::string_view text);
+  // Vocabulary given in id order, as UTF-8 (as stored in a checkpoint).
   static StatusOr<CharTokenizer> FromVocab(const std::string& vocab);
 
+  // The characters in id order, as UTF-8.
   const std::string& vocab() const { return vocab_; }
-  int size() const { return static_cast<int>(vocab_.size()); }
-  // Error naming the first character outside the vocabulary.
-  StatusOr<std::vector<int32_t>> Encode(const std::string& text) const;
+  int size() const { return static_cast<int>(pieces_.size()); }
+  // Error naming the first character outside the vocabulary, or the first
+  // byte that is not UTF-8.
+  StatusOr<std::vector<int32_t>> Encode(std::string_view text) const;
   std::string Decode(const std::vector<int32_t>& ids) const;
+  // Token `id`'s character as UTF-8 (1 to 4 bytes).
+  const std::string& Piece(int32_t id) const { return pieces_[id]; }
 
  private:
+  int Id(char32_t c) const;  // -1: not in the vocabulary
+
   std::string vocab_;
-  int stoi_[256];
+  std::vector<std::string> pieces_;
+  int ascii_[128];                            // ids of ASCII characters, -1 none
+  std::unordered_map<char32_t, int> others_;  // and of the rest
 };
 
 enum class Split { kTrain, kVal, kTest };

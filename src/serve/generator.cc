@@ -150,17 +150,17 @@ StatusOr<std::string> Generator::Generate(const std::string& dir, const Generate
   auto ids = m->ckpt.tokenizer.Encode(request.prompt);
   if (!ids.ok()) return ids.status().WithContext("'prompt'");
   struct Context {
-    const std::string* vocab;
+    const CharTokenizer* tokenizer;
     const std::function<bool(std::string_view)>* on_text;
     const std::atomic<bool>* cancelled;
     std::string text;
-  } ctx{&m->ckpt.tokenizer.vocab(), &on_text, &cancelled_, request.prompt};
+  } ctx{&m->ckpt.tokenizer, &on_text, &cancelled_, request.prompt};
   auto on_token = [](int32_t id, void* p) {
     auto* c = static_cast<Context*>(p);
-    const char ch = (*c->vocab)[id];
-    c->text += ch;
+    const std::string& piece = c->tokenizer->Piece(id);
+    c->text += piece;
     if (*c->cancelled) throw Cancelled{};
-    if (*c->on_text && !(*c->on_text)(std::string_view(&ch, 1))) throw Cancelled{};
+    if (*c->on_text && !(*c->on_text)(piece)) throw Cancelled{};
   };
   SampleOptions options = request.options;
   options.kv_cache = true;

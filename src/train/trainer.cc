@@ -238,7 +238,13 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(o->data_path));
   o->data_path = std::filesystem::absolute(o->data_path).lexically_normal().string();
   if (text.empty()) return Status::Error("data file '" + o->data_path + "' is empty");
-  s.tokenizer = s.resume ? s.resume->tokenizer : CharTokenizer::FromText(text);
+  if (s.resume) {
+    s.tokenizer = s.resume->tokenizer;
+  } else {
+    auto tokenizer = CharTokenizer::FromText(text);
+    if (!tokenizer.ok()) return tokenizer.status().WithContext("data file '" + o->data_path + "'");
+    s.tokenizer = std::move(tokenizer).value();
+  }
   auto encoded = s.tokenizer.Encode(text);
   if (!encoded.ok()) {
     return encoded.status().WithContext("data file '" + o->data_path + "' does not fit the checkpoint");

@@ -36,7 +36,11 @@ TEST(PyTorchInterop, CheckpointLoadsIntoTheSeedModelWithTheSameLoss) {
   const std::string dir = tmpl, data = dir + "/input.txt";
   {
     std::ofstream f(data);
-    for (int i = 0; i < 300; ++i) f << "Now is the winter of our discontent, made glorious summer.\n";
+    // Characters beyond ASCII (2, 3 and 4 bytes of UTF-8): one token each, as
+    // the seed's CharDataset makes them of the text Python reads.
+    for (int i = 0; i < 300; ++i) {
+      f << "Now is the winter of our discontent, made glorious summer \u2014 Gr\u00fc\u00dfe \U0001F600.\n";
+    }
   }
   const std::string bin = MINGPT_BIN;
   const std::string train = bin + " train --data " + data +
@@ -54,6 +58,7 @@ TEST(PyTorchInterop, CheckpointLoadsIntoTheSeedModelWithTheSameLoss) {
   ASSERT_FALSE(ours.is_discarded());
   ASSERT_FALSE(torch.is_discarded()) << "the PyTorch side failed to load the checkpoint";
   EXPECT_EQ(ours["windows"], torch["windows"]);
+  EXPECT_EQ(torch["vocab_is_the_seeds"], true) << torch.dump();
   const double a = ours["loss"].get<double>(), b = torch["loss"].get<double>();
   EXPECT_NEAR(a, b, 1e-5 * b) << "mingpt " << a << " vs PyTorch " << b;
   std::system(("rm -rf " + dir).c_str());

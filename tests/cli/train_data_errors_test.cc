@@ -40,6 +40,14 @@ TEST_F(DataErrorTest, UnreadableFile) {
   ExpectTrainRefused({{"--data", locked}}, 1, {"locked.txt", "Permission denied"});
 }
 
+// Text is read as the seed reads it, as UTF-8; other bytes are named, with
+// their offset.
+TEST_F(DataErrorTest, NotUtf8) {
+  const std::string latin1 = tmp_ / "latin1.txt";
+  WriteText(latin1, SyntheticText(2000) + "Gr\xfc\xdf" + SyntheticText(2000));
+  ExpectTrainRefused({{"--data", latin1}}, 1, {"latin1.txt", "not UTF-8", "0xfc", "offset 2002"});
+}
+
 TEST_F(DataErrorTest, ShorterThanBlockSize) {
   const std::string tiny = tmp_ / "tiny.txt";
   WriteText(tiny, "abcde");  // 5 characters, block_size 8

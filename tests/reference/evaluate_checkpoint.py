@@ -6,8 +6,10 @@ file given with --weights, e.g. from `mingpt convert` of a sharded checkpoint)
 goes into the reference model (tests/reference/model.py, the seed's module
 names) with load_state_dict(strict=True), and the loss over a split's
 non-overlapping (block_size+1)-character windows is printed as JSON, computed
-as `mingpt evaluate --json` computes it, for the C++ test to compare. The
-config and vocabulary come from CHECKPOINT_DIR/meta.json.
+as `mingpt evaluate --json` computes it, for the C++ test to compare, with
+whether the checkpoint's vocabulary is the one the seed's CharDataset makes
+of the text (its characters, sorted). The config and vocabulary come from
+CHECKPOINT_DIR/meta.json.
 
   evaluate_checkpoint.py CHECKPOINT_DIR DATA_FILE [--split test|val] [--weights FILE]
 """
@@ -43,7 +45,7 @@ def main():
     model.eval()
     model.double()  # the exact value the fp32 C++ result is compared with
 
-    text = open(a.data, "rb").read().decode("latin-1")
+    text = open(a.data, encoding="utf-8").read()  # as the seed reads it
     stoi = {ch: i for i, ch in enumerate(meta["vocab"])}
     ids = np.array([stoi[ch] for ch in text], dtype=np.int64)
     n = len(ids)
@@ -55,8 +57,12 @@ def main():
     with torch.no_grad():
         logits, _ = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item()
+    # The seed's CharDataset vocabulary of the same text, for the test to
+    # compare with the checkpoint's.
+    seed_vocab = "".join(sorted(set(text)))
     print(json.dumps({"split": a.split, "loss": loss, "perplexity": math.exp(loss),
-                      "windows": windows, "tokens": windows * T}))
+                      "windows": windows, "tokens": windows * T,
+                      "vocab_is_the_seeds": meta["vocab"] == seed_vocab}))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from model import GPT, configure_optimizer, lr_at, set_lr  # noqa: E402
 
 
 def load_splits(path):
-    text = open(path, "rb").read().decode("latin-1")  # bytes, as the C++ tokenizer
+    text = open(path, encoding="utf-8").read()  # characters, as the seed and mingpt read it
     vocab = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(vocab)}
     data = np.array([stoi[c] for c in text], dtype=np.int64)

@@ -43,7 +43,7 @@ TEST_F(PlannerTest, PredictsEachRanksPeakWithinFifteenPercent) {
   model.block_size = 64;
   model.dropout = 0.1f;
   const std::string text = ReadText(data_);
-  model.vocab_size = CharTokenizer::FromText(text).size();
+  model.vocab_size = CharTokenizer::FromText(text)->size();
   struct Run {
     int world, batch;
     const char* strategy;
@@ -94,7 +94,7 @@ TEST_F(PlannerTest, AutoTakesTheFastestStrategyThatFits) {
   model.n_embd = 64;
   model.block_size = 16;
   const std::string text = ReadText(data_);
-  model.vocab_size = CharTokenizer::FromText(text).size();
+  model.vocab_size = CharTokenizer::FromText(text)->size();
   const PlanInput in{model, 4, 2, text.size(), {}};
   const size_t ddp = PredictPeak(in, "ddp", false).peak();
   const size_t budget = ddp - 1;  // ddp just misses

@@ -7,14 +7,8 @@
 namespace mingpt {
 namespace {
 
-std::string Text(int n) {
-  std::string s;
-  for (int i = 0; i < n; ++i) s.push_back("the quick brown fox\n"[i * 7 % 20]);
-  return s;
-}
-
 TEST(CharTokenizer, VocabularyIsSortedDistinctCharacters) {
-  CharTokenizer t = CharTokenizer::FromText("hello world");
+  CharTokenizer t = *CharTokenizer::FromText("hello world");
   EXPECT_EQ(t.vocab(), " dehlorw");
   auto ids = t.Encode("world");
   ASSERT_TRUE(ids.ok());
@@ -23,16 +17,61 @@ TEST(CharTokenizer, VocabularyIsSortedDistinctCharacters) {
 }
 
 TEST(CharTokenizer, RejectsCharactersOutsideTheVocabulary) {
-  CharTokenizer t = CharTokenizer::FromText("abc");
+  CharTokenizer t = *CharTokenizer::FromText("abc");
   auto ids = t.Encode("abz");
   ASSERT_FALSE(ids.ok());
   EXPECT_NE(ids.status().message().find("'z'"), std::string::npos);
   EXPECT_NE(ids.status().message().find("position 2"), std::string::npos);
+  // Positions count characters, not bytes; a control character is named by
+  // its code point.
+  auto other = CharTokenizer::FromText("\u00e9a")->Encode("\u00e9\u00e9\t");
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("U+0009 at position 2"), std::string::npos)
+      << other.status().message();
 }
 
 TEST(CharTokenizer, FromVocabRejectsRepeats) {
   EXPECT_FALSE(CharTokenizer::FromVocab("aba").ok());
   EXPECT_FALSE(CharTokenizer::FromVocab("").ok());
+  EXPECT_FALSE(CharTokenizer::FromVocab("a\u00e9b\u00e9").ok());
+  EXPECT_FALSE(CharTokenizer::FromVocab("a\xff").ok());
+}
+
+// As the seed reads its text (Python's UTF-8 str) a character is a code
+// point: sorted by code point, one token each, whatever its UTF-8 length.
+TEST(CharTokenizer, CharactersAreUnicodeCodePoints) {
+  const std::string text = "Gr\u00fc\u00dfe \U0001F600 \u20ac e";  // Grüße 😀 € e
+  auto t = CharTokenizer::FromText(text);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ(t->vocab(), " Ger\u00df\u00fc\u20ac\U0001F600");
+  EXPECT_EQ(t->size(), 8);
+  auto ids = t->Encode(text);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(ids->size(), 11u);
+  EXPECT_EQ((*ids)[2], 5);  // ü
+  EXPECT_EQ((*ids)[6], 7);  // 😀
+  EXPECT_EQ(t->Piece(7), "\U0001F600");
+  EXPECT_EQ(t->Decode(*ids), text);
+  auto again = CharTokenizer::FromVocab(t->vocab());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->Encode(text).value(), ids.value());
+}
+
+// Bytes that are not UTF-8 are refused as Python refuses them (no overlong
+// forms, surrogates, code points past U+10FFFF, cut sequences), naming the
+// byte and its offset.
+TEST(CharTokenizer, RefusesTextThatIsNotUtf8) {
+  for (const std::string& bad :
+       {std::string("ab\xff"), std::string("ab\xc0\xaf"), std::string("ab\xed\xa0\x80"),
+        std::string("ab\xf4\x90\x80\x80"), std::string("ab\xe2\x82"),
+        std::string("ab\x80"), std::string("ab\xe2\x82x")}) {
+    auto t = CharTokenizer::FromText(bad);
+    ASSERT_FALSE(t.ok()) << "accepted " << ::testing::PrintToString(bad);
+    EXPECT_NE(t.status().message().find("not UTF-8 text"), std::string::npos);
+    EXPECT_NE(t.status().message().find("at offset 2"), std::string::npos) << t.status().message();
+    EXPECT_FALSE(CharTokenizer::FromText("abc")->Encode(bad).ok());
+  }
+  EXPECT_TRUE(CharTokenizer::FromText("\xf4\x8f\xbf\xbf").ok());  // U+10FFFF, the last
 }
 
 TEST(CharDataset, SplitsNinetyFiveFive) {
