@@ -268,7 +268,7 @@ Command AddBench(CLI::App* app) {
   app->add_option("--activation_checkpointing", f->checkpointing, "both, on or off")
       ->capture_default_str();
   app->add_option("--devices,--gpus", f->devices, "Ranks per run")->capture_default_str();
-  app->add_option("--num_threads", f->num_threads, "Threads per rank (default: cores / ranks)");
+  app->add_option("--num_threads", f->num_threads, "Threads per rank (default 0: cores / ranks)");
   app->add_option("--batch_size", f->batch_size, "Batch per rank of the timed runs")
       ->capture_default_str();
   app->add_option("--block_size", f->block_size, "Context length")->capture_default_str();
@@ -294,6 +294,7 @@ Command AddBench(CLI::App* app) {
     if (b.steps < 1) return err("--steps must be positive");
     if (b.warmup < 0) return err("--warmup must be >= 0");
     if (b.max_batch < 1) return err("--max_batch must be positive");
+    if (b.num_threads != 0) MINGPT_RETURN_IF_ERROR(ValidateNumThreads(b.num_threads));
     if (b.checkpointing != "both" && b.checkpointing != "on" && b.checkpointing != "off") {
       return err("--activation_checkpointing must be both, on or off, got '" + b.checkpointing + "'");
     }
@@ -311,11 +312,8 @@ Command AddBench(CLI::App* app) {
       if (IsNvmeStrategy(s) && b.offload_dir.empty()) {
         return err("--strategies deepspeed_stage_3_offload_nvme needs --offload_dir");
       }
-      if (s != "ddp" && s.rfind("deepspeed_stage_", 0) != 0 && s != "single_device") {
-        return err("--strategies: unknown strategy '" + s +
-                   "' (known: ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3)");
-      }
-      MINGPT_RETURN_IF_ERROR(ValidateStrategyName(s));
+      if (s == "auto") return err("--strategies: auto chooses a strategy; name the ones to measure");
+      MINGPT_RETURN_IF_ERROR(ValidateStrategyName(s).WithContext("--strategies"));
     }
     size_t budget = DefaultMemoryBudget(b.devices);
     if (!b.memory_budget.empty()) {
@@ -442,6 +440,10 @@ Command AddBench(CLI::App* app) {
     std::error_code ignore;
     fs::remove(b.out + "/runs", ignore);  // only when empty: failed runs' logs stay
     std::printf("wrote %s/bench.csv and %s/report.html\n", b.out.c_str(), b.out.c_str());
+    const size_t failed = std::count_if(rows.begin(), rows.end(), [](const BenchRow& r) { return !r.ok; });
+    if (failed == rows.size()) {
+      return err("every run failed (" + std::to_string(failed) + "; their logs are in " + b.out + "/runs)");
+    }
     return Status::Ok();
   };
 }

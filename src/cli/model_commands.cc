@@ -80,9 +80,7 @@ Command AddEvaluate(CLI::App* app) {
       return Status::Error("--split must be val or test, got '" + f->split + "'");
     }
     if (f->batch_size <= 0) return Status::Error("--batch_size must be positive");
-    if (f->threads_opt->count() > 0 && f->threads <= 0) {
-      return Status::Error("--num_threads must be positive");
-    }
+    if (f->threads_opt->count() > 0) MINGPT_RETURN_IF_ERROR(ValidateNumThreads(f->threads));
     if (f->devices <= 0) return Status::Error("--devices must be positive, got " + std::to_string(f->devices));
     MINGPT_RETURN_IF_ERROR(ValidateStrategyName(f->strategy));
     MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
@@ -168,7 +166,7 @@ Command AddSample(CLI::App* app) {
       return Status::Error("--temperature must be a positive number");
     }
     if (f->o.top_k < 0) return Status::Error("--top_k must be >= 0");
-    if (f->threads <= 0) return Status::Error("--num_threads must be positive");
+    MINGPT_RETURN_IF_ERROR(ValidateNumThreads(f->threads));
     MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
     MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, accelerator, f->threads, 1));
     auto ids = m->ckpt.tokenizer.Encode(f->prompt);

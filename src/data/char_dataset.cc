@@ -86,6 +86,7 @@ std::string Printable(char32_t c) {
 }  // namespace
 
 StatusOr<CharTokenizer> CharTokenizer::FromText(std::string_view text) {
+  if (text.empty()) return Status::Error("there is no text (the file is empty)");
   bool ascii[128] = {};
   std::vector<char32_t> others;
   for (size_t pos = 0; pos < text.size();) {

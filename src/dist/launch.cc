@@ -109,6 +109,8 @@ std::optional<MpiEnvironment> FromPmix() {
 // Marks the ranks of a job RunUnderMpirun started (see PinLaunchedRank).
 constexpr const char* kLaunchedRanksEnv = "MINGPT_LAUNCHED_RANKS";
 
+constexpr int kMaxRanksPerCore = 8;  // MaxLocalRanks
+
 // ---- the machine ----
 
 int AllowedCpuCount() {
@@ -351,9 +353,17 @@ MpiEnvironment DetectMpiEnvironment() {
   return MpiEnvironment{};
 }
 
+int MaxLocalRanks() { return kMaxRanksPerCore * AllowedPhysicalCores(); }
+
 StatusOr<std::vector<std::string>> MpirunCommand(int ranks, const std::vector<std::string>& args) {
   if (ranks < 1) {
     return Status::Error("the number of ranks must be at least 1, got " + std::to_string(ranks));
+  }
+  if (ranks > MaxLocalRanks()) {
+    return Status::Error(std::to_string(ranks) + " ranks are more than " +
+                         std::to_string(kMaxRanksPerCore) + " per core of this machine (" +
+                         std::to_string(AllowedPhysicalCores()) +
+                         " cores); for more machines start the ranks with mpirun --hostfile or srun");
   }
   const std::optional<std::string> mpirun = FindOnPath("mpirun");
   if (!mpirun) {

@@ -98,6 +98,10 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args);
 // the result errs low, never oversubscribing.)
 int LocalCoresPerRank(const MpiEnvironment& env);
 
+// The most ranks MpirunCommand starts on this machine: 8 per core (more is
+// a typo, not a job; jobs over several machines start under mpirun or srun).
+int MaxLocalRanks();
+
 // Pinning ranks that share a machine. RunUnderMpirun starts its ranks with
 // --bind-to none (so that a rank's OpenMP threads are not squeezed onto one
 // core) and marks them with the environment variable MINGPT_LAUNCHED_RANKS.

@@ -69,7 +69,10 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
 }
 
 StatusOr<std::string> ReadFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused
+  // below, as every file that is not a regular one is (a device such as
+  // /dev/zero never ends). Regular files ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return Status::Error("file '" + path + "' does not exist");
     return ErrnoError("cannot open", path, errno);
@@ -84,8 +87,12 @@ StatusOr<std::string> ReadFile(const std::string& path) {
     ::close(fd);
     return Status::Error("'" + path + "' is a directory, not a file");
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::Error("'" + path + "' is not a regular file");
+  }
   std::string out;
-  if (S_ISREG(st.st_mode)) out.reserve(static_cast<size_t>(st.st_size));
+  out.reserve(static_cast<size_t>(st.st_size));
   std::vector<char> buf(1 << 16);
   while (true) {
     const ssize_t n = ::read(fd, buf.data(), buf.size());

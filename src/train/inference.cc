@@ -67,9 +67,10 @@ std::vector<int32_t> Sample(GPT* gpt, ParamProvider* params, std::vector<int32_t
     if (o.greedy) {
       next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     } else {
-      for (float& l : logits) l /= o.temperature;
       // Keep the top_k logits (ties at the k-th value kept, as the seed's
-      // top_k_logits, which masks values strictly below the k-th largest).
+      // top_k_logits, which masks values strictly below the k-th largest);
+      // dividing by the temperature keeps their order, so the raw logits
+      // choose them.
       float threshold = -INFINITY;
       if (o.top_k > 0 && o.top_k < V) {
         std::vector<float> sorted(logits);
@@ -78,9 +79,13 @@ std::vector<int32_t> Sample(GPT* gpt, ParamProvider* params, std::vector<int32_t
         threshold = sorted[o.top_k - 1];
       }
       const float mx = *std::max_element(logits.begin(), logits.end());
+      // softmax(logits / T), each term divided after the maximum is taken
+      // away: a tiny temperature makes every term but the largest 0 (greedy),
+      // where logits / T would overflow to inf and the probabilities to NaN.
+      const double inv_t = 1.0 / static_cast<double>(o.temperature);
       double sum = 0;
       for (int i = 0; i < V; ++i) {
-        probs[i] = logits[i] < threshold ? 0.0 : std::exp(static_cast<double>(logits[i] - mx));
+        probs[i] = logits[i] < threshold ? 0.0 : std::exp(static_cast<double>(logits[i] - mx) * inv_t);
         sum += probs[i];
       }
       // Inverse-CDF draw from a counter-based uniform keyed by the token index.

@@ -2,7 +2,10 @@
 
 #include "train/accelerator.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
+#include <thread>
 
 #include "engine/strategies.h"
 
@@ -11,6 +14,16 @@ namespace mingpt {
 namespace {
 constexpr int kMaxAccumulate = 1 << 16;
 }  // namespace
+
+Status ValidateNumThreads(int threads) {
+  if (threads <= 0) return Status::Error("--num_threads must be positive");
+  const int hardware = std::max(1u, std::thread::hardware_concurrency());
+  if (threads > 4 * hardware) {
+    return Status::Error("--num_threads " + std::to_string(threads) + " is more than 4 per hardware thread (this machine has " +
+                         std::to_string(hardware) + ")");
+  }
+  return Status::Ok();
+}
 
 StatusOr<MatmulPrecision> ParsePrecision(const std::string& p) {
   if (p == "32" || p == "32-true") return MatmulPrecision::kFp32;
@@ -34,14 +47,33 @@ Status ValidateTrainOptions(const TrainOptions& o) {
     return err("--accumulate_grad_batches must be in [1, " + std::to_string(kMaxAccumulate) + "], got " +
                std::to_string(o.accumulate_grad_batches));
   }
-  if (!(o.optim.learning_rate > 0)) return err("--learning_rate must be positive");
+  // (Written so that NaN fails too; infinities are refused as well.)
+  if (!(o.optim.learning_rate > 0) || std::isinf(o.optim.learning_rate)) {
+    return err("--learning_rate must be a positive number");
+  }
+  if (!(o.optim.weight_decay >= 0) || std::isinf(o.optim.weight_decay)) {
+    return err("--weight_decay must be a number >= 0");
+  }
+  if (!(o.warmup_tokens >= 0) || std::isinf(o.warmup_tokens)) {
+    return err("--warmup_tokens must be a number >= 0");
+  }
   if (o.max_steps == 0 || o.max_steps < -1) return err("--max_steps must be positive (or -1 for max_epochs)");
   if (o.max_epochs <= 0) return err("--max_epochs must be positive");
-  if (!(o.limit_train_batches > 0)) return err("--limit_train_batches must be positive");
-  if (!(o.limit_val_batches >= 0)) return err("--limit_val_batches must be >= 0");
-  if (!(o.val_check_interval > 0)) return err("--val_check_interval must be positive");
-  if (!(o.gradient_clip_val >= 0)) return err("--gradient_clip_val must be >= 0");
-  if (o.num_threads <= 0) return err("--num_threads must be positive");
+  // Counts past 2^31 overflow the integers they become.
+  constexpr double kMaxCount = 1u << 31;
+  if (!(o.limit_train_batches > 0) || !(o.limit_train_batches < kMaxCount)) {
+    return err("--limit_train_batches must be a fraction in (0, 1] or a count below 2^31");
+  }
+  if (!(o.limit_val_batches >= 0) || !(o.limit_val_batches < kMaxCount)) {
+    return err("--limit_val_batches must be a fraction in [0, 1] or a count below 2^31");
+  }
+  if (!(o.val_check_interval > 0) || !(o.val_check_interval < kMaxCount)) {
+    return err("--val_check_interval must be a fraction in (0, 1] or a count below 2^31");
+  }
+  if (!(o.gradient_clip_val >= 0) || std::isinf(o.gradient_clip_val)) {
+    return err("--gradient_clip_val must be a number >= 0");
+  }
+  MINGPT_RETURN_IF_ERROR(ValidateNumThreads(o.num_threads));
   if (o.log_every_n_steps <= 0) return err("--log_every_n_steps must be positive");
   MINGPT_RETURN_IF_ERROR(ParsePrecision(o.precision).status());
   if (o.initial_scale_power < 0 || o.initial_scale_power > 32) {

@@ -56,6 +56,11 @@ StatusOr<MatmulPrecision> ParsePrecision(const std::string& precision);
 // --offload_buffer_mb.
 NvmeOptions NvmeSettings(const TrainOptions& options);
 
+// --num_threads: positive, and at most 4 threads per hardware thread of this
+// machine (OpenMP with thousands of threads crawls, and past its limits it
+// crashes).
+Status ValidateNumThreads(int threads);
+
 // Checks the options that do not depend on the data (sizes, ranges,
 // strategy, precision, devices). One clear error for the first problem.
 Status ValidateTrainOptions(const TrainOptions& options);

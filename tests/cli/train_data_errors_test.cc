@@ -48,6 +48,15 @@ TEST_F(DataErrorTest, NotUtf8) {
   ExpectTrainRefused({{"--data", latin1}}, 1, {"latin1.txt", "not UTF-8", "0xfc", "offset 2002"});
 }
 
+// A FIFO would block the read for ever (and /dev/zero never end): only
+// regular files are read.
+TEST_F(DataErrorTest, NotARegularFile) {
+  const std::string fifo = tmp_ / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ExpectTrainRefused({{"--data", fifo}}, 1, {"fifo", "not a regular file"});
+  ExpectTrainRefused({{"--data", "/dev/zero"}}, 1, {"/dev/zero", "not a regular file"});
+}
+
 TEST_F(DataErrorTest, ShorterThanBlockSize) {
   const std::string tiny = tmp_ / "tiny.txt";
   WriteText(tiny, "abcde");  // 5 characters, block_size 8

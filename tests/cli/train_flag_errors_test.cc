@@ -55,6 +55,37 @@ INSTANTIATE_TEST_SUITE_P(
       return std::get<0>(info.param) + (v == "0" ? "_zero" : "_negative");
     });
 
+// Numbers that parse but mean nothing: infinities and NaN, negative rates,
+// counts past what an int holds, threads and ranks no machine runs.
+class MeaninglessNumberTest
+    : public CliTest,
+      public ::testing::WithParamInterface<std::tuple<std::string, std::string>> {};
+
+TEST_P(MeaninglessNumberTest, Refused) {
+  const auto& [name, value] = GetParam();
+  ExpectTrainRefused({{"--" + name, value}}, 1, {"--" + name});
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TrainFlags, MeaninglessNumberTest,
+    ::testing::Values(std::tuple{"learning_rate", "inf"}, std::tuple{"learning_rate", "nan"},
+                      std::tuple{"weight_decay", "nan"}, std::tuple{"weight_decay", "-1"},
+                      std::tuple{"warmup_tokens", "-5"}, std::tuple{"warmup_tokens", "nan"},
+                      std::tuple{"limit_val_batches", "inf"},
+                      std::tuple{"limit_train_batches", "1e300"},
+                      std::tuple{"val_check_interval", "inf"},
+                      std::tuple{"gradient_clip_val", "inf"},
+                      std::tuple{"num_threads", "100000"}),
+    [](const ::testing::TestParamInfo<MeaninglessNumberTest::ParamType>& info) {
+      std::string v = std::get<1>(info.param);
+      for (char& c : v) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return std::get<0>(info.param) + "_" + v;
+    });
+
+TEST_F(TrainFlagTest, MoreRanksThanTheMachineRuns) {
+  ExpectTrainRefused({{"--devices", "100000"}}, 1, {"100000 ranks", "per core"});
+}
+
 TEST_F(TrainFlagTest, DropoutAboveOne) {
   ExpectTrainRefused({{"--dropout", "1.5"}}, 1, {"dropout", "[0, 1)"});
 }

@@ -189,10 +189,14 @@ TEST(MpirunCommand, RunsThisExecutableWithTheArguments) {
   EXPECT_EQ(c[c.size() - 3], std::filesystem::read_symlink("/proc/self/exe").string());
   EXPECT_EQ(c[c.size() - 2], "train");
   EXPECT_EQ(c[c.size() - 1], "--x=1");
-  // More ranks than cores: allowed explicitly.
-  StatusOr<std::vector<std::string>> many = MpirunCommand(4096, {});
-  ASSERT_TRUE(many.ok());
+  // More ranks than cores: allowed explicitly, up to 8 a core.
+  StatusOr<std::vector<std::string>> many = MpirunCommand(MaxLocalRanks(), {});
+  ASSERT_TRUE(many.ok()) << many.status().message();
   EXPECT_TRUE(Contains(*many, {"--oversubscribe"}));
+  StatusOr<std::vector<std::string>> too_many = MpirunCommand(MaxLocalRanks() + 1, {});
+  ASSERT_FALSE(too_many.ok());
+  EXPECT_NE(too_many.status().message().find("per core"), std::string::npos)
+      << too_many.status().message();
 }
 
 TEST(MpirunCommand, UserMcaSettingsWin) {

@@ -88,5 +88,20 @@ TEST(KvDecoder, SampleGivesTheSameTextAsRecomputing) {
   }
 }
 
+// A temperature toward 0 samples the most likely token, as greedy does, down
+// to the smallest positive float (where logits / T would overflow).
+TEST(KvDecoder, TinyTemperaturesSampleAsGreedy) {
+  Model m = Make(16);
+  SampleOptions o;
+  o.steps = 20;
+  o.greedy = true;
+  const std::vector<int32_t> greedy = Sample(m.gpt.get(), m.params.get(), {2, 7, 1}, o);
+  o.greedy = false;
+  for (float t : {1e-6f, 1e-30f, 1e-45f}) {
+    o.temperature = t;
+    EXPECT_EQ(Sample(m.gpt.get(), m.params.get(), {2, 7, 1}, o), greedy) << "temperature " << t;
+  }
+}
+
 }  // namespace
 }  // namespace mingpt
