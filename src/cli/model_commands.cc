@@ -120,6 +120,7 @@ Command AddEvaluate(CLI::App* app) {
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> params,
                             MakeStrategy(strategy, device.backend.get(), gpt.layout(),
                                          device.comms(comm.get()), /*training=*/false));
+    MINGPT_RETURN_IF_ERROR(AgreeOnCheckpointVersion(comm.get(), &ckpt));
     MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadTrainingState(ckpt, gpt.layout(), params.get(), /*with_optimizer=*/false)));
     EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
     if (comm->rank() != 0) return Status::Ok();
@@ -194,6 +195,9 @@ Command AddInfo(CLI::App* app) {
   app->add_flag("--json", f->json, "Print one JSON object");
   return [f]() -> Status {
     MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint c, OpenTrainingCheckpoint(f->checkpoint));
+    // What it describes must be there: the weights' files, their tensors
+    // and shapes (as evaluate, sample and convert check them).
+    MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(c));
     const ModelLayout layout(c.config);
     const bool has_best = std::isfinite(c.state.best_val_loss);
     if (f->json) {

@@ -215,6 +215,17 @@ StatusOr<ParsedHeader> ParseHeader(const std::string& text, uint64_t data_size) 
     if (a.begin != b.begin) return a.begin < b.begin;
     return a.end != b.end ? a.end < b.end : a.name < b.name;
   });
+  // Each byte of the data belongs to one tensor at most: two tensors over
+  // the same bytes are a corrupt (or crafted) file, as the format's own
+  // reader holds.
+  for (size_t i = 1; i < out.tensors.size(); ++i) {
+    const TensorInfo& a = out.tensors[i - 1];
+    const TensorInfo& b = out.tensors[i];
+    if (b.begin < a.end) {
+      return Status::Error("tensors '" + a.name + "' and '" + b.name +
+                           "' overlap in the data (data_offsets)");
+    }
+  }
   return out;
 }
 
@@ -338,7 +349,7 @@ Status SafetensorsFile::Error(const std::string& message) const {
 StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   SafetensorsFile file;
   file.path_ = path;
-  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block
   if (file.fd_ < 0) {
     if (errno == ENOENT) return file.Error("file does not exist");
     return file.Error(std::string("cannot open: ") + ::strerror(errno));
@@ -346,6 +357,7 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   struct stat st;
   if (::fstat(file.fd_, &st) != 0) return file.Error(std::string("cannot stat: ") + ::strerror(errno));
   if (S_ISDIR(st.st_mode)) return file.Error("is a directory, not a safetensors file");
+  if (!S_ISREG(st.st_mode)) return file.Error("is not a regular file");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     return file.Error("file is " + std::to_string(file_size) +

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "core/check.h"
 #include "engine/shard.h"
@@ -32,6 +33,18 @@ std::string ShardPrefix(StateKind kind) {
 }
 
 // The tensor-name prefix of a kind in the single format's files.
+const char* StateKindName(StateKind kind) {
+  switch (kind) {
+    case StateKind::kParams:
+      return "the parameters";
+    case StateKind::kExpAvg:
+      return "AdamW's exp_avg";
+    case StateKind::kExpAvgSq:
+      return "AdamW's exp_avg_sq";
+  }
+  return "?";
+}
+
 std::string SinglePrefix(StateKind kind) {
   return kind == StateKind::kParams ? "" : ShardPrefix(kind);
 }
@@ -109,6 +122,17 @@ StatusOr<T> Field(const json& obj, const std::string& key, const std::string& wh
     if (!it->is_string()) return Status::Error(where + ": meta.json '" + key + "' is not a string");
   } else if constexpr (std::is_integral_v<T>) {
     if (!it->is_number_integer()) return Status::Error(where + ": meta.json '" + key + "' is not an integer");
+    // The value must be one T holds (get<T> would wrap or truncate it).
+    bool fits = false;  // (a negative value never fits an unsigned T)
+    if (it->is_number_unsigned()) {
+      fits = it->template get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    } else if constexpr (std::is_signed_v<T>) {
+      const int64_t v = it->template get<int64_t>();
+      fits = v >= std::numeric_limits<T>::min() && v <= std::numeric_limits<T>::max();
+    }
+    if (!fits) {
+      return Status::Error(where + ": meta.json '" + key + "' is " + it->dump() + ", out of range");
+    }
   } else {
     if (!it->is_number()) return Status::Error(where + ": meta.json '" + key + "' is not a number");
   }
@@ -440,6 +464,16 @@ StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir) {
   MINGPT_ASSIGN_OR_RETURN(out.state.step, Field<int64_t>(meta, "step", where));
   MINGPT_ASSIGN_OR_RETURN(out.state.tokens, Field<int64_t>(meta, "tokens", where));
   MINGPT_ASSIGN_OR_RETURN(out.state.seed, Field<uint64_t>(meta, "seed", where));
+  // Counts a run reaches: at most 2^53 (where a double's integers end).
+  constexpr int64_t kMaxCount = int64_t{1} << 53;
+  if (out.state.step < 0 || out.state.step > kMaxCount) {
+    return Status::Error(where + ": meta.json 'step' must be in [0, 2^53], got " +
+                         std::to_string(out.state.step));
+  }
+  if (out.state.tokens < 0 || out.state.tokens > kMaxCount) {
+    return Status::Error(where + ": meta.json 'tokens' must be in [0, 2^53], got " +
+                         std::to_string(out.state.tokens));
+  }
   auto best = meta.find("best_val_loss");
   if (best != meta.end() && best->is_number()) out.state.best_val_loss = best->get<double>();
   out.state.optimizer_steps = out.state.step;
@@ -502,8 +536,19 @@ Status CheckpointReader::Read(int unit, StateKind kind, ElementRange range, floa
   if (kind != StateKind::kParams && !with_optimizer_) {
     return Status::Error(where + ": optimizer state was not opened for reading");
   }
-  return format_ == CheckpointFormat::kSingle ? ReadSingle(unit, kind, range, dst)
-                                              : ReadSharded(unit, kind, range, dst);
+  MINGPT_RETURN_IF_ERROR(format_ == CheckpointFormat::kSingle ? ReadSingle(unit, kind, range, dst)
+                                                              : ReadSharded(unit, kind, range, dst));
+  // A saved state is finite (a step that overflowed was skipped, a diverged
+  // run stopped unsaved) and its second moments are >= 0: anything else is
+  // a damaged file, refused here rather than trained or sampled from.
+  for (int64_t i = 0; i < range.size(); ++i) {
+    if (!std::isfinite(dst[i]) || (kind == StateKind::kExpAvgSq && dst[i] < 0)) {
+      return Status::Error(where + ": " + StateKindName(kind) + " of unit '" + u.name +
+                           "' hold " + std::to_string(dst[i]) + " at element " +
+                           std::to_string(range.begin + i) + " (a damaged file?)");
+    }
+  }
+  return Status::Ok();
 }
 
 Status CheckpointReader::ReadSingle(int unit, StateKind kind, ElementRange range,

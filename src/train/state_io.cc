@@ -81,6 +81,22 @@ void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* s) {
   }
 }
 
+Status AgreeOnCheckpointVersion(Communicator* comm, OpenedCheckpoint* ckpt) {
+  if (comm->world() == 1) return Status::Ok();
+  std::string version = ckpt->checkpoint.data_dir;
+  BroadcastString(comm, &version);
+  Status status = Status::Ok();
+  if (version != ckpt->checkpoint.data_dir) {
+    StatusOr<OpenedCheckpoint> again = OpenTrainingCheckpoint(version);
+    if (again.ok()) {
+      *ckpt = std::move(again).value();
+    } else {
+      status = again.status();
+    }
+  }
+  return AgreeOnStatus(comm, status);
+}
+
 Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s,
                          bool with_optimizer) {
   MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader,

@@ -16,6 +16,12 @@ namespace mingpt {
 // The seed's initialisation (GPT::InitParameters), each rank keeping its part.
 void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* strategy);
 
+// Every rank of the job reads the same version of a checkpoint: a link such
+// as checkpoints/last, which a running trainer moves to each new save, is
+// followed once, by rank 0, and the others reopen that version if they had
+// followed it elsewhere. A collective; every rank gets the same result.
+Status AgreeOnCheckpointVersion(Communicator* comm, OpenedCheckpoint* ckpt);
+
 // Loads parameters and moments (only the parameters, for a strategy built
 // for inference, with `with_optimizer` false) from a checkpoint saved at any
 // world size, each rank reading just what it holds.

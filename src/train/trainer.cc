@@ -220,7 +220,37 @@ struct Setup {
   std::optional<OpenedCheckpoint> resume;
   CharTokenizer tokenizer;
   std::optional<CharDataset> data;
+  bool made_root = false;  // rank 0 created the run directory (it did not exist)
 };
+
+// The run in steps and tokens. Rank r's rows of micro-batch m of step s are
+// the global samples ((s*k + m)*world + r)*B + b: N ranks with batch B see
+// exactly the samples of one process with batch N*B.
+struct Plan {
+  int64_t global_batch = 0, tokens_per_step = 0, total_steps = 0, val_every = 0;
+  int64_t val_windows = 0;  // validation windows in all (0: no validation)
+  LrSchedule schedule;
+};
+
+Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
+  Plan p;
+  const int B = o.batch_size, T = o.model.block_size;
+  p.global_batch = static_cast<int64_t>(B) * world * o.accumulate_grad_batches;
+  p.tokens_per_step = p.global_batch * T;
+  const int64_t full_epoch_steps = (data.epoch_samples() + p.global_batch - 1) / p.global_batch;
+  const int64_t epoch_steps = std::max<int64_t>(1, ApplyLimit(o.limit_train_batches, full_epoch_steps));
+  p.total_steps = o.max_steps > 0 ? o.max_steps : o.max_epochs * epoch_steps;
+  p.val_every = o.val_check_interval <= 1.0
+      ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_check_interval * epoch_steps)))
+      : static_cast<int64_t>(o.val_check_interval);
+  // Validation batches are counted per rank, as Lightning counts them.
+  const int64_t per_round = static_cast<int64_t>(B) * world;
+  const int64_t val_rounds = (data.num_eval_windows(Split::kVal) + per_round - 1) / per_round;
+  p.val_windows = ApplyLimit(o.limit_val_batches, val_rounds) * per_round;
+  p.schedule = {o.optim.learning_rate, o.warmup_tokens,
+                2.0 * static_cast<double>(data.epoch_samples()) * T, true};
+  return p;
+}
 
 // With dry_run, only checks: nothing is created or printed.
 StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = false) {
@@ -232,6 +262,8 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   Setup s;
   if (!o->ckpt_path.empty()) {
     MINGPT_ASSIGN_OR_RETURN(s.resume, OpenTrainingCheckpoint(o->ckpt_path));
+    // (A dry run's communicator only has a size: nothing to agree with.)
+    if (!dry_run) MINGPT_RETURN_IF_ERROR(AgreeOnCheckpointVersion(comm, &*s.resume));
     o->seed = s.resume->state.seed;
   }
   // Data (recorded in checkpoints by absolute path).
@@ -282,10 +314,17 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   if (s.resume) {
     // Every file of the checkpoint checked before anything is created.
     MINGPT_RETURN_IF_ERROR(CheckpointReader::Open(*s.resume, ModelLayout(o->model)).status());
+    const int64_t total_steps = MakePlan(*o, *s.data, comm->world()).total_steps;
+    if (s.resume->state.step >= total_steps) {
+      return Status::Error("the checkpoint is at step " + std::to_string(s.resume->state.step) +
+                           ", and the run ends at step " + std::to_string(total_steps) +
+                           ": nothing to train (raise --max_steps or --max_epochs)");
+    }
   }
   if (dry_run) return s;
   std::error_code ec;
   if (comm->rank() == 0) {
+    s.made_root = !std::filesystem::exists(o->default_root_dir, ec);
     std::filesystem::create_directories(
         o->default_root_dir + (o->enable_checkpointing ? "/checkpoints" : ""), ec);
   }
@@ -293,34 +332,6 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   return s;
 }
 
-// The run in steps and tokens. Rank r's rows of micro-batch m of step s are
-// the global samples ((s*k + m)*world + r)*B + b: N ranks with batch B see
-// exactly the samples of one process with batch N*B.
-struct Plan {
-  int64_t global_batch = 0, tokens_per_step = 0, total_steps = 0, val_every = 0;
-  int64_t val_windows = 0;  // validation windows in all (0: no validation)
-  LrSchedule schedule;
-};
-
-Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
-  Plan p;
-  const int B = o.batch_size, T = o.model.block_size;
-  p.global_batch = static_cast<int64_t>(B) * world * o.accumulate_grad_batches;
-  p.tokens_per_step = p.global_batch * T;
-  const int64_t full_epoch_steps = (data.epoch_samples() + p.global_batch - 1) / p.global_batch;
-  const int64_t epoch_steps = std::max<int64_t>(1, ApplyLimit(o.limit_train_batches, full_epoch_steps));
-  p.total_steps = o.max_steps > 0 ? o.max_steps : o.max_epochs * epoch_steps;
-  p.val_every = o.val_check_interval <= 1.0
-      ? std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.val_check_interval * epoch_steps)))
-      : static_cast<int64_t>(o.val_check_interval);
-  // Validation batches are counted per rank, as Lightning counts them.
-  const int64_t per_round = static_cast<int64_t>(B) * world;
-  const int64_t val_rounds = (data.num_eval_windows(Split::kVal) + per_round - 1) / per_round;
-  p.val_windows = ApplyLimit(o.limit_val_batches, val_rounds) * per_round;
-  p.schedule = {o.optim.learning_rate, o.warmup_tokens,
-                2.0 * static_cast<double>(data.epoch_samples()) * T, true};
-  return p;
-}
 
 // Forward and backward of this rank's k micro-batches of step s, gradients
 // of the loss times `loss_scale` summed into the strategy's; returns the
@@ -362,13 +373,25 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   Setup setup = std::move(setup_or).value();
   const CharDataset& data = *setup.data;
   const CharTokenizer& tokenizer = setup.tokenizer;
+  // A run that fails before its first step (no device, a checkpoint whose
+  // values are damaged, metrics.csv not writable) leaves no run directory
+  // behind, if it made one.
+  auto abandon = [&](const Status& status) {
+    if (setup.made_root) {
+      std::error_code ignore;
+      std::filesystem::remove_all(o.default_root_dir, ignore);
+    }
+    return status;
+  };
 
   // Model, strategy and state. `comm` keeps carrying the collectives on host
   // memory; comms.device carries the strategy's on backend memory.
-  MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(o.accelerator));
-  MINGPT_ASSIGN_OR_RETURN(RankDevice device, make_device
-                                                 ? make_device(accelerator, comm, o.num_threads)
-                                                 : MakeRankDevice(accelerator, comm, o.num_threads));
+  StatusOr<std::string> accelerator = ResolveAccelerator(o.accelerator);
+  if (!accelerator.ok()) return abandon(accelerator.status());
+  StatusOr<RankDevice> made_device = make_device ? make_device(*accelerator, comm, o.num_threads)
+                                                 : MakeRankDevice(*accelerator, comm, o.num_threads);
+  if (!made_device.ok()) return abandon(made_device.status());
+  RankDevice device = std::move(made_device).value();
   Backend* const backend = device.backend.get();
   const Communicators comms = device.comms(comm);
   const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
@@ -379,13 +402,14 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   StatusOr<std::unique_ptr<Strategy>> made_strategy =
       MakeStrategy(o.strategy, backend, layout, comms, /*training=*/true, device.host_backend.get(),
                    nvme);
-  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, made_strategy.status()));
+  if (Status st = AgreeOnStatus(comm, made_strategy.status()); !st.ok()) return abandon(st);
   std::unique_ptr<Strategy> strategy = std::move(made_strategy).value();
   Strategy& sp = *strategy;
   TrainState state;
   state.seed = o.seed;
   if (setup.resume) {
-    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, LoadTrainingState(*setup.resume, layout, &sp)));
+    Status loaded = AgreeOnStatus(comm, LoadTrainingState(*setup.resume, layout, &sp));
+    if (!loaded.ok()) return abandon(loaded);
     state = setup.resume->state;
   } else {
     InitTrainingState(gpt, o.seed, &sp);
@@ -409,7 +433,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   // Rank 0 alone writes metrics.csv and prints.
   StatusOr<MetricsWriter> metrics_or = lead ? MetricsWriter::Open(o.default_root_dir + "/metrics.csv")
                                             : StatusOr<MetricsWriter>(MetricsWriter::Disabled());
-  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, metrics_or.status()));
+  if (Status st = AgreeOnStatus(comm, metrics_or.status()); !st.ok()) return abandon(st);
   MetricsWriter metrics = std::move(metrics_or).value();
   const std::string ckpt_dir = o.default_root_dir + "/checkpoints";
 

@@ -2,11 +2,14 @@
 // train --ckpt_path) refuses it with one error line naming the file or the
 // tensor, exit 1, and a refused resume leaves no run directory.
 //
-// Corruptions of meta.json are seen by all four commands; corruptions of
-// model.safetensors only by those that read weights (info reads meta.json
-// alone, by design).
+// Corruptions of meta.json and of model.safetensors's headers are seen by all
+// four commands (info opens the weights' files too, without reading the
+// values); damaged values by those that read the weights.
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -156,7 +159,7 @@ TEST_F(CheckpointErrorTest, MetaJsonConfigDisagreesWithWeights) {
   nlohmann::json meta = ReadMeta(ckpt);
   meta["config"]["n_layer"] = 2;
   WriteMeta(ckpt, meta);
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "blocks.1."}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "blocks.1."}, true);
 }
 
 TEST_F(CheckpointErrorTest, MetaJsonConfigFarLargerThanWeights) {
@@ -170,13 +173,13 @@ TEST_F(CheckpointErrorTest, MetaJsonConfigFarLargerThanWeights) {
   nlohmann::json meta = ReadMeta(ckpt);
   meta["config"]["block_size"] = 2000000000;
   WriteMeta(ckpt, meta);
-  ExpectRefusedEverywhere(ckpt, {}, false);
+  ExpectRefusedEverywhere(ckpt, {}, true);
 }
 
 TEST_F(CheckpointErrorTest, ModelSafetensorsMissing) {
   const std::string ckpt = CopyCheckpoint("ckpt");
   std::filesystem::remove(ckpt + "/model.safetensors");
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, true);
 }
 
 TEST_F(CheckpointErrorTest, ModelSafetensorsTruncated) {
@@ -184,7 +187,7 @@ TEST_F(CheckpointErrorTest, ModelSafetensorsTruncated) {
   const std::string path = ckpt + "/model.safetensors";
   const auto size = std::filesystem::file_size(path);
   std::filesystem::resize_file(path, size / 2);
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors"}, true);
 }
 
 TEST_F(CheckpointErrorTest, ModelSafetensorsHugeHeaderLength) {
@@ -195,7 +198,7 @@ TEST_F(CheckpointErrorTest, ModelSafetensorsHugeHeaderLength) {
   const uint64_t huge = 0x7fffffffffffff00ull;
   std::memcpy(bytes.data(), &huge, 8);  // little-endian machine
   WriteText(path, bytes);
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "header"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "header"}, true);
 }
 
 TEST_F(CheckpointErrorTest, ModelSafetensorsGarbageHeader) {
@@ -208,7 +211,7 @@ TEST_F(CheckpointErrorTest, ModelSafetensorsGarbageHeader) {
   ASSERT_LE(n, bytes.size() - 8);
   for (uint64_t i = 0; i < n; ++i) bytes[8 + i] = "{]x\"#"[i % 5];  // same length, not JSON
   WriteText(path, bytes);
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "JSON"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "JSON"}, true);
 }
 
 TEST_F(CheckpointErrorTest, TensorWithWrongShape) {
@@ -221,7 +224,7 @@ TEST_F(CheckpointErrorTest, TensorWithWrongShape) {
     }
   });
   ASSERT_FALSE(changed.empty());
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "shape"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "shape"}, true);
 }
 
 TEST_F(CheckpointErrorTest, TensorWithWrongDtype) {
@@ -235,7 +238,7 @@ TEST_F(CheckpointErrorTest, TensorWithWrongDtype) {
     }
   });
   ASSERT_FALSE(changed.empty());
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "F16"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "'" + changed + "'", "F16"}, true);
 }
 
 TEST_F(CheckpointErrorTest, TensorMissing) {
@@ -248,7 +251,94 @@ TEST_F(CheckpointErrorTest, TensorMissing) {
     }
   });
   ASSERT_FALSE(dropped.empty());
-  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "missing", "'" + dropped + "'"}, false);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "missing", "'" + dropped + "'"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonNegativeStep) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["step"] = -5;
+  meta.erase("optimizer_steps");  // optional (older checkpoints): the step stands in
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"'step'", "-5"}, true);
+}
+
+TEST_F(CheckpointErrorTest, MetaJsonIntegerOutOfRange) {
+  // 2^32 + 1 would wrap to 1 layer in an int.
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  nlohmann::json meta = ReadMeta(ckpt);
+  meta["config"]["n_layer"] = 4294967297LL;
+  WriteMeta(ckpt, meta);
+  ExpectRefusedEverywhere(ckpt, {"'n_layer'", "4294967297", "out of range"}, true);
+}
+
+TEST_F(CheckpointErrorTest, ModelSafetensorsNotARegularFile) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/model.safetensors";
+  std::filesystem::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);  // opening it must not wait for a writer
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "not a regular file"}, true);
+}
+
+// Two tensors over the same bytes: the file is corrupt even where every
+// offset lies inside the data.
+TEST_F(CheckpointErrorTest, TensorsOverlapInTheData) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string path = ckpt + "/model.safetensors";
+  const std::string bytes = ReadText(path);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+  // Two tensors of one shape: the second's offsets become the first's.
+  std::string first, second;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") continue;
+    for (const auto& [other, o] : header.items()) {
+      if (other != name && other != "__metadata__" && o["shape"] == entry["shape"] && first.empty()) {
+        first = name;
+        second = other;
+      }
+    }
+  }
+  ASSERT_FALSE(first.empty());
+  header[second]["data_offsets"] = header[first]["data_offsets"];
+  const std::string text = header.dump();
+  std::string rewritten(8, '\0');
+  const uint64_t length = text.size();
+  std::memcpy(rewritten.data(), &length, 8);
+  rewritten += text + bytes.substr(8 + n);
+  WriteText(path, rewritten);
+  ExpectRefusedEverywhere(ckpt, {"model.safetensors", "overlap"}, true);
+}
+
+// A NaN in the weights (a flipped bit, a damaged disk) is refused where the
+// values are read, not trained on or sampled from.
+TEST_F(CheckpointErrorTest, TensorHoldsNaN) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  std::string changed;
+  RewriteModel(ckpt, [&](Tensor* t) {
+    if (changed.empty() && t->dtype == TensorDType::kF32 && t->bytes.size() >= 8) {
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::memcpy(t->bytes.data() + 4, &nan, 4);
+      changed = t->name;
+    }
+  });
+  ASSERT_FALSE(changed.empty());
+  ExpectRefusedEverywhere(ckpt, {"nan", "damaged"}, false);
+  EXPECT_TRUE(FailsWith(Mingpt({"convert", ckpt, tmp_ / "out.safetensors"}), 1, {"nan"}));
+  EXPECT_FALSE(Exists(tmp_ / "out.safetensors"));
+}
+
+// Resuming a run that already reached its last step trains nothing: one line
+// says so, and no run directory is made.
+TEST_F(CheckpointErrorTest, ResumeAtTheLastStepHasNothingToTrain) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const int64_t step = ReadMeta(ckpt)["step"].get<int64_t>();
+  ASSERT_GT(step, 0);
+  const ProcessResult r =
+      Mingpt(ResumeArgs(ckpt, "again", {{"--max_steps", std::to_string(step)}}));
+  EXPECT_TRUE(FailsWith(r, 1, {"at step " + std::to_string(step), "nothing to train"}));
+  EXPECT_FALSE(Exists(tmp_ / "again"));
 }
 
 TEST_F(CheckpointErrorTest, OptimizerStateTruncatedRefusesResumeOnly) {
