@@ -6,6 +6,8 @@
 #include <csignal>
 
 #include <cstdio>
+#include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -81,7 +83,17 @@ int main(int argc, char** argv) {
   for (const CLI::App* sub : app.get_subcommands()) {
     for (size_t c = 0; c < commands.size(); ++c) {
       if (sub->get_name() != kCommands[c].name) continue;
-      mingpt::Status status = commands[c]();
+      // Expected failures come back as a Status. An exception escaping a
+      // library (std::bad_alloc on a huge request, say) is a bug or the
+      // machine's limit: one line all the same, not std::terminate's abort.
+      mingpt::Status status = mingpt::Status::Ok();
+      try {
+        status = commands[c]();
+      } catch (const std::bad_alloc&) {
+        status = mingpt::Status::Error("out of memory");
+      } catch (const std::exception& e) {
+        status = mingpt::Status::Error(std::string("internal error: ") + e.what());
+      }
       if (!status.ok()) {
         std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());
         return 1;

@@ -157,7 +157,9 @@ Command AddSample(CLI::App* app) {
   app->add_flag("--no_kv_cache{false}", f->o.kv_cache,
                 "Recompute the whole context for every character instead of decoding from "
                 "cached keys and values (same text, slower)");
-  app->add_option("--seed", f->o.seed, "Sampling seed")->capture_default_str();
+  app->add_option("--seed", f->o.seed, "Sampling seed")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
   AddAcceleratorFlag(app, &f->accelerator);
   return [f]() -> Status {
@@ -170,6 +172,10 @@ Command AddSample(CLI::App* app) {
     MINGPT_RETURN_IF_ERROR(ValidateNumThreads(f->threads));
     MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
     MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, accelerator, f->threads, 1));
+    if (f->o.top_k > m->ckpt.tokenizer.size()) {
+      return Status::Error("--top_k must be at most the vocabulary size (" +
+                           std::to_string(m->ckpt.tokenizer.size()) + ")");
+    }
     auto ids = m->ckpt.tokenizer.Encode(f->prompt);
     if (!ids.ok()) return ids.status().WithContext("--prompt");
     std::fputs(f->prompt.c_str(), stdout);

@@ -95,7 +95,17 @@ Status ResolveFlags(TrainFlags* f) {
     }
     f->o.accelerator = "cuda";
   }
-  if (!f->model_type.empty()) MINGPT_RETURN_IF_ERROR(ApplyPreset(f->model_type, &f->o.model));
+  if (f->model_type_opt->count() > 0) {
+    // As minGPT's config asserts: a preset or the sizes, not both (the
+    // preset would silently win).
+    for (CLI::Option* size : {f->n_layer, f->n_head, f->n_embd}) {
+      if (size->count() > 0) {
+        return Status::Error("--model_type " + f->model_type + " sets n_layer, n_head and n_embd; " +
+                             size->get_name() + " cannot be given with it");
+      }
+    }
+    MINGPT_RETURN_IF_ERROR(ApplyPreset(f->model_type, &f->o.model));
+  }
   if (!f->o.ckpt_path.empty()) MINGPT_RETURN_IF_ERROR(Reconcile(f));
   MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
   if (f->o.default_root_dir.empty()) f->o.default_root_dir = DefaultRunDir();
@@ -136,7 +146,9 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_option("--initial_scale_power", o.initial_scale_power,
                   "--precision 16: the loss scale starts at 2^this (DeepSpeed's default)")
       ->capture_default_str();
-  app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")->capture_default_str();
+  app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>");
   app->add_option("--data", f->data, "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt, downloaded)");
   app->add_option("--ckpt_path", o.ckpt_path, "Resume from this checkpoint directory");

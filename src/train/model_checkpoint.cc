@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 
 #include "core/check.h"
@@ -602,6 +603,21 @@ Status WriteConsolidatedWeights(const OpenedCheckpoint& ckpt, const std::string&
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     return Status::Error("output '" + path + "' is a directory");
+  }
+  // The output replaces a file: never a device or FIFO (the rename would put
+  // a file in its place), nor a file of the checkpoint it reads.
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return Status::Error("output '" + path + "' exists and is not a regular file");
+  }
+  std::error_code ec;
+  const std::filesystem::path out = std::filesystem::weakly_canonical(path, ec).parent_path();
+  for (const std::string& d : {ckpt.checkpoint.dir, ckpt.checkpoint.data_dir}) {
+    const std::filesystem::path dir = std::filesystem::weakly_canonical(d, ec);
+    const auto [mismatch, _] = std::mismatch(dir.begin(), dir.end(), out.begin(), out.end());
+    if (!ec && mismatch == dir.end()) {
+      return Status::Error("output '" + path + "' lies inside the checkpoint '" + d +
+                           "' it converts");
+    }
   }
   const ModelLayout layout(ckpt.config);
   // Opened (validated against the files) before the config sizes anything.

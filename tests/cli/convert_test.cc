@@ -178,6 +178,22 @@ TEST_F(ConvertTest, UnwritableOutputIsRefusedWithNothingLeft) {
   EXPECT_EQ(ReadText(out), "previous contents");
 }
 
+// The output replaces a regular file only: never a FIFO or device (which the
+// rename would turn into a file), nor a file of the checkpoint itself.
+TEST_F(ConvertTest, OutputThatIsNotAFileOrIsTheCheckpointIsRefused) {
+  const std::string fifo = tmp_ / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_TRUE(FailsWith(Convert(shared_last_, fifo), 1, {fifo, "not a regular file"}));
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string meta = ReadText(ckpt + "/meta.json");
+  EXPECT_TRUE(FailsWith(Convert(ckpt, ckpt + "/meta.json"), 1, {"inside the checkpoint"}));
+  EXPECT_TRUE(FailsWith(Convert(ckpt, ckpt + "/../ckpt/new.safetensors"), 1, {"inside the checkpoint"}));
+  EXPECT_EQ(ReadText(ckpt + "/meta.json"), meta);
+  EXPECT_FALSE(Exists(ckpt + "/new.safetensors"));
+  EXPECT_TRUE(Succeeded(Convert(ckpt, tmp_ / "ckpt.safetensors")));  // beside it is fine
+}
+
 TEST_F(ConvertTest, CommandLine) {
   const ProcessResult help = Mingpt({"convert", "--help"});
   ASSERT_TRUE(Succeeded(help));

@@ -35,6 +35,11 @@ TEST_F(SampleErrorTest, TemperatureNegative) {
   EXPECT_TRUE(FailsWith(r, 1, {"--temperature", "positive"}));
 }
 
+TEST_F(SampleErrorTest, TopKAboveTheVocabulary) {
+  const ProcessResult r = Mingpt(SampleArgs(shared_last_, "the", {"--top_k", "1000"}));
+  EXPECT_TRUE(FailsWith(r, 1, {"--top_k", "vocabulary size"}));
+}
+
 TEST_F(SampleErrorTest, TopKNegative) {
   const ProcessResult r = Mingpt(SampleArgs(shared_last_, "the", {"--top_k", "-1"}));
   EXPECT_TRUE(FailsWith(r, 1, {"--top_k"}));

@@ -82,6 +82,15 @@ INSTANTIATE_TEST_SUITE_P(
       return std::get<0>(info.param) + "_" + v;
     });
 
+TEST_F(TrainFlagTest, ModelTypeWithSizes) {
+  ExpectTrainRefused({{"--model_type", "gpt-nano"}, {"--n_head", ""}, {"--n_embd", ""}}, 1,
+                     {"--model_type", "--n_layer"});
+}
+
+TEST_F(TrainFlagTest, NegativeSeed) {
+  ExpectTrainRefused({{"--seed", "-1"}}, 2, {"--seed"});
+}
+
 TEST_F(TrainFlagTest, MoreRanksThanTheMachineRuns) {
   ExpectTrainRefused({{"--devices", "100000"}}, 1, {"100000 ranks", "per core"});
 }
