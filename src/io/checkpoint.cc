@@ -64,6 +64,12 @@ void RemoveStaleSaves(const std::string& dir) {
   for (const std::string& name : stale) fs::remove_all(JoinPath(parent, name), ec);
 }
 
+}  // namespace
+
+void RemoveCrashLeftovers(const std::string& dir) { RemoveStaleSaves(StripTrailingSlashes(dir)); }
+
+namespace {
+
 Status ValidateFilename(const std::string& name) {
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
     return Status::Error("file name '" + name + "' is not a plain file name");

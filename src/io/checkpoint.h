@@ -27,7 +27,9 @@
 // SaveCheckpoint is the single-process composition of the three. A crash
 // (kill -9, power loss) at any moment leaves at D either the old checkpoint
 // or the new one, complete; never a mixture or a half-written one. Leftovers
-// of a crash are removed by the next save to D.
+// of a crash are removed by the next save to D, or earlier by
+// RemoveCrashLeftovers (the trainer's, as a run starts: a checkpoint such as
+// `best` may never be saved again, and a leftover is a checkpoint's size).
 //
 // Caveats: one save per D at a time (the trainer); a checkpoint named
 // "<D>.ckpt-XXXXXX" beside D would be taken for a leftover; copy a checkpoint
@@ -114,5 +116,10 @@ struct Checkpoint {
 // exist or is not a directory; meta.json is missing, not valid JSON, not an
 // object, lacks "format_version", or has an unsupported one.
 StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir);
+
+// Step 1 of a save without the save: removes D.tmp-link and the version
+// directories of D that D does not point to. Best effort; the caller must be
+// the only one saving to D.
+void RemoveCrashLeftovers(const std::string& dir);
 
 }  // namespace mingpt

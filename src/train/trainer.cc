@@ -327,6 +327,11 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
     s.made_root = !std::filesystem::exists(o->default_root_dir, ec);
     std::filesystem::create_directories(
         o->default_root_dir + (o->enable_checkpointing ? "/checkpoints" : ""), ec);
+    if (!ec && o->enable_checkpointing) {  // a killed run's half saves
+      for (const char* name : {"/checkpoints/best", "/checkpoints/last"}) {
+        RemoveCrashLeftovers(o->default_root_dir + name);
+      }
+    }
   }
   if (ec) return Status::Error("cannot create '" + o->default_root_dir + "': " + ec.message());
   return s;

@@ -101,6 +101,24 @@ TEST_F(ResumeTest, ResumeWithoutModelFlagsContinuesTheStepCount) {
   EXPECT_EQ(InfoJson(ckpt).value("step", -1), 2) << "the resumed-from checkpoint changed";
 }
 
+// A run killed mid-save leaves a version directory no link names; the next
+// run in that directory removes it at once (`best` may never be saved again),
+// and keeps the checkpoints the links name.
+TEST_F(ResumeTest, ResumingInPlaceRemovesAKilledSavesLeftovers) {
+  const std::string run = tmp_ / "run";
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), "-a", SharedTrainedRun().root, run})));
+  const std::string leftover = run + "/checkpoints/best.ckpt-Zz9Zz9";
+  std::filesystem::create_directories(leftover);
+  WriteText(leftover + "/model.safetensors", "half a save");
+  const std::string unrelated = run + "/checkpoints/best.old";
+  std::filesystem::create_directories(unrelated);
+  ASSERT_TRUE(Succeeded(Mingpt(ResumeArgs(run + "/checkpoints/last", "run"))));
+  EXPECT_FALSE(Exists(leftover));
+  EXPECT_TRUE(Exists(unrelated)) << "only the checkpoints' own version directories go";
+  EXPECT_EQ(InfoJson(run + "/checkpoints/last").value("step", -1), 4);
+  EXPECT_TRUE(Succeeded(Mingpt(InfoArgs(run + "/checkpoints/best"))));
+}
+
 TEST_F(ResumeTest, FailedTrainLeavesNoRunDirectory) {
   const ProcessResult r = Train("bad_run", {{"--n_embd", "16"}, {"--n_head", "3"}});
   EXPECT_TRUE(FailsWith(r, 1, {"divisible"}));
