@@ -89,6 +89,7 @@ Status Launch(const TrainOptions& o) {
 // directory: the flags as `train` and `plan` use them.
 Status ResolveFlags(TrainFlags* f) {
   if (f->gpus->count() > 0) {
+    if (f->o.devices <= 0) return Status::Error("--gpus must be positive, got " + std::to_string(f->o.devices));
     if (f->o.accelerator != "auto" && f->o.accelerator != "cuda" && f->o.accelerator != "gpu") {
       return Status::Error("--gpus runs on CUDA devices; it cannot be combined with --accelerator " +
                            f->o.accelerator + " (use --devices)");

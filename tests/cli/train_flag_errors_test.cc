@@ -87,6 +87,10 @@ TEST_F(TrainFlagTest, ModelTypeWithSizes) {
                      {"--model_type", "--n_layer"});
 }
 
+TEST_F(TrainFlagTest, NoGpus) {
+  ExpectTrainRefused({{"--gpus", "0"}}, 1, {"--gpus must be positive"});
+}
+
 TEST_F(TrainFlagTest, NegativeSeed) {
   ExpectTrainRefused({{"--seed", "-1"}}, 2, {"--seed"});
 }
