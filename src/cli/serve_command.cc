@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "cli/commands.h"
@@ -30,7 +31,7 @@ Command AddServe(CLI::App* app) {
       ->capture_default_str();
   app->add_option("--num_threads", f->o.threads, "CPU threads of the model")->capture_default_str();
   app->add_option("--max_queue", f->o.max_admitted,
-                  "Generations running or waiting at once; more are refused (HTTP 429)")
+                  "Generations running or waiting at once (at most 256); more are refused (HTTP 429)")
       ->capture_default_str();
   return [f]() -> Status {
     serve::ServeOptions o = f->o;
@@ -51,7 +52,9 @@ Command AddServe(CLI::App* app) {
     sigaddset(&signals, SIGUSR1);  // ends the waiting thread when the server ends by itself
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<serve::Server> server, serve::Server::Create(o));
-    std::printf("mingpt serve: listening on http://%s:%d/ (Ctrl-C stops)\n", o.host.c_str(),
+    // A URL writes an IPv6 address in brackets: http://[::1]:8000/.
+    const std::string host = o.host.find(':') == std::string::npos ? o.host : "[" + o.host + "]";
+    std::printf("mingpt serve: listening on http://%s:%d/ (Ctrl-C stops)\n", host.c_str(),
                 server->port());
     std::fflush(stdout);
     serve::Server* s = server.get();

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 namespace mingpt::serve {
@@ -13,7 +14,10 @@ namespace {
 
 constexpr int kMaxDepth = 4;            // levels below the root that are scanned
 constexpr size_t kMaxEntries = 20000;   // directory entries visited per scan
-constexpr size_t kMaxCsvBytes = 64 << 20;
+constexpr size_t kMaxCsvBytes = 64 << 20;     // metrics.csv: read as a stream
+constexpr size_t kMaxBenchBytes = 4 << 20;    // bench.csv: read whole (a few rows per model)
+constexpr size_t kMaxCsvRecordBytes = 1 << 20;
+constexpr size_t kTailBytes = 64 << 10;       // read for the last step: hundreds of rows
 
 std::optional<std::string> ReadSmallFile(const std::string& path, size_t limit) {
   std::error_code ec;
@@ -48,10 +52,46 @@ CheckpointEntry EntryFromMeta(const nlohmann::json& meta) {
   return e;
 }
 
+// The step of the last row of metrics.csv at `path` whose step is an
+// integer, from the header and the file's last kTailBytes: /v1/runs asks
+// this of every run at every call, and a long run's file is large. Rows with
+// a non-integral step (1e300 does not fit an int64) are passed over.
+std::optional<int64_t> LastStep(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string head(kTailBytes, '\0');
+  f.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(f.gcount()));
+  const CsvTable header = ParseCsv(head.substr(0, head.find('\n')));
+  const auto col = std::find(header.columns.begin(), header.columns.end(), "step");
+  if (col == header.columns.end()) return std::nullopt;
+  const size_t c = col - header.columns.begin();
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) return std::nullopt;
+  const uintmax_t start = size > kTailBytes ? size - kTailBytes : 0;
+  f.clear();
+  f.seekg(static_cast<std::streamoff>(start));
+  std::string tail(static_cast<size_t>(size - start), '\0');
+  f.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  tail.resize(static_cast<size_t>(f.gcount()));
+  // From the start: the header is a row to skip; from the middle: a partial line.
+  const size_t nl = tail.find('\n');
+  if (nl == std::string::npos) return std::nullopt;
+  std::istringstream in(tail.substr(nl + 1));
+  CsvReader reader(in, kTailBytes);
+  std::optional<int64_t> step;
+  for (std::vector<std::string> row; reader.Next(&row);) {
+    if (c >= row.size()) continue;
+    const nlohmann::json v = CsvCell(row[c]);
+    if (v.is_number_integer()) step = v.get<int64_t>();
+  }
+  return step;
+}
+
 }  // namespace
 
 bool IsSafeId(const std::string& id) {
-  if (id.empty() || id.size() > 4096 || id[0] == '/') return false;
+  if (id.empty() || id.size() > kMaxIdChars || id[0] == '/') return false;
   for (char c : id) {
     if (static_cast<unsigned char>(c) < 0x20 || c == '\\' || c == 0x7f) return false;
   }
@@ -63,21 +103,26 @@ bool IsSafeId(const std::string& id) {
   return true;
 }
 
-CsvTable ParseCsv(const std::string& text) {
-  std::vector<std::vector<std::string>> records;
-  std::vector<std::string> record;
+bool CsvReader::Next(std::vector<std::string>* record) {
+  record->clear();
+  if (too_long_) return false;
+  std::streambuf* in = in_.rdbuf();
   std::string cell;
   bool quoted = false, any = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
+  size_t bytes = 0;
+  for (int c = in->sbumpc(); c != std::char_traits<char>::eof(); c = in->sbumpc()) {
+    if (++bytes > max_record_bytes_) {
+      too_long_ = true;
+      return false;
+    }
     if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+      if (c == '"' && in->sgetc() == '"') {
         cell += '"';
-        ++i;
+        in->sbumpc();
       } else if (c == '"') {
         quoted = false;
       } else {
-        cell += c;
+        cell += static_cast<char>(c);
       }
       continue;
     }
@@ -85,33 +130,35 @@ CsvTable ParseCsv(const std::string& text) {
       quoted = true;
       any = true;
     } else if (c == ',') {
-      record.push_back(std::move(cell));
+      record->push_back(std::move(cell));
       cell.clear();
       any = true;
     } else if (c == '\n' || c == '\r') {
-      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+      if (c == '\r' && in->sgetc() == '\n') in->sbumpc();
       if (any || !cell.empty()) {
-        record.push_back(std::move(cell));
-        records.push_back(std::move(record));
+        record->push_back(std::move(cell));
+        return true;
       }
-      record.clear();
-      cell.clear();
-      any = false;
     } else {
-      cell += c;
+      cell += static_cast<char>(c);
       any = true;
     }
   }
   if (any || !cell.empty()) {
-    record.push_back(std::move(cell));
-    records.push_back(std::move(record));
+    record->push_back(std::move(cell));
+    return true;
   }
+  return false;
+}
+
+CsvTable ParseCsv(const std::string& text) {
+  std::istringstream in(text);
+  CsvReader reader(in, text.size());
   CsvTable t;
-  if (records.empty()) return t;
-  t.columns = std::move(records[0]);
-  for (size_t r = 1; r < records.size(); ++r) {
-    records[r].resize(t.columns.size());  // a row cut short (being written) gets empty cells
-    t.rows.push_back(std::move(records[r]));
+  if (!reader.Next(&t.columns)) return t;
+  for (std::vector<std::string> row; reader.Next(&row);) {
+    row.resize(t.columns.size());  // a row cut short (being written) gets empty cells
+    t.rows.push_back(std::move(row));
   }
   return t;
 }
@@ -144,18 +191,17 @@ StatusOr<Catalog> Catalog::Create(const std::string& root, const std::string& ch
     if (!fs::is_directory(checkpoint, ec)) {
       return Status::Error("--checkpoint '" + checkpoint + "' is not a directory");
     }
-    auto meta = ReadMeta(checkpoint);
-    if (!meta) {
+    if (!ReadMeta(checkpoint)) {
       return Status::Error("--checkpoint '" + checkpoint + "' holds no readable meta.json");
     }
-    CheckpointEntry e = EntryFromMeta(*meta);
-    e.dir = Canonical(checkpoint);
+    std::string given = checkpoint;
+    while (given.size() > 1 && given.back() == '/') given.pop_back();
+    Extra e;
+    e.given = checkpoint;
+    e.absolute = fs::absolute(given).lexically_normal().string();
     if (!c.root_.empty() && c.UnderRoot(checkpoint)) {
       // The id the scan gives it, when the flag names it by a path in the root.
-      std::string given = checkpoint;
-      while (given.size() > 1 && given.back() == '/') given.pop_back();
-      const std::string rel =
-          fs::absolute(given).lexically_normal().lexically_proximate(c.root_).string();
+      const std::string rel = fs::path(e.absolute).lexically_proximate(c.root_).string();
       e.id = e.path = IsSafeId(rel) ? rel : "checkpoint";
     } else {
       e.id = "checkpoint";
@@ -166,12 +212,41 @@ StatusOr<Catalog> Catalog::Create(const std::string& root, const std::string& ch
   return c;
 }
 
+std::optional<CheckpointEntry> Catalog::ResolveExtra() const {
+  auto meta = ReadMeta(extra_->absolute);
+  if (!meta) return std::nullopt;
+  CheckpointEntry e = EntryFromMeta(*meta);
+  e.id = extra_->id;
+  e.path = extra_->path;
+  e.dir = Canonical(extra_->absolute);
+  if (e.dir.empty()) return std::nullopt;
+  return e;
+}
+
 bool Catalog::UnderRoot(const std::string& path) const {
   if (root_.empty()) return false;
   const std::string real = Canonical(path);
   if (real.empty()) return false;
   return real == root_ || (real.size() > root_.size() && real.compare(0, root_.size(), root_) == 0 &&
                            (root_.back() == '/' || real[root_.size()] == '/'));
+}
+
+bool Catalog::CheckpointUnderRoot(const std::string& dir) const {
+  if (!UnderRoot(dir)) return false;
+  std::error_code ec;
+  size_t visited = 0;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    if (++visited > kMaxEntries || !UnderRoot(it->path().string())) return false;
+  }
+  return !ec;
+}
+
+bool Catalog::ReadableUnderRoot(const std::string& path, size_t limit) const {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec) || !UnderRoot(path)) return false;
+  const auto size = fs::file_size(path, ec);
+  return !ec && size <= limit;
 }
 
 std::vector<std::string> Catalog::Directories() const {
@@ -202,7 +277,7 @@ std::vector<CheckpointEntry> Catalog::Checkpoints() const {
     for (const char* which : {"best", "last"}) {
       const std::string path = dir + "/checkpoints/" + which;
       std::error_code ec;
-      if (!fs::exists(path, ec) || !UnderRoot(path)) continue;
+      if (!fs::exists(path, ec) || !CheckpointUnderRoot(path)) continue;
       auto meta = ReadMeta(path);
       if (!meta) continue;
       CheckpointEntry e = EntryFromMeta(*meta);
@@ -214,7 +289,9 @@ std::vector<CheckpointEntry> Catalog::Checkpoints() const {
   }
   std::sort(found.begin(), found.end(),
             [](const CheckpointEntry& a, const CheckpointEntry& b) { return a.id < b.id; });
-  if (extra_) found.insert(found.begin(), *extra_);
+  if (extra_) {
+    if (auto e = ResolveExtra()) found.insert(found.begin(), std::move(*e));
+  }
   return found;
 }
 
@@ -222,8 +299,8 @@ std::vector<RunEntry> Catalog::Runs() const {
   std::vector<RunEntry> runs;
   for (const std::string& dir : Directories()) {
     const std::string metrics = dir + "/metrics.csv";
-    std::error_code ec;
-    if (!fs::is_regular_file(metrics, ec) || !UnderRoot(metrics)) continue;
+    // Of any size: only its first line and its tail are read here.
+    if (!ReadableUnderRoot(metrics, std::numeric_limits<size_t>::max())) continue;
     RunEntry r;
     r.dir = dir;
     r.id = dir == root_ ? fs::path(root_).filename().string()
@@ -231,20 +308,13 @@ std::vector<RunEntry> Catalog::Runs() const {
     if (r.id.empty() || !IsSafeId(r.id)) r.id = "root";
     for (const char* which : {"last", "best"}) {
       const std::string path = dir + "/checkpoints/" + which;
-      if (!UnderRoot(path)) continue;
+      if (!CheckpointUnderRoot(path)) continue;
       if (auto meta = ReadMeta(path); meta && meta->contains("config")) {
         r.config = (*meta)["config"];
         break;
       }
     }
-    if (auto text = ReadSmallFile(metrics, kMaxCsvBytes)) {
-      const CsvTable t = ParseCsv(*text);
-      const auto col = std::find(t.columns.begin(), t.columns.end(), "step");
-      if (col != t.columns.end() && !t.rows.empty()) {
-        const nlohmann::json v = CsvCell(t.rows.back()[col - t.columns.begin()]);
-        if (v.is_number()) r.last_step = v.get<int64_t>();
-      }
-    }
+    r.last_step = LastStep(metrics).value_or(0);
     runs.push_back(std::move(r));
   }
   std::sort(runs.begin(), runs.end(), [](const RunEntry& a, const RunEntry& b) { return a.id < b.id; });
@@ -252,10 +322,13 @@ std::vector<RunEntry> Catalog::Runs() const {
 }
 
 StatusOr<CheckpointEntry> Catalog::FindCheckpoint(const std::string& id) const {
+  if (id.empty() && extra_) {
+    if (auto e = ResolveExtra()) return std::move(*e);
+    return Status::Error("--checkpoint '" + extra_->given + "' holds no readable meta.json now");
+  }
   std::vector<CheckpointEntry> all = Checkpoints();
   if (all.empty()) return Status::Error("no checkpoints to generate from");
   if (id.empty()) {
-    if (extra_) return all.front();
     for (const CheckpointEntry& e : all) {
       if (e.id.size() >= 5 && e.id.compare(e.id.size() - 5, 5, "/best") == 0) return e;
     }
@@ -275,16 +348,45 @@ StatusOr<RunEntry> Catalog::FindRun(const std::string& id) const {
 }
 
 StatusOr<nlohmann::json> Catalog::Metrics(const RunEntry& run) const {
-  auto text = ReadSmallFile(run.dir + "/metrics.csv", kMaxCsvBytes);
-  if (!text) return Status::Error("cannot read metrics.csv of run '" + run.id + "'");
-  const CsvTable t = ParseCsv(*text);
-  nlohmann::json metrics = nlohmann::json::object();
-  for (size_t c = 0; c < t.columns.size(); ++c) {
-    nlohmann::json column = nlohmann::json::array();
-    for (const auto& row : t.rows) column.push_back(CsvCell(row[c]));
-    metrics[t.columns[c]] = std::move(column);
+  const std::string path = run.dir + "/metrics.csv";
+  const Status unreadable = Status::Error("cannot read metrics.csv of run '" + run.id +
+                                          "' (gone, or over " + std::to_string(kMaxCsvBytes >> 20) +
+                                          " MiB)");
+  if (!ReadableUnderRoot(path, kMaxCsvBytes)) return unreadable;
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return unreadable;
+  CsvReader reader(f, kMaxCsvRecordBytes);
+  std::vector<std::string> columns, row, last;
+  reader.Next(&columns);
+  // Rows 0, k, 2k, ... (k doubling whenever more than kMaxMetricRows are
+  // kept), so memory stays bounded in one pass over a file of any length.
+  std::vector<std::vector<std::string>> kept;
+  size_t k = 1, n = 0;
+  for (; reader.Next(&row); ++n) {
+    row.resize(columns.size());  // a row cut short (being written) gets empty cells
+    if (n % k == 0) {
+      kept.push_back(row);
+      if (kept.size() > kMaxMetricRows) {
+        size_t w = 1;  // row 0 stays where it is
+        for (size_t i = 2; i < kept.size(); i += 2) kept[w++] = std::move(kept[i]);
+        kept.resize(w);
+        k *= 2;
+      }
+    }
+    last.swap(row);
   }
-  return nlohmann::json{{"run", run.id}, {"columns", t.columns}, {"metrics", std::move(metrics)}};
+  if (reader.too_long()) {
+    return Status::Error("metrics.csv of run '" + run.id + "' has a line over " +
+                         std::to_string(kMaxCsvRecordBytes) + " bytes");
+  }
+  if (n > 0 && (n - 1) % k != 0) kept.push_back(std::move(last));
+  nlohmann::json metrics = nlohmann::json::object();
+  for (size_t c = 0; c < columns.size(); ++c) {
+    nlohmann::json column = nlohmann::json::array();
+    for (const auto& r : kept) column.push_back(CsvCell(r[c]));
+    metrics[columns[c]] = std::move(column);
+  }
+  return nlohmann::json{{"run", run.id}, {"columns", columns}, {"metrics", std::move(metrics)}};
 }
 
 std::optional<nlohmann::json> Catalog::Bench() const {
@@ -292,8 +394,8 @@ std::optional<nlohmann::json> Catalog::Bench() const {
   fs::file_time_type newest_time{};
   for (const std::string& dir : Directories()) {
     const std::string path = dir + "/bench.csv";
+    if (!ReadableUnderRoot(path, kMaxBenchBytes)) continue;
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec) || !UnderRoot(path)) continue;
     const auto t = fs::last_write_time(path, ec);
     if (ec) continue;
     if (newest.empty() || t > newest_time) {
@@ -302,7 +404,7 @@ std::optional<nlohmann::json> Catalog::Bench() const {
     }
   }
   if (newest.empty()) return std::nullopt;
-  auto text = ReadSmallFile(newest, kMaxCsvBytes);
+  auto text = ReadSmallFile(newest, kMaxBenchBytes);
   if (!text) return std::nullopt;
   const CsvTable t = ParseCsv(*text);
   nlohmann::json rows = nlohmann::json::array();

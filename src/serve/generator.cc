@@ -1,7 +1,7 @@
 #include "serve/generator.h"
 
-#include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -46,10 +46,10 @@ StatusOr<GenerateRequest> ParseGenerateRequest(const std::string& body) {
       r.options.steps = static_cast<int>(steps);
     } else if (key == "temperature") {
       if (!v.is_number()) return Status::Error("'temperature' must be a number");
+      // Sampling takes a float: the double must round to a positive finite one.
       const double t = v.get<double>();
-      if (!(t > 0) || !std::isfinite(t) || t > std::numeric_limits<float>::max() ||
-          static_cast<float>(t) <= 0.0f) {
-        return Status::Error("'temperature' must be a positive number");
+      if (!(t > 0) || t > std::numeric_limits<float>::max() || static_cast<float>(t) <= 0.0f) {
+        return Status::Error("'temperature' must be a positive float, in [1.4e-45, 3.4e+38]");
       }
       r.options.temperature = static_cast<float>(t);
     } else if (key == "top_k") {
@@ -104,9 +104,31 @@ struct Generator::Model {
 };
 
 Generator::Generator(int threads, int max_admitted)
-    : threads_(threads), max_admitted_(max_admitted < 1 ? 1 : max_admitted) {}
+    : threads_(threads), max_admitted_(max_admitted < 1 ? 1 : max_admitted),
+      worker_([this] { Work(); }) {}
 
-Generator::~Generator() = default;
+Generator::~Generator() {
+  {
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    stopping_ = true;
+  }
+  jobs_cv_.notify_one();
+  worker_.join();
+}
+
+void Generator::Work() {
+  for (;;) {
+    std::packaged_task<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(jobs_mu_);
+      jobs_cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
+}
 
 Generator::Ticket::~Ticket() {
   std::lock_guard<std::mutex> lock(g_->admit_mu_);
@@ -120,7 +142,7 @@ std::shared_ptr<Generator::Ticket> Generator::TryAdmit() {
   return std::make_shared<Ticket>(this);
 }
 
-StatusOr<Generator::Model*> Generator::LoadLocked(const std::string& dir) {
+StatusOr<Generator::Model*> Generator::Load(const std::string& dir) {
   if (model_ && model_->dir == dir) return model_.get();
   model_.reset();  // one model in memory at a time
   auto m = std::make_unique<Model>();
@@ -143,9 +165,22 @@ StatusOr<Generator::Model*> Generator::LoadLocked(const std::string& dir) {
 
 StatusOr<std::string> Generator::Generate(const std::string& dir, const GenerateRequest& request,
                                           const std::function<bool(std::string_view)>& on_text) {
-  std::lock_guard<std::mutex> lock(model_mu_);
+  std::optional<StatusOr<std::string>> result;
+  std::packaged_task<void()> job([&] { result.emplace(Run(dir, request, on_text)); });
+  std::future<void> done = job.get_future();
+  {
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    jobs_.push_back(std::move(job));
+  }
+  jobs_cv_.notify_one();
+  done.get();  // rethrows what the job threw
+  return std::move(*result);
+}
+
+StatusOr<std::string> Generator::Run(const std::string& dir, const GenerateRequest& request,
+                                     const std::function<bool(std::string_view)>& on_text) {
   if (cancelled_) return Status::Error("cancelled: the server is stopping");
-  MINGPT_ASSIGN_OR_RETURN(Model * m, LoadLocked(dir));
+  MINGPT_ASSIGN_OR_RETURN(Model * m, Load(dir));
   MINGPT_RETURN_IF_ERROR(CheckAgainstTokenizer(request, m->ckpt.tokenizer));
   auto ids = m->ckpt.tokenizer.Encode(request.prompt);
   if (!ids.ok()) return ids.status().WithContext("'prompt'");

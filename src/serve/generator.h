@@ -1,17 +1,21 @@
 // Generation for `mingpt serve`: the request's JSON checked field by field,
-// and one model at a time behind a mutex with a bounded number of requests
-// admitted (running or waiting); the text comes from train/inference.h's
-// Sample with the KV cache, exactly as `mingpt sample` prints it.
+// and one model at a time on a thread of its own, with a bounded number of
+// requests admitted (running or waiting); the text comes from
+// train/inference.h's Sample with the KV cache, exactly as `mingpt sample`
+// prints it.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "core/status.h"
 #include "data/char_dataset.h"
@@ -34,7 +38,7 @@ struct GenerateRequest {
 
 // Errors (each a client error): not a JSON object, unknown fields, wrong
 // types, an empty prompt or one over kMaxPromptChars, steps outside
-// [0, kMaxSteps], a temperature not positive and finite, top_k < 0, a
+// [0, kMaxSteps], a temperature outside the positive floats, top_k < 0, a
 // negative seed.
 StatusOr<GenerateRequest> ParseGenerateRequest(const std::string& body);
 
@@ -45,8 +49,9 @@ Status CheckAgainstTokenizer(const GenerateRequest& request, const CharTokenizer
 class Generator {
  public:
   // `threads`: CPU threads of the model; `max_admitted` (>= 1): requests
-  // running or waiting for the model at once.
+  // running or waiting for the model at once. Starts the generation thread.
   Generator(int threads, int max_admitted);
+  // Ends the generation thread; no Generate may be in progress.
   ~Generator();
 
   // A place among the admitted requests, given back when the last copy goes.
@@ -64,8 +69,9 @@ class Generator {
   std::shared_ptr<Ticket> TryAdmit();
 
   // Loads the checkpoint at `dir` (unless it is the one loaded), checks the
-  // request against its tokenizer and generates, waiting for the model.
-  // on_text receives each generated character; returning false stops the
+  // request against its tokenizer and generates, waiting for the requests
+  // before it (first come, first served). on_text receives each generated
+  // character, on the generation thread; returning false stops the
   // generation (an error "cancelled"). Returns the prompt and the generated
   // text, as `mingpt sample` prints them. Needs a ticket held by the caller.
   StatusOr<std::string> Generate(const std::string& dir, const GenerateRequest& request,
@@ -76,14 +82,26 @@ class Generator {
 
  private:
   struct Model;
-  StatusOr<Model*> LoadLocked(const std::string& dir);
+  // On the generation thread only.
+  StatusOr<Model*> Load(const std::string& dir);
+  StatusOr<std::string> Run(const std::string& dir, const GenerateRequest& request,
+                            const std::function<bool(std::string_view)>& on_text);
+  void Work();
 
   const int threads_, max_admitted_;
   std::mutex admit_mu_;
   int admitted_ = 0;
-  std::mutex model_mu_;  // one generation at a time
   std::unique_ptr<Model> model_;
   std::atomic<bool> cancelled_{false};
+  // Every generation runs on `worker_`: OpenMP's thread count (which the CPU
+  // backend sets) and its pool of threads belong to the thread that starts
+  // the parallel work, so one generating thread keeps --num_threads in force
+  // and one pool alive, whichever HTTP thread asked.
+  std::mutex jobs_mu_;
+  std::condition_variable jobs_cv_;
+  std::deque<std::packaged_task<void()>> jobs_;
+  bool stopping_ = false;
+  std::thread worker_;  // last: started once the members above exist
 };
 
 }  // namespace mingpt::serve

@@ -10,14 +10,17 @@
 //                                 `data: {"text": c}`, then `event: done` with the full
 //                                 {"text", "completion", "checkpoint"} (or `event: error`)
 //   GET  /v1/runs                {"runs": [{id, config, last_step}]}
-//   GET  /v1/runs/{id}/metrics   {"run", "columns", "metrics": {column: [values]}}
+//   GET  /v1/runs/{id}/metrics   {"run", "columns", "metrics": {column: [values]}}: at most
+//                                2000 rows, evenly spaced, and the last (Catalog::Metrics)
 //   GET  /v1/bench               the newest bench.csv: {"path", "columns", "rows"}; 404 if none
 //
 // Every error is a JSON object {"error": "..."}: 400 for bad input (malformed
-// JSON, unknown fields, values out of range, unsafe ids), 404 for unknown
-// ids and paths, 413 for bodies over 1 MiB, 429 when max_admitted
-// generations are already running or waiting, 500 for a checkpoint that
-// cannot be loaded.
+// JSON, unknown fields, values out of range, unsafe ids, a malformed
+// Content-Length or Range header), 404 for unknown ids and paths, 405 (with
+// Allow) for another method on a known path, 413 for bodies over 1 MiB, 429
+// when max_admitted generations are already running or waiting, 500 for a
+// checkpoint that cannot be loaded. Range headers are ignored: every answer
+// is whole. A generation stops when its client disconnects.
 #pragma once
 
 #include <memory>
@@ -33,20 +36,21 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8000;         // 0: any free port (see Server::port)
   int threads = 1;         // the model's CPU threads (as mingpt sample's --num_threads)
-  int max_admitted = 4;    // generations running or waiting; more get 429
-  int http_threads = 16;   // connections served at once
+  int max_admitted = 4;    // generations running or waiting, at most 256; more get 429.
+                           // Connections served at once: this many, and 8 for the rest.
 };
 
 class Server {
  public:
   // Checks the options and the directories, and binds the port. Errors: a
-  // root or checkpoint that is missing or unreadable, a port that cannot be
-  // bound (in use, or not permitted).
+  // root or checkpoint that is missing or unreadable, an empty host, a port
+  // that cannot be bound (in use, or not permitted).
   static StatusOr<std::unique_ptr<Server>> Create(const ServeOptions& options);
   ~Server();
 
   int port() const;  // the bound port
-  // Serves until Stop (from any thread); running generations are cancelled.
+  // Serves until Stop (from any thread); running generations are cancelled,
+  // connections still waiting for a request are closed.
   Status Run();
   void Stop();
 

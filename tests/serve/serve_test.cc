@@ -5,6 +5,8 @@
 #include <httplib.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <omp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,7 +14,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/trained_checkpoint.h"
+#include "serve/generator.h"
 #include "serve/server.h"
 
 namespace mingpt::serve {
@@ -68,6 +73,100 @@ std::vector<Event> ParseEvents(const std::string& body) {
   }
   return events;
 }
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// A raw TCP connection to 127.0.0.1:port, for requests httplib's client will
+// not make (a bad Content-Length, a client that leaves, headers trickled);
+// -1 when it cannot connect.
+int Connect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool SendAll(int fd, const std::string& data) {
+  for (size_t sent = 0; sent < data.size();) {
+    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// What arrives on `fd` until the peer closes, `until` appears, or timeout_s passes.
+std::string Receive(int fd, double timeout_s, const std::string& until = "") {
+  std::string got;
+  const auto start = Clock::now();
+  while (SecondsSince(start) < timeout_s && (until.empty() || got.find(until) == std::string::npos)) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+std::string PostRequest(const std::string& body) {
+  return "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// A server of its own, for options the shared one lacks; stopped and joined
+// when it goes.
+class OwnServer {
+ public:
+  explicit OwnServer(const ServeOptions& options) {
+    ServeOptions o = options;
+    o.port = 0;
+    auto server = Server::Create(o);
+    if (!server.ok()) {
+      ADD_FAILURE() << server.status().message();
+      return;
+    }
+    server_ = std::move(server).value();
+    port_ = server_->port();
+    thread_ = std::thread([this] { (void)server_->Run(); });
+    httplib::Client c("127.0.0.1", port_);
+    for (int i = 0; i < 200; ++i) {
+      if (auto r = c.Get("/v1/checkpoints"); r && r->status == 200) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ~OwnServer() { Stop(); }
+  // Stops the server and waits for Run to return.
+  void Stop() {
+    if (!thread_.joinable()) return;
+    server_->Stop();
+    thread_.join();
+  }
+  bool ok() const { return server_ != nullptr; }
+  int port() const { return port_; }
+  std::unique_ptr<httplib::Client> Client(int timeout_s = 60) const {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    c->set_read_timeout(timeout_s, 0);
+    return c;
+  }
+
+ private:
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+};
 
 class ServeTest : public ::testing::Test {
  protected:
@@ -388,6 +487,310 @@ TEST_F(ServeTest, ConcurrentRequestsAreAnsweredOrRefused) {
   GetJson("/v1/runs");
 }
 
+TEST_F(ServeTest, AGoneClientCancelsItsGeneration) {
+  // As many long generations as the queue takes, each from a client that
+  // leaves before it ends; generating them all takes many seconds.
+  ServeOptions o;
+  o.root = root_;
+  o.max_admitted = 8;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  const std::string long_body =
+      json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"}, {"steps", kMaxSteps}}.dump();
+  std::vector<int> fds;
+  for (int i = 0; i < o.max_admitted; ++i) {
+    const int fd = Connect(server.port());
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(SendAll(fd, PostRequest(long_body)));
+    fds.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int fd : fds) ::close(fd);
+  // A new generation is admitted and answered at once.
+  const auto start = Clock::now();
+  int status = -1;
+  while (SecondsSince(start) < 60 && status != 200) {
+    auto r = server.Client()->Post(
+        "/v1/generate",
+        json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"}, {"steps", 5}}.dump(),
+        "application/json");
+    ASSERT_TRUE(r);
+    status = r->status;
+    if (status == 429) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(status, 200);
+  EXPECT_LT(SecondsSince(start), 3.0) << "the abandoned generations ran on";
+}
+
+TEST_F(ServeTest, AFullQueueLeavesThePageAndThe429) {
+  // More admitted generations than httplib's usual 16 threads, each holding
+  // its connection's thread while it waits for the model.
+  ServeOptions o;
+  o.root = root_;
+  o.max_admitted = 16;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  const std::string body = json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"},
+                                {"steps", kMaxSteps}, {"stream", true}}.dump();
+  std::vector<int> fds;
+  for (int i = 0; i < o.max_admitted; ++i) {
+    const int fd = Connect(server.port());
+    ASSERT_GE(fd, 0);
+    fds.push_back(fd);
+    ASSERT_TRUE(SendAll(fd, PostRequest(body)));
+    // A stream's headers come once it is admitted.
+    EXPECT_EQ(Receive(fd, 10, "\r\n\r\n").rfind("HTTP/1.1 200", 0), 0u) << i;
+  }
+  const auto start = Clock::now();
+  auto page = server.Client(3)->Get("/");
+  ASSERT_TRUE(page) << httplib::to_string(page.error());
+  EXPECT_EQ(page->status, 200);
+  auto refused = server.Client(3)->Post(
+      "/v1/generate", json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"}}.dump(),
+      "application/json");
+  ASSERT_TRUE(refused) << httplib::to_string(refused.error());
+  EXPECT_EQ(refused->status, 429) << refused->body;
+  EXPECT_LT(SecondsSince(start), 2.0);
+  for (int fd : fds) ::close(fd);
+}
+
+TEST_F(ServeTest, GenerationRunsOnOneThreadWithItsThreadCount) {
+  // OpenMP's thread count is per thread: generating on whichever thread asks
+  // would use every core there.
+  const int threads = omp_get_max_threads() + 1;
+  Generator generator(threads, 2);
+  auto request = ParseGenerateRequest(R"({"prompt": "the", "steps": 5})");
+  ASSERT_TRUE(request.ok()) << request.status().message();
+  const std::string dir = std::filesystem::canonical(root_ + "/run1/checkpoints/last");
+  std::mutex mu;
+  std::set<std::thread::id> generating;
+  std::set<int> counts;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < 2; ++i) {
+    callers.emplace_back([&] {
+      auto ticket = generator.TryAdmit();
+      ASSERT_TRUE(ticket);
+      auto text = generator.Generate(dir, *request, [&](std::string_view) {
+        std::lock_guard<std::mutex> lock(mu);
+        generating.insert(std::this_thread::get_id());
+        counts.insert(omp_get_max_threads());
+        return true;
+      });
+      EXPECT_TRUE(text.ok()) << text.status().message();
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(generating.size(), 1u);
+  EXPECT_EQ(counts, std::set<int>{threads});
+}
+
+TEST_F(ServeTest, LargeMetricsAreThinnedKeepingTheLast) {
+  constexpr int kRows = 100000;
+  ::mkdir((root_ + "/long").c_str(), 0755);
+  std::string csv = "step,train_loss\n";
+  for (int i = 0; i < kRows; ++i) csv += std::to_string(i) + "," + std::to_string(1.0 / (i + 1)) + "\n";
+  WriteText(root_ + "/long/metrics.csv", csv);
+  const json m = GetJson("/v1/runs/long/metrics");
+  const json& steps = m["metrics"]["step"];
+  ASSERT_TRUE(steps.is_array()) << m.dump().substr(0, 300);
+  EXPECT_LE(steps.size(), 2001u);
+  EXPECT_GT(steps.size(), 1000u);
+  EXPECT_EQ(m["metrics"]["train_loss"].size(), steps.size());
+  EXPECT_EQ(steps.front(), 0);
+  EXPECT_EQ(steps.back(), kRows - 1);
+  // Evenly spaced, but for the last.
+  const int64_t stride = steps[1].get<int64_t>() - steps[0].get<int64_t>();
+  for (size_t i = 1; i + 1 < steps.size(); ++i) {
+    ASSERT_EQ(steps[i].get<int64_t>() - steps[i - 1].get<int64_t>(), stride) << i;
+  }
+  bool listed = false;
+  const json runs = GetJson("/v1/runs");
+  for (const json& r : runs["runs"]) {
+    if (r["id"] != "long") continue;
+    listed = true;
+    EXPECT_EQ(r["last_step"], kRows - 1);
+  }
+  EXPECT_TRUE(listed);
+}
+
+TEST_F(ServeTest, LastStepSkipsNonIntegralSteps) {
+  ::mkdir((root_ + "/odd").c_str(), 0755);
+  WriteText(root_ + "/odd/metrics.csv", "step,train_loss\n1,2.0\n2,1.5\n1e300,1.0\n");
+  bool found = false;
+  const json runs = GetJson("/v1/runs");
+  for (const json& r : runs["runs"]) {
+    if (r["id"] != "odd") continue;
+    found = true;
+    EXPECT_EQ(r["last_step"], 2);
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(ServeTest, FilesSymlinkedOutOfTheRootAreNotServed) {
+  const std::string outside = *tmp_ / "outside";
+  const json meta = json::parse(cli_test::ReadText(root_ + "/run1/checkpoints/last/meta.json"));
+  json secret = meta;
+  secret["config"]["n_layer"] = 99;
+  WriteText(outside + "/secret.json", secret.dump());
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), root_ + "/run1/checkpoints/last/model.safetensors",
+                                    outside + "/weights.safetensors"})));
+  // s1: meta.json leads out; s2: the weights do.
+  for (const char* run : {"s1", "s2"}) {
+    const std::string dir = root_ + "/" + run;
+    ::mkdir(dir.c_str(), 0755);
+    ::mkdir((dir + "/checkpoints").c_str(), 0755);
+    ASSERT_TRUE(Succeeded(
+        RunProcess({CpPath(), "-rL", root_ + "/run1/checkpoints/last", dir + "/checkpoints/last"})));
+    ASSERT_TRUE(Succeeded(RunProcess({CpPath(), root_ + "/run1/metrics.csv", dir + "/metrics.csv"})));
+  }
+  ASSERT_EQ(::unlink((root_ + "/s1/checkpoints/last/meta.json").c_str()), 0);
+  ASSERT_EQ(::symlink((outside + "/secret.json").c_str(),
+                      (root_ + "/s1/checkpoints/last/meta.json").c_str()), 0);
+  ASSERT_EQ(::unlink((root_ + "/s2/checkpoints/last/model.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink((outside + "/weights.safetensors").c_str(),
+                      (root_ + "/s2/checkpoints/last/model.safetensors").c_str()), 0);
+  const json checkpoints = GetJson("/v1/checkpoints");
+  for (const json& c : checkpoints["checkpoints"]) {
+    EXPECT_NE(c["id"], "s1/checkpoints/last");
+    EXPECT_NE(c["id"], "s2/checkpoints/last");
+  }
+  bool found = false;
+  const json runs = GetJson("/v1/runs");
+  for (const json& r : runs["runs"]) {
+    if (r["id"] != "s1") continue;
+    found = true;
+    EXPECT_TRUE(r["config"].is_null()) << r.dump();
+  }
+  EXPECT_TRUE(found);
+  ExpectError(json{{"checkpoint", "s2/checkpoints/last"}, {"prompt", "the"}, {"steps", 3}}.dump(), 404);
+}
+
+TEST_F(ServeTest, TheCheckpointFlagFollowsANewVersion) {
+  // As training saves `best`: a new version directory, the symlink renamed
+  // over, the old directory deleted.
+  const std::string ckpts = *tmp_ / "flagged/checkpoints";
+  ASSERT_TRUE(std::filesystem::create_directories(ckpts));
+  ASSERT_TRUE(Succeeded(
+      RunProcess({CpPath(), "-rL", root_ + "/run1/checkpoints/last", ckpts + "/best.ckpt-aaaaaa"})));
+  ASSERT_EQ(::symlink("best.ckpt-aaaaaa", (ckpts + "/best").c_str()), 0);
+  ServeOptions o;
+  o.checkpoint = ckpts + "/best";
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  const std::string body = json{{"prompt", "the"}, {"steps", 5}}.dump();
+  auto before = server.Client()->Post("/v1/generate", body, "application/json");
+  ASSERT_TRUE(before);
+  ASSERT_EQ(before->status, 200) << before->body;
+
+  ASSERT_TRUE(Succeeded(
+      RunProcess({CpPath(), "-rL", ckpts + "/best.ckpt-aaaaaa", ckpts + "/best.ckpt-bbbbbb"})));
+  ASSERT_EQ(::symlink("best.ckpt-bbbbbb", (ckpts + "/best.tmp-link").c_str()), 0);
+  ASSERT_EQ(::rename((ckpts + "/best.tmp-link").c_str(), (ckpts + "/best").c_str()), 0);
+  std::filesystem::remove_all(ckpts + "/best.ckpt-aaaaaa");
+
+  auto after = server.Client()->Post("/v1/generate", body, "application/json");
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200) << after->body;
+  EXPECT_EQ(json::parse(after->body, nullptr, false)["text"],
+            json::parse(before->body, nullptr, false)["text"]);
+  auto list = server.Client()->Get("/v1/checkpoints");
+  ASSERT_TRUE(list);
+  EXPECT_EQ(json::parse(list->body, nullptr, false)["default"], "checkpoint") << list->body;
+}
+
+TEST_F(ServeTest, RangeHeadersAreIgnored) {
+  auto c = Client();
+  for (const char* path : {"/", "/v1/checkpoints", "/v1/runs", "/v1/bench"}) {
+    const auto whole = c->Get(path);
+    ASSERT_TRUE(whole);
+    for (const char* range : {"bytes=0-5", "bytes=5-", "bytes=100000000-", "bytes=0-1,4-6"}) {
+      auto r = c->Get(path, {{"Range", range}});
+      ASSERT_TRUE(r);
+      EXPECT_EQ(r->status, 200) << path << " " << range;
+      EXPECT_FALSE(r->has_header("Content-Range")) << path << " " << range;
+      EXPECT_EQ(r->body, whole->body) << path << " " << range;
+    }
+  }
+  auto stream = c->Post("/v1/generate", {{"Range", "bytes=0-10"}},
+                        json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"},
+                             {"steps", 5}, {"stream", true}}.dump(),
+                        "application/json");
+  ASSERT_TRUE(stream);
+  EXPECT_EQ(stream->status, 200);
+  EXPECT_EQ(ParseEvents(stream->body).back().name, "done") << stream->body;
+  // One httplib cannot parse is refused before any route, as JSON.
+  auto bad = c->Get("/v1/checkpoints", {{"Range", "bytes=5-1"}});
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_TRUE(json::parse(bad->body, nullptr, false).contains("error")) << bad->body;
+}
+
+TEST_F(ServeTest, AnotherMethodOnAKnownPathIs405) {
+  auto c = Client();
+  auto expect_405 = [](const httplib::Result& r, const std::string& allow, const std::string& what) {
+    ASSERT_TRUE(r) << what;
+    EXPECT_EQ(r->status, 405) << what << " " << r->body;
+    EXPECT_EQ(r->get_header_value("Allow"), allow) << what;
+    EXPECT_TRUE(json::parse(r->body, nullptr, false).contains("error")) << what << " " << r->body;
+  };
+  for (const std::string path : {"/", "/v1/checkpoints", "/v1/runs", "/v1/runs/run1/metrics", "/v1/bench"}) {
+    expect_405(c->Put(path.c_str(), "{}", "application/json"), "GET, HEAD", "PUT " + path);
+    expect_405(c->Delete(path.c_str()), "GET, HEAD", "DELETE " + path);
+    expect_405(c->Patch(path.c_str(), "{}", "application/json"), "GET, HEAD", "PATCH " + path);
+    expect_405(c->Post(path.c_str(), "{}", "application/json"), "GET, HEAD", "POST " + path);
+  }
+  expect_405(c->Get("/v1/generate"), "POST", "GET /v1/generate");
+  expect_405(c->Put("/v1/generate", "{}", "application/json"), "POST", "PUT /v1/generate");
+  GetJson("/v1/elsewhere", 404);
+}
+
+TEST_F(ServeTest, ErrorsSayWhatIsWrong) {
+  // A temperature too small for a float: the message gives the range.
+  auto t = Post(json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"},
+                     {"temperature", 1e-300}}.dump());
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->status, 400);
+  EXPECT_NE(t->body.find("1.4e-45"), std::string::npos) << t->body;
+  // A long run id is not said to leave the runs directory.
+  const json long_id = GetJson("/v1/runs/" + std::string(8000, 'a') + "/metrics", 400);
+  EXPECT_NE(long_id["error"].get<std::string>().find("longer than"), std::string::npos) << long_id;
+  // A negative Content-Length is malformed, not too large.
+  const int fd = Connect(port_);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n"
+                          "Connection: close\r\n\r\n"));
+  const std::string response = Receive(fd, 10);
+  ::close(fd);
+  EXPECT_EQ(response.rfind("HTTP/1.1 400", 0), 0u) << response;
+  EXPECT_NE(response.find("Content-Length"), std::string::npos) << response;
+}
+
+TEST_F(ServeTest, StoppingEndsConnectionsThatSendSlowly) {
+  ServeOptions o;
+  o.root = root_;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  // A client that sends a header line every half second, never ending its request.
+  const int fd = Connect(server.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, "GET / HTTP/1.1\r\nHost: localhost\r\n"));
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    const auto start = Clock::now();
+    while (!done && SecondsSince(start) < 20 && SendAll(fd, "X-Slow: 1\r\n")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = Clock::now();
+  server.Stop();
+  const double took = SecondsSince(start);
+  done = true;
+  trickle.join();
+  ::close(fd);
+  EXPECT_LT(took, 3.0);
+}
+
 // ---- the binary ----
 
 // A port free now: bound to port 0 and closed (not listened on).
@@ -413,6 +816,11 @@ TEST(ServeCliTest, BadFlagsFailWithOneLine) {
   EXPECT_TRUE(FailsWith(RunMingpt({"serve", "--checkpoint", tmp / "nockpt", "--root", tmp.path()}), 1,
                         {"--checkpoint", "nockpt"}));
   EXPECT_TRUE(FailsWith(RunMingpt({"serve", "--root", tmp.path(), "--port", "70000"}), 1, {"--port"}));
+  EXPECT_TRUE(FailsWith(RunMingpt({"serve", "--root", tmp.path(), "--host", ""}), 1, {"--host"}));
+  EXPECT_TRUE(FailsWith(RunMingpt({"serve", "--root", tmp.path(), "--max_queue", "0"}), 1,
+                        {"--max_queue"}));
+  EXPECT_TRUE(FailsWith(RunMingpt({"serve", "--root", tmp.path(), "--max_queue", "100000"}), 1,
+                        {"--max_queue", "256"}));
   RunOptions o;
   o.cwd = tmp.path();  // no runs/ here
   EXPECT_TRUE(FailsWith(RunMingpt({"serve"}, o), 1, {"nothing to serve"}));
@@ -463,6 +871,45 @@ TEST(ServeCliTest, ServesUntilCtrlC) {
   EXPECT_TRUE(answered);
   EXPECT_TRUE(Succeeded(r)) << "Ctrl-C must stop the server cleanly";
   EXPECT_NE(r.out.find("listening on http://127.0.0.1:" + std::to_string(port)), std::string::npos)
+      << r.Describe();
+}
+
+TEST(ServeCliTest, AnIpv6HostIsPrintedInBrackets) {
+  const cli_test::TrainedRun& run = SharedTrainedRun();
+  ASSERT_TRUE(run.ok) << run.result.Describe();
+  // A free port on ::1, if this machine has IPv6.
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_addr = in6addr_loopback;
+  socklen_t len = sizeof(addr);
+  const int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+  const bool bound = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&addr), len) == 0 &&
+                     ::getsockname(probe, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  if (probe >= 0) ::close(probe);
+  if (!bound) GTEST_SKIP() << "no IPv6 loopback here";
+  const int port = ntohs(addr.sin6_port);
+  std::thread poller;
+  RunOptions o;
+  o.timeout_s = 60;
+  o.cwd = run.dir.path();
+  o.on_start = [&](pid_t pid) {
+    poller = std::thread([pid, addr] {
+      const auto start = Clock::now();
+      while (SecondsSince(start) < 30) {
+        const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+        const bool up = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+        ::close(fd);
+        if (up) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      ::kill(pid, SIGINT);
+    });
+  };
+  const ProcessResult r = RunMingpt(
+      {"serve", "--checkpoint", run.last, "--host", "::1", "--port", std::to_string(port)}, o);
+  poller.join();
+  EXPECT_TRUE(Succeeded(r)) << r.Describe();
+  EXPECT_NE(r.out.find("listening on http://[::1]:" + std::to_string(port) + "/"), std::string::npos)
       << r.Describe();
 }
 
