@@ -30,9 +30,9 @@ struct LoadedModel {
 };
 
 // `accelerator` as ResolveAccelerator returns it.
-StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
-                                                 const std::string& accelerator, int threads,
-                                                 int max_batch) {
+StatusOr<std::unique_ptr<LoadedModel>> LoadModelOnce(const std::string& dir,
+                                                     const std::string& accelerator, int threads,
+                                                     int max_batch) {
   auto m = std::make_unique<LoadedModel>();
   MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
   ModelConfig config = m->ckpt.config;
@@ -46,6 +46,18 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   MINGPT_RETURN_IF_ERROR(
       ReadCheckpointTensors(m->ckpt, m->gpt->layout(), host.data(), nullptr, nullptr));
   m->backend->CopyToDevice(m->params->params(), host.data(), host.size() * sizeof(float));
+  return m;
+}
+
+// LoadModelOnce, again if a trainer saved a new version of `dir` under it.
+StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
+                                                 const std::string& accelerator, int threads,
+                                                 int max_batch) {
+  std::unique_ptr<LoadedModel> m;
+  MINGPT_RETURN_IF_ERROR(RetryIfCheckpointMoved(dir, [&]() -> Status {
+    MINGPT_ASSIGN_OR_RETURN(m, LoadModelOnce(dir, accelerator, threads, max_batch));
+    return Status::Ok();
+  }));
   return m;
 }
 

@@ -68,6 +68,15 @@ void RemoveStaleSaves(const std::string& dir) {
 
 void RemoveCrashLeftovers(const std::string& dir) { RemoveStaleSaves(StripTrailingSlashes(dir)); }
 
+Status RetryIfCheckpointMoved(const std::string& dir, const std::function<Status()>& read) {
+  const std::string version = ReadLink(StripTrailingSlashes(dir));
+  Status status = read();
+  if (!status.ok() && !version.empty() && ReadLink(StripTrailingSlashes(dir)) != version) {
+    status = read();
+  }
+  return status;
+}
+
 namespace {
 
 Status ValidateFilename(const std::string& name) {

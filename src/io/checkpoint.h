@@ -41,10 +41,12 @@
 // then CommitCheckpoint's meta.json), simulating a crash mid-save.
 #pragma once
 
+#include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/status.h"
 #include "io/safetensors.h"
@@ -116,6 +118,13 @@ struct Checkpoint {
 // exist or is not a directory; meta.json is missing, not valid JSON, not an
 // object, lacks "format_version", or has an unsupported one.
 StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir);
+
+// Runs `read`, which opens the checkpoint `dir` and reads it, and once more
+// if it failed while `dir` came to name another version: a trainer saving to
+// `dir` meanwhile removed the version being read (its files "do not exist").
+// A reader beside a running training (sample, the server) then reads the new
+// save instead of failing.
+Status RetryIfCheckpointMoved(const std::string& dir, const std::function<Status()>& read);
 
 // Step 1 of a save without the save: removes D.tmp-link and the version
 // directories of D that D does not point to. Best effort; the caller must be

@@ -172,6 +172,37 @@ TEST_F(CheckpointTest, RoundTrip) {
   EXPECT_EQ(ckpt->data_dir, tmp_.Join(target));
 }
 
+// A reader whose version a save removed under it (here: a save between
+// reading meta.json and opening a file) reads again, the new version; a
+// failure with the link unmoved is not retried.
+TEST_F(CheckpointTest, AReadThatASaveOvertookIsRetriedOnTheNewVersion) {
+  const Version a(1, {"model.safetensors"}, 2);
+  const Version b(2, {"model.safetensors"}, 3);
+  ASSERT_TRUE(a.Save(dir()).ok());
+  int reads = 0;
+  int version_read = -1;
+  const Status s = RetryIfCheckpointMoved(dir(), [&]() -> Status {
+    ++reads;
+    MINGPT_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(dir()));
+    if (reads == 1) {
+      EXPECT_TRUE(b.Save(dir()).ok());  // a trainer saves meanwhile
+    }
+    MINGPT_ASSIGN_OR_RETURN(SafetensorsFile file, ckpt.Open("model.safetensors"));
+    version_read = ckpt.meta["version"].get<int>();
+    return Status::Ok();
+  });
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(reads, 2);
+  EXPECT_EQ(version_read, 2);
+
+  reads = 0;
+  EXPECT_FALSE(RetryIfCheckpointMoved(dir(), [&] {
+                 ++reads;
+                 return Status::Error("bad");
+               }).ok());
+  EXPECT_EQ(reads, 1);
+}
+
 TEST_F(CheckpointTest, SavesWithNoSafetensorsFilesAndCreatesParents) {
   const std::string nested = tmp_.Join("runs/x/checkpoints/last");
   ASSERT_TRUE(SaveCheckpoint(nested, {{"step", 7}}, {}).ok());
