@@ -126,6 +126,17 @@ std::string PostRequest(const std::string& body) {
          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
+// A raw connection to 127.0.0.1:port that has sent `request` (the answer
+// unread); -1 when it could not connect or send.
+int SendRaw(int port, const std::string& request) {
+  const int fd = Connect(port);
+  if (fd >= 0 && !SendAll(fd, request)) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // A server of its own, for options the shared one lacks; stopped and joined
 // when it goes.
 class OwnServer {
@@ -499,9 +510,8 @@ TEST_F(ServeTest, AGoneClientCancelsItsGeneration) {
       json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"}, {"steps", kMaxSteps}}.dump();
   std::vector<int> fds;
   for (int i = 0; i < o.max_admitted; ++i) {
-    const int fd = Connect(server.port());
+    const int fd = SendRaw(server.port(), PostRequest(long_body));
     ASSERT_GE(fd, 0);
-    ASSERT_TRUE(SendAll(fd, PostRequest(long_body)));
     fds.push_back(fd);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -534,10 +544,9 @@ TEST_F(ServeTest, AFullQueueLeavesThePageAndThe429) {
                                 {"steps", kMaxSteps}, {"stream", true}}.dump();
   std::vector<int> fds;
   for (int i = 0; i < o.max_admitted; ++i) {
-    const int fd = Connect(server.port());
+    const int fd = SendRaw(server.port(), PostRequest(body));
     ASSERT_GE(fd, 0);
     fds.push_back(fd);
-    ASSERT_TRUE(SendAll(fd, PostRequest(body)));
     // A stream's headers come once it is admitted.
     EXPECT_EQ(Receive(fd, 10, "\r\n\r\n").rfind("HTTP/1.1 200", 0), 0u) << i;
   }
@@ -755,10 +764,9 @@ TEST_F(ServeTest, ErrorsSayWhatIsWrong) {
   const json long_id = GetJson("/v1/runs/" + std::string(8000, 'a') + "/metrics", 400);
   EXPECT_NE(long_id["error"].get<std::string>().find("longer than"), std::string::npos) << long_id;
   // A negative Content-Length is malformed, not too large.
-  const int fd = Connect(port_);
+  const int fd = SendRaw(port_, "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n"
+                               "Connection: close\r\n\r\n");
   ASSERT_GE(fd, 0);
-  ASSERT_TRUE(SendAll(fd, "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n"
-                          "Connection: close\r\n\r\n"));
   const std::string response = Receive(fd, 10);
   ::close(fd);
   EXPECT_EQ(response.rfind("HTTP/1.1 400", 0), 0u) << response;
@@ -771,9 +779,8 @@ TEST_F(ServeTest, StoppingEndsConnectionsThatSendSlowly) {
   OwnServer server(o);
   ASSERT_TRUE(server.ok());
   // A client that sends a header line every half second, never ending its request.
-  const int fd = Connect(server.port());
+  const int fd = SendRaw(server.port(), "GET / HTTP/1.1\r\nHost: localhost\r\n");
   ASSERT_GE(fd, 0);
-  ASSERT_TRUE(SendAll(fd, "GET / HTTP/1.1\r\nHost: localhost\r\n"));
   std::atomic<bool> done{false};
   std::thread trickle([&] {
     const auto start = Clock::now();
