@@ -27,6 +27,7 @@ Runs where PyTorch has CUDA (the device tool's machine). Without a GPU,
 """
 
 import argparse
+import gc
 import math
 import os
 import statistics
@@ -162,18 +163,38 @@ def bench_lightning(a, vocab, xs, ys):
 
 
 class GpuMemoryPoll:
-    """The most GPU memory nvidia-smi reports in use while the block runs (MiB)."""
+    """The most GPU memory the other processes (mingpt) hold while the block
+    runs, in MiB: nvidia-smi's per-process figures, without this process's
+    (PyTorch's context and cached blocks). Where nvidia-smi lists no
+    processes (a container hiding them), the whole GPU's use above what it
+    was when the block began."""
 
     def __init__(self):
         self.peak_mib, self._stop = 0, threading.Event()
+        self._by_process, self._baseline = False, None
+
+    @staticmethod
+    def _query(what):
+        return subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=5).stdout
+
+    def _sample(self):
+        others = [line.split(",") for line in self._query("compute-apps=pid,used_memory").splitlines()
+                  if line.strip() and line.split(",")[0].strip() != str(os.getpid())]
+        if others:
+            self._by_process = True
+            return sum(int(used) for _, used in others)
+        if self._by_process:
+            return 0
+        used = sum(int(v) for v in self._query("gpu=memory.used").split())
+        if self._baseline is None:
+            self._baseline = used
+        return used - self._baseline
 
     def _run(self):
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
-                                      "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
-                self.peak_mib = max([self.peak_mib] + [int(v) for v in out.split()])
+                self.peak_mib = max(self.peak_mib, self._sample())
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
             self._stop.wait(0.2)
@@ -240,6 +261,9 @@ def main():
         from bench_vs_torch import bench_mingpt
         a.precision, a.verbose = "bf16", False
         a.extra_args = ["--accelerator", a.device, "--enable_checkpointing", "false"]
+        if a.device == "cuda":  # what torch still caches is not mingpt's
+            gc.collect()
+            torch.cuda.empty_cache()
         with GpuMemoryPoll() as poll:
             tps = bench_mingpt(a)
         rows.append(("mingpt (--precision bf16)", tps, poll.peak_mib / 1024))

@@ -7,10 +7,15 @@
 # and C++ runtimes, the CUDA runtime, cuBLASLt, NCCL) is taken from that
 # machine, whose versions are newer or the same (CUDA 13).
 #
-#   scripts/device_bundle.sh            build (Release, CUDA on) and pack
+#   scripts/device_bundle.sh            build (Release, CUDA on) and pack,
+#                                       and copy the corpus into data/
 #   then, through the device tool:      run scripts/device_check.sh with
-#                                       carry ["build-device"]
+#                                       carry ["build-device", "data"]
 #
+# The binaries are built in their own directory (build-gpu/) for any x86-64
+# with AVX2 (x86-64-v3), not for this machine's CPU: the GPU machine's CPU
+# is unknown, and one AVX-512 instruction it lacks would end every stage
+# with "Illegal instruction". oneDNN picks its kernels at run time anyway.
 # The pack is about 60 MiB (oneDNN alone is 40); the tool carries 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +25,38 @@ if ! command -v nvcc >/dev/null && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then
   exit 1
 fi
 scripts/install-deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMINGPT_CUDA=ON >/dev/null
-cmake --build build -j"$(nproc)" --target mingpt mingpt_cuda test_cuda
+corpus=${MINGPT_DATA:-../shared/data/tinyshakespeare.txt}
+if [[ ! -s data/tinyshakespeare.txt ]]; then
+  if [[ ! -s $corpus ]]; then
+    echo "device_bundle: no corpus at $corpus (set MINGPT_DATA)" >&2
+    exit 1
+  fi
+  mkdir -p data && cp "$corpus" data/tinyshakespeare.txt
+fi
+portable="-march=x86-64-v3"
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMINGPT_CUDA=ON -DMINGPT_NATIVE=OFF \
+  -DMINGPT_SANITIZE=OFF -DCMAKE_C_FLAGS="$portable" -DCMAKE_CXX_FLAGS="$portable" >/dev/null
+cmake --build build-gpu -j"$(nproc)" --target mingpt mingpt_cuda test_cuda
 
 out=build-device
 rm -rf "$out"
 mkdir -p "$out/lib" "$out/tests"
-cp build/mingpt build/libmingpt_cuda.so "$out/"
-cp build/tests/test_cuda "$out/tests/"
+cp build-gpu/mingpt build-gpu/libmingpt_cuda.so "$out/"
+cp build-gpu/tests/test_cuda "$out/tests/"
+for bin in "$out/mingpt" "$out/libmingpt_cuda.so" "$out"/tests/*; do
+  if objdump -d --no-show-raw-insn "$bin" | grep -q '%zmm'; then
+    echo "device_bundle: $bin has AVX-512 instructions: not portable" >&2
+    exit 1
+  fi
+done
+# mingpt finds the libraries packed beside it through this wrapper, so that
+# nothing else on that machine (PyTorch's Python) loads them.
+cat > "$out/mingpt.sh" <<'WRAPPER'
+#!/bin/sh
+here=$(cd "$(dirname "$0")" && pwd)
+LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/mingpt" "$@"
+WRAPPER
+chmod +x "$out/mingpt.sh"
 
 # The shared libraries the binaries load, less those the GPU machine has:
 # glibc's, the GCC runtime's and CUDA's.

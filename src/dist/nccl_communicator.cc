@@ -27,9 +27,10 @@
   do {                                                                                   \
     const ncclResult_t mingpt_nccl_result_ = (expr);                                     \
     if (mingpt_nccl_result_ != ncclSuccess) {                                            \
-      std::fprintf(stderr, "%s:%d: NCCL error %d: %s (in %s)\n", __FILE__, __LINE__,      \
+      std::fprintf(stderr, "%s:%d: NCCL error %d: %s (in %s) %s\n", __FILE__, __LINE__,   \
                    static_cast<int>(mingpt_nccl_result_),                                \
-                   ncclGetErrorString(mingpt_nccl_result_), #expr);                      \
+                   ncclGetErrorString(mingpt_nccl_result_), #expr,                       \
+                   ncclGetLastError(nullptr));                                           \
       std::abort();                                                                      \
     }                                                                                    \
   } while (0)
@@ -133,7 +134,9 @@ NcclCommunicator::NcclCommunicator(Communicator* bootstrap, int device, cudaStre
       world_(bootstrap->world()),
       compute_(compute) {
   MINGPT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&barrier_), sizeof(float)));
-  MINGPT_CUDA_CHECK(cudaMemset(barrier_, 0, sizeof(float)));
+  // On the collectives' stream (non-blocking: the legacy stream's work is
+  // not ordered before it).
+  MINGPT_CUDA_CHECK(cudaMemsetAsync(barrier_, 0, sizeof(float), stream_.get()));
   completion_ = std::thread(&NcclCommunicator::CompletionLoop, this);
 }
 

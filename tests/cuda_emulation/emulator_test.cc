@@ -257,10 +257,15 @@ TEST(CudaEmulator, StreamsOrderWorkOnlyThroughEvents) {
   EXPECT_EQ(h[5], compute_first ? 13.0f : 9.0f);  // compute first: overwritten before read
   cudaStreamSynchronize(compute);
 
-  // Into pageable memory a copy returns done, after its stream's earlier work.
+  // Into pageable memory too a copy is done only once waited for (CUDA
+  // says it "might be synchronous"), after its stream's earlier work.
   MINGPT_LAUNCH(FillKernel, 1, 32, 0, compute, d, 11.0f);
-  std::vector<float> pageable(32);
+  std::vector<float> pageable(32, 0.0f);
   cudaMemcpyAsync(pageable.data(), d, 32 * sizeof(float), cudaMemcpyDeviceToHost, compute);
+  if (!compute_first) {
+    EXPECT_EQ(pageable[5], 0.0f);
+  }
+  cudaStreamSynchronize(compute);
   EXPECT_EQ(pageable[5], 11.0f);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   cudaEventDestroy(filled);

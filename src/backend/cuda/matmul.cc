@@ -83,7 +83,7 @@ LtMatmul::~LtMatmul() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-LtMatmul::Plan& LtMatmul::GetPlan(const Key& key) {
+LtMatmul::Plan& LtMatmul::GetPlan(const Key& key, const float* bias) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   const Gemm& g = key.g;
@@ -96,6 +96,9 @@ LtMatmul::Plan& LtMatmul::GetPlan(const Key& key) {
   SetDescAttr(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, tb);
   if (g.bias) {  // bias[m] in fp32, the type of D (the default bias type)
     SetDescAttr(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+    // The heuristic takes the bias's alignment from this pointer (a null one
+    // reads as fully aligned): a kernel it picks may rely on it.
+    SetDescAttr(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   }
   MINGPT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->a, type, g.a_trans ? g.k : g.m,
                                                  g.a_trans ? g.m : g.k, g.lda));
@@ -115,11 +118,21 @@ LtMatmul::Plan& LtMatmul::GetPlan(const Key& key) {
   SetPrefAttr(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, uint32_t{key.align_d});
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  MINGPT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, plan->desc, plan->a, plan->b,
-                                                     plan->d, plan->d, pref, 1, &result, &found));
+  // No algorithm is CUBLAS_STATUS_NOT_SUPPORTED (or none found): say for
+  // which product, which the status alone does not.
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      handle_, plan->desc, plan->a, plan->b, plan->d, plan->d, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  MINGPT_CHECK(found > 0, "cuBLASLt has no algorithm for m=%d n=%d k=%d (precision %d)", g.m, g.n,
-               g.k, static_cast<int>(key.precision));
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    std::fprintf(stderr,
+                 "%s:%d: cuBLASLt has no algorithm (%s) for m=%d n=%d k=%d op(A)=%c op(B)=%c "
+                 "lda=%d ldb=%d ldd=%d precision %d bias %d; alignments A %u B %u D %u bias %u\n",
+                 __FILE__, __LINE__, cublasLtGetStatusString(status), g.m, g.n, g.k,
+                 g.a_trans ? 'T' : 'N', g.b_trans ? 'T' : 'N', g.lda, g.ldb, g.ldd,
+                 static_cast<int>(key.precision), g.bias ? 1 : 0, key.align_a, key.align_b,
+                 key.align_d, key.align_bias);
+    std::abort();
+  }
   plan->algo = result.algo;
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
@@ -149,8 +162,9 @@ const void* LtMatmul::Operand(DeviceScratch& buf, MatmulOperand x, int64_t n) {
 }
 
 void LtMatmul::Run(const Gemm& g, const void* a, const void* b, float* d, const float* bias) {
-  const Key key{g, precision_, Alignment(a), Alignment(b), Alignment(d)};
-  Plan& plan = GetPlan(key);
+  const Key key{g, precision_, Alignment(a), Alignment(b), Alignment(d),
+                g.bias ? Alignment(bias) : 0u};
+  Plan& plan = GetPlan(key, bias);
   if (g.bias) SetDescAttr(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
   MINGPT_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d,

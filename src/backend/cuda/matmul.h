@@ -61,16 +61,18 @@ class LtMatmul {
   struct Key {
     Gemm g;
     MatmulPrecision precision;
-    unsigned align_a, align_b, align_d;
+    // The heuristic's choice may assume these of the pointers (the bias's
+    // too: it reads the bias pointer set on the descriptor).
+    unsigned align_a, align_b, align_d, align_bias;
     auto Tie() const {
       return std::tie(g.m, g.n, g.k, g.a_trans, g.b_trans, g.lda, g.ldb, g.ldd, g.accumulate,
-                      g.bias, precision, align_a, align_b, align_d);
+                      g.bias, precision, align_a, align_b, align_d, align_bias);
     }
     bool operator<(const Key& o) const { return Tie() < o.Tie(); }
   };
   struct Plan;
 
-  Plan& GetPlan(const Key& key);
+  Plan& GetPlan(const Key& key, const float* bias);
   // x[n] as the product takes it: itself (kFp32, or already converted) or
   // converted into `buf`.
   const void* Operand(DeviceScratch& buf, MatmulOperand x, int64_t n);

@@ -431,11 +431,10 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   using mingpt::cuda::emu::Misuse;
   if (!mingpt::cuda::emu::IsLiveStream(stream)) return Record(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
-  bool dst_pageable = false, src_pageable = false;
+  bool src_pageable = false;
   {
     std::lock_guard<std::mutex> lock(R().mutex);
     const auto& dev = R().device;
-    dst_pageable = Holds(dev, dst, 0) == 0 && Holds(R().pinned, dst, 0) == 0;
     src_pageable = Holds(dev, src, 0) == 0 && Holds(R().pinned, src, 0) == 0;
     switch (kind) {
       case cudaMemcpyHostToDevice:
@@ -466,13 +465,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
       Misuse("cudaMemcpyAsync", "overlapping regions", dst, src, bytes);
     }
   }
-  // CUDA's documented behaviour for pageable host memory: a copy into it
-  // returns once done (the stream's earlier work first); a copy from it has
-  // read the source when it returns. Pinned memory is copied in stream order.
-  if (dst_pageable) {
-    mingpt::cuda::emu::Drain(stream);
-    std::memcpy(dst, src, bytes);
-  } else if (src_pageable) {
+  // Pageable host memory: a copy from it has read the source when it
+  // returns (CUDA stages it), which callers may rely on. A copy into it only
+  // "might be synchronous", CUDA says: run in stream order, as a copy into
+  // pinned memory, so that a reader that does not wait for it shows.
+  if (src_pageable) {
     auto staged = std::make_shared<std::vector<unsigned char>>(
         static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
     mingpt::cuda::emu::Enqueue(stream, [=] { std::memcpy(dst, staged->data(), bytes); });
