@@ -282,10 +282,13 @@ Command AddBench(CLI::App* app) {
       ->capture_default_str();
   app->add_flag("--no_batch_search", f->no_batch_search, "Skip the largest-batch search");
   app->add_option("--offload_dir", f->offload_dir,
-                  "Also measure deepspeed_stage_3_offload_nvme, its files in this directory");
-  app->add_option("--out", f->out, "Output directory (default bench/runs/<time>)");
+                  "Also measure deepspeed_stage_3_offload_nvme, its files in this directory")
+      ->check(NotEmpty());
+  app->add_option("--out", f->out, "Output directory (default bench/runs/<time>)")
+      ->check(NotEmpty());
   app->add_option("--data", f->data,
-                  "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt)");
+                  "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt)")
+      ->check(NotEmpty());
   return [f]() -> Status {
     BenchFlags& b = *f;
     auto err = [](const std::string& m) { return Status::Error(m); };

@@ -36,6 +36,23 @@ Command AddServe(CLI::App* app);
 Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
 StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
 
+// Flag validators; CLI11 prints "<flag>: <message>". NotEmpty refuses an
+// empty value, which for a path would otherwise read as the flag not given
+// (`--data ''` training on the default corpus); NotNegative refuses a
+// minus sign (CLI's own range check prints its range's bounds as doubles).
+inline CLI::Validator NotEmpty() {
+  return CLI::Validator(
+      [](std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); },
+      "", "NotEmpty");
+}
+inline CLI::Validator NotNegative() {
+  return CLI::Validator(
+      [](std::string& v) {
+        return !v.empty() && v[0] == '-' ? "must be >= 0, got " + v : std::string();
+      },
+      "", "NotNegative");
+}
+
 // --accelerator for train, evaluate and sample: cpu, cuda (gpu) or auto
 // (ResolveAccelerator resolves it).
 CLI::Option* AddAcceleratorFlag(CLI::App* app, std::string* accelerator);

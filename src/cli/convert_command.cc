@@ -22,11 +22,8 @@ Command AddConvert(CLI::App* app) {
                   "Weights file to write (fp32 safetensors; replaced atomically if it exists)")
       ->required();
   return [f]() -> Status {
-    OpenedCheckpoint ckpt;
-    MINGPT_RETURN_IF_ERROR(RetryIfCheckpointMoved(f->checkpoint, [&]() -> Status {
-      MINGPT_ASSIGN_OR_RETURN(ckpt, OpenTrainingCheckpoint(f->checkpoint));
-      return WriteConsolidatedWeights(ckpt, f->output);
-    }));
+    MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint(f->checkpoint));
+    MINGPT_RETURN_IF_ERROR(WriteConsolidatedWeights(ckpt, f->output));
     const ModelLayout layout(ckpt.config);
     std::printf("wrote %s: %lld parameters of %s, step %lld, from a %s checkpoint of %d rank%s\n",
                 f->output.c_str(), static_cast<long long>(layout.num_parameters()),

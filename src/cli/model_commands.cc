@@ -30,9 +30,9 @@ struct LoadedModel {
 };
 
 // `accelerator` as ResolveAccelerator returns it.
-StatusOr<std::unique_ptr<LoadedModel>> LoadModelOnce(const std::string& dir,
-                                                     const std::string& accelerator, int threads,
-                                                     int max_batch) {
+StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
+                                                 const std::string& accelerator, int threads,
+                                                 int max_batch) {
   auto m = std::make_unique<LoadedModel>();
   MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
   ModelConfig config = m->ckpt.config;
@@ -46,21 +46,9 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModelOnce(const std::string& dir,
   MINGPT_RETURN_IF_ERROR(
       ReadCheckpointTensors(m->ckpt, m->gpt->layout(), host.data(), nullptr, nullptr));
   m->backend->CopyToDevice(m->params->params(), host.data(), host.size() * sizeof(float));
+  m->ckpt.checkpoint.Release();  // read: a trainer's saves may remove it
   return m;
 }
-
-// LoadModelOnce, again if a trainer saved a new version of `dir` under it.
-StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
-                                                 const std::string& accelerator, int threads,
-                                                 int max_batch) {
-  std::unique_ptr<LoadedModel> m;
-  MINGPT_RETURN_IF_ERROR(RetryIfCheckpointMoved(dir, [&]() -> Status {
-    MINGPT_ASSIGN_OR_RETURN(m, LoadModelOnce(dir, accelerator, threads, max_batch));
-    return Status::Ok();
-  }));
-  return m;
-}
-
 
 }  // namespace
 
@@ -73,7 +61,8 @@ Command AddEvaluate(CLI::App* app) {
   };
   auto f = std::make_shared<Flags>();
   app->add_option("--checkpoint", f->checkpoint, "Checkpoint directory")->required();
-  app->add_option("--data", f->data, "Text file (default: the one recorded in the checkpoint)");
+  app->add_option("--data", f->data, "Text file (default: the one recorded in the checkpoint)")
+      ->check(NotEmpty());
   app->add_option("--split", f->split, "val or test")->capture_default_str();
   app->add_option("--batch_size", f->batch_size, "Windows per forward pass")->capture_default_str();
   f->threads_opt = app->add_option("--num_threads", f->threads,
@@ -170,7 +159,7 @@ Command AddSample(CLI::App* app) {
                 "Recompute the whole context for every character instead of decoding from "
                 "cached keys and values (same text, slower)");
   app->add_option("--seed", f->o.seed, "Sampling seed")
-      ->check(CLI::NonNegativeNumber)
+      ->check(NotNegative())
       ->capture_default_str();
   app->add_option("--num_threads", f->threads, "CPU threads")->capture_default_str();
   AddAcceleratorFlag(app, &f->accelerator);

@@ -22,9 +22,11 @@ Command AddServe(CLI::App* app) {
   f->o.root = "runs";
   f->o.port = 8000;
   app->add_option("--checkpoint", f->o.checkpoint,
-                  "Checkpoint directory to generate from by default (any found under --root too)");
+                  "Checkpoint directory to generate from by default (any found under --root too)")
+      ->check(NotEmpty());
   f->root_opt = app->add_option("--root", f->o.root,
                                 "Runs directory: its runs' metrics.csv and checkpoints, bench.csv")
+                    ->check(NotEmpty())
                     ->capture_default_str();
   app->add_option("--port", f->o.port, "TCP port (0: any free one, printed)")->capture_default_str();
   app->add_option("--host", f->o.host, "Address to listen on (0.0.0.0: every interface)")

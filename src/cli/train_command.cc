@@ -148,11 +148,14 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
                   "--precision 16: the loss scale starts at 2^this (DeepSpeed's default)")
       ->capture_default_str();
   app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")
-      ->check(CLI::NonNegativeNumber)
+      ->check(NotNegative())
       ->capture_default_str();
-  app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>");
-  app->add_option("--data", f->data, "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt, downloaded)");
-  app->add_option("--ckpt_path", o.ckpt_path, "Resume from this checkpoint directory");
+  app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>")
+      ->check(NotEmpty());
+  app->add_option("--data", f->data, "Training text (default $MINGPT_DATA, else data/tinyshakespeare.txt, downloaded)")
+      ->check(NotEmpty());
+  app->add_option("--ckpt_path", o.ckpt_path, "Resume from this checkpoint directory")
+      ->check(NotEmpty());
   app->add_option("--log_every_n_steps", o.log_every_n_steps, "Metrics and log-line interval")->capture_default_str();
   app->add_option("--strategy", o.strategy,
                   "auto, single_device, ddp, deepspeed_stage_1, deepspeed_stage_2, deepspeed_stage_3, "
@@ -167,7 +170,8 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
                 ->excludes(f->devices);
   app->add_option("--offload_dir", o.offload_dir,
                   "deepspeed_stage_3_offload_nvme: the directory (on a fast disk) for the "
-                  "offloaded state's files; they are removed at the end");
+                  "offloaded state's files; they are removed at the end")
+      ->check(NotEmpty());
   app->add_option("--offload_params", o.offload_params,
                   "deepspeed_stage_3_offload_nvme: keep the parameter shards on nvme or in cpu memory")
       ->capture_default_str();

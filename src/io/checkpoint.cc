@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,15 +46,42 @@ std::string ReadLink(const std::string& path) {
   return ec ? "" : target.string();
 }
 
+// flock() retried on EINTR; false with errno set on failure.
+bool Flock(int fd, int operation) {
+  while (::flock(fd, operation) != 0) {
+    if (errno != EINTR) return false;
+  }
+  return true;
+}
+
+// Removes `path`, a stale version directory (or D.tmp-link), unless a
+// reader holds it: its exclusive lock is kept while removing, so a reader
+// that comes meanwhile waits and then finds the directory gone.
+void RemoveUnlessHeld(const std::string& path) {
+  std::error_code ec;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {  // a symlink (D.tmp-link) or gone: nothing to hold
+    fs::remove_all(path, ec);
+    return;
+  }
+  if (!Flock(fd, LOCK_EX | LOCK_NB) && errno == EWOULDBLOCK) {
+    ::close(fd);  // read now: a later save removes it
+    return;
+  }
+  fs::remove_all(path, ec);
+  ::close(fd);
+}
+
 // Steps 1 and 6 of the scheme: removes D.tmp-link and all version directories of
-// D except the one D points to. Best effort: a failure here never fails a
-// save (the next save tries again).
+// D except the one D points to and those readers hold. Best effort: a failure
+// here never fails a save (the next save tries again).
 void RemoveStaleSaves(const std::string& dir) {
   const std::string parent = Dirname(dir);
   const std::string base = Basename(dir);
   const std::string current = ReadLink(dir);
   std::error_code ec;
-  fs::remove_all(dir + kLinkSuffix, ec);  // a symlink, or an old dir after an exchange
+  // A symlink, or an old real directory after an exchange.
+  RemoveUnlessHeld(dir + kLinkSuffix);
   std::vector<std::string> stale;
   for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
@@ -61,21 +89,26 @@ void RemoveStaleSaves(const std::string& dir) {
     std::error_code status_ec;
     if (fs::is_directory(it->symlink_status(status_ec))) stale.push_back(name);
   }
-  for (const std::string& name : stale) fs::remove_all(JoinPath(parent, name), ec);
+  for (const std::string& name : stale) RemoveUnlessHeld(JoinPath(parent, name));
 }
 
 }  // namespace
 
-void RemoveCrashLeftovers(const std::string& dir) { RemoveStaleSaves(StripTrailingSlashes(dir)); }
+// A version directory, open (its files are opened relative to it) and
+// share-locked (flock) while this lives.
+class VersionHold {
+ public:
+  explicit VersionHold(int fd) : fd_(fd) {}
+  VersionHold(const VersionHold&) = delete;
+  VersionHold& operator=(const VersionHold&) = delete;
+  ~VersionHold() { ::close(fd_); }
+  int fd() const { return fd_; }
 
-Status RetryIfCheckpointMoved(const std::string& dir, const std::function<Status()>& read) {
-  const std::string version = ReadLink(StripTrailingSlashes(dir));
-  Status status = read();
-  if (!status.ok() && !version.empty() && ReadLink(StripTrailingSlashes(dir)) != version) {
-    status = read();
-  }
-  return status;
-}
+ private:
+  int fd_;
+};
+
+void RemoveCrashLeftovers(const std::string& dir) { RemoveStaleSaves(StripTrailingSlashes(dir)); }
 
 namespace {
 
@@ -280,6 +313,46 @@ Status SaveCheckpoint(const std::string& dir_in, const nlohmann::json& meta,
   return CommitCheckpoint(pending, meta);
 }
 
+namespace {
+
+// Where the checkpoint at `dir` (an existing directory) keeps its files now.
+std::string ResolveVersion(const std::string& dir) {
+  const std::string target = ReadLink(dir);
+  if (target.empty()) return dir;
+  return target[0] == '/' ? target : JoinPath(Dirname(dir), target);
+}
+
+// Opens and share-locks the version directory `data_dir` of checkpoint
+// `dir` (only opens it where the filesystem cannot lock: the version is
+// then read unprotected). Null when a save removed that version before the
+// lock and `dir` names another one now (*moved is then set).
+StatusOr<std::shared_ptr<const VersionHold>> HoldVersion(const std::string& dir,
+                                                         const std::string& data_dir,
+                                                         bool* moved) {
+  *moved = false;
+  const int fd = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT && ResolveVersion(dir) != data_dir) {
+      *moved = true;
+      return std::shared_ptr<const VersionHold>();
+    }
+    return ErrnoError("cannot open checkpoint directory", data_dir, err);
+  }
+  auto hold = std::make_shared<const VersionHold>(fd);
+  if (!Flock(fd, LOCK_SH)) return hold;
+  // Removed between the open and the lock: the directory is empty now.
+  struct stat st;
+  if (::fstatat(fd, kCheckpointMetaFile, &st, 0) != 0 && errno == ENOENT &&
+      ResolveVersion(dir) != data_dir) {
+    *moved = true;
+    return std::shared_ptr<const VersionHold>();
+  }
+  return hold;
+}
+
+}  // namespace
+
 StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
   const std::string dir = StripTrailingSlashes(dir_in);
   struct stat st;
@@ -292,18 +365,27 @@ StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
   }
   Checkpoint ckpt;
   ckpt.dir = dir;
-  ckpt.data_dir = dir;
-  const std::string target = ReadLink(dir);
-  if (!target.empty()) {
-    ckpt.data_dir = target[0] == '/' ? target : JoinPath(Dirname(dir), target);
+  // Each pass loses only to a save that completed meanwhile; a trainer
+  // saving every few milliseconds could win a few times, never for long.
+  constexpr int kAttempts = 100;
+  for (int attempt = 1;; ++attempt) {
+    ckpt.data_dir = ResolveVersion(dir);
+    bool moved = false;
+    MINGPT_ASSIGN_OR_RETURN(ckpt.hold, HoldVersion(dir, ckpt.data_dir, &moved));
+    if (!moved) break;
+    if (attempt == kAttempts) {
+      return Status::Error("checkpoint '" + dir + "' was replaced by " +
+                           std::to_string(kAttempts) + " saves while being opened");
+    }
   }
 
-  const std::string meta_path = JoinPath(ckpt.data_dir, kCheckpointMetaFile);
   const std::string shown = JoinPath(dir, kCheckpointMetaFile);
-  if (::stat(meta_path.c_str(), &st) != 0 && errno == ENOENT) {
+  if (::fstatat(ckpt.hold->fd(), kCheckpointMetaFile, &st, 0) != 0 && errno == ENOENT) {
     return Status::Error("checkpoint '" + dir + "' has no meta.json (not a checkpoint?)");
   }
-  MINGPT_ASSIGN_OR_RETURN(std::string text, ReadFile(meta_path));
+  MINGPT_ASSIGN_OR_RETURN(std::string text,
+                          ReadFileAt(ckpt.hold->fd(), kCheckpointMetaFile,
+                                     JoinPath(ckpt.data_dir, kCheckpointMetaFile)));
   ckpt.meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (ckpt.meta.is_discarded()) return Status::Error(shown + ": not valid JSON");
   if (!ckpt.meta.is_object()) return Status::Error(shown + ": not a JSON object");

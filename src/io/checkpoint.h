@@ -31,6 +31,15 @@
 // RemoveCrashLeftovers (the trainer's, as a run starts: a checkpoint such as
 // `best` may never be saved again, and a leftover is a checkpoint's size).
 //
+// Readers (LoadCheckpoint) hold the version they read: a shared flock(2) on
+// its directory, kept while their Checkpoint lives (or until Release()).
+// Steps 1 and 6 remove only versions no reader holds (an exclusive
+// non-blocking flock, kept while removing); a held one is left for a later
+// save, or RemoveCrashLeftovers, once released. So a reader beside a
+// running trainer (evaluate, sample, the server) reads one whole version,
+// however many saves pass meanwhile. Where the filesystem has no flock
+// (ENOLCK, EOPNOTSUPP), readers read unheld, as before.
+//
 // Caveats: one save per D at a time (the trainer); a checkpoint named
 // "<D>.ckpt-XXXXXX" beside D would be taken for a leftover; copy a checkpoint
 // with `cp -rL` (the directory is behind a symlink).
@@ -41,8 +50,8 @@
 // then CommitCheckpoint's meta.json), simulating a crash mid-save.
 #pragma once
 
-#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -104,31 +113,37 @@ void AbortCheckpoint(const PendingCheckpoint& pending);
 Status SaveCheckpoint(const std::string& dir, const nlohmann::json& meta,
                       const std::vector<CheckpointFile>& files);
 
+class VersionHold;  // checkpoint.cc: the held version directory's descriptor
+
 struct Checkpoint {
   std::string dir;       // as given to LoadCheckpoint
   std::string data_dir;  // where the files are read: dir's symlink target,
                          // resolved once so that all reads see one version
   nlohmann::json meta;
+  // The hold on data_dir (see the scheme above), shared by copies: its
+  // files are opened relative to it, so all reads see the version whose
+  // meta.json was read. Null once released.
+  std::shared_ptr<const VersionHold> hold;
 
   // Opens (and validates) one of the checkpoint's safetensors files.
   StatusOr<SafetensorsFile> Open(const std::string& filename) const;
+  // Lets saves remove this version (once no copy holds it): for a reader
+  // that keeps the metadata after reading the files it needs. Open() then
+  // opens by path.
+  void Release() { hold.reset(); }
 };
 
-// Loads meta.json of the checkpoint at `dir`. Errors: the directory does not
-// exist or is not a directory; meta.json is missing, not valid JSON, not an
-// object, lacks "format_version", or has an unsupported one.
+// Loads meta.json of the checkpoint at `dir` and holds its version. Errors:
+// the directory does not exist or is not a directory; meta.json is missing,
+// not valid JSON, not an object, lacks "format_version", or has an
+// unsupported one. A save that removed the version between the resolution
+// of `dir` and the hold is seen (its meta.json is gone and `dir` names
+// another version) and the new version is loaded instead.
 StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir);
 
-// Runs `read`, which opens the checkpoint `dir` and reads it, and once more
-// if it failed while `dir` came to name another version: a trainer saving to
-// `dir` meanwhile removed the version being read (its files "do not exist").
-// A reader beside a running training (sample, the server) then reads the new
-// save instead of failing.
-Status RetryIfCheckpointMoved(const std::string& dir, const std::function<Status()>& read);
-
 // Step 1 of a save without the save: removes D.tmp-link and the version
-// directories of D that D does not point to. Best effort; the caller must be
-// the only one saving to D.
+// directories of D that D does not point to and no reader holds. Best
+// effort; the caller must be the only one saving to D.
 void RemoveCrashLeftovers(const std::string& dir);
 
 }  // namespace mingpt

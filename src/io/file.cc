@@ -68,11 +68,13 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
-StatusOr<std::string> ReadFile(const std::string& path) {
+StatusOr<std::string> ReadFile(const std::string& path) { return ReadFileAt(AT_FDCWD, path, path); }
+
+StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused
   // below, as every file that is not a regular one is (a device such as
   // /dev/zero never ends). Regular files ignore the flag.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return Status::Error("file '" + path + "' does not exist");
     return ErrnoError("cannot open", path, errno);

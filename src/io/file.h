@@ -15,6 +15,10 @@ namespace mingpt {
 // Reads the whole file. Errors name the path: missing, unreadable, is a
 // directory, or a read failure.
 StatusOr<std::string> ReadFile(const std::string& path);
+// ReadFile of `name` relative to the open directory `dir_fd` (openat(2);
+// AT_FDCWD for the working directory); errors name `path`, the file as the
+// user knows it.
+StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path);
 
 // Writes a file so that after it returns OK the bytes are on disk and `path`
 // names them: the data goes to a temporary file beside `path`, which is

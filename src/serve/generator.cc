@@ -159,6 +159,7 @@ StatusOr<Generator::Model*> Generator::Load(const std::string& dir) {
   MINGPT_RETURN_IF_ERROR(
       ReadCheckpointTensors(m->ckpt, m->gpt->layout(), host.data(), nullptr, nullptr));
   m->backend->CopyToDevice(m->params->params(), host.data(), host.size() * sizeof(float));
+  m->ckpt.checkpoint.Release();  // read: a trainer's saves may remove it
   model_ = std::move(m);
   return model_.get();
 }

@@ -410,12 +410,26 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   if (Status st = AgreeOnStatus(comm, made_strategy.status()); !st.ok()) return abandon(st);
   std::unique_ptr<Strategy> strategy = std::move(made_strategy).value();
   Strategy& sp = *strategy;
+  // A stop asked for during the setup (a large model's takes minutes) ends
+  // the run before its first step: nothing trained, nothing to save, and the
+  // run directory it made removed. Checked before the state is read and
+  // again before the first step; every rank agrees.
+  auto stopped_in_setup = [&] {
+    double asked = stop && stop->load() ? 1.0 : 0.0;
+    comm->AllReduce(&asked, 1).Wait();
+    return asked > 0;
+  };
+  const Status stopped = Status::Error(
+      "stopped before the first step (a signal during the setup): nothing was trained or saved");
+  if (stopped_in_setup()) return abandon(stopped);
   TrainState state;
   state.seed = o.seed;
   if (setup.resume) {
     Status loaded = AgreeOnStatus(comm, LoadTrainingState(*setup.resume, layout, &sp));
     if (!loaded.ok()) return abandon(loaded);
     state = setup.resume->state;
+    // Read: this run's own saves (resuming in place) may remove it now.
+    setup.resume->checkpoint.Release();
   } else {
     InitTrainingState(gpt, o.seed, &sp);
   }
@@ -449,6 +463,8 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
                    backend->name() +
                    (world > 1 ? ", " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
                    (setup.resume ? ", resuming at step " + std::to_string(state.step) : ""));
+
+  if (stopped_in_setup()) return abandon(stopped);
 
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
   const auto start = std::chrono::steady_clock::now();

@@ -45,6 +45,18 @@ TEST_F(SampleErrorTest, TopKNegative) {
   EXPECT_TRUE(FailsWith(r, 1, {"--top_k"}));
 }
 
+TEST_F(SampleErrorTest, NegativeSeed) {
+  const ProcessResult r = Mingpt(SampleArgs(shared_last_, "the", {"--seed", "-3"}));
+  EXPECT_TRUE(FailsWith(r, 2, {"--seed", "must be >= 0, got -3"}));
+}
+
+TEST_F(SampleErrorTest, EvaluateEmptyData) {
+  // Not the data file the checkpoint records, which an absent --data means.
+  const ProcessResult r = Mingpt({"evaluate", "--checkpoint", shared_last_, "--data", "",
+                                  "--num_threads", "1"});
+  EXPECT_TRUE(FailsWith(r, 2, {"--data", "must not be empty"}));
+}
+
 TEST_F(SampleErrorTest, MissingCheckpointFlag) {
   const ProcessResult r = Mingpt({"sample", "--prompt", "the", "--num_threads", "1"});
   EXPECT_TRUE(FailsWith(r, 2, {"--checkpoint"}));

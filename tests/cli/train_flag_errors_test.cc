@@ -92,7 +92,20 @@ TEST_F(TrainFlagTest, NoGpus) {
 }
 
 TEST_F(TrainFlagTest, NegativeSeed) {
-  ExpectTrainRefused({{"--seed", "-1"}}, 2, {"--seed"});
+  ExpectTrainRefused({{"--seed", "-1"}}, 2, {"--seed", "must be >= 0, got -1"});
+}
+
+// An empty path would read as the flag not given (the default corpus, a
+// fresh run directory, no resume).
+TEST_F(TrainFlagTest, EmptyPathsAreRefused) {
+  const std::string root = tmp_ / "refused_run";
+  for (const std::string flag : {"--data", "--default_root_dir", "--ckpt_path", "--offload_dir"}) {
+    std::vector<std::string> args = TinyTrainArgs(data_, root, {{flag, ""}});  // drops it
+    args.insert(args.end(), {flag, ""});
+    const ProcessResult r = Mingpt(args);
+    EXPECT_TRUE(FailsWith(r, 2, {flag, "must not be empty"}));
+    EXPECT_FALSE(Exists(root)) << r.Describe();
+  }
 }
 
 TEST_F(TrainFlagTest, MoreRanksThanTheMachineRuns) {

@@ -83,6 +83,11 @@ class Version {
   ::testing::AssertionResult Matches(const std::string& dir) const {
     StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir);
     if (!ckpt.ok()) return ::testing::AssertionFailure() << ckpt.status().message();
+    return Matches(*ckpt);
+  }
+
+  // The loaded checkpoint `ckpt` is exactly this version.
+  ::testing::AssertionResult Matches(const StatusOr<Checkpoint>& ckpt) const {
     json expected_meta = meta_;
     expected_meta["format_version"] = kCheckpointFormatVersion;
     if (ckpt->meta != expected_meta) {
@@ -172,35 +177,73 @@ TEST_F(CheckpointTest, RoundTrip) {
   EXPECT_EQ(ckpt->data_dir, tmp_.Join(target));
 }
 
-// A reader whose version a save removed under it (here: a save between
-// reading meta.json and opening a file) reads again, the new version; a
-// failure with the link unmoved is not retried.
-TEST_F(CheckpointTest, AReadThatASaveOvertookIsRetriedOnTheNewVersion) {
+// A loaded checkpoint holds its version: saves meanwhile leave it in place
+// (and it reads whole), and the first save after its release removes it.
+TEST_F(CheckpointTest, ALoadedCheckpointKeepsItsVersionThroughSaves) {
   const Version a(1, {"model.safetensors"}, 2);
   const Version b(2, {"model.safetensors"}, 3);
   ASSERT_TRUE(a.Save(dir()).ok());
-  int reads = 0;
-  int version_read = -1;
-  const Status s = RetryIfCheckpointMoved(dir(), [&]() -> Status {
-    ++reads;
-    MINGPT_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(dir()));
-    if (reads == 1) {
-      EXPECT_TRUE(b.Save(dir()).ok());  // a trainer saves meanwhile
-    }
-    MINGPT_ASSIGN_OR_RETURN(SafetensorsFile file, ckpt.Open("model.safetensors"));
-    version_read = ckpt.meta["version"].get<int>();
-    return Status::Ok();
-  });
-  ASSERT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(reads, 2);
-  EXPECT_EQ(version_read, 2);
+  StatusOr<Checkpoint> held = LoadCheckpoint(dir());
+  ASSERT_TRUE(held.ok()) << held.status().message();
+  const std::string held_version = Basename(held->data_dir);
+  ASSERT_TRUE(b.Save(dir()).ok());
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_TRUE(a.Matches(held));
+  const std::string current = fs::read_symlink(dir()).string();
+  EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", current, held_version}));
 
-  reads = 0;
-  EXPECT_FALSE(RetryIfCheckpointMoved(dir(), [&] {
-                 ++reads;
-                 return Status::Error("bad");
-               }).ok());
-  EXPECT_EQ(reads, 1);
+  // A copy holds it too; the last one to go lets it be removed.
+  Checkpoint copy = *held;
+  held->Release();
+  ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(fs::exists(tmp_.Join(held_version)));
+  copy.Release();
+  RemoveCrashLeftovers(dir());
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);
+  EXPECT_FALSE(fs::exists(tmp_.Join(held_version)));
+}
+
+// A process saving to the checkpoint as fast as it can, another loading and
+// reading it meanwhile: every read succeeds and sees one whole version,
+// whichever it is, and what the readers held is gone once they are.
+TEST_F(CheckpointTest, ReadsBesideASavingProcessSeeOneWholeVersion) {
+  const std::vector<Version> versions = {Version(1, {"model.safetensors", "optim.safetensors"}, 64),
+                                         Version(2, {"model.safetensors"}, 32)};
+  ASSERT_TRUE(versions[0].Save(dir()).ok());
+  std::fflush(nullptr);
+  const pid_t saver = ::fork();
+  ASSERT_GE(saver, 0);
+  if (saver == 0) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    for (int i = 1; std::chrono::steady_clock::now() < end; ++i) {
+      if (!versions[i % 2].Save(dir()).ok()) ::_exit(1);
+    }
+    ::_exit(0);
+  }
+  int reads = 0;
+  int saves_seen = 0;
+  std::string last_seen;
+  for (;;) {
+    int status = 0;
+    const bool saver_done = ::waitpid(saver, &status, WNOHANG) == saver;
+    StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+    const int id = ckpt->meta["version"].get<int>();
+    ASSERT_TRUE(id == 1 || id == 2) << id;
+    ASSERT_TRUE(versions[id - 1].Matches(ckpt)) << "read " << reads;
+    ++reads;
+    if (ckpt->data_dir != last_seen) ++saves_seen;
+    last_seen = ckpt->data_dir;
+    if (saver_done) {
+      ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+      break;
+    }
+  }
+  EXPECT_GT(saves_seen, 3) << reads << " reads";
+  std::printf("%d reads saw %d versions\n", reads, saves_seen);
+  RemoveCrashLeftovers(dir());
+  EXPECT_EQ(ListDir(tmp_.path()).size(), 2u);
 }
 
 TEST_F(CheckpointTest, SavesWithNoSafetensorsFilesAndCreatesParents) {
@@ -274,6 +317,7 @@ TEST_F(CheckpointTest, ReplacesARealDirectory) {
   StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
   ASSERT_TRUE(ckpt.ok());
   EXPECT_EQ(ckpt->data_dir, dir());
+  ckpt->Release();  // (held, the old directory would stay until a later save)
 
   const Version b(2, {"model.safetensors", "more.safetensors"}, 3);
   ASSERT_TRUE(b.Save(dir()).ok());
@@ -282,22 +326,6 @@ TEST_F(CheckpointTest, ReplacesARealDirectory) {
   const std::string target = fs::read_symlink(dir()).string();
   const std::string src_target = fs::read_symlink(tmp_.Join("src")).string();
   EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target, "src", src_target}));
-}
-
-TEST_F(CheckpointTest, LoadedCheckpointReadsOneVersion) {
-  const Version a(1, {"model.safetensors"}, 2);
-  const Version b(2, {"model.safetensors"}, 2);
-  ASSERT_TRUE(a.Save(dir()).ok());
-  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
-  ASSERT_TRUE(ckpt.ok());
-  ASSERT_TRUE(b.Save(dir()).ok());
-  // Version 1 is gone: its files fail to open (naming the file) rather than
-  // silently mixing version 1's meta with version 2's weights.
-  StatusOr<SafetensorsFile> f = ckpt->Open("model.safetensors");
-  ASSERT_FALSE(f.ok());
-  EXPECT_NE(f.status().message().find(ckpt->data_dir + "/model.safetensors: file does not exist"),
-            std::string::npos)
-      << f.status().message();
 }
 
 TEST_F(CheckpointTest, LoadErrors) {

@@ -1,11 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
+#include <thread>
 
 #include "common/metrics_csv.h"
 #include "io/file.h"
@@ -184,15 +187,57 @@ TEST_F(TrainerTest, WritesMetricsAndBestAndLastCheckpoints) {
   EXPECT_EQ(last->data_path, fs::absolute(dir_ / "data.txt").lexically_normal().string());
 }
 
+// A stop during training (SIGINT/SIGTERM set the flag): the step ends,
+// `last` is saved at it, and the run ends there.
 TEST_F(TrainerTest, StopFlagSavesLastAndEndsEarly) {
-  std::atomic<bool> stop{true};
-  auto r = Train(Options("stopped"), &stop);
-  ASSERT_TRUE(r.ok());
+  TrainOptions o = Options("stopped");
+  o.max_steps = 100000;
+  o.val_check_interval = 100000;
+  std::atomic<bool> stop{false};
+  std::thread stopper([&] {  // once two steps are logged
+    const fs::path metrics = dir_ / "stopped/metrics.csv";
+    while (!stop.load()) {
+      std::ifstream in(metrics);
+      std::string line;
+      int rows = 0;
+      while (std::getline(in, line)) ++rows;
+      if (rows >= 3) stop.store(true);  // the header and two steps
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  auto r = Train(o, &stop);
+  stop.store(true);
+  stopper.join();
+  ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_TRUE(r->interrupted);
-  EXPECT_EQ(r->steps, 1);
+  EXPECT_GE(r->steps, 2);
+  EXPECT_LT(r->steps, o.max_steps);
   auto last = OpenTrainingCheckpoint((dir_ / "stopped/checkpoints/last").string());
-  ASSERT_TRUE(last.ok());
-  EXPECT_EQ(last->state.step, 1);
+  ASSERT_TRUE(last.ok()) << last.status().message();
+  EXPECT_EQ(last->state.step, r->steps);
+}
+
+// A stop asked for before the first step (during a long setup) ends the
+// run at once: no step, no save, and the run directory it made removed;
+// a resumed checkpoint stays as it was.
+TEST_F(TrainerTest, StopFlagBeforeTheFirstStepTrainsNothing) {
+  std::atomic<bool> stop{true};
+  auto r = Train(Options("early"), &stop);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("stopped before the first step"), std::string::npos)
+      << r.status().message();
+  EXPECT_FALSE(fs::exists(dir_ / "early"));
+
+  ASSERT_TRUE(Train(Options("base")).ok());
+  const std::string last = (dir_ / "base/checkpoints/last").string();
+  const std::string version = fs::read_symlink(last).string();
+  TrainOptions resumed = Options("base");
+  resumed.ckpt_path = last;
+  resumed.max_steps = 12;
+  r = Train(resumed, &stop);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(fs::read_symlink(last).string(), version);
+  EXPECT_TRUE(fs::exists(dir_ / "base/metrics.csv"));  // a directory it did not make stays
 }
 
 TEST_F(TrainerTest, LossDecreasesOnRepetitiveText) {
