@@ -295,8 +295,16 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res)
   }
   auto entry = catalog.FindCheckpoint(request.checkpoint);
   if (!entry.ok()) return SendError(res, 404, entry.status().message());
-  // The checks that need the vocabulary, before anything is streamed.
+  // The checks that need the vocabulary, before anything is streamed. The
+  // entry names a version (symlinks resolved); opening holds it (see
+  // io/checkpoint.h) until the generator has read it. A save that removed it
+  // since the catalog's look is met by looking once more.
   auto ckpt = OpenTrainingCheckpoint(entry->dir);
+  if (!ckpt.ok()) {
+    entry = catalog.FindCheckpoint(request.checkpoint);
+    if (!entry.ok()) return SendError(res, 404, entry.status().message());
+    ckpt = OpenTrainingCheckpoint(entry->dir);
+  }
   if (!ckpt.ok()) return SendError(res, 500, ckpt.status().message());
   if (Status s = CheckAgainstTokenizer(request, ckpt->tokenizer); !s.ok()) {
     return SendError(res, 400, s.message());
@@ -323,7 +331,8 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res)
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, ticket, request, id, dir](size_t, httplib::DataSink& sink) {
+      [this, ticket, request, id, dir, hold = ckpt->checkpoint.hold](size_t,
+                                                                     httplib::DataSink& sink) {
         auto text = generator.Generate(dir, request, [&sink](std::string_view chunk) {
           const std::string event = SseEvent(nullptr, {{"text", std::string(chunk)}});
           return sink.write(event.data(), event.size());
