@@ -403,7 +403,11 @@ StatusOr<SafetensorsFile> Checkpoint::Open(const std::string& filename) const {
   if (filename.empty() || filename.find('/') != std::string::npos) {
     return Status::Error("checkpoint '" + dir + "': '" + filename + "' is not a plain file name");
   }
-  return SafetensorsFile::Open(JoinPath(data_dir, filename));
+  const std::string path = JoinPath(data_dir, filename);
+  // Through the held directory: its files, whatever `data_dir` names now (a
+  // real directory a save exchanged for its link, moved aside meanwhile).
+  if (hold) return SafetensorsFile::OpenAt(hold->fd(), filename, path);
+  return SafetensorsFile::Open(path);
 }
 
 }  // namespace mingpt

@@ -156,6 +156,37 @@ Status DurableFileWriter::Append(const void* data, size_t size) {
   return s;
 }
 
+Status DurableFileWriter::WriteAt(uint64_t offset, const void* data, size_t size) {
+  if (fd_ < 0) return Status::Error("write to '" + path_ + "' after it was closed");
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) {
+    const int err = errno;
+    Abandon();
+    return ErrnoError("cannot stat", path_, err);
+  }
+  const uint64_t written = static_cast<uint64_t>(st.st_size);
+  if (offset > written || size > written - offset) {  // nothing written: still usable
+    return Status::Error("write at bytes [" + std::to_string(offset) + ", +" +
+                         std::to_string(size) + ") past the end (" + std::to_string(written) +
+                         " bytes) of '" + path_ + "'");
+  }
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const size_t chunk = size < (size_t{1} << 30) ? size : (size_t{1} << 30);
+    const ssize_t n = ::pwrite(fd_, p, chunk, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      Abandon();
+      return ErrnoError("cannot write", path_, err);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
 Status DurableFileWriter::Commit() {
   if (fd_ < 0) return Status::Error("commit of '" + path_ + "' after it was closed");
   if (::fsync(fd_) != 0) {

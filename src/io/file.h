@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -44,6 +45,10 @@ class DurableFileWriter {
   // Appends bytes (retrying short writes and EINTR).
   Status Append(const void* data, size_t size);
   Status Append(std::string_view bytes) { return Append(bytes.data(), bytes.size()); }
+  // Overwrites `size` bytes at `offset` of what was appended so far (a
+  // header patched once the data after it is known); the appends continue
+  // at the end. Writing past the end is an error.
+  Status WriteAt(uint64_t offset, const void* data, size_t size);
   // fsync, close, rename over the final path, fsync the parent directory.
   Status Commit();
 

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdio>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <utility>
 
+#include "io/crc32c.h"
 #include "io/file.h"
 
 namespace mingpt {
@@ -25,6 +27,40 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kMetadataKey = "__metadata__";
+// What a tensor's checksum key holds until its data has been written: the
+// width of a real value (the header is patched in place), and not hex, so
+// that a header left unpatched could never be read as valid.
+constexpr const char* kCrcPlaceholder = "????????";
+
+std::string CrcHex(uint32_t crc) {
+  char hex[9];
+  std::snprintf(hex, sizeof(hex), "%08x", crc);
+  return hex;
+}
+
+bool StartsWithCrcPrefix(const std::string& key) {
+  return key.rfind(kCrc32cMetadataPrefix, 0) == 0;
+}
+
+// Exactly 8 hex digits (either case), as WriteSafetensors writes them.
+std::optional<uint32_t> ParseCrcHex(const std::string& text) {
+  if (text.size() != 8) return std::nullopt;
+  uint32_t v = 0;
+  for (char c : text) {
+    int d;
+    if (c >= '0' && c <= '9') {
+      d = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      d = c - 'a' + 10;
+    } else if (c >= 'A' && c <= 'F') {
+      d = c - 'A' + 10;
+    } else {
+      return std::nullopt;
+    }
+    v = (v << 4) | static_cast<uint32_t>(d);
+  }
+  return v;
+}
 
 struct DTypeEntry {
   TensorDType dtype;
@@ -69,6 +105,26 @@ Status PreadAll(int fd, void* dst, uint64_t size, uint64_t offset) {
     p += n;
     size -= static_cast<uint64_t>(n);
     offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Checksums are taken a piece at a time as the bytes are copied (written
+// out, or read into the caller's buffer), while the piece is still in the
+// cache: a separate pass over a large tensor would go through memory again.
+constexpr size_t kCrcPiece = size_t{1} << 20;
+
+// PreadAll that continues *crc over the bytes read; as PreadAll if crc is null.
+Status PreadAllWithCrc(int fd, void* dst, uint64_t size, uint64_t offset, uint32_t* crc) {
+  if (crc == nullptr) return PreadAll(fd, dst, size, offset);
+  char* p = static_cast<char*>(dst);
+  while (size > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, kCrcPiece));
+    MINGPT_RETURN_IF_ERROR(PreadAll(fd, p, n, offset));
+    *crc = Crc32c(p, n, *crc);
+    p += n;
+    size -= n;
+    offset += n;
   }
   return Status::Ok();
 }
@@ -229,7 +285,15 @@ StatusOr<ParsedHeader> ParseHeader(const std::string& text, uint64_t data_size) 
   return out;
 }
 
-Status ValidateForWrite(const std::vector<TensorRef>& tensors, std::vector<int64_t>* bytes) {
+Status ValidateForWrite(const std::vector<TensorRef>& tensors,
+                        const std::map<std::string, std::string>& metadata,
+                        std::vector<int64_t>* bytes) {
+  for (const auto& [key, value] : metadata) {
+    if (StartsWithCrcPrefix(key)) {
+      return Status::Error("metadata key '" + key + "' is reserved: keys starting with '" +
+                           kCrc32cMetadataPrefix + "' hold the tensors' checksums");
+    }
+  }
   std::set<std::string> seen;
   for (const TensorRef& t : tensors) {
     if (t.name == kMetadataKey) return Status::Error("'__metadata__' is not a tensor name");
@@ -284,20 +348,36 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                         const std::map<std::string, std::string>& metadata) {
   std::vector<int64_t> bytes;
-  MINGPT_RETURN_IF_ERROR(ValidateForWrite(tensors, &bytes).WithContext("cannot write '" + path + "'"));
+  MINGPT_RETURN_IF_ERROR(
+      ValidateForWrite(tensors, metadata, &bytes).WithContext("cannot write '" + path + "'"));
 
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header[kMetadataKey] = metadata;
-  uint64_t offset = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t end = offset + static_cast<uint64_t>(bytes[i]);
-    header[tensors[i].name] = {{"dtype", DTypeName(tensors[i].dtype)},
-                               {"shape", tensors[i].shape},
-                               {"data_offsets", {offset, end}}};
-    offset = end;
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
+  // The header goes out first with placeholders for the checksums, which
+  // are taken as the data is written and then patched into it in place:
+  // every checksum is 8 characters, so the header keeps its length. (A
+  // tensor made by its fill has no checksum before it is made, and the data
+  // is read once this way, not once to checksum and again to write.)
+  std::vector<std::optional<uint32_t>> crcs(tensors.size());
+  auto header_text = [&]() {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& [key, value] : metadata) meta[key] = value;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      meta[kCrc32cMetadataPrefix + tensors[i].name] = crcs[i] ? CrcHex(*crcs[i]) : kCrcPlaceholder;
+    }
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    if (!meta.empty()) header[kMetadataKey] = std::move(meta);
+    uint64_t offset = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const uint64_t end = offset + static_cast<uint64_t>(bytes[i]);
+      header[tensors[i].name] = {{"dtype", DTypeName(tensors[i].dtype)},
+                                 {"shape", tensors[i].shape},
+                                 {"data_offsets", {offset, end}}};
+      offset = end;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    return text;
+  };
+  const std::string text = header_text();
   char length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
 
@@ -306,13 +386,29 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& t
   MINGPT_RETURN_IF_ERROR(writer.Append(text));
   std::vector<char> filled;  // a tensor made by its fill, one at a time
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const void* data = tensors[i].data;
+    const char* data = static_cast<const char*>(tensors[i].data);
     if (data == nullptr && bytes[i] > 0) {
       filled.resize(static_cast<size_t>(bytes[i]));
       tensors[i].fill(filled.data());
       data = filled.data();
     }
-    MINGPT_RETURN_IF_ERROR(writer.Append(data, static_cast<size_t>(bytes[i])));
+    uint32_t crc = 0;
+    for (size_t at = 0, size = static_cast<size_t>(bytes[i]); at < size; at += kCrcPiece) {
+      const size_t n = std::min(kCrcPiece, size - at);
+      crc = Crc32c(data + at, n, crc);
+      MINGPT_RETURN_IF_ERROR(writer.Append(data + at, n));
+    }
+    crcs[i] = crc;
+  }
+  if (!tensors.empty()) {
+    // The file is still the temporary one: nobody sees the placeholders.
+    const std::string patched = header_text();
+    if (patched.size() != text.size()) {
+      return Status::Error("cannot write '" + path + "': the header changed length (" +
+                           std::to_string(text.size()) + " to " + std::to_string(patched.size()) +
+                           " bytes) when its checksums were filled in");
+    }
+    MINGPT_RETURN_IF_ERROR(writer.WriteAt(sizeof(length), patched.data(), patched.size()));
   }
   return writer.Commit();
 }
@@ -347,9 +443,15 @@ Status SafetensorsFile::Error(const std::string& message) const {
 }
 
 StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
+  return OpenAt(AT_FDCWD, path, path);
+}
+
+StatusOr<SafetensorsFile> SafetensorsFile::OpenAt(int dir_fd, const std::string& name,
+                                                  const std::string& path) {
   SafetensorsFile file;
   file.path_ = path;
-  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block
+  // O_NONBLOCK: a FIFO must not block.
+  file.fd_ = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (file.fd_ < 0) {
     if (errno == ENOENT) return file.Error("file does not exist");
     return file.Error(std::string("cannot open: ") + ::strerror(errno));
@@ -383,6 +485,27 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   file.tensors_ = std::move(parsed->tensors);
   file.metadata_ = std::move(parsed->metadata);
   for (size_t i = 0; i < file.tensors_.size(); ++i) file.index_[file.tensors_[i].name] = i;
+  // The checksums move from the metadata to their tensors; a malformed one
+  // is a damaged header, refused here rather than at some later read.
+  for (auto it = file.metadata_.begin(); it != file.metadata_.end();) {
+    if (!StartsWithCrcPrefix(it->first)) {
+      ++it;
+      continue;
+    }
+    const std::string name = it->first.substr(sizeof(kCrc32cMetadataPrefix) - 1);
+    const std::optional<uint32_t> crc = ParseCrcHex(it->second);
+    if (!crc) {
+      return file.Error("__metadata__ '" + it->first + "' is " + Describe(json(it->second)) +
+                        ", not a checksum of 8 hex digits");
+    }
+    auto index = file.index_.find(name);
+    if (index == file.index_.end()) {
+      return file.Error("__metadata__ '" + it->first + "' is the checksum of tensor '" + name +
+                        "', which is not in the file");
+    }
+    file.tensors_[index->second].crc32c = *crc;
+    it = file.metadata_.erase(it);
+  }
   return file;
 }
 
@@ -409,10 +532,35 @@ StatusOr<const TensorInfo*> SafetensorsFile::FindChecked(
   return info;
 }
 
-Status SafetensorsFile::ReadRaw(const TensorInfo& info, void* dst) const {
+std::optional<uint32_t> SafetensorsFile::StoredCrc(const TensorInfo& info) const {
+  // The file's own entry: the caller's TensorInfo may be a copy.
+  const TensorInfo* own = Find(info.name);
+  if (own == nullptr || own->begin != info.begin || own->end != info.end) return std::nullopt;
+  return own->crc32c;
+}
+
+Status SafetensorsFile::ChecksumError(const TensorInfo& info, uint32_t stored,
+                                      uint32_t read) const {
+  return Error("tensor '" + info.name + "' fails its checksum (crc32c " + CrcHex(stored) +
+               " stored, " + CrcHex(read) + " read): the file is damaged");
+}
+
+Status SafetensorsFile::ReadBytes(const TensorInfo& info, uint64_t begin, uint64_t size,
+                                  void* dst) const {
   if (fd_ < 0) return Error("file is not open");
-  Status s = PreadAll(fd_, dst, info.byte_size(), data_start_ + info.begin);
-  return s.ok() ? s : Error("tensor '" + info.name + "': " + s.message());
+  // Only a read of the whole tensor can be checked against its checksum.
+  const std::optional<uint32_t> stored =
+      begin == 0 && size == info.byte_size() ? StoredCrc(info) : std::nullopt;
+  uint32_t crc = 0;
+  Status s = PreadAllWithCrc(fd_, dst, size, data_start_ + info.begin + begin,
+                             stored ? &crc : nullptr);
+  if (!s.ok()) return Error("tensor '" + info.name + "': " + s.message());
+  if (stored && crc != *stored) return ChecksumError(info, *stored, crc);
+  return Status::Ok();
+}
+
+Status SafetensorsFile::ReadRaw(const TensorInfo& info, void* dst) const {
+  return ReadBytes(info, 0, info.byte_size(), dst);
 }
 
 Status SafetensorsFile::ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
@@ -436,11 +584,9 @@ Status SafetensorsFile::ReadF32Range(const std::string& name, int64_t elem_offse
     return Error("tensor '" + name + "': elements [" + std::to_string(elem_offset) + ", +" +
                  std::to_string(count) + ") lie outside its " + std::to_string(info->numel));
   }
-  if (count == 0) return Status::Ok();
-  if (fd_ < 0) return Error("file is not open");
-  const uint64_t start = data_start_ + info->begin + static_cast<uint64_t>(elem_offset) * 4;
-  Status s = PreadAll(fd_, dst, static_cast<uint64_t>(count) * 4, start);
-  return s.ok() ? s : Error("tensor '" + name + "': " + s.message());
+  if (count == 0 && info->numel > 0) return Status::Ok();
+  return ReadBytes(*info, static_cast<uint64_t>(elem_offset) * 4, static_cast<uint64_t>(count) * 4,
+                   dst);
 }
 
 Status SafetensorsFile::ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,
@@ -451,24 +597,32 @@ Status SafetensorsFile::ReadI32(const std::string& name, const std::vector<int64
     return Error("tensor '" + name + "' has dtype " + DTypeName(info->dtype) +
                  ", expected I32 or I64");
   }
+  if (fd_ < 0) return Error("file is not open");
   // Convert in chunks so a large tensor needs no second full-size buffer.
+  // The whole tensor is read even past a value that does not fit, so that a
+  // damaged file is named as such rather than by the value the damage made.
   constexpr int64_t kChunk = 1 << 16;
   std::vector<int64_t> buf(static_cast<size_t>(std::min(info->numel, kChunk)));
+  const std::optional<uint32_t> stored = StoredCrc(*info);
+  uint32_t crc = 0;
+  Status misfit = Status::Ok();
   for (int64_t start = 0; start < info->numel; start += kChunk) {
     const int64_t n = std::min(kChunk, info->numel - start);
     Status s = PreadAll(fd_, buf.data(), static_cast<uint64_t>(n) * 8,
                         data_start_ + info->begin + static_cast<uint64_t>(start) * 8);
     if (!s.ok()) return Error("tensor '" + name + "': " + s.message());
-    for (int64_t i = 0; i < n; ++i) {
+    if (stored) crc = Crc32c(buf.data(), static_cast<size_t>(n) * 8, crc);
+    for (int64_t i = 0; i < n && misfit.ok(); ++i) {
       const int64_t v = buf[static_cast<size_t>(i)];
       if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
-        return Error("tensor '" + name + "' element " + std::to_string(start + i) + " = " +
-                     std::to_string(v) + " does not fit in int32");
+        misfit = Error("tensor '" + name + "' element " + std::to_string(start + i) + " = " +
+                       std::to_string(v) + " does not fit in int32");
       }
       dst[start + i] = static_cast<int32_t>(v);
     }
   }
-  return Status::Ok();
+  if (stored && crc != *stored) return ChecksumError(*info, *stored, crc);
+  return misfit;
 }
 
 }  // namespace mingpt

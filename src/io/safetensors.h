@@ -15,6 +15,25 @@
 // Data is read with pread() straight into the caller's buffer, a whole
 // tensor or (ReadF32Range) any element range of one; nothing is mapped, and
 // SafetensorsFile holds only an open file descriptor.
+//
+// Checksums. A header can be checked but data that stays a finite number
+// when a bit flips cannot, so WriteSafetensors records each tensor's CRC32C
+// (io/crc32c.h) of its data bytes in __metadata__, one key per tensor:
+//   "crc32c.<tensor name>": "e3069283"     (8 lowercase hex digits)
+// Metadata values are strings, as the format requires, so other readers
+// (PyTorch's) load the file as before and ignore the keys. The checksums
+// are taken as the data goes out (a tensor given by `fill` has none before
+// it is made), so the header is written with placeholders of the same width
+// and overwritten in place before the file is committed. The reader takes
+// the keys out of metadata() at Open() (a value that is not 8 hex digits,
+// or a key naming no tensor of the file, is an Open() error) and checks the
+// bytes of every whole-tensor read (ReadF32, ReadI32, ReadRaw, and
+// ReadF32Range of all the elements) against them: a mismatch is an error
+// naming the file and the tensor. A read of part of a tensor (ReadF32Range
+// of fewer elements, as a rank reads its slice when resuming at another
+// world size) is NOT checked: that would take reading the whole tensor.
+// Files without the keys (older checkpoints, files written by PyTorch) read
+// as before, unchecked.
 #pragma once
 
 #include <cstdint>
@@ -56,10 +75,14 @@ struct TensorRef {
 };
 
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+// The __metadata__ keys of the tensors' checksums: the prefix + the name.
+inline constexpr char kCrc32cMetadataPrefix[] = "crc32c.";
 
 // Writes `tensors` (names unique, not "__metadata__") and `metadata` to
 // `path`, streaming the data, via WriteFileDurably's temp-file + fsync +
 // rename: after OK the file is complete on disk; a crash leaves the old file.
+// Adds each tensor's checksum to the metadata; a caller's key starting with
+// kCrc32cMetadataPrefix is refused.
 Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
 
@@ -71,6 +94,9 @@ struct TensorInfo {
   int64_t numel = 0;
   uint64_t begin = 0;
   uint64_t end = 0;
+  // The CRC32C of the data bytes the file records ("crc32c.<name>"); none in
+  // files written by other programs.
+  std::optional<uint32_t> crc32c;
   uint64_t byte_size() const { return end - begin; }
 };
 
@@ -82,8 +108,13 @@ class SafetensorsFile {
   // <= size - 8; header is a JSON object without duplicate keys; each entry
   // has a known dtype, a shape of integers >= 0 whose byte size does not
   // overflow, data_offsets with begin <= end <= data section size and
-  // end - begin == numel * dtype size; "__metadata__" maps strings to strings.
+  // end - begin == numel * dtype size; "__metadata__" maps strings to strings;
+  // each "crc32c.<name>" in it holds 8 hex digits and names a tensor here.
   static StatusOr<SafetensorsFile> Open(const std::string& path);
+  // Open of `name` relative to the open directory `dir_fd` (openat(2));
+  // errors and path() name `path`, the file as the user knows it.
+  static StatusOr<SafetensorsFile> OpenAt(int dir_fd, const std::string& name,
+                                          const std::string& path);
 
   SafetensorsFile(SafetensorsFile&& other) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
@@ -96,30 +127,46 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   std::vector<std::string> names() const;
   const TensorInfo* Find(const std::string& name) const;  // null if absent
+  // The writer's metadata, without the checksums (those are in TensorInfo).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // Every read of a whole tensor below also fails, naming the file and the
+  // tensor, if the file records a checksum for it that the bytes read do
+  // not match ("... fails its checksum ...: the file is damaged").
 
   // Reads tensor `name` into dst (numel floats). Errors, each naming the file:
   // missing tensor, shape differs from expected_shape, dtype is not F32,
-  // short read (file truncated after Open).
+  // short read (file truncated after Open), checksum mismatch.
   Status ReadF32(const std::string& name, const std::vector<int64_t>& expected_shape,
                  float* dst) const;
   // Reads elements [elem_offset, elem_offset + count) of tensor `name`, in
   // its row-major order, into dst (count floats); count 0 reads nothing.
   // Errors, each naming the file: missing tensor, dtype is not F32, the
   // range is negative or does not lie inside the tensor's numel elements,
-  // short read (file truncated after Open).
+  // short read (file truncated after Open), and a checksum mismatch when the
+  // range is the whole tensor; a smaller range is not checked.
   Status ReadF32Range(const std::string& name, int64_t elem_offset, int64_t count,
                       float* dst) const;
   // As ReadF32 for token ids: accepts I32 storage, or I64 storage whose
-  // values all fit in int32 (PyTorch's default integer dtype is int64).
+  // values all fit in int32 (PyTorch's default integer dtype is int64). A
+  // checksum mismatch is reported before a value that does not fit.
   Status ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,
                  int32_t* dst) const;
-  // Reads the raw bytes of a tensor of any dtype (info.byte_size() bytes).
+  // Reads the raw bytes of a tensor of any dtype (info.byte_size() bytes),
+  // checked against the checksum of this file's tensor of info's name and
+  // offsets.
   Status ReadRaw(const TensorInfo& info, void* dst) const;
 
  private:
   SafetensorsFile() = default;
   Status Error(const std::string& message) const;
+  // The checksum this file records for its tensor of info's name and
+  // offsets; none in a file without checksums.
+  std::optional<uint32_t> StoredCrc(const TensorInfo& info) const;
+  Status ChecksumError(const TensorInfo& info, uint32_t stored, uint32_t read) const;
+  // Reads bytes [begin, begin + size) of a tensor's data into dst, checked
+  // against its checksum when they are the whole tensor.
+  Status ReadBytes(const TensorInfo& info, uint64_t begin, uint64_t size, void* dst) const;
   StatusOr<const TensorInfo*> FindChecked(const std::string& name,
                                           const std::vector<int64_t>& expected_shape) const;
 

@@ -4,9 +4,11 @@
 //
 // Corruptions of meta.json and of model.safetensors's headers are seen by all
 // four commands (info opens the weights' files too, without reading the
-// values); damaged values by those that read the weights.
+// values); damaged values, and data that fails its checksum, by those that
+// read the weights.
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -66,6 +68,33 @@ class CheckpointErrorTest : public TrainedCheckpointTest {
     std::filesystem::remove(path);
     const Status s = WriteSafetensors(path, refs);
     ASSERT_TRUE(s.ok()) << s.message();
+  }
+
+  // Flips the lowest mantissa bit of element 1 of the first F32 tensor of
+  // <ckpt>/<file> in place, a change no check of the values can see (the
+  // float stays finite, and close), and returns the tensor's name.
+  std::string FlipBitInData(const std::string& ckpt, const std::string& file) {
+    const std::string path = ckpt + "/" + file;
+    std::string bytes = ReadText(path);
+    uint64_t n = 0;
+    if (bytes.size() < 8) return "";
+    std::memcpy(&n, bytes.data(), 8);
+    if (n > bytes.size() - 8) return "";
+    const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__" || entry["dtype"] != "F32") continue;
+      const uint64_t begin = entry["data_offsets"][0].get<uint64_t>();
+      if (entry["data_offsets"][1].get<uint64_t>() - begin < 8) continue;
+      const size_t at = 8 + n + begin + 4;  // element 1's lowest byte (little-endian)
+      float before = 0, after = 0;
+      std::memcpy(&before, bytes.data() + at, 4);
+      bytes[at] ^= 1;
+      std::memcpy(&after, bytes.data() + at, 4);
+      if (!std::isfinite(after) || after == before) return "";
+      WriteText(path, bytes);
+      return name;
+    }
+    return "";
   }
 
   nlohmann::json ReadMeta(const std::string& ckpt) {
@@ -327,6 +356,33 @@ TEST_F(CheckpointErrorTest, TensorHoldsNaN) {
   ExpectRefusedEverywhere(ckpt, {"nan", "damaged"}, false);
   EXPECT_TRUE(FailsWith(Mingpt({"convert", ckpt, tmp_ / "out.safetensors"}), 1, {"nan"}));
   EXPECT_FALSE(Exists(tmp_ / "out.safetensors"));
+}
+
+// One flipped bit in the weights' data that leaves a finite float (a damaged
+// disk, a bad copy) passes every check of the values; the tensor's checksum
+// in the file's header refuses it wherever the weights are read.
+TEST_F(CheckpointErrorTest, FlippedBitInTheWeightsFailsItsChecksum) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string changed = FlipBitInData(ckpt, "model.safetensors");
+  ASSERT_FALSE(changed.empty());
+  ExpectRefusedEverywhere(
+      ckpt, {"model.safetensors", "tensor '" + changed + "' fails its checksum", "damaged"}, false);
+  EXPECT_TRUE(FailsWith(Mingpt({"convert", ckpt, tmp_ / "out.safetensors"}), 1,
+                        {"model.safetensors", "fails its checksum"}));
+  EXPECT_FALSE(Exists(tmp_ / "out.safetensors"));
+}
+
+// The same in the optimizer's state: only a resume reads it, and refuses it.
+TEST_F(CheckpointErrorTest, FlippedBitInTheOptimizerStateRefusesResume) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  const std::string changed = FlipBitInData(ckpt, "optimizer.safetensors");
+  ASSERT_FALSE(changed.empty());
+  EXPECT_TRUE(Succeeded(Mingpt(EvaluateArgs(ckpt))));
+  EXPECT_TRUE(Succeeded(Mingpt(SampleArgs(ckpt))));
+  const ProcessResult resume = Mingpt(ResumeArgs(ckpt, "resumed"));
+  EXPECT_TRUE(FailsWith(resume, 1,
+                        {"optimizer.safetensors", "tensor '" + changed + "' fails its checksum"}));
+  EXPECT_FALSE(Exists(tmp_ / "resumed")) << "a refused resume left its run directory behind";
 }
 
 // Resuming a run that already reached its last step trains nothing: one line

@@ -317,12 +317,20 @@ TEST_F(CheckpointTest, ReplacesARealDirectory) {
   StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
   ASSERT_TRUE(ckpt.ok());
   EXPECT_EQ(ckpt->data_dir, dir());
-  ckpt->Release();  // (held, the old directory would stay until a later save)
 
   const Version b(2, {"model.safetensors", "more.safetensors"}, 3);
   ASSERT_TRUE(b.Save(dir()).ok());
   EXPECT_TRUE(b.Matches(dir()));
   EXPECT_TRUE(fs::is_symlink(dir()));
+  // The reader of the real directory still reads its files (2 rows), not
+  // those its path names now (3 rows): it reads through the held directory,
+  // which the exchange moved aside and the save left in place.
+  StatusOr<SafetensorsFile> old_file = ckpt->Open("model.safetensors");
+  ASSERT_TRUE(old_file.ok()) << old_file.status().message();
+  EXPECT_EQ(old_file->Find("w")->shape[0], 2);
+  EXPECT_TRUE(fs::exists(tmp_.Join("best.tmp-link")));
+  ckpt->Release();
+  RemoveCrashLeftovers(dir());
   const std::string target = fs::read_symlink(dir()).string();
   const std::string src_target = fs::read_symlink(tmp_.Join("src")).string();
   EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target, "src", src_target}));

@@ -116,6 +116,28 @@ TEST(DurableFileWriterTest, StreamsSeveralAppends) {
   EXPECT_FALSE(moved.Append("x").ok());  // closed after Commit
 }
 
+// WriteAt patches bytes already appended (a header written with placeholders
+// before the data it describes); appends continue at the end.
+TEST(DurableFileWriterTest, WriteAtOverwritesInPlace) {
+  ScopedTempDir tmp;
+  const std::string path = tmp.Join("f");
+  StatusOr<DurableFileWriter> w = DurableFileWriter::Create(path);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Append("head????tail").ok());
+  ASSERT_TRUE(w->WriteAt(4, "1234", 4).ok());
+  ASSERT_TRUE(w->Append("!").ok());  // still at the end, not after the patch
+  ASSERT_TRUE(w->WriteAt(0, "H", 1).ok());
+  ASSERT_TRUE(w->WriteAt(13, "", 0).ok());  // an empty write at the very end
+  // Past the end: refused, nothing written, the writer still usable.
+  Status s = w->WriteAt(10, "xyzw", 4);
+  EXPECT_EQ(s.message(), "write at bytes [10, +4) past the end (13 bytes) of '" + path + "'");
+  EXPECT_FALSE(w->WriteAt(14, "", 0).ok());
+  EXPECT_FALSE(fs::exists(path));  // nothing at the path before Commit
+  ASSERT_TRUE(w->Commit().ok());
+  EXPECT_EQ(ReadFile(path).value(), "Head1234tail!");
+  EXPECT_FALSE(w->WriteAt(0, "x", 1).ok());  // closed after Commit
+}
+
 TEST(FsyncTest, DirectoryAndParent) {
   ScopedTempDir tmp;
   EXPECT_TRUE(FsyncDirectory(tmp.path()).ok());

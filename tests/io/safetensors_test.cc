@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/scoped_temp_dir.h"
+#include "io/crc32c.h"
 #include "io/file.h"
 
 namespace mingpt {
@@ -46,6 +47,29 @@ uint64_t ReadU64Le(const std::string& s) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(s[i]);
   return v;
+}
+
+// The checksum of `n` bytes as the header records it.
+std::string CrcHex(const void* data, size_t n) {
+  char hex[9];
+  std::snprintf(hex, sizeof(hex), "%08x", Crc32c(data, n));
+  return hex;
+}
+
+// The parsed header of a safetensors file.
+nlohmann::json ReadHeader(const std::string& path) {
+  const std::string bytes = ReadFile(path).value();
+  return nlohmann::json::parse(bytes.substr(8, ReadU64Le(bytes)), nullptr, false);
+}
+
+// Flips bit `bit` of byte `offset` of tensor `name`'s data in the file.
+void FlipDataBit(const std::string& path, const std::string& name, uint64_t offset, int bit) {
+  std::string bytes = ReadFile(path).value();
+  const uint64_t n = ReadU64Le(bytes);
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+  const uint64_t begin = header[name]["data_offsets"][0].get<uint64_t>();
+  bytes[8 + n + begin + offset] ^= static_cast<char>(1 << bit);
+  WriteBytes(path, bytes);
 }
 
 // Open must fail with a message naming the file and containing `problem`.
@@ -129,6 +153,10 @@ TEST_F(SafetensorsTest, RoundTripAllKinds) {
   std::vector<int64_t> i3(4);
   ASSERT_TRUE(f->ReadRaw(*info, i3.data()).ok());
   EXPECT_EQ(i3, ids64);
+  // Every tensor carries its checksum (metadata() above holds only ours).
+  EXPECT_EQ(f->Find("vec")->crc32c, Crc32c(vec.data(), vec.size() * 4));
+  EXPECT_EQ(f->Find("ids64")->crc32c, Crc32c(ids64.data(), ids64.size() * 8));
+  EXPECT_EQ(f->Find("empty")->crc32c, 0u);
 }
 
 TEST_F(SafetensorsTest, ReadI32AcceptsI64ThatFits) {
@@ -179,7 +207,12 @@ TEST_F(SafetensorsTest, ByteLayout) {
   EXPECT_LT(header.size() - last - 1, 8u);  // padding only to the next multiple of 8
   nlohmann::json j = nlohmann::json::parse(header, nullptr, false);
   ASSERT_FALSE(j.is_discarded());
-  EXPECT_EQ(j["__metadata__"], nlohmann::json({{"k", "v"}}));
+  // The caller's metadata, then one fixed-width checksum per tensor.
+  EXPECT_EQ(j["__metadata__"], nlohmann::json({{"k", "v"},
+                                               {"crc32c.z_first", CrcHex(a.data(), 20)},
+                                               {"crc32c.a_second", CrcHex(b.data(), 12)},
+                                               {"crc32c.m_third", CrcHex(&c, 4)}}));
+  EXPECT_EQ(j["__metadata__"]["crc32c.m_third"], "702997fa");  // -4.0f: 00 00 80 c0
   // Back to back in write order, from 0 to the end of the file.
   EXPECT_EQ(j["z_first"]["data_offsets"], nlohmann::json({0, 20}));
   EXPECT_EQ(j["a_second"]["data_offsets"], nlohmann::json({20, 32}));
@@ -486,6 +519,179 @@ TEST_F(SafetensorsTest, TruncatedDataSection) {
   ExpectOpenFails(path, "tensor 'b': data_offsets [256, 512] lie outside the data section (511 bytes");
 }
 
+// Checksums of tensors given by `data` and of tensors made by `fill` (which
+// the header gets only once the data is written) are the same, and correct.
+TEST_F(SafetensorsTest, ChecksumsWithAndWithoutFill) {
+  std::vector<float> x(1000), y(3 * 8192 + 77);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.001f * static_cast<float>(i);
+  for (size_t i = 0; i < y.size(); ++i) y[i] = -0.5f * static_cast<float>(i % 97);
+  std::vector<int32_t> ids = {5, 6, 7};
+  auto fill_from = [](const void* src, size_t n) {
+    return [src, n](void* dst) { std::memcpy(dst, src, n); };
+  };
+  const std::vector<TensorRef> by_data = {{"x", {10, 100}, TensorDType::kF32, x.data()},
+                                          {"y", {(int64_t)y.size()}, TensorDType::kF32, y.data()},
+                                          {"ids", {3}, TensorDType::kI32, ids.data()},
+                                          {"none", {0}, TensorDType::kF32, nullptr}};
+  std::vector<TensorRef> by_fill = by_data;
+  by_fill[0] = {"x", {10, 100}, TensorDType::kF32, nullptr, fill_from(x.data(), x.size() * 4)};
+  by_fill[1] = {"y", {(int64_t)y.size()}, TensorDType::kF32, nullptr,
+                fill_from(y.data(), y.size() * 4)};  // ids stays by data: a mix
+  const std::map<std::string, std::string> metadata = {{"step", "3"}};
+  const std::string a = tmp_.Join("data.safetensors"), b = tmp_.Join("fill.safetensors");
+  ASSERT_TRUE(WriteSafetensors(a, by_data, metadata).ok());
+  ASSERT_TRUE(WriteSafetensors(b, by_fill, metadata).ok());
+  EXPECT_EQ(ReadFile(a).value(), ReadFile(b).value());  // the same bytes, header and all
+  const nlohmann::json meta = ReadHeader(b)["__metadata__"];
+  EXPECT_EQ(meta, nlohmann::json({{"step", "3"},
+                                  {"crc32c.x", CrcHex(x.data(), x.size() * 4)},
+                                  {"crc32c.y", CrcHex(y.data(), y.size() * 4)},
+                                  {"crc32c.ids", CrcHex(ids.data(), 12)},
+                                  {"crc32c.none", "00000000"}}));
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(b);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->metadata(), metadata);  // the checksums are the tensors', not the caller's
+  EXPECT_EQ(f->Find("x")->crc32c, Crc32c(x.data(), x.size() * 4));
+  std::vector<float> x2(x.size()), y2(y.size());
+  ASSERT_TRUE(f->ReadF32("x", {10, 100}, x2.data()).ok());
+  ASSERT_TRUE(f->ReadF32Range("y", 0, static_cast<int64_t>(y.size()), y2.data()).ok());
+  EXPECT_EQ(x2, x);
+  EXPECT_EQ(y2, y);
+  std::vector<int32_t> ids2(3);
+  ASSERT_TRUE(f->ReadI32("ids", {3}, ids2.data()).ok());
+  EXPECT_EQ(ids2, ids);
+  ASSERT_TRUE(f->ReadF32("none", {0}, nullptr).ok());
+}
+
+// One flipped bit in a tensor's data, the value staying finite, fails every
+// read of the whole tensor, with one line naming the file and the tensor.
+TEST_F(SafetensorsTest, FlippedDataBitFailsEveryWholeTensorRead) {
+  std::vector<float> x(64);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 1.0f + 0.25f * static_cast<float>(i);
+  std::vector<int32_t> ids32 = {1, 2, 3, 4};
+  std::vector<int64_t> ids64 = {10, 20, 30};
+  const std::string path = tmp_.Join("flip.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {8, 8}, TensorDType::kF32, nullptr,
+                                       [&](void* dst) { std::memcpy(dst, x.data(), 256); }},
+                                      {"ids32", {4}, TensorDType::kI32, ids32.data()},
+                                      {"ids64", {3}, TensorDType::kI64, ids64.data()}})
+                  .ok());
+  FlipDataBit(path, "x", 4 * 9, 0);        // x[9]'s lowest mantissa bit: still finite
+  FlipDataBit(path, "ids32", 4 * 2, 1);    // 3 -> 1
+  FlipDataBit(path, "ids64", 8 * 1 + 4, 7);  // 20 + 2^39: does not fit in int32 either
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();  // the header is intact
+  auto damaged = [&](const std::string& name, const std::string& read) {
+    return path + ": tensor '" + name + "' fails its checksum (crc32c " + read +
+           "): the file is damaged";
+  };
+  std::vector<float> dst(64);
+  std::vector<char> raw(256);
+  std::memcpy(raw.data(), x.data(), 256);
+  raw[36] ^= 1;
+  const std::string x_crcs =
+      CrcHex(x.data(), 256) + " stored, " + CrcHex(raw.data(), 256) + " read";
+  Status s = f->ReadF32("x", {8, 8}, dst.data());
+  EXPECT_EQ(s.message(), damaged("x", x_crcs));
+  s = f->ReadF32Range("x", 0, 64, dst.data());
+  EXPECT_EQ(s.message(), damaged("x", x_crcs));
+  s = f->ReadRaw(*f->Find("x"), dst.data());
+  EXPECT_EQ(s.message(), damaged("x", x_crcs));
+  std::vector<int32_t> ids(4);
+  s = f->ReadI32("ids32", {4}, ids.data());
+  EXPECT_NE(s.message().find(path + ": tensor 'ids32' fails its checksum (crc32c "), std::string::npos)
+      << s.message();
+  // The damage is named, not the out-of-range value it made.
+  s = f->ReadI32("ids64", {3}, ids.data());
+  EXPECT_NE(s.message().find(path + ": tensor 'ids64' fails its checksum (crc32c "), std::string::npos)
+      << s.message();
+  s = f->ReadRaw(*f->Find("ids64"), raw.data());
+  EXPECT_NE(s.message().find("tensor 'ids64' fails its checksum"), std::string::npos) << s.message();
+  // A caller's copy of the TensorInfo is checked against the file's own
+  // checksum, whatever the copy holds.
+  TensorInfo copy = *f->Find("x");
+  copy.crc32c.reset();
+  EXPECT_EQ(f->ReadRaw(copy, dst.data()).message(), damaged("x", x_crcs));
+}
+
+// The documented limit: a read of part of a tensor (a rank's slice when
+// resuming at another world size) is not checked, since that would take
+// reading the whole tensor. The damaged value comes back as it is on disk.
+TEST_F(SafetensorsTest, PartialRangeReadIsNotVerified) {
+  std::vector<float> x(64, 2.0f);
+  const std::string path = tmp_.Join("part.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {64}, TensorDType::kF32, x.data()}}).ok());
+  FlipDataBit(path, "x", 4 * 10, 0);
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  std::vector<float> dst(64);
+  ASSERT_TRUE(f->ReadF32Range("x", 0, 32, dst.data()).ok());   // holds the flipped element
+  EXPECT_NE(dst[10], 2.0f);
+  EXPECT_TRUE(f->ReadF32Range("x", 1, 63, dst.data()).ok());   // all but one element
+  EXPECT_FALSE(f->ReadF32Range("x", 0, 64, dst.data()).ok());  // the whole tensor is checked
+}
+
+// A file without checksum keys (an older checkpoint, PyTorch's own writer)
+// reads as before, unchecked, even where its data was damaged.
+TEST_F(SafetensorsTest, FileWithoutChecksumsReadsUnverified) {
+  const std::string header =
+      R"({"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  std::string data = std::string("\x00\x00\xc0\x3f", 4) + std::string("\x01\x00\xc0\x3f", 4);
+  const std::string path = tmp_.Join("old.safetensors");
+  WriteBytes(path, U64Le(header.size()) + header + data);
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_FALSE(f->Find("w")->crc32c.has_value());
+  EXPECT_EQ(f->metadata(), (std::map<std::string, std::string>{{"format", "pt"}}));
+  float w[2];
+  ASSERT_TRUE(f->ReadF32("w", {2}, w).ok());
+  EXPECT_EQ(w[0], 1.5f);
+  ASSERT_TRUE(f->ReadF32Range("w", 0, 2, w).ok());
+  ASSERT_TRUE(f->ReadRaw(*f->Find("w"), w).ok());
+}
+
+TEST_F(SafetensorsTest, MalformedChecksumRefusedAtOpen) {
+  const std::string x = R"("x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  auto with = [&](const std::string& meta) { return "{\"__metadata__\":{" + meta + "}," + x + "}"; };
+  ExpectHeaderFails(with(R"("crc32c.x":"e306928")"), 4,
+                    "__metadata__ 'crc32c.x' is \"e306928\", not a checksum of 8 hex digits");
+  ExpectHeaderFails(with(R"("crc32c.x":"e30692830")"), 4, "not a checksum of 8 hex digits");
+  ExpectHeaderFails(with(R"("crc32c.x":"e306928g")"), 4, "not a checksum of 8 hex digits");
+  ExpectHeaderFails(with(R"("crc32c.x":" e306928")"), 4, "not a checksum of 8 hex digits");
+  ExpectHeaderFails(with(R"("crc32c.x":"")"), 4, "not a checksum of 8 hex digits");
+  // A header whose placeholders were never filled in (a writer cut short).
+  ExpectHeaderFails(with(R"("crc32c.x":"????????")"), 4, "not a checksum of 8 hex digits");
+  ExpectHeaderFails(with(R"("crc32c.x":"00000000","crc32c.y":"00000000")"), 4,
+                    "__metadata__ 'crc32c.y' is the checksum of tensor 'y', which is not in the file");
+  ExpectHeaderFails(with(R"("crc32c.":"00000000")"), 4,
+                    "the checksum of tensor '', which is not in the file");
+  // Either case of hex digits is read (the writer writes lowercase).
+  const std::string path = tmp_.Join("upper.safetensors");
+  WriteBytes(path, FileBytes(with(R"("crc32c.x":"0000000A")"), 4));
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->Find("x")->crc32c, 10u);
+  EXPECT_TRUE(f->metadata().empty());
+}
+
+TEST_F(SafetensorsTest, WriteRefusesChecksumMetadataKey) {
+  const float v = 1.0f;
+  const std::string path = tmp_.Join("reserved.safetensors");
+  const Status s =
+      WriteSafetensors(path, {{"x", {}, TensorDType::kF32, &v}}, {{"crc32c.x", "00000000"}});
+  EXPECT_EQ(s.message(), "cannot write '" + path +
+                             "': metadata key 'crc32c.x' is reserved: keys starting with 'crc32c.' "
+                             "hold the tensors' checksums");
+  EXPECT_FALSE(fs::exists(path));
+  // Keys that only look alike are the caller's.
+  ASSERT_TRUE(WriteSafetensors(path, {{"x", {}, TensorDType::kF32, &v}},
+                               {{"crc32c", "a"}, {"crc32cx", "b"}, {"my.crc32c.x", "c"}})
+                  .ok());
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  EXPECT_EQ(f->metadata().size(), 3u);
+}
+
 // Random corruptions of a valid file: Open and reads must never crash or
 // read out of bounds (run under ASan), whatever they return.
 TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
@@ -523,7 +729,13 @@ TEST_F(SafetensorsTest, RandomCorruptionNeverCrashes) {
     ++opened;
     for (const TensorInfo& t : f->tensors()) {
       std::vector<char> buf(t.byte_size() + 1);
-      EXPECT_TRUE(f->ReadRaw(t, buf.data()).ok());  // validated offsets are in range
+      // Validated offsets are in range: the read succeeds, or the bytes read
+      // fail their checksum (a flip in the data, or in a checksum).
+      const Status s = f->ReadRaw(t, buf.data());
+      if (!s.ok()) {
+        EXPECT_EQ(s.message().rfind(path + ": tensor '" + t.name + "' fails its checksum", 0), 0u)
+            << s.message();
+      }
     }
   }
   EXPECT_GT(opened, 0);  // some flips only touch data bytes
