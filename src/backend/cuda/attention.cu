@@ -19,7 +19,15 @@
 // the tile's probabilities broadcast by shuffles. The backward runs two
 // kernels, query-major (D and dq) then key-major (dk and dv), so that no
 // gradient is accumulated by more than one block: no atomics, deterministic.
+//
+// Under bf16 or fp16 matrix precision the forward and backward take the
+// tensor-core kernels of namespace tc below instead (WMMA, the same math and
+// work split, fp32 softmax and accumulation), for head sizes that are
+// multiples of 16 up to 128; the kernels above stay the fp32 reference, and
+// MINGPT_CUDA_ATTENTION=fp32 forces them (AttentionForward, AttentionBackward).
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device.cuh"
@@ -321,6 +329,459 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// ---- tensor-core path (bf16 / fp16 matrix precision) -------------------------------------
+//
+// The same math with the four products of each tile (S = q k^T, dP = dout v^T,
+// out += P v, dq += dS k, dk += dS^T q, dv += P^T dout) on tensor cores
+// through WMMA: 16x16x16 fragments of bf16 or fp16 operands, staged in
+// shared memory from the fp32 inputs (rounded to nearest even), fp32
+// accumulators. Everything else is fp32 SIMT code on tiles stored to shared
+// memory: the scale 1/sqrt(hs), the causal mask, the softmax statistics
+// (running max, sum, lse), exp, dropout and dS = P (dP - D); the layout of a
+// fragment's elements over the lanes is never used. A block of 4 warps owns
+// 64 rows, 16 per warp, each warp its own 16 x tile strip of every product;
+// the accumulators (out, dq, dk, dv) live in shared memory in fp32 and go
+// through the fragments tile by tile (the online softmax rescales out's rows
+// between tiles in SIMT code). Head sizes multiples of 16 up to 128; no
+// atomics, each gradient row written by the one block that owns it.
+namespace tc {
+
+constexpr int kWarps = 4;
+constexpr int kRows = 64;        // rows a block owns, 16 per warp
+constexpr int kKeyTile = 64;     // keys per tile (forward, query-major backward)
+constexpr int kQueryTile = 32;   // queries per tile (key-major backward)
+constexpr int kMaxHead = 128;
+constexpr int kLdKeyTile = kKeyTile + 4;      // float tiles [kRows][kKeyTile]
+constexpr int kLdKeyTileOp = kKeyTile + 8;    // operand tiles [kRows][kKeyTile]
+constexpr int kLdQueryTile = kQueryTile + 4;  // float tiles [kRows][kQueryTile]
+constexpr int kLdQueryTileOp = kQueryTile + 8;
+
+using namespace nvcuda;
+
+// Leading dimensions (elements) of [rows][hs] tiles: operands hs + 8
+// (a multiple of 8, as WMMA requires of 16-bit types, and rows 16 bytes
+// apart modulo 128 for the banks), fp32 accumulators hs + 4 (a multiple of 4).
+__host__ __device__ inline int LdOp(int hs) { return hs + 8; }
+__host__ __device__ inline int LdAcc(int hs) { return hs + 4; }
+
+// Carves shared memory into regions each starting 32 bytes aligned (WMMA's
+// 256-bit pointer alignment; every fragment pointer below is a region start
+// plus a multiple of 32 bytes: 16 rows of a leading dimension that is a
+// multiple of 16 bytes, and columns in steps of 16 elements). From a null
+// base it measures.
+struct Carver {
+  uintptr_t at;
+  template <typename T>
+  __host__ __device__ T* Take(size_t n) {
+    T* p = reinterpret_cast<T*>(at);
+    at += (n * sizeof(T) + 31) / 32 * 32;
+    return p;
+  }
+};
+
+__device__ inline Carver SharedCarver(void* raw) {
+  return Carver{(reinterpret_cast<uintptr_t>(raw) + 31) / 32 * 32};
+}
+
+template <typename Op>
+__host__ __device__ inline Op ToOp(float x);
+template <>
+__host__ __device__ inline __nv_bfloat16 ToOp<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__host__ __device__ inline __half ToOp<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+// Rows [row0, row0 + rows) of one head into an operand tile at `ld`, zeros
+// past valid_end.
+template <typename Op>
+__device__ inline void StageOp(Op* dst, int ld, const float* src, const HeadRows& at, int b,
+                               int h, int64_t row0, int rows, int64_t valid_end) {
+  for (int e = threadIdx.x; e < rows * at.hs; e += blockDim.x) {
+    const int r = e / at.hs, d = e % at.hs;
+    const int64_t i = row0 + r;
+    dst[r * ld + d] = ToOp<Op>(i < valid_end ? src[at.At(b, h, i) + d] : 0.0f);
+  }
+}
+
+template <typename Op>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, Op, wmma::row_major>;
+template <typename Op>
+using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, Op, wmma::row_major>;
+template <typename Op>
+using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, Op, wmma::col_major>;
+using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// out[16][16 * n_frags] (float, ld_out) = a[16][K] b[n][K]^T: a's rows and
+// b's rows of K operands each (both row-major at their ld), the n-th
+// fragment of the output from b's rows 16n .. 16n + 15.
+template <typename Op>
+__device__ inline void ProductABt(float* out, int ld_out, const Op* a, int lda, const Op* b,
+                                  int ldb, int K, int n_frags) {
+  for (int n = 0; n < n_frags; ++n) {
+    FragAcc acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < K; kk += 16) {
+      FragA<Op> fa;
+      FragBCol<Op> fb;
+      wmma::load_matrix_sync(fa, a + kk, lda);
+      wmma::load_matrix_sync(fb, b + n * 16 * ldb + kk, ldb);
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(out + n * 16, acc, ld_out, wmma::mem_row_major);
+  }
+}
+
+// acc[16][hs] (float, ld_acc) += a[16][K] b[K][hs] (operands row-major).
+template <typename Op>
+__device__ inline void AccumulateAB(float* acc, int ld_acc, const Op* a, int lda, const Op* b,
+                                    int ldb, int K, int hs) {
+  for (int n = 0; n < hs; n += 16) {
+    FragAcc c;
+    wmma::load_matrix_sync(c, acc + n, ld_acc, wmma::mem_row_major);
+    for (int kk = 0; kk < K; kk += 16) {
+      FragA<Op> fa;
+      FragBRow<Op> fb;
+      wmma::load_matrix_sync(fa, a + kk, lda);
+      wmma::load_matrix_sync(fb, b + kk * ldb + n, ldb);
+      wmma::mma_sync(c, fa, fb, c);
+    }
+    wmma::store_matrix_sync(acc + n, c, ld_acc, wmma::mem_row_major);
+  }
+}
+
+// Dropout multipliers along a row of consecutive elements: one Philox call
+// per four (DropoutKeep4's group) instead of one per element.
+struct KeepCache {
+  int64_t group = -1;
+  bool keep[4];
+};
+__device__ inline float RowMultiplier(const DropoutSpec& dropout, KeepCache& cache, int b,
+                                      int64_t element) {
+  if (!dropout.enabled()) return 1.0f;
+  const int64_t g = element >> 2;
+  if (g != cache.group) {
+    DropoutKeep4(dropout, b, g, cache.keep);
+    cache.group = g;
+  }
+  return cache.keep[element & 3] ? dropout.scale() : 0.0f;
+}
+
+template <typename Op>
+struct ForwardLayout {
+  Op *qs, *ks, *vs;  // [kRows][LdOp] q, [kKeyTile][LdOp] k and v of the tile
+  float* ss;         // [kRows][kLdKeyTile] scores q . k (unscaled)
+  Op* ps;            // [kRows][kLdKeyTileOp] probabilities times the mask
+  float* os;         // [kRows][LdAcc] output accumulators
+  __host__ __device__ ForwardLayout(Carver c, int hs, size_t* bytes = nullptr) {
+    const uintptr_t start = c.at;
+    qs = c.Take<Op>(kRows * LdOp(hs));
+    ks = c.Take<Op>(kKeyTile * LdOp(hs));
+    vs = c.Take<Op>(kKeyTile * LdOp(hs));
+    ss = c.Take<float>(kRows * kLdKeyTile);
+    ps = c.Take<Op>(kRows * kLdKeyTileOp);
+    os = c.Take<float>(kRows * LdAcc(hs));
+    if (bytes) *bytes = c.at - start + 32;  // + 32: the base's alignment
+  }
+};
+
+template <typename Op>
+__global__ void __launch_bounds__(kWarps * 32)
+    ForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
+                  HeadRows at, int T, int NH, DropoutSpec dropout) {
+  MINGPT_DYNAMIC_SHARED(float, smem);
+  const int hs = at.hs, ldo = LdOp(hs), lda = LdAcc(hs);
+  const ForwardLayout<Op> s(SharedCarver(smem), hs);
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t i_block = int64_t{blockIdx.x} * kRows;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  StageOp(s.qs, ldo, q, at, b, h, i_block, kRows, T);
+  for (int e = threadIdx.x; e < kRows * lda; e += blockDim.x) s.os[e] = 0.0f;
+
+  const int r0 = warp * 16;                  // the warp's rows in the block
+  const int64_t i_w0 = i_block + r0;         // its first query
+  const int rr = r0 + lane / 2, half = lane % 2;  // the lane's row and half of it
+  const int64_t i = i_block + rr;
+  float m = -INFINITY, l = 0;
+  const int64_t i_last = Min64(i_block + kRows - 1, int64_t{T} - 1);
+  for (int64_t j0 = 0; j0 <= i_last; j0 += kKeyTile) {
+    __syncthreads();  // the previous tile is consumed (and qs, os are staged)
+    StageOp(s.ks, ldo, k, at, b, h, j0, kKeyTile, T);
+    StageOp(s.vs, ldo, v, at, b, h, j0, kKeyTile, T);
+    __syncthreads();
+    if (i_w0 >= T || j0 > i_w0 + 15) continue;  // warp-uniform: no key of the tile is seen
+    // Key fragments past the warp's last query are all masked: skipped.
+    const int frags = static_cast<int>(Min64(kKeyTile / 16, (i_w0 + 15 - j0) / 16 + 1));
+    ProductABt(s.ss + r0 * kLdKeyTile, kLdKeyTile, s.qs + r0 * ldo, ldo, s.ks, ldo, hs, frags);
+    __syncwarp();
+    // Online softmax of the lane's half row (keys j0 + c, c in [32 half, 32 half + 32)).
+    const float* srow = s.ss + rr * kLdKeyTile;
+    Op* prow = s.ps + rr * kLdKeyTileOp;
+    const bool row = i < T;
+    float mx = -INFINITY;
+    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+      if (row && j0 + c <= i) mx = fmaxf(mx, srow[c] * scale);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+    // Tile 0 holds key 0 of every row, so m_new is finite from the first
+    // tile on (for rows < T), and the first correction is exp(-inf) = 0.
+    const float m_new = fmaxf(m, mx);
+    const float corr = row ? expf(m - m_new) : 1.0f;
+    float sum = 0;
+    KeepCache cache;
+    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+      const int64_t j = j0 + c;
+      float pd = 0;
+      if (row && j <= i) {
+        const float p = expf(srow[c] * scale - m_new);
+        sum += p;  // the sum is of P; the output of dropped P
+        pd = p * RowMultiplier(dropout, cache, b, (int64_t{h} * T + i) * T + j);
+      }
+      prow[c] = ToOp<Op>(pd);
+    }
+    sum += __shfl_xor_sync(kFullMask, sum, 1);
+    if (row) {
+      l = l * corr + sum;
+      m = m_new;
+    }
+    for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) s.os[rr * lda + d] *= corr;
+    __syncwarp();
+    AccumulateAB(s.os + r0 * lda, lda, s.ps + r0 * kLdKeyTileOp, kLdKeyTileOp, s.vs, ldo,
+                 16 * frags, hs);
+  }
+  __syncthreads();
+  if (i >= T) return;
+  float* orow = out + at.At(b, h, i);
+  const float inv = 1.0f / l;
+  for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) orow[d] = s.os[rr * lda + d] * inv;
+  if (lse && half == 0) lse[(int64_t{b} * NH + h) * T + i] = m + logf(l);
+}
+
+template <typename Op>
+struct BackwardQueryLayout {
+  Op *qs, *dos, *ks, *vs;  // [kRows][LdOp] q, dout; [kKeyTile][LdOp] k, v of the tile
+  float *ss, *dps;         // [kRows][kLdKeyTile] q . k (unscaled), dout . v
+  Op* dss;                 // [kRows][kLdKeyTileOp] dS
+  float* dqs;              // [kRows][LdAcc] dq sqrt(hs) accumulators
+  __host__ __device__ BackwardQueryLayout(Carver c, int hs, size_t* bytes = nullptr) {
+    const uintptr_t start = c.at;
+    qs = c.Take<Op>(kRows * LdOp(hs));
+    dos = c.Take<Op>(kRows * LdOp(hs));
+    ks = c.Take<Op>(kKeyTile * LdOp(hs));
+    vs = c.Take<Op>(kKeyTile * LdOp(hs));
+    ss = c.Take<float>(kRows * kLdKeyTile);
+    dps = c.Take<float>(kRows * kLdKeyTile);
+    dss = c.Take<Op>(kRows * kLdKeyTileOp);
+    dqs = c.Take<float>(kRows * LdAcc(hs));
+    if (bytes) *bytes = c.at - start + 32;
+  }
+};
+
+template <typename Op>
+__global__ void __launch_bounds__(kWarps * 32)
+    BackwardQueryKernel(float* dq, float* delta, const float* dout, const float* q,
+                        const float* k, const float* v, const float* lse, HeadRows at, int T,
+                        int NH, DropoutSpec dropout) {
+  MINGPT_DYNAMIC_SHARED(float, smem);
+  const int hs = at.hs, ldo = LdOp(hs), lda = LdAcc(hs);
+  const BackwardQueryLayout<Op> s(SharedCarver(smem), hs);
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t i_block = int64_t{blockIdx.x} * kRows;
+  const int64_t bh = int64_t{b} * NH + h;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  StageOp(s.qs, ldo, q, at, b, h, i_block, kRows, T);
+  StageOp(s.dos, ldo, dout, at, b, h, i_block, kRows, T);
+  for (int e = threadIdx.x; e < kRows * lda; e += blockDim.x) s.dqs[e] = 0.0f;
+
+  const int r0 = warp * 16;
+  const int64_t i_w0 = i_block + r0;
+  const int rr = r0 + lane / 2, half = lane % 2;
+  const int64_t i = i_block + rr;
+  const bool row = i < T;
+  const float lse_i = row ? lse[bh * T + i] : 0.0f;
+  float D = 0;
+  const int64_t i_last = Min64(i_block + kRows - 1, int64_t{T} - 1);
+  // Pass 0 forms D_i = sum_j P_ij dP_ij (the output is not an argument);
+  // pass 1 accumulates dq_i sqrt(hs) = sum_j dS_ij k_j.
+  for (int pass = 0; pass < 2; ++pass) {
+    float partial = 0;  // pass 0: the lane's half of D_i, tile by tile
+    for (int64_t j0 = 0; j0 <= i_last; j0 += kKeyTile) {
+      __syncthreads();
+      StageOp(s.ks, ldo, k, at, b, h, j0, kKeyTile, T);
+      StageOp(s.vs, ldo, v, at, b, h, j0, kKeyTile, T);
+      __syncthreads();
+      if (i_w0 >= T || j0 > i_w0 + 15) continue;  // warp-uniform
+      const int frags = static_cast<int>(Min64(kKeyTile / 16, (i_w0 + 15 - j0) / 16 + 1));
+      ProductABt(s.ss + r0 * kLdKeyTile, kLdKeyTile, s.qs + r0 * ldo, ldo, s.ks, ldo, hs, frags);
+      ProductABt(s.dps + r0 * kLdKeyTile, kLdKeyTile, s.dos + r0 * ldo, ldo, s.vs, ldo, hs,
+                 frags);
+      __syncwarp();
+      const float* srow = s.ss + rr * kLdKeyTile;
+      const float* dprow = s.dps + rr * kLdKeyTile;
+      Op* dsrow = s.dss + rr * kLdKeyTileOp;
+      KeepCache cache;
+      for (int c = 32 * half; c < 32 * half + 32; ++c) {
+        const int64_t j = j0 + c;
+        float ds = 0;
+        if (row && j <= i && c < 16 * frags) {
+          const float p = expf(srow[c] * scale - lse_i);
+          const float dp =
+              dprow[c] * RowMultiplier(dropout, cache, b, (int64_t{h} * T + i) * T + j);
+          if (pass == 0) partial += p * dp;
+          ds = p * (dp - D);
+        }
+        if (pass == 1) dsrow[c] = ToOp<Op>(ds);
+      }
+      if (pass == 1) {
+        __syncwarp();
+        AccumulateAB(s.dqs + r0 * lda, lda, s.dss + r0 * kLdKeyTileOp, kLdKeyTileOp, s.ks, ldo,
+                     16 * frags, hs);
+      }
+    }
+    if (pass == 0) D = partial + __shfl_xor_sync(kFullMask, partial, 1);
+  }
+  __syncthreads();
+  if (!row) return;
+  float* qrow = dq + at.At(b, h, i);
+  for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) {
+    qrow[d] = s.dqs[rr * lda + d] * scale;
+  }
+  if (half == 0) delta[bh * T + i] = D;
+}
+
+template <typename Op>
+struct BackwardKeyLayout {
+  Op *ks, *vs;     // [kRows][LdOp] own keys and values
+  Op *qt, *dot;    // [kQueryTile][LdOp] q and dout of the tile
+  float *st, *dpt;  // [kRows][kLdQueryTile] k . q (unscaled), v . dout
+  Op *pdt, *dst;    // [kRows][kLdQueryTileOp] P times the mask, dS (transposed)
+  float *dks, *dvs;  // [kRows][LdAcc] dk sqrt(hs), dv accumulators
+  float *lse_t, *delta_t;  // [kQueryTile]
+  __host__ __device__ BackwardKeyLayout(Carver c, int hs, size_t* bytes = nullptr) {
+    const uintptr_t start = c.at;
+    ks = c.Take<Op>(kRows * LdOp(hs));
+    vs = c.Take<Op>(kRows * LdOp(hs));
+    qt = c.Take<Op>(kQueryTile * LdOp(hs));
+    dot = c.Take<Op>(kQueryTile * LdOp(hs));
+    st = c.Take<float>(kRows * kLdQueryTile);
+    dpt = c.Take<float>(kRows * kLdQueryTile);
+    pdt = c.Take<Op>(kRows * kLdQueryTileOp);
+    dst = c.Take<Op>(kRows * kLdQueryTileOp);
+    dks = c.Take<float>(kRows * LdAcc(hs));
+    dvs = c.Take<float>(kRows * LdAcc(hs));
+    lse_t = c.Take<float>(kQueryTile);
+    delta_t = c.Take<float>(kQueryTile);
+    if (bytes) *bytes = c.at - start + 32;
+  }
+};
+
+template <typename Op>
+__global__ void __launch_bounds__(kWarps * 32)
+    BackwardKeyKernel(float* dk, float* dv, const float* dout, const float* q, const float* k,
+                      const float* v, const float* lse, const float* delta, HeadRows at, int T,
+                      int NH, DropoutSpec dropout) {
+  MINGPT_DYNAMIC_SHARED(float, smem);
+  const int hs = at.hs, ldo = LdOp(hs), lda = LdAcc(hs);
+  const BackwardKeyLayout<Op> s(SharedCarver(smem), hs);
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t j_block = int64_t{blockIdx.x} * kRows;
+  const int64_t bh = int64_t{b} * NH + h;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  StageOp(s.ks, ldo, k, at, b, h, j_block, kRows, T);
+  StageOp(s.vs, ldo, v, at, b, h, j_block, kRows, T);
+  for (int e = threadIdx.x; e < kRows * lda; e += blockDim.x) s.dks[e] = s.dvs[e] = 0.0f;
+
+  const int r0 = warp * 16;
+  const int64_t j_w0 = j_block + r0;
+  const int rr = r0 + lane / 2, half = lane % 2;  // the lane's key row, half of the tile's queries
+  const int64_t j = j_block + rr;
+  // Queries before the block's first key see none of its keys.
+  for (int64_t i0 = j_block; i0 < T; i0 += kQueryTile) {
+    __syncthreads();
+    StageOp(s.qt, ldo, q, at, b, h, i0, kQueryTile, T);
+    StageOp(s.dot, ldo, dout, at, b, h, i0, kQueryTile, T);
+    if (threadIdx.x < kQueryTile) {
+      const int64_t i = i0 + threadIdx.x;
+      s.lse_t[threadIdx.x] = i < T ? lse[bh * T + i] : 0.0f;
+      s.delta_t[threadIdx.x] = i < T ? delta[bh * T + i] : 0.0f;
+    }
+    __syncthreads();
+    if (j_w0 >= T || i0 + kQueryTile - 1 < j_w0) continue;  // warp-uniform: no (i >= j) pair
+    ProductABt(s.st + r0 * kLdQueryTile, kLdQueryTile, s.ks + r0 * ldo, ldo, s.qt, ldo, hs,
+               kQueryTile / 16);
+    ProductABt(s.dpt + r0 * kLdQueryTile, kLdQueryTile, s.vs + r0 * ldo, ldo, s.dot, ldo, hs,
+               kQueryTile / 16);
+    __syncwarp();
+    const float* srow = s.st + rr * kLdQueryTile;
+    const float* dprow = s.dpt + rr * kLdQueryTile;
+    Op* pdrow = s.pdt + rr * kLdQueryTileOp;
+    Op* dsrow = s.dst + rr * kLdQueryTileOp;
+    for (int c = 16 * half; c < 16 * half + 16; ++c) {
+      const int64_t i = i0 + c;
+      float pd = 0, ds = 0;
+      if (j < T && i < T && i >= j) {
+        const float p = expf(srow[c] * scale - s.lse_t[c]);
+        const float mult = Multiplier(dropout, b, h, T, i, j);
+        pd = p * mult;
+        ds = p * (dprow[c] * mult - s.delta_t[c]);
+      }
+      pdrow[c] = ToOp<Op>(pd);
+      dsrow[c] = ToOp<Op>(ds);
+    }
+    __syncwarp();
+    AccumulateAB(s.dvs + r0 * lda, lda, s.pdt + r0 * kLdQueryTileOp, kLdQueryTileOp, s.dot, ldo,
+                 kQueryTile, hs);
+    AccumulateAB(s.dks + r0 * lda, lda, s.dst + r0 * kLdQueryTileOp, kLdQueryTileOp, s.qt, ldo,
+                 kQueryTile, hs);
+  }
+  __syncthreads();
+  if (j >= T) return;
+  float* krow = dk + at.At(b, h, j);
+  float* vrow = dv + at.At(b, h, j);
+  for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) {
+    krow[d] = s.dks[rr * lda + d] * scale;
+    vrow[d] = s.dvs[rr * lda + d];
+  }
+}
+
+template <typename Op>
+size_t ForwardSmem(int hs) {
+  size_t bytes = 0;
+  ForwardLayout<Op>(Carver{0}, hs, &bytes);
+  return bytes;
+}
+template <typename Op>
+size_t BackwardQuerySmem(int hs) {
+  size_t bytes = 0;
+  BackwardQueryLayout<Op>(Carver{0}, hs, &bytes);
+  return bytes;
+}
+template <typename Op>
+size_t BackwardKeySmem(int hs) {
+  size_t bytes = 0;
+  BackwardKeyLayout<Op>(Carver{0}, hs, &bytes);
+  return bytes;
+}
+size_t MaxSmem(int hs) {  // bf16 and fp16 operands take the same room
+  const size_t f = ForwardSmem<__nv_bfloat16>(hs), q = BackwardQuerySmem<__nv_bfloat16>(hs),
+               k = BackwardKeySmem<__nv_bfloat16>(hs);
+  return f > q ? (f > k ? f : k) : (q > k ? q : k);
+}
+
+// The kernels' dynamic shared memory limit set by AttentionInit: the most
+// that head size kMaxHead needs, or the device's opt-in maximum if lower
+// (then the larger head sizes take the fp32 kernels).
+int g_smem_limit = -1;
+
+unsigned RowBlocks(int64_t rows) { return static_cast<unsigned>((rows + kRows - 1) / kRows); }
+
+}  // namespace tc
+
 // Shared memory of each kernel for head size hs, in bytes.
 size_t ForwardSmem(int hs) {
   return sizeof(float) * (kOwnRows * hs + 2 * kTile * TileStride(hs));
@@ -347,20 +808,84 @@ void SetMaxDynamicShared(Kernel* kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
+// The tensor-core kernels for this precision and head size, unless the
+// precision is fp32, the head size is not a multiple of 16 up to 128, the
+// device cannot give them the shared memory, or MINGPT_CUDA_ATTENTION=fp32
+// (read at each call) forces the fp32 kernels.
+bool UseTensorCores(MatmulPrecision precision, int hs) {
+  if (precision == MatmulPrecision::kFp32 || hs % 16 != 0 || hs > tc::kMaxHead) return false;
+  if (const char* env = std::getenv("MINGPT_CUDA_ATTENTION")) {
+    const std::string mode = env;
+    MINGPT_CHECK(mode.empty() || mode == "auto" || mode == "fp32",
+                 "MINGPT_CUDA_ATTENTION=%s: expected auto or fp32", env);
+    if (mode == "fp32") return false;
+  }
+  return tc::MaxSmem(hs) <= static_cast<size_t>(tc::g_smem_limit < 0 ? 0 : tc::g_smem_limit);
+}
+
+template <typename Op>
+void SetTensorCoreLimits(int bytes) {
+  SetMaxDynamicShared(tc::ForwardKernel<Op>, bytes);
+  SetMaxDynamicShared(tc::BackwardQueryKernel<Op>, bytes);
+  SetMaxDynamicShared(tc::BackwardKeyKernel<Op>, bytes);
+}
+
+template <typename Op>
+void TensorCoreForward(cudaStream_t stream, float* out, float* lse, const float* q,
+                       const float* k, const float* v, int B, int T, const HeadRows& at, int NH,
+                       const DropoutSpec& dropout) {
+  MINGPT_LAUNCH(tc::ForwardKernel<Op>, dim3(tc::RowBlocks(T), NH, B), tc::kWarps * 32,
+                tc::ForwardSmem<Op>(at.hs), stream, out, lse, q, k, v, at, T, NH, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Op>
+void TensorCoreBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
+                        const float* q, const float* k, const float* v, const float* lse, int B,
+                        int T, const HeadRows& at, int NH, const DropoutSpec& dropout,
+                        float* delta) {
+  const dim3 grid(tc::RowBlocks(T), NH, B);
+  MINGPT_LAUNCH(tc::BackwardQueryKernel<Op>, grid, tc::kWarps * 32,
+                tc::BackwardQuerySmem<Op>(at.hs), stream, dq, delta, dout, q, k, v, lse, at, T,
+                NH, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(tc::BackwardKeyKernel<Op>, grid, tc::kWarps * 32, tc::BackwardKeySmem<Op>(at.hs),
+                stream, dk, dv, dout, q, k, v, lse, delta, at, T, NH, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void AttentionInit() {
   SetMaxDynamicShared(ForwardKernel, ForwardSmem(kMaxHeadSize));
   SetMaxDynamicShared(BackwardQueryKernel, BackwardSmem(kMaxHeadSize));
   SetMaxDynamicShared(BackwardKeyKernel, BackwardSmem(kMaxHeadSize));
+  int device = 0, optin = 0;
+  MINGPT_CUDA_CHECK(cudaGetDevice(&device));
+  MINGPT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t want = tc::MaxSmem(tc::kMaxHead);
+  const int limit = static_cast<int>(want < static_cast<size_t>(optin) ? want : optin);
+  SetTensorCoreLimits<__nv_bfloat16>(limit);
+  SetTensorCoreLimits<__half>(limit);
+  // The smallest of the devices initialised (one process may drive several).
+  if (tc::g_smem_limit < 0 || limit < tc::g_smem_limit) tc::g_smem_limit = limit;
 }
 
 void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* q,
                       const float* k, const float* v, int B, int T, int C, int NH,
-                      const DropoutSpec& dropout) {
+                      const DropoutSpec& dropout, MatmulPrecision precision) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
+  if (UseTensorCores(precision, hs)) {
+    if (precision == MatmulPrecision::kBf16) {
+      TensorCoreForward<__nv_bfloat16>(stream, out, lse, q, k, v, B, T, at, NH, dropout);
+    } else {
+      TensorCoreForward<__half>(stream, out, lse, q, k, v, B, T, at, NH, dropout);
+    }
+    return;
+  }
   MINGPT_LAUNCH(ForwardKernel, dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream, out,
                 lse, q, k, v, at, at, T, NH, 0, dropout);
   MINGPT_CUDA_CHECK_LAUNCH();
@@ -378,10 +903,21 @@ void AttentionDecode(cudaStream_t stream, float* out, const float* q, const floa
 
 void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
                        const float* q, const float* k, const float* v, const float* lse,
-                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta) {
+                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta,
+                       MatmulPrecision precision) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
+  if (UseTensorCores(precision, hs)) {
+    if (precision == MatmulPrecision::kBf16) {
+      TensorCoreBackward<__nv_bfloat16>(stream, dq, dk, dv, dout, q, k, v, lse, B, T, at, NH,
+                                        dropout, delta);
+    } else {
+      TensorCoreBackward<__half>(stream, dq, dk, dv, dout, q, k, v, lse, B, T, at, NH, dropout,
+                                 delta);
+    }
+    return;
+  }
   const dim3 grid(RowBlocks(T), NH, B);
   MINGPT_LAUNCH(BackwardQueryKernel, grid, kWarps * 32, BackwardSmem(hs), stream, dq, delta, dout,
                 q, k, v, lse, at, T, NH, dropout);

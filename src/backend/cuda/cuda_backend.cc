@@ -184,7 +184,8 @@ class CudaBackend final : public Backend {
   }
   void AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
                         int B, int T, int C, int NH, const DropoutSpec& dropout) override {
-    cuda::AttentionForward(stream(), out, lse, q, k, v, B, T, C, NH, dropout);
+    cuda::AttentionForward(stream(), out, lse, q, k, v, B, T, C, NH, dropout,
+                           matmul_.precision());
   }
   void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
                        int T, int C, int NH) override {
@@ -196,7 +197,8 @@ class CudaBackend final : public Backend {
                          const float* k, const float* v, const float* /*out*/, const float* lse,
                          int B, int T, int C, int NH, const DropoutSpec& dropout) override {
     float* delta = attention_delta_.Reserve<float>(static_cast<size_t>(B) * NH * T);
-    cuda::AttentionBackward(stream(), dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout, delta);
+    cuda::AttentionBackward(stream(), dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout, delta,
+                            matmul_.precision());
   }
   void GeluForward(float* out, const float* x, int64_t n) override {
     cuda::GeluForward(stream(), out, x, n);

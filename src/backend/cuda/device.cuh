@@ -9,6 +9,8 @@
 //       is Kernel<<<grid, block, smem_bytes, stream>>>(args...);
 //   MINGPT_DYNAMIC_SHARED(float, smem);
 //       is extern __shared__ float smem[];
+// The warp matrix functions (nvcuda::wmma) are <mma.h>'s, or the emulator's
+// (emulation/wmma.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,7 +19,9 @@
 
 #if defined(MINGPT_CUDA_EMULATION)
 #include "backend/cuda/emulation/emulator.h"
+#include "backend/cuda/emulation/wmma.h"  // nvcuda::wmma
 #else
+#include <mma.h>
 #define MINGPT_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #define MINGPT_DYNAMIC_SHARED(type, name) extern __shared__ type name[]

@@ -90,19 +90,25 @@ void ConvertToBf16(cudaStream_t stream, void* dst, const float* src, int64_t n);
 void ConvertToFp16(cudaStream_t stream, void* dst, const float* src, int64_t n);
 
 // ---- attention (attention.cu; cpu/attention.h) -----------------------------
-// Head sizes hs = C/NH up to kMaxHeadSize.
+// Head sizes hs = C/NH up to kMaxHeadSize. Under a bf16 or fp16
+// `precision` the forward and backward run on tensor cores (bf16 / fp16
+// operands, fp32 accumulation and softmax) for head sizes that are multiples
+// of 16 up to 128, and on the fp32 kernels otherwise, or always when the
+// environment has MINGPT_CUDA_ATTENTION=fp32; decode is fp32 always.
 inline constexpr int kMaxHeadSize = 256;
 // Once per device before the first attention launch: lets the kernels use
-// more than 48 KiB of shared memory (head sizes above 96).
+// more than 48 KiB of shared memory (head sizes above 96; the tensor-core
+// kernels up to the device's opt-in maximum).
 void AttentionInit();
 void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* q,
                       const float* k, const float* v, int B, int T, int C, int NH,
-                      const DropoutSpec& dropout);
+                      const DropoutSpec& dropout, MatmulPrecision precision);
 void AttentionDecode(cudaStream_t stream, float* out, const float* q, const float* k_cache,
                      const float* v_cache, int T, int C, int NH);
 // `delta` holds B*NH*T floats (D_i = sum_j P_ij dP_ij, between the kernels).
 void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
                        const float* q, const float* k, const float* v, const float* lse,
-                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta);
+                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta,
+                       MatmulPrecision precision);
 
 }  // namespace mingpt::cuda

@@ -384,18 +384,25 @@ void SyncThreads(const std::source_location& where) {
   l.current = &f;
 }
 
-void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, int src,
-                     const std::source_location& where) {
+namespace {
+
+// The meeting of the warp's 32 lanes at one call (a shuffle, __syncwarp, a
+// warp matrix function): each stores its 8 bytes in the slots of the
+// parity of its count of such meetings; the last to arrive checks that all
+// are at the same call and count, runs op on the slots and wakes the others.
+// Returns the slots, valid until the warp's meeting after next.
+const uint64_t* Meet(const void* value, size_t bytes, const std::source_location& where,
+                     void (*op)(const uint64_t*, void*), void* context) {
   Launch& l = Current();
   Fiber& f = *l.current;
   Warp& w = l.warps[f.warp];
-  if (mask != 0xFFFFFFFFu)
-    Fail("shuffle with mask %#x: only full-mask shuffles are emulated", mask);
   if (w.live != kWarpSize) {
-    Fail("full-mask shuffle in warp %d, which has %d live lanes (32 needed)", f.warp, w.live);
+    Fail("full-mask warp operation in warp %d, which has %d live lanes (32 needed)", f.warp,
+         w.live);
   }
   const int parity = static_cast<int>(f.shuffles & 1);
   const uint64_t count = ++f.shuffles;
+  w.slots[parity][f.lane] = 0;
   std::memcpy(&w.slots[parity][f.lane], value, bytes);
   f.at = where;
   f.state = State::kAtShuffle;
@@ -404,20 +411,40 @@ void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, 
       Fiber& g = l.fibers[f.warp * kWarpSize + lane];
       if (g.shuffles != count || !SameCall(g.at, where)) {
         Fail(
-            "lanes of warp %d meet at different shuffles (lane %d at its #%llu, %s:%u; lane "
-            "%d at #%llu, %s:%u): a shuffle inside divergent code",
+            "lanes of warp %d meet at different shuffles or warp operations (lane %d at its "
+            "#%llu, %s:%u; lane %d at #%llu, %s:%u): a warp operation inside divergent code",
             f.warp, f.lane, static_cast<unsigned long long>(count), where.file_name(), where.line(),
             lane, static_cast<unsigned long long>(g.shuffles), g.at.file_name(), g.at.line());
       }
-      g.state = State::kRunnable;
+    }
+    if (op != nullptr) op(w.slots[parity], context);
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      l.fibers[f.warp * kWarpSize + lane].state = State::kRunnable;
     }
     w.arrived = 0;
   } else {
     Yield(l, f);
   }
   l.current = &f;
-  std::memcpy(out, &w.slots[parity][src], bytes);
+  return w.slots[parity];
 }
+
+}  // namespace
+
+void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, int src,
+                     const std::source_location& where) {
+  if (mask != 0xFFFFFFFFu)
+    Fail("shuffle with mask %#x: only full-mask shuffles are emulated", mask);
+  const uint64_t* slots = Meet(value, bytes, where, nullptr, nullptr);
+  std::memcpy(out, &slots[src], bytes);
+}
+
+void WarpCollective(uint64_t value, void (*op)(const uint64_t* values, void* context),
+                    void* context, const std::source_location& where) {
+  Meet(&value, sizeof(value), where, op, context);
+}
+
+void Fatal(const char* message) { Fail("%s", message); }
 
 void Trap() { Fail("__trap()"); }
 

@@ -22,6 +22,10 @@
 //     number of shuffles made). A lane that exited or diverged is a fatal
 //     error naming the kernel, block and thread, as is a deadlock (threads
 //     waiting at barriers or shuffles the others never reach).
+//   - __syncwarp and the warp matrix functions (wmma.h) are warp-collective
+//     as shuffles are, with the same checks; wmma fragments give each lane an
+//     arbitrary fixed share of the matrix, and misaligned pointers or leading
+//     dimensions are fatal errors.
 //   - __shared__ arrays are per block (blocks never run at once); dynamic
 //     shared memory (MINGPT_DYNAMIC_SHARED) is filled with NaN bytes before
 //     each block, so reading what no thread wrote shows.
@@ -70,8 +74,18 @@ void SyncThreads(const std::source_location& where);
 // Lane `src` of the warp's `bytes`-byte values (all lanes must call it).
 void ShuffleExchange(unsigned mask, const void* value, void* out, size_t bytes, int src,
                      const std::source_location& where);
+// All 32 lanes of the warp meet at `where`, with the checks of a full-mask
+// shuffle (every lane live, the same call of the source, the same number of
+// warp operations made); each lane brings 8 bytes (`value`), and the last
+// lane to arrive calls op(values of lanes 0..31) while the others wait, so
+// op may read and write what the values point to in every lane. The warp
+// matrix functions (wmma.h) and __syncwarp are built on it.
+void WarpCollective(uint64_t value, void (*op)(const uint64_t* values, void* context),
+                    void* context, const std::source_location& where);
 void* DynamicShared();
 [[noreturn]] void Trap();
+// Stops the process with the kernel, block and thread, and `message`.
+[[noreturn]] void Fatal(const char* message);
 
 // Checks the launch, then enqueues on `stream` the running of body() as
 // every thread of every block; returns the launch error (cudaSuccess, or a
@@ -146,6 +160,13 @@ T __shfl_sync(unsigned mask, T value, int src_lane, int width = 32,
               std::source_location where = std::source_location::current()) {
   if (width != 32) ::mingpt::cuda::emu::Trap();  // only whole warps are emulated
   return ::mingpt::cuda::emu::Shuffle(mask, value, src_lane & 31, where);
+}
+
+// Only the full mask is emulated: all 32 lanes meet at the same call.
+inline void __syncwarp(unsigned mask = 0xFFFFFFFFu,
+                       std::source_location where = std::source_location::current()) {
+  if (mask != 0xFFFFFFFFu) ::mingpt::cuda::emu::Fatal("__syncwarp with a partial mask");
+  ::mingpt::cuda::emu::WarpCollective(0, nullptr, nullptr, where);
 }
 
 template <typename T>

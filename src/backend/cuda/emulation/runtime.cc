@@ -311,6 +311,15 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 
+// The one attribute the backend asks for: a block's opt-in shared memory
+// maximum, Hopper's 227 KiB (the emulator's launch limit).
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device < 0 || device >= EmulatedDevices()) return Record(cudaErrorInvalidDevice);
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return Record(cudaErrorInvalidValue);
+  *value = 227 << 10;
+  return cudaSuccess;
+}
+
 cudaError_t cudaDeviceSynchronize() {
   mingpt::cuda::emu::DrainAll();
   return cudaSuccess;
