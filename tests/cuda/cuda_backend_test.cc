@@ -252,28 +252,54 @@ struct AttentionCase {
   int B, T, C, NH;
 };
 
-class CudaAttentionTest : public CudaVsCpuTest {
+// Attention forward then backward on each backend, from the same inputs.
+class AttentionVsCpuTest : public CudaVsCpuTest {
  protected:
-  void Check(const AttentionCase& c, const DropoutSpec& dropout) {
+  struct Inputs {
+    FVec q, k, v, dout;
+  };
+  struct Outputs {
+    FVec out, lse, dq, dk, dv;
+  };
+
+  // On the GPU backend, at its current matmul precision.
+  Outputs RunGpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
     const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
-    FVec q = Rand(n, -2, 2), k = Rand(n, -2, 2), v = Rand(n), dout = Rand(n);
-    Buffer gq = Up(q), gk = Up(k), gv = Up(v), gdout = Up(dout);
+    Buffer gq = Up(in.q), gk = Up(in.k), gv = Up(in.v), gdout = Up(in.dout);
     Buffer gout(gpu_.get(), n * 4), glse(gpu_.get(), nl * 4);
     Buffer gdq(gpu_.get(), n * 4), gdk(gpu_.get(), n * 4), gdv(gpu_.get(), n * 4);
     gpu_->AttentionForward(gout.f32(), glse.f32(), gq.f32(), gk.f32(), gv.f32(), c.B, c.T, c.C,
                            c.NH, dropout);
     gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32(), gq.f32(), gk.f32(),
                             gv.f32(), gout.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
-    FVec out(n), lse(nl), dq(n), dk(n), dv(n);
-    cpu_->AttentionForward(out.data(), lse.data(), q.data(), k.data(), v.data(), c.B, c.T, c.C,
-                           c.NH, dropout);
-    cpu_->AttentionBackward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(),
-                            v.data(), out.data(), lse.data(), c.B, c.T, c.C, c.NH, dropout);
+    return {Down(gout, n), Down(glse, nl), Down(gdq, n), Down(gdk, n), Down(gdv, n)};
+  }
+
+  Outputs RunCpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
+    const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
+    Outputs o{FVec(n), FVec(nl), FVec(n), FVec(n), FVec(n)};
+    cpu_->AttentionForward(o.out.data(), o.lse.data(), in.q.data(), in.k.data(), in.v.data(), c.B,
+                           c.T, c.C, c.NH, dropout);
+    cpu_->AttentionBackward(o.dq.data(), o.dk.data(), o.dv.data(), in.dout.data(), in.q.data(),
+                            in.k.data(), in.v.data(), o.out.data(), o.lse.data(), c.B, c.T, c.C,
+                            c.NH, dropout);
+    return o;
+  }
+};
+
+class CudaAttentionTest : public AttentionVsCpuTest {
+ protected:
+  void Check(const AttentionCase& c, const DropoutSpec& dropout) {
+    const size_t n = size_t(c.B) * c.T * c.C;
+    const Inputs in{Rand(n, -2, 2), Rand(n, -2, 2), Rand(n), Rand(n)};
+    const Outputs gpu = RunGpu(c, in, dropout);
+    const Outputs cpu = RunCpu(c, in, dropout);
+    const FVec &out = cpu.out, &lse = cpu.lse, &dq = cpu.dq, &dk = cpu.dk, &dv = cpu.dv;
     const std::string what = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) +
                              " C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH) +
                              " p=" + std::to_string(dropout.p) + " ";
-    ExpectClose(Down(gout, n), out, 1e-5, what + "out");
-    ExpectClose(Down(glse, nl), lse, 1e-5, what + "lse");
+    ExpectClose(gpu.out, out, 1e-5, what + "out");
+    ExpectClose(gpu.lse, lse, 1e-5, what + "lse");
     // dq and dk against the largest of the three gradients: at T = 1 they are
     // zero in exact arithmetic, and the CPU's delta_i = dout_i . out_i
     // cancels P dP only to rounding.
@@ -281,9 +307,9 @@ class CudaAttentionTest : public CudaVsCpuTest {
     for (const FVec* t : {&dq, &dk, &dv}) {
       for (float x : *t) g = std::max(g, std::abs(static_cast<double>(x)));
     }
-    ExpectNear(Down(gdq, n), ToDouble(dq), 1e-5, 1e-5 * g, what + "dq");
-    ExpectNear(Down(gdk, n), ToDouble(dk), 1e-5, 1e-5 * g, what + "dk");
-    ExpectClose(Down(gdv, n), dv, 1e-5, what + "dv");
+    ExpectNear(gpu.dq, ToDouble(dq), 1e-5, 1e-5 * g, what + "dq");
+    ExpectNear(gpu.dk, ToDouble(dk), 1e-5, 1e-5 * g, what + "dk");
+    ExpectClose(gpu.dv, dv, 1e-5, what + "dv");
   }
 };
 
@@ -336,55 +362,26 @@ TEST_F(CudaAttentionTest, DecodeMatchesCpu) {
 // the fp32 sums. lse involves no rounding to the operand type: 1e-5 as fp32.
 // A wrong mask, scale or dropout multiplier moves elements by far more than
 // u times their terms.
-struct TcAttentionCase {
-  int B, T, C, NH;
-};
-
-class CudaTensorCoreAttentionTest : public CudaVsCpuTest {
+class CudaTensorCoreAttentionTest : public AttentionVsCpuTest {
  protected:
-  struct Inputs {
-    FVec q, k, v, dout;
-  };
-  struct Outputs {
-    FVec out, lse, dq, dk, dv;
-  };
 
   FVec Grid(size_t n, double step, double bound) {
     FVec x = Rand(n, -bound, bound);
     for (float& f : x) f = static_cast<float>(std::round(f / step) * step);
     return x;
   }
-  Inputs MakeInputs(const TcAttentionCase& c) {
+  Inputs MakeInputs(const AttentionCase& c) {
     const size_t n = size_t(c.B) * c.T * c.C;
     return {Grid(n, 1.0 / 64, 2), Grid(n, 1.0 / 64, 2), Grid(n, 1.0 / 128, 1),
             Grid(n, 1.0 / 128, 1)};
   }
 
   // Forward then backward on the GPU backend at `precision`.
-  Outputs RunGpu(const TcAttentionCase& c, const Inputs& in, const DropoutSpec& dropout,
+  Outputs RunGpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout,
                  MatmulPrecision precision) {
     gpu_->SetMatmulPrecision(precision);
-    const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
-    Buffer gq = Up(in.q), gk = Up(in.k), gv = Up(in.v), gdout = Up(in.dout);
-    Buffer gout(gpu_.get(), n * 4), glse(gpu_.get(), nl * 4);
-    Buffer gdq(gpu_.get(), n * 4), gdk(gpu_.get(), n * 4), gdv(gpu_.get(), n * 4);
-    gpu_->AttentionForward(gout.f32(), glse.f32(), gq.f32(), gk.f32(), gv.f32(), c.B, c.T, c.C,
-                           c.NH, dropout);
-    gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32(), gq.f32(), gk.f32(),
-                            gv.f32(), gout.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
-    Outputs o{Down(gout, n), Down(glse, nl), Down(gdq, n), Down(gdk, n), Down(gdv, n)};
+    Outputs o = AttentionVsCpuTest::RunGpu(c, in, dropout);
     gpu_->SetMatmulPrecision(MatmulPrecision::kFp32);
-    return o;
-  }
-
-  Outputs RunCpu(const TcAttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
-    const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
-    Outputs o{FVec(n), FVec(nl), FVec(n), FVec(n), FVec(n)};
-    cpu_->AttentionForward(o.out.data(), o.lse.data(), in.q.data(), in.k.data(), in.v.data(), c.B,
-                           c.T, c.C, c.NH, dropout);
-    cpu_->AttentionBackward(o.dq.data(), o.dk.data(), o.dv.data(), in.dout.data(), in.q.data(),
-                            in.k.data(), in.v.data(), o.out.data(), o.lse.data(), c.B, c.T, c.C,
-                            c.NH, dropout);
     return o;
   }
 
@@ -393,7 +390,7 @@ class CudaTensorCoreAttentionTest : public CudaVsCpuTest {
   struct Sums {
     std::vector<double> p_row, ds_row, p_col, ds_col;  // [B][T][NH]
   };
-  static Sums RowSums(const TcAttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
+  static Sums RowSums(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
     const int hs = c.C / c.NH, T = c.T;
     const size_t rows = size_t(c.B) * T * c.NH;
     Sums s{std::vector<double>(rows), std::vector<double>(rows), std::vector<double>(rows),
@@ -439,7 +436,7 @@ class CudaTensorCoreAttentionTest : public CudaVsCpuTest {
   // |got - want| <= per_sum * sums[row, head] + slack, element by element
   // of a [B,T,C] tensor (per_sum: u times the operand's largest magnitude).
   static void ExpectWithin(const FVec& got, const FVec& want, const std::vector<double>& sums,
-                           double per_sum, double slack, const TcAttentionCase& c,
+                           double per_sum, double slack, const AttentionCase& c,
                            const std::string& what) {
     ASSERT_EQ(got.size(), want.size()) << what;
     const int hs = c.C / c.NH;
@@ -463,7 +460,7 @@ class CudaTensorCoreAttentionTest : public CudaVsCpuTest {
     return m;
   }
 
-  void Check(const TcAttentionCase& c, const DropoutSpec& dropout, MatmulPrecision precision) {
+  void Check(const AttentionCase& c, const DropoutSpec& dropout, MatmulPrecision precision) {
     const Inputs in = MakeInputs(c);
     const Outputs gpu = RunGpu(c, in, dropout, precision);
     const Outputs cpu = RunCpu(c, in, dropout);
@@ -492,19 +489,19 @@ class CudaTensorCoreAttentionTest : public CudaVsCpuTest {
 // T = 37 and 70 (not multiples of the 64-row blocks and tiles) and 150 (three
 // blocks and tiles), T = 1, head sizes 16 .. 128, B and NH above 1; head size
 // 40 is not a multiple of 16 and takes the fp32 kernels.
-const TcAttentionCase kTcAttentionCases[] = {
+const AttentionCase kTcAttentionCases[] = {
     {2, 37, 64, 2}, {1, 150, 128, 1}, {2, 70, 96, 2},
     {1, 20, 16, 1}, {2, 1, 32, 2},    {1, 45, 80, 2}};
 
 TEST_F(CudaTensorCoreAttentionTest, MatchesCpuWithoutDropout) {
   for (MatmulPrecision p : {MatmulPrecision::kBf16, MatmulPrecision::kFp16}) {
-    for (const TcAttentionCase& c : kTcAttentionCases) Check(c, DropoutSpec{}, p);
+    for (const AttentionCase& c : kTcAttentionCases) Check(c, DropoutSpec{}, p);
   }
 }
 
 TEST_F(CudaTensorCoreAttentionTest, MatchesCpuWithDropout) {
   for (MatmulPrecision p : {MatmulPrecision::kBf16, MatmulPrecision::kFp16}) {
-    for (const TcAttentionCase& c : kTcAttentionCases) {
+    for (const AttentionCase& c : kTcAttentionCases) {
       Check(c, FixedDropout(0.2f, 99, 3, 4, 17), p);
     }
   }
@@ -516,8 +513,8 @@ TEST_F(CudaTensorCoreAttentionTest, MatchesCpuWithDropout) {
 // under MINGPT_CUDA_ATTENTION=fp32; the same bits twice (determinism).
 TEST_F(CudaTensorCoreAttentionTest, DispatchFallbackAndDeterminism) {
   const DropoutSpec drop = FixedDropout(0.1f, 5, 6, 7, 8);
-  for (const TcAttentionCase& c : {TcAttentionCase{2, 70, 96, 2}, TcAttentionCase{1, 45, 80, 2},
-                                   TcAttentionCase{1, 9, 256, 1}}) {
+  for (const AttentionCase& c : {AttentionCase{2, 70, 96, 2}, AttentionCase{1, 45, 80, 2},
+                                AttentionCase{1, 9, 256, 1}}) {
     const Inputs in = MakeInputs(c);
     const bool tensor_cores = (c.C / c.NH) % 16 == 0 && c.C / c.NH <= 128;
     const std::string what = "C=" + std::to_string(c.C) + " NH=" + std::to_string(c.NH);
