@@ -119,8 +119,9 @@ class Backend {
   virtual void EncoderForward(float* out, const int32_t* idx, const float* wte,
                               const float* wpe, int B, int T, int C) = 0;
   // dwte[idx[b,t], :] += dout[b,t,:];  dwpe[t,:] += sum_b dout[b,t,:]      (+=)
+  // dwte has V rows: every idx in [0, V).
   virtual void EncoderBackward(float* dwte, float* dwpe, const float* dout,
-                               const int32_t* idx, int B, int T, int C) = 0;
+                               const int32_t* idx, int B, int T, int C, int V) = 0;
 
   // out = (x - mean) * rstd * w + b over the last dim, eps 1e-5; saves
   // mean[N] and rstd[N] for backward.                                       (=)

@@ -351,7 +351,7 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     const int u = layout_.stem_unit();
     UnitView G{params->Grads(u), &layout_.units()[u]};
     const float* de = branch_grad(EmbdSite());
-    be.EncoderBackward(G[kTokEmb], G[kPosEmb], de, d_idx, B, T, C);
+    be.EncoderBackward(G[kTokEmb], G[kPosEmb], de, d_idx, B, T, C, config_.vocab_size);
     params->GradsReady(u);
   }
   return static_cast<float>(sum / N);

@@ -93,7 +93,7 @@ TEST_F(CpuBackendTest, Encoder) {
   FVec dwte = g0.f, dwpe = p0.f;
   DVec dwte_ref = g0.d, dwpe_ref = p0.d;
   backend_.EncoderBackward(dwte.data(), dwpe.data(), dout.f.data(), idx.data(),
-                           B, T, C);
+                           B, T, C, V);
   EncoderBackward(dwte_ref.data(), dwpe_ref.data(), dout.d.data(), idx.data(),
                   B, T, C);
   ExpectClose(dwte, dwte_ref, "dwte");

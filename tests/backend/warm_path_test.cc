@@ -114,7 +114,7 @@ struct Workload {
     be.LayerNormBackward(dx.data(), dlnw.data(), dlnb.data(), dln.data(),
                          x.data(), lnw.data(), mean.data(), rstd.data(), N, C);
     be.EncoderBackward(dwte.data(), dwpe.data(), dx.data(), idx.data(), B, T,
-                       C);
+                       C, V);
     sumsq = be.SumSquares(dwte.data(), V * C);
     be.Scale(dwte.data(), V * C, 0.5f);
     be.AdamW(wte.data(), dwte.data(), m.data(), v.data(), V * C, 1e-3f, 0.9f,

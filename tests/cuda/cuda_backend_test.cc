@@ -73,21 +73,38 @@ TEST_F(CudaBackendTest, MemoryCopiesAndPinnedHost) {
   EXPECT_NE(pinned.as<void>(), nullptr);
 }
 
+// dwte is summed by token buckets (a counting sort of the rows, long buckets
+// in chunks of 32 rows); the cases reach each path: a few tokens with
+// buckets of hundreds of rows (many chunks, a partial last one), one token
+// for every row, a vocabulary far above the rows (most buckets empty, the
+// sort's groups capped by V), and buckets just either side of a chunk.
 TEST_F(CudaBackendTest, Encoder) {
-  const int B = 3, T = 37, C = 72, V = 5;  // few tokens: many repeats in dwte
-  IVec idx = RandInts(B * T, V);
-  FVec wte = Rand(V * C), wpe = Rand(T * C), dout = Rand(B * T * C);
-  FVec dwte0 = Rand(V * C), dwpe0 = Rand(T * C);
-  Buffer g_idx = Up(idx), g_wte = Up(wte), g_wpe = Up(wpe), g_dout = Up(dout);
-  Buffer g_out(gpu_.get(), B * T * C * 4), g_dwte = Up(dwte0), g_dwpe = Up(dwpe0);
-  gpu_->EncoderForward(g_out.f32(), g_idx.as<int32_t>(), g_wte.f32(), g_wpe.f32(), B, T, C);
-  gpu_->EncoderBackward(g_dwte.f32(), g_dwpe.f32(), g_dout.f32(), g_idx.as<int32_t>(), B, T, C);
-  FVec out(B * T * C), dwte = dwte0, dwpe = dwpe0;
-  cpu_->EncoderForward(out.data(), idx.data(), wte.data(), wpe.data(), B, T, C);
-  cpu_->EncoderBackward(dwte.data(), dwpe.data(), dout.data(), idx.data(), B, T, C);
-  EXPECT_EQ(Down(g_out, out.size()), out);  // one addition per element
-  ExpectClose(Down(g_dwte, dwte.size()), dwte, 1e-5, "dwte");
-  ExpectClose(Down(g_dwpe, dwpe.size()), dwpe, 1e-5, "dwpe");
+  struct Case {
+    int B, T, C, V;
+  };
+  for (const Case& k : {Case{3, 37, 72, 5}, Case{4, 300, 40, 3}, Case{2, 96, 130, 1},
+                        Case{1, 1, 8, 1}, Case{2, 50, 33, 50304}, Case{4, 2000, 8, 50304},
+                        Case{1, 64, 20, 2}, Case{1, 66, 20, 2}}) {
+    const int B = k.B, T = k.T, C = k.C, V = k.V;
+    IVec idx = RandInts(B * T, V);
+    FVec wte = Rand(int64_t{V} * C), wpe = Rand(T * C), dout = Rand(B * T * C);
+    FVec dwte0 = Rand(int64_t{V} * C), dwpe0 = Rand(T * C);
+    Buffer g_idx = Up(idx), g_wte = Up(wte), g_wpe = Up(wpe), g_dout = Up(dout);
+    Buffer g_out(gpu_.get(), B * T * C * 4), g_dwte = Up(dwte0), g_dwpe = Up(dwpe0);
+    gpu_->EncoderForward(g_out.f32(), g_idx.as<int32_t>(), g_wte.f32(), g_wpe.f32(), B, T, C);
+    gpu_->EncoderBackward(g_dwte.f32(), g_dwpe.f32(), g_dout.f32(), g_idx.as<int32_t>(), B, T, C,
+                          V);
+    FVec out(B * T * C), dwte = dwte0, dwpe = dwpe0;
+    cpu_->EncoderForward(out.data(), idx.data(), wte.data(), wpe.data(), B, T, C);
+    cpu_->EncoderBackward(dwte.data(), dwpe.data(), dout.data(), idx.data(), B, T, C, V);
+    const std::string at = " B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                           " C=" + std::to_string(C) + " V=" + std::to_string(V);
+    EXPECT_EQ(Down(g_out, out.size()), out) << at;  // one addition per element
+    // Sums of up to ~400 rows in another order: compared with the CPU's at
+    // the scale of the largest value.
+    ExpectClose(Down(g_dwte, dwte.size()), dwte, 1e-5, "dwte" + at);
+    ExpectClose(Down(g_dwpe, dwpe.size()), dwpe, 1e-5, "dwpe" + at);
+  }
 }
 
 TEST_F(CudaBackendTest, LayerNormForwardBackward) {
@@ -742,7 +759,8 @@ TEST_F(CudaBackendTest, SumSquaresInDouble) {
 // The same op on the same inputs twice gives the same bits: no atomics in
 // any reduction, and cuBLASLt kept from in-place split-K.
 TEST_F(CudaBackendTest, Deterministic) {
-  const int B = 2, T = 65, C = 128, NH = 2, V = 7, OC = 384;
+  // V = 3: buckets of ~43 rows, so dwte goes through chunk partials.
+  const int B = 2, T = 65, C = 128, NH = 2, V = 3, OC = 384;
   const int N = B * T;
   const DropoutSpec drop = FixedDropout(0.1f, 5, 6, 7, 8);
   FVec x = Rand(N * C), w = Rand(C), b = Rand(C), W = Rand(OC * C), dout = Rand(N * OC);
@@ -765,7 +783,7 @@ TEST_F(CudaBackendTest, Deterministic) {
     gpu_->AttentionForward(tmp.f32(), lse.f32(), gx.f32(), gx.f32(), gx.f32(), B, T, C, NH, drop);
     gpu_->AttentionBackward(dq.f32(), dk.f32(), dv.f32(), gx.f32(), gx.f32(), gx.f32(), gx.f32(),
                             tmp.f32(), lse.f32(), B, T, C, NH, drop);
-    gpu_->EncoderBackward(dwte.f32(), dwpe.f32(), gx.f32(), gidx.as<int32_t>(), B, T, C);
+    gpu_->EncoderBackward(dwte.f32(), dwpe.f32(), gx.f32(), gidx.as<int32_t>(), B, T, C, V);
     for (Buffer* z : {&dx, &dw, &db, &dW, &dbias, &dq, &dk, &dv, &dwte, &dwpe, &tmp, &lse}) {
       r.push_back(Down(*z, z->bytes() / 4));
     }

@@ -108,8 +108,8 @@ class RecordingBackend final : public Backend {
     inner_->EncoderForward(out, idx, wte, wpe, B, T, C);
   }
   void EncoderBackward(float* dwte, float* dwpe, const float* dout, const int32_t* idx, int B,
-                       int T, int C) override {
-    inner_->EncoderBackward(dwte, dwpe, dout, idx, B, T, C);
+                       int T, int C, int V) override {
+    inner_->EncoderBackward(dwte, dwpe, dout, idx, B, T, C, V);
   }
   void LayerNormForward(float* out, float* mean, float* rstd, const float* x, const float* w,
                         const float* b, int N, int C) override {

@@ -45,7 +45,7 @@ void CpuBackend::EncoderForward(float* out, const int32_t* idx,
   cpu::EncoderForward(out, idx, wte, wpe, B, T, C);
 }
 void CpuBackend::EncoderBackward(float* dwte, float* dwpe, const float* dout,
-                                 const int32_t* idx, int B, int T, int C) {
+                                 const int32_t* idx, int B, int T, int C, int /*V*/) {
   cpu::EncoderBackward(dwte, dwpe, dout, idx, B, T, C);
 }
 

@@ -42,7 +42,7 @@ class CpuBackend final : public Backend {
   void EncoderForward(float* out, const int32_t* idx, const float* wte,
                       const float* wpe, int B, int T, int C) override;
   void EncoderBackward(float* dwte, float* dwpe, const float* dout,
-                       const int32_t* idx, int B, int T, int C) override;
+                       const int32_t* idx, int B, int T, int C, int V) override;
   void LayerNormForward(float* out, float* mean, float* rstd, const float* x,
                         const float* w, const float* b, int N, int C) override;
   void ResidualLayerNormForward(float* sum, float* out, float* mean, float* rstd, const float* x,

@@ -134,8 +134,10 @@ class CudaBackend final : public Backend {
     cuda::EncoderForward(stream(), out, idx, wte, wpe, B, T, C);
   }
   void EncoderBackward(float* dwte, float* dwpe, const float* dout, const int32_t* idx, int B,
-                       int T, int C) override {
-    cuda::EncoderBackward(stream(), dwte, dwpe, dout, idx, B, T, C);
+                       int T, int C, int V) override {
+    const int64_t N = int64_t{B} * T;
+    cuda::EncoderBackward(stream(), dwte, dwpe, dout, idx, B, T, C, V,
+                          token_buckets_.Reserve(cuda::EncoderBackwardScratchBytes(N, C, V)));
   }
   void LayerNormForward(float* out, float* mean, float* rstd, const float* x, const float* w,
                         const float* b, int N, int C) override {
@@ -272,6 +274,7 @@ class CudaBackend final : public Backend {
   Transfer next_transfer_ = 1;
   LtMatmul matmul_;
   DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
+  DeviceScratch token_buckets_;    // EncoderBackward's sort of the rows by token
   DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
   DeviceScratch operand_staging_;  // OperandStaging
   DeviceScratch sum_squares_;      // partials and the result

@@ -62,13 +62,216 @@ __global__ void EncoderForwardKernel(float* out, const int32_t* idx, const float
   }
 }
 
-// One thread per channel walks the rows in order (as the CPU does): rows
-// with the same token add into the same dwte row without a race.
-__global__ void EncoderBackwardWteKernel(float* dwte, const float* dout, const int32_t* idx,
-                                         int64_t N, int C) {
-  const int64_t c = GlobalIndex();
+// dwte: the rows of each token summed in a fixed order, in parallel and
+// without atomics (as PyTorch's deterministic embedding backward does). One
+// thread per channel walking all N rows, as the CPU does, would leave the GPU
+// idle: C / 128 blocks, each N dependent read-modify-writes of global memory,
+// milliseconds a step at N = 16K. Instead:
+//   1. a stable counting sort of the rows by token: the rows are cut into G
+//      groups; TokenCount counts each group's rows of each token
+//      (counts[g][v]), TokenColumnScan turns the counts into each group's
+//      start within its token, TokenOffsets finds where each token's rows
+//      begin (offsets[v], an exclusive scan) and TokenScatter writes the row
+//      numbers in token order, ascending within a token (order[N]);
+//   2. a token of more than kBucketChunk rows is cut into chunks of
+//      kBucketChunk rows (chunk_offsets[v], an exclusive scan), which
+//      TokenChunkSum sums in row order into partials, one block per chunk;
+//   3. TokenRowSum adds each token's sum to its dwte row: its rows in order,
+//      or its chunks' partials in order.
+// Every sum has an order fixed by the tokens, so the bits repeat; they differ
+// from the CPU's serial sums by rounding only.
+constexpr int kBucketChunk = 32;              // rows a chunk of a token sums
+constexpr int64_t kBucketCountCells = 1 << 22;  // the most counts[g][v] (16 MiB)
+constexpr int kBucketThreads = 128;           // channels a block sums at once
+
+struct TokenBuckets {
+  int64_t groups, rows_per_group, max_chunks;
+  size_t counts, totals, offsets, chunk_offsets, order, partials, bytes;  // byte offsets; size
+};
+
+TokenBuckets PlanTokenBuckets(int64_t N, int C, int V) {
+  TokenBuckets p{};
+  // Each group's thread counts and scatters its rows one after another, and
+  // each token's thread scans the groups one after another: about sqrt(N)
+  // of each balances the two (128 at N = 16K), within the count cells.
+  const int64_t rows = std::max<int64_t>(32, std::llround(std::sqrt(static_cast<double>(N))));
+  const int64_t most_groups = std::max<int64_t>(1, kBucketCountCells / V);
+  p.groups = std::clamp<int64_t>((N + rows - 1) / rows, 1, most_groups);
+  p.rows_per_group = (N + p.groups - 1) / p.groups;
+  // A token of t > kBucketChunk rows has ceil(t / kBucketChunk) < 2 t / kBucketChunk chunks.
+  p.max_chunks = (2 * N + kBucketChunk - 1) / kBucketChunk;
+  auto take = [&](int64_t bytes) {
+    const size_t at = p.bytes;
+    p.bytes += (static_cast<size_t>(bytes) + 255) / 256 * 256;
+    return at;
+  };
+  p.counts = take(p.groups * V * 4);
+  p.totals = take(int64_t{V} * 4);
+  p.offsets = take((int64_t{V} + 1) * 4);
+  p.chunk_offsets = take((int64_t{V} + 1) * 4);
+  p.order = take(N * 4);
+  p.partials = take(p.max_chunks * C * 4);
+  return p;
+}
+
+// counts[g][v] = the rows of group g (rows [g S, (g+1) S)) that hold token v;
+// a token outside [0, V) traps.
+__global__ void TokenCountKernel(int32_t* counts, const int32_t* idx, int64_t N, int V, int64_t S,
+                                 int64_t groups) {
+  const int64_t g = GlobalIndex();
+  if (g >= groups) return;
+  int32_t* count = counts + g * V;
+  for (int64_t n = g * S, end = std::min<int64_t>(N, n + S); n < end; ++n) {
+    const int32_t v = idx[n];
+    if (v < 0 || v >= V) __trap();
+    ++count[v];
+  }
+}
+
+// counts[g][v] becomes the rows of token v in the groups before g; the
+// column's total goes to totals[v].
+__global__ void TokenColumnScanKernel(int32_t* counts, int32_t* totals, int64_t groups, int V) {
+  constexpr int kAhead = 8;  // loads in flight before their stores
+  for (int64_t v = GlobalIndex(); v < V; v += GlobalStride()) {
+    int32_t run = 0;
+    for (int64_t g0 = 0; g0 < groups; g0 += kAhead) {
+      int32_t k[kAhead];
+      for (int i = 0; i < kAhead; ++i) k[i] = g0 + i < groups ? counts[(g0 + i) * V + v] : 0;
+      for (int i = 0; i < kAhead && g0 + i < groups; ++i) {
+        counts[(g0 + i) * V + v] = run;
+        run += k[i];
+      }
+    }
+    totals[v] = run;
+  }
+}
+
+// Exclusive prefix sum over the block's threads; `smem` holds 2 blockDim.x
+// values. Integer sums, exact in any order.
+__device__ inline int32_t BlockExclusiveScan(int32_t v, int32_t* smem) {
+  const int t = threadIdx.x, n = blockDim.x;
+  int32_t* in = smem;
+  int32_t* out = smem + n;
+  __syncthreads();  // smem may still be read by a previous call
+  in[t] = v;
+  __syncthreads();
+  for (int d = 1; d < n; d *= 2) {
+    out[t] = in[t] + (t >= d ? in[t - d] : 0);
+    __syncthreads();
+    int32_t* swap = in;
+    in = out;
+    out = swap;
+  }
+  return in[t] - v;
+}
+
+// The sum, in order, of dout[order[i]][c] for i in [first, last): the loads
+// run ahead of the additions, which keep their order.
+__device__ inline float SumRows(const float* dout, const int32_t* order, int64_t first,
+                                int64_t last, int C, int c) {
+  constexpr int kAhead = 4;
+  float acc = 0;
+  for (int64_t i = first; i < last; i += kAhead) {
+    float x[kAhead];
+    for (int k = 0; k < kAhead; ++k) {
+      x[k] = i + k < last ? dout[int64_t{order[i + k]} * C + c] : 0.0f;
+    }
+    for (int k = 0; k < kAhead && i + k < last; ++k) acc += x[k];
+  }
+  return acc;
+}
+
+__device__ inline int32_t TokenChunks(int32_t rows) {
+  return rows > kBucketChunk ? (rows + kBucketChunk - 1) / kBucketChunk : 0;
+}
+
+// One block: offsets[v] = sum_{u<v} totals[u], and chunk_offsets[v] the same
+// over TokenChunks(totals[u]), each for v in [0, V].
+__global__ void __launch_bounds__(1024)
+    TokenOffsetsKernel(int32_t* offsets, int32_t* chunk_offsets, const int32_t* totals, int V) {
+  __shared__ int32_t smem[2 * 1024];
+  const int64_t per = (int64_t{V} + blockDim.x - 1) / blockDim.x;
+  const int64_t v0 = std::min<int64_t>(V, threadIdx.x * per), v1 = std::min<int64_t>(V, v0 + per);
+  int32_t rows = 0, chunks = 0;
+  for (int64_t v = v0; v < v1; ++v) {
+    rows += totals[v];
+    chunks += TokenChunks(totals[v]);
+  }
+  int32_t row_at = BlockExclusiveScan(rows, smem);
+  int32_t chunk_at = BlockExclusiveScan(chunks, smem);
+  for (int64_t v = v0; v < v1; ++v) {
+    offsets[v] = row_at;
+    chunk_offsets[v] = chunk_at;
+    row_at += totals[v];
+    chunk_at += TokenChunks(totals[v]);
+  }
+  if (threadIdx.x == blockDim.x - 1) {
+    offsets[V] = row_at;
+    chunk_offsets[V] = chunk_at;
+  }
+}
+
+// order[offsets[v] + i] = the i-th row (ascending) holding token v.
+__global__ void TokenScatterKernel(int32_t* order, int32_t* counts, const int32_t* offsets,
+                                   const int32_t* idx, int64_t N, int V, int64_t S,
+                                   int64_t groups) {
+  const int64_t g = GlobalIndex();
+  if (g >= groups) return;
+  int32_t* before = counts + g * V;
+  for (int64_t n = g * S, end = std::min<int64_t>(N, n + S); n < end; ++n) {
+    const int32_t v = idx[n];
+    order[offsets[v] + before[v]++] = static_cast<int32_t>(n);
+  }
+}
+
+// partials[j][c], for each chunk j of a token v with more than kBucketChunk
+// rows (j = chunk_offsets[v] + k): the sum of the token's rows
+// order[offsets[v] + k kBucketChunk ...] in row order. Blocks stride over the
+// chunks; blockIdx.y picks kBucketThreads channels.
+__global__ void TokenChunkSumKernel(float* partials, const float* dout, const int32_t* order,
+                                    const int32_t* offsets, const int32_t* chunk_offsets, int V,
+                                    int C) {
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  for (int64_t n = 0; n < N; ++n) dwte[static_cast<int64_t>(idx[n]) * C + c] += dout[n * C + c];
+  const int32_t chunks = chunk_offsets[V];
+  for (int32_t j = blockIdx.x; j < chunks; j += gridDim.x) {
+    // The token of chunk j: the last v with chunk_offsets[v] <= j (a token
+    // without chunks shares its offset with the next, so the last one's
+    // range [chunk_offsets[v], chunk_offsets[v + 1]) holds j).
+    int lo = 0, hi = V - 1;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo + 1) / 2;
+      if (chunk_offsets[mid] <= j) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int64_t first = offsets[lo] + int64_t{j - chunk_offsets[lo]} * kBucketChunk;
+    const int64_t last = std::min<int64_t>(first + kBucketChunk, offsets[lo + 1]);
+    partials[int64_t{j} * C + c] = SumRows(dout, order, first, last, C, c);
+  }
+}
+
+// dwte[v][c] += the sum of token v's rows: the rows themselves in order, or
+// the token's chunk partials in order. Blocks stride over the tokens.
+__global__ void TokenRowSumKernel(float* dwte, const float* partials, const float* dout,
+                                  const int32_t* order, const int32_t* offsets,
+                                  const int32_t* chunk_offsets, int V, int C) {
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int v = blockIdx.x; v < V; v += gridDim.x) {
+    const int32_t r0 = offsets[v], r1 = offsets[v + 1];
+    if (r0 == r1) continue;
+    const int32_t j0 = chunk_offsets[v], j1 = chunk_offsets[v + 1];
+    float acc = 0;
+    if (j0 == j1) {
+      acc = SumRows(dout, order, r0, r1, C, c);
+    } else {
+      for (int32_t j = j0; j < j1; ++j) acc += partials[int64_t{j} * C + c];
+    }
+    dwte[int64_t{v} * C + c] += acc;
+  }
 }
 
 __global__ void EncoderBackwardWpeKernel(float* dwpe, const float* dout, int B, int T, int C) {
@@ -384,11 +587,46 @@ void EncoderForward(cudaStream_t stream, float* out, const int32_t* idx, const f
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
+size_t EncoderBackwardScratchBytes(int64_t N, int C, int V) {
+  return PlanTokenBuckets(N, C, V).bytes;
+}
+
 void EncoderBackward(cudaStream_t stream, float* dwte, float* dwpe, const float* dout,
-                     const int32_t* idx, int B, int T, int C) {
-  if (int64_t{B} * T * C == 0) return;
-  MINGPT_LAUNCH(EncoderBackwardWteKernel, (C + 127) / 128, 128, 0, stream, dwte, dout, idx,
-                int64_t{B} * T, C);
+                     const int32_t* idx, int B, int T, int C, int V, void* scratch) {
+  const int64_t N = int64_t{B} * T;
+  if (N * C == 0) return;
+  MINGPT_CHECK(V > 0 && N < (int64_t{1} << 31), "EncoderBackward: V %d, %lld rows", V,
+               static_cast<long long>(N));
+  const TokenBuckets p = PlanTokenBuckets(N, C, V);
+  char* base = static_cast<char*>(scratch);
+  auto* counts = reinterpret_cast<int32_t*>(base + p.counts);
+  auto* offsets = reinterpret_cast<int32_t*>(base + p.offsets);
+  auto* chunk_offsets = reinterpret_cast<int32_t*>(base + p.chunk_offsets);
+  auto* order = reinterpret_cast<int32_t*>(base + p.order);
+  auto* partials = reinterpret_cast<float*>(base + p.partials);
+  auto* totals = reinterpret_cast<int32_t*>(base + p.totals);
+  MINGPT_CUDA_CHECK(cudaMemsetAsync(counts, 0, static_cast<size_t>(p.groups) * V * 4, stream));
+  const unsigned group_blocks = static_cast<unsigned>((p.groups + 127) / 128);
+  MINGPT_LAUNCH(TokenCountKernel, group_blocks, 128, 0, stream, counts, idx, N, V,
+                p.rows_per_group, p.groups);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(TokenColumnScanKernel, Blocks(V), kThreads, 0, stream, counts, totals, p.groups,
+                V);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(TokenOffsetsKernel, 1, 1024, 0, stream, offsets, chunk_offsets, totals, V);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(TokenScatterKernel, group_blocks, 128, 0, stream, order, counts, offsets, idx, N, V,
+                p.rows_per_group, p.groups);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  const unsigned channel_tiles = static_cast<unsigned>((C + kBucketThreads - 1) / kBucketThreads);
+  MINGPT_LAUNCH(TokenChunkSumKernel,
+                dim3(static_cast<unsigned>(std::clamp<int64_t>(p.max_chunks, 1, 4096)),
+                     channel_tiles),
+                kBucketThreads, 0, stream, partials, dout, order, offsets, chunk_offsets, V, C);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(TokenRowSumKernel,
+                dim3(static_cast<unsigned>(std::min(V, 4096)), channel_tiles), kBucketThreads, 0,
+                stream, dwte, partials, dout, order, offsets, chunk_offsets, V, C);
   MINGPT_CUDA_CHECK_LAUNCH();
   MINGPT_LAUNCH(EncoderBackwardWpeKernel, Blocks(int64_t{T} * C), kThreads, 0, stream, dwpe, dout,
                 B, T, C);

@@ -21,8 +21,11 @@ namespace mingpt::cuda {
 // ---- encoder (cpu/encoder.h) ----------------------------------------------
 void EncoderForward(cudaStream_t stream, float* out, const int32_t* idx, const float* wte,
                     const float* wpe, int B, int T, int C);
+// dwte has V rows; `scratch` holds EncoderBackwardScratchBytes(B T, C, V)
+// bytes. A token outside [0, V) traps the kernel.
 void EncoderBackward(cudaStream_t stream, float* dwte, float* dwpe, const float* dout,
-                     const int32_t* idx, int B, int T, int C);
+                     const int32_t* idx, int B, int T, int C, int V, void* scratch);
+size_t EncoderBackwardScratchBytes(int64_t N, int C, int V);
 
 // ---- layernorm (cpu/layernorm.h) ------------------------------------------
 void LayerNormForward(cudaStream_t stream, float* out, float* mean, float* rstd, const float* x,
