@@ -14,6 +14,8 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "dist/agree.h"
+#include "dist/launch.h"
 
 namespace {
 
@@ -94,6 +96,9 @@ int main(int argc, char** argv) {
       } catch (const std::exception& e) {
         status = mingpt::Status::Error(std::string("internal error: ") + e.what());
       }
+      // A rank that stopped because another failed says nothing: that rank
+      // reports (dist/launch.h, MpirunErrFilter).
+      if (mingpt::IsPeerFailure(status)) return mingpt::PeerFailureExitCode();
       if (!status.ok()) {
         std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());
         return 1;

@@ -122,7 +122,8 @@ Command AddEvaluate(CLI::App* app) {
                             MakeStrategy(strategy, device.backend.get(), gpt.layout(),
                                          device.comms(comm.get()), /*training=*/false));
     MINGPT_RETURN_IF_ERROR(AgreeOnCheckpointVersion(comm.get(), &ckpt));
-    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm.get(), LoadTrainingState(ckpt, gpt.layout(), params.get(), /*with_optimizer=*/false)));
+    MINGPT_RETURN_IF_ERROR(LoadTrainingState(ckpt, gpt.layout(), params.get(), comm.get(),
+                                             /*with_optimizer=*/false));
     EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
     if (comm->rank() != 0) return Status::Ok();
     const double ppl = std::exp(r.loss), bpc = r.loss / std::log(2.0);

@@ -4,6 +4,7 @@
 #include "dist/launch.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -314,7 +315,7 @@ Argv MakeArgv(std::vector<std::string> strings) {
 }
 
 // In the forked child: only async-signal-safe calls until execv.
-[[noreturn]] void ExecMpirun(const Argv& argv, pid_t parent) {
+[[noreturn]] void ExecMpirun(const Argv& argv, pid_t parent, int err) {
   ::setpgid(0, 0);
   ::prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
   if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
@@ -323,28 +324,144 @@ Argv MakeArgv(std::vector<std::string> strings) {
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   const int devnull = ::open("/dev/null", O_RDONLY);
   if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+  ::dup2(err, STDERR_FILENO);  // the pipe to the launcher (dup2 clears O_CLOEXEC)
   ::execv(argv.pointers[0], argv.pointers.data());
   ::_exit(127);
 }
 
-// Waits for mpirun, forwarding the signals RecordSignal saw; its wait status.
-StatusOr<int> WaitForwardingSignals(pid_t pid) {
+enum class Pumped { kData, kNothing, kEnd };
+
+// Passes what `fd` (non-blocking) holds through the filter, waiting up to
+// `wait_ms` for something to come.
+Pumped PumpErr(int fd, int wait_ms, MpirunErrFilter* filter) {
+  pollfd p = {fd, POLLIN, 0};
+  if (::poll(&p, 1, wait_ms) <= 0) return Pumped::kNothing;  // (or EINTR)
+  Pumped result = Pumped::kNothing;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      filter->Feed(std::string_view(buf, static_cast<size_t>(n)));
+      result = Pumped::kData;
+      continue;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) return Pumped::kEnd;
+    return result;
+  }
+}
+
+// Waits for mpirun, forwarding the signals RecordSignal saw and passing its
+// standard error (the read end `err`) through the filter; its wait status.
+StatusOr<int> WaitForwardingSignals(pid_t pid, int err, MpirunErrFilter* filter) {
   int forwarded = 0;
+  bool open = true;
   while (true) {
     int status = 0;
     const pid_t done = ::waitpid(pid, &status, WNOHANG);
-    if (done == pid) return status;
+    if (done == pid) {
+      // What the ranks and mpirun wrote last, to the end of the pipe. A
+      // process left holding it (mpirun killed before its ranks) must not
+      // hold the launcher: it stops after 2 s with nothing new.
+      while (open && PumpErr(err, 2000, filter) == Pumped::kData) {
+      }
+      filter->Finish();
+      return status;
+    }
     if (done < 0 && errno != EINTR) {
+      filter->Finish();
       return Status::Error(std::string("waiting for mpirun: ") + std::strerror(errno));
     }
     for (const int count = g_signal_count.load(); forwarded < count; ++forwarded) {
       ForwardSignal(pid, g_last_signal.load(), forwarded == 0);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (open) {
+      open = PumpErr(err, 20, filter) != Pumped::kEnd;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
 }
 
+bool IsRuler(std::string_view line) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  return line.size() >= 20 && line.find_first_not_of('-') == std::string_view::npos;
+}
+
+// OpenMPI's banners on a rank's non-zero exit (help-errmgr-base.txt of 4.x).
+bool IsExitBanner(std::string_view block) {
+  const bool aborted = block.find("non-zero exit code") != std::string_view::npos &&
+                       block.find("the job has been aborted") != std::string_view::npos;
+  const bool detected =
+      block.find("exited with non-zero status") != std::string_view::npos;
+  return aborted || detected;
+}
+
+constexpr std::string_view kErrorLine = "mingpt: error: ";
+
 }  // namespace
+
+void MpirunErrFilter::Feed(std::string_view data) {
+  while (!data.empty()) {
+    const size_t nl = data.find('\n');
+    const std::string_view piece = data.substr(0, nl == std::string_view::npos ? data.size() : nl + 1);
+    data.remove_prefix(piece.size());
+    if (line_start_.size() < kErrorLine.size()) {
+      line_start_.append(piece.substr(0, kErrorLine.size() - line_start_.size()));
+    }
+    const bool ends = piece.back() == '\n';
+    if (line_passed_) {
+      out_(piece);  // the rest of a line that went out in part
+    } else {
+      line_ += piece;
+      if (ends) {
+        Line(line_);
+      } else if (block_.empty() && line_.find_first_not_of('-') != std::string::npos) {
+        out_(line_);  // not a ruler, nor inside a banner: out now
+        line_passed_ = true;
+      }
+    }
+    if (ends) {
+      if (line_start_ == kErrorLine) error_line_ = true;
+      line_.clear();
+      line_start_.clear();
+      line_passed_ = false;
+    }
+  }
+}
+
+void MpirunErrFilter::Line(std::string_view line) {
+  if (block_.empty()) {
+    if (IsRuler(line)) {
+      block_ = line;
+    } else {
+      out_(line);
+    }
+    return;
+  }
+  block_ += line;
+  if (!IsRuler(line)) return;
+  if (IsExitBanner(block_)) {
+    exit_banners_.push_back(std::move(block_));
+  } else {
+    out_(block_);
+  }
+  block_.clear();
+}
+
+void MpirunErrFilter::Finish() {
+  if (!line_passed_) block_ += line_;  // an unfinished banner, or a last line without '\n'
+  line_.clear();
+  line_start_.clear();
+  line_passed_ = false;
+  if (!error_line_) {
+    for (const std::string& banner : exit_banners_) out_(banner);
+  }
+  exit_banners_.clear();
+  if (!block_.empty()) out_(block_);
+  block_.clear();
+}
+
+int PeerFailureExitCode() { return std::getenv(kLaunchedRanksEnv) != nullptr ? 0 : 1; }
 
 MpiEnvironment DetectMpiEnvironment() {
   for (auto detect : {FromOpenMpi, FromSlurmStep, FromPmi, FromPmix}) {
@@ -394,13 +511,29 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
   MINGPT_ASSIGN_OR_RETURN(std::vector<std::string> command, MpirunCommand(ranks, args));
   const Argv argv = MakeArgv(std::move(command));
   ::setenv(kLaunchedRanksEnv, "1", 1);  // inherited by mpirun and its ranks
+  int err[2];
+  if (::pipe2(err, O_CLOEXEC) != 0) {
+    return Status::Error(std::string("cannot start mpirun: ") + std::strerror(errno));
+  }
   ScopedSignalRecorder recorder;  // before fork: no signal is lost
   std::fflush(nullptr);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
-  if (pid < 0) return Status::Error(std::string("cannot start mpirun: ") + std::strerror(errno));
-  if (pid == 0) ExecMpirun(argv, parent);
-  MINGPT_ASSIGN_OR_RETURN(const int status, WaitForwardingSignals(pid));
+  if (pid < 0) {
+    ::close(err[0]);
+    ::close(err[1]);
+    return Status::Error(std::string("cannot start mpirun: ") + std::strerror(errno));
+  }
+  if (pid == 0) ExecMpirun(argv, parent, err[1]);
+  ::close(err[1]);
+  ::fcntl(err[0], F_SETFL, ::fcntl(err[0], F_GETFL) | O_NONBLOCK);
+  MpirunErrFilter filter([](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stderr);
+    std::fflush(stderr);
+  });
+  StatusOr<int> waited = WaitForwardingSignals(pid, err[0], &filter);
+  ::close(err[0]);
+  MINGPT_ASSIGN_OR_RETURN(const int status, std::move(waited));
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return WEXITSTATUS(status);
 }

@@ -41,7 +41,9 @@
 // after Slurm's KillWait (30 s by default).
 #pragma once
 
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/status.h"
@@ -87,10 +89,51 @@ MpiEnvironment DetectMpiEnvironment();
 StatusOr<std::vector<std::string>> MpirunCommand(int ranks, const std::vector<std::string>& args);
 
 // Runs MpirunCommand(ranks, args) (args: this process's argv[1..]) and waits
-// for it, forwarding SIGINT/SIGTERM as described above. Returns mpirun's
-// exit code, 128 + the signal if a signal ended it. Errors: those of
-// MpirunCommand, already being a rank of an MPI job, fork failure.
+// for it, forwarding SIGINT/SIGTERM as described above. mpirun's standard
+// error (its own and the ranks') passes through MpirunErrFilter. Returns
+// mpirun's exit code, 128 + the signal if a signal ended it. Errors: those
+// of MpirunCommand, already being a rank of an MPI job, fork failure.
 StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args);
+
+// A job that fails prints one line, as one process does. A rank that fails
+// prints "mingpt: error: ..." and exits 1; in a job RunUnderMpirun started,
+// the ranks that stop because of it (an error every rank agreed on) exit 0
+// quietly, so that mpirun does not abort the job, and kill the reporting
+// rank, before that rank has printed its line. mpirun, seeing the non-zero
+// exit, then prints two banners saying so ("Primary job terminated
+// normally, but 1 process returned a non-zero exit code..." and "mpirun
+// detected that one or more processes exited with non-zero status..."),
+// which repeat the error line in OpenMPI's words: MpirunErrFilter, through
+// which RunUnderMpirun passes mpirun's standard error, holds such banners
+// (a block between two lines of dashes) until mpirun ends and drops them
+// if a "mingpt: error: " line came through. Everything else passes as it
+// arrives, partial lines too (a progress bar's), and so does every banner
+// of a job that printed no error line, or of a rank killed by a signal.
+class MpirunErrFilter {
+ public:
+  explicit MpirunErrFilter(std::function<void(std::string_view)> out) : out_(std::move(out)) {}
+  void Feed(std::string_view data);
+  // At mpirun's end: what is held goes out, less the exit banners if an
+  // error line came through.
+  void Finish();
+
+ private:
+  void Line(std::string_view line);  // a whole line, with its '\n'
+
+  std::function<void(std::string_view)> out_;
+  std::string line_;           // the current line's start, held (it may be a ruler)
+  bool line_passed_ = false;   // the current line's start went out already
+  std::string line_start_;     // its first bytes, to recognise an error line
+  std::string block_;          // a banner being read, from its first ruler
+  std::vector<std::string> exit_banners_;  // held to the end
+  bool error_line_ = false;    // a "mingpt: error: " line came through
+};
+
+// Whether a rank stopped only because another rank failed (that rank
+// reports) exits quietly with 0 (in a job RunUnderMpirun started: see
+// MpirunErrFilter) or 1 (under any other launcher, whose exit status is the
+// job's).
+int PeerFailureExitCode();
 
 // Cores for one rank's threads: the CPUs this process may run on
 // (sched_getaffinity) divided by env.local_size, at least 1. (Under a

@@ -176,4 +176,34 @@ uint32_t Crc32c(const void* data, size_t n, uint32_t crc) {
   return hardware ? crc32c_internal::Sse42(data, n, crc) : crc32c_internal::Portable(data, n, crc);
 }
 
+// The register update is affine in the register: after bytes B from
+// register s it is Z(s) ^ (the register after B from 0), where Z is the
+// linear map of |B| zero bytes. With the initial and final inversions this
+// gives Crc32c(A then B) = Z(Crc32c(A)) ^ Crc32c(B). Z for n bytes is the
+// one-byte map raised to the n-th power by squaring: a map is the images of
+// the 32 register bits.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  using Map = std::array<uint32_t, 32>;
+  auto apply = [](const Map& m, uint32_t x) {
+    uint32_t y = 0;
+    for (int j = 0; x != 0; ++j, x >>= 1) {
+      if (x & 1) y ^= m[j];
+    }
+    return y;
+  };
+  Map power;  // zero bytes: 1, 2, 4, ...
+  const unsigned char zero = 0;
+  for (int j = 0; j < 32; ++j) power[j] = PortableBytes(uint32_t{1} << j, &zero, 1);
+  uint32_t s = crc_a;
+  for (uint64_t n = len_b; n != 0; n >>= 1) {
+    if (n & 1) s = apply(power, s);
+    if (n > 1) {
+      Map squared;
+      for (int j = 0; j < 32; ++j) squared[j] = apply(power, power[j]);
+      power = squared;
+    }
+  }
+  return s ^ crc_b;
+}
+
 }  // namespace mingpt

@@ -19,6 +19,11 @@ namespace mingpt {
 // Crc32c(anything, 0, c) == c; the CRC of no bytes is 0.
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// The CRC32C of A then B from Crc32c(A), Crc32c(B) and B's length, without
+// the bytes: for pieces of one tensor read in different places (different
+// ranks), whose checksums combine into the whole tensor's.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
 // The two implementations behind Crc32c, for tests and benchmarks.
 namespace crc32c_internal {
 uint32_t Portable(const void* data, size_t n, uint32_t crc);

@@ -546,16 +546,39 @@ Status SafetensorsFile::ChecksumError(const TensorInfo& info, uint32_t stored,
 }
 
 Status SafetensorsFile::ReadBytes(const TensorInfo& info, uint64_t begin, uint64_t size,
-                                  void* dst) const {
+                                  void* dst, uint32_t* crc_out) const {
   if (fd_ < 0) return Error("file is not open");
   // Only a read of the whole tensor can be checked against its checksum.
   const std::optional<uint32_t> stored =
       begin == 0 && size == info.byte_size() ? StoredCrc(info) : std::nullopt;
   uint32_t crc = 0;
   Status s = PreadAllWithCrc(fd_, dst, size, data_start_ + info.begin + begin,
-                             stored ? &crc : nullptr);
+                             stored || crc_out ? &crc : nullptr);
   if (!s.ok()) return Error("tensor '" + info.name + "': " + s.message());
   if (stored && crc != *stored) return ChecksumError(info, *stored, crc);
+  if (crc_out) *crc_out = crc;
+  return Status::Ok();
+}
+
+Status SafetensorsFile::CheckPieces(const std::string& name,
+                                    std::vector<TensorPiece> pieces) const {
+  const TensorInfo* info = Find(name);
+  if (info == nullptr) return Error("missing tensor '" + name + "'");
+  const std::optional<uint32_t> stored = StoredCrc(*info);
+  if (!stored || info->dtype != TensorDType::kF32) return Status::Ok();
+  std::sort(pieces.begin(), pieces.end(), [](const TensorPiece& a, const TensorPiece& b) {
+    return a.elem_offset < b.elem_offset;
+  });
+  uint32_t crc = 0;  // of elements [0, covered)
+  int64_t covered = 0;
+  for (const TensorPiece& p : pieces) {
+    if (p.count == 0) continue;
+    if (p.elem_offset != covered || p.count < 0) return Status::Ok();  // a gap or an overlap
+    crc = Crc32cCombine(crc, p.crc32c, static_cast<uint64_t>(p.count) * 4);
+    covered += p.count;
+  }
+  if (covered != info->numel) return Status::Ok();
+  if (crc != *stored) return ChecksumError(*info, *stored, crc);
   return Status::Ok();
 }
 
@@ -573,7 +596,7 @@ Status SafetensorsFile::ReadF32(const std::string& name, const std::vector<int64
 }
 
 Status SafetensorsFile::ReadF32Range(const std::string& name, int64_t elem_offset,
-                                     int64_t count, float* dst) const {
+                                     int64_t count, float* dst, uint32_t* crc) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) return Error("missing tensor '" + name + "'");
   if (info->dtype != TensorDType::kF32) {
@@ -584,9 +607,10 @@ Status SafetensorsFile::ReadF32Range(const std::string& name, int64_t elem_offse
     return Error("tensor '" + name + "': elements [" + std::to_string(elem_offset) + ", +" +
                  std::to_string(count) + ") lie outside its " + std::to_string(info->numel));
   }
+  if (crc) *crc = 0;  // of no bytes
   if (count == 0 && info->numel > 0) return Status::Ok();
   return ReadBytes(*info, static_cast<uint64_t>(elem_offset) * 4, static_cast<uint64_t>(count) * 4,
-                   dst);
+                   dst, crc);
 }
 
 Status SafetensorsFile::ReadI32(const std::string& name, const std::vector<int64_t>& expected_shape,

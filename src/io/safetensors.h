@@ -31,9 +31,11 @@
 // ReadF32Range of all the elements) against them: a mismatch is an error
 // naming the file and the tensor. A read of part of a tensor (ReadF32Range
 // of fewer elements, as a rank reads its slice when resuming at another
-// world size) is NOT checked: that would take reading the whole tensor.
-// Files without the keys (older checkpoints, files written by PyTorch) read
-// as before, unchecked.
+// world size) cannot be checked alone; it returns its piece's CRC32C, and
+// CheckPieces checks the pieces that together cover the tensor (read by
+// several ranks: the CRC32Cs of pieces combine into the whole's without
+// their bytes, Crc32cCombine). Files without the keys (older checkpoints,
+// files written by PyTorch) read as before, unchecked.
 #pragma once
 
 #include <cstdint>
@@ -85,6 +87,14 @@ inline constexpr char kCrc32cMetadataPrefix[] = "crc32c.";
 // kCrc32cMetadataPrefix is refused.
 Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
+
+// A piece of a tensor as ReadF32Range read it: its elements, and the CRC32C
+// of their bytes.
+struct TensorPiece {
+  int64_t elem_offset = 0;
+  int64_t count = 0;
+  uint32_t crc32c = 0;
+};
 
 // One validated header entry. Offsets are relative to the data section.
 struct TensorInfo {
@@ -144,9 +154,17 @@ class SafetensorsFile {
   // Errors, each naming the file: missing tensor, dtype is not F32, the
   // range is negative or does not lie inside the tensor's numel elements,
   // short read (file truncated after Open), and a checksum mismatch when the
-  // range is the whole tensor; a smaller range is not checked.
-  Status ReadF32Range(const std::string& name, int64_t elem_offset, int64_t count,
-                      float* dst) const;
+  // range is the whole tensor; a smaller range is not checked here, but
+  // `crc`, when not null, receives the CRC32C of the bytes read, for
+  // CheckPieces.
+  Status ReadF32Range(const std::string& name, int64_t elem_offset, int64_t count, float* dst,
+                      uint32_t* crc = nullptr) const;
+  // Checks pieces of F32 tensor `name`, read apart (by ReadF32Range, in
+  // other processes too), against the tensor's checksum: pieces that cover
+  // the tensor once, in any order, combine into its checksum, and a
+  // mismatch is the error a whole read gives. Pieces that leave a gap or
+  // overlap, and a file without checksums, check nothing (Ok).
+  Status CheckPieces(const std::string& name, std::vector<TensorPiece> pieces) const;
   // As ReadF32 for token ids: accepts I32 storage, or I64 storage whose
   // values all fit in int32 (PyTorch's default integer dtype is int64). A
   // checksum mismatch is reported before a value that does not fit.
@@ -165,8 +183,10 @@ class SafetensorsFile {
   std::optional<uint32_t> StoredCrc(const TensorInfo& info) const;
   Status ChecksumError(const TensorInfo& info, uint32_t stored, uint32_t read) const;
   // Reads bytes [begin, begin + size) of a tensor's data into dst, checked
-  // against its checksum when they are the whole tensor.
-  Status ReadBytes(const TensorInfo& info, uint64_t begin, uint64_t size, void* dst) const;
+  // against its checksum when they are the whole tensor; `crc`, when not
+  // null, receives their CRC32C.
+  Status ReadBytes(const TensorInfo& info, uint64_t begin, uint64_t size, void* dst,
+                   uint32_t* crc = nullptr) const;
   StatusOr<const TensorInfo*> FindChecked(const std::string& name,
                                           const std::vector<int64_t>& expected_shape) const;
 

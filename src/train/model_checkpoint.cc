@@ -9,8 +9,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <utility>
 
 #include "core/check.h"
+#include "dist/agree.h"
 #include "engine/shard.h"
 #include "io/file.h"
 
@@ -523,7 +526,7 @@ StatusOr<CheckpointReader> CheckpointReader::Open(const OpenedCheckpoint& ckpt,
   return reader;
 }
 
-Status CheckpointReader::Read(int unit, StateKind kind, ElementRange range, float* dst) const {
+Status CheckpointReader::Read(int unit, StateKind kind, ElementRange range, float* dst) {
   const std::string where = "checkpoint '" + dir_ + "'";
   if (unit < 0 || unit >= static_cast<int>(units_.size())) {
     return Status::Error(where + ": no unit " + std::to_string(unit));
@@ -552,29 +555,57 @@ Status CheckpointReader::Read(int unit, StateKind kind, ElementRange range, floa
   return Status::Ok();
 }
 
-Status CheckpointReader::ReadSingle(int unit, StateKind kind, ElementRange range,
-                                    float* dst) const {
-  const SafetensorsFile& file = files_[kind == StateKind::kParams ? 0 : 1];
+Status CheckpointReader::ReadPiece(int file, const std::string& name, int64_t begin,
+                                   int64_t count, int64_t numel, float* dst) {
+  uint32_t crc = 0;
+  MINGPT_RETURN_IF_ERROR(
+      files_[static_cast<size_t>(file)].ReadF32Range(name, begin, count, dst, &crc));
+  if (count < numel) partial_reads_.push_back({file, name, {begin, count, crc}});
+  return Status::Ok();
+}
+
+Status CheckpointReader::ReadSingle(int unit, StateKind kind, ElementRange range, float* dst) {
+  const int file = kind == StateKind::kParams ? 0 : 1;
   std::fill(dst, dst + range.size(), 0.0f);  // padding between tensors
   for (const ParamEntry& e : units_[static_cast<size_t>(unit)].params) {
     const ElementRange o = Overlap(range, e.offset, e.offset + e.numel);
     if (o.size() == 0) continue;
-    MINGPT_RETURN_IF_ERROR(file.ReadF32Range(SinglePrefix(kind) + e.name, o.begin - e.offset,
-                                             o.size(), dst + (o.begin - range.begin)));
+    MINGPT_RETURN_IF_ERROR(ReadPiece(file, SinglePrefix(kind) + e.name, o.begin - e.offset,
+                                     o.size(), e.numel, dst + (o.begin - range.begin)));
   }
   return Status::Ok();
 }
 
-Status CheckpointReader::ReadSharded(int unit, StateKind kind, ElementRange range,
-                                     float* dst) const {
+Status CheckpointReader::ReadSharded(int unit, StateKind kind, ElementRange range, float* dst) {
   const Unit& u = units_[static_cast<size_t>(unit)];
   for (int r = 0; r < world_; ++r) {
     const ShardRange shard(u.numel, r, world_);
     const ElementRange o = Overlap(range, shard.begin, shard.end);
     if (o.size() == 0) continue;
-    MINGPT_RETURN_IF_ERROR(files_[static_cast<size_t>(r)].ReadF32Range(
-        ShardPrefix(kind) + u.name, o.begin - shard.begin, o.size(),
-        dst + (o.begin - range.begin)));
+    MINGPT_RETURN_IF_ERROR(ReadPiece(r, ShardPrefix(kind) + u.name, o.begin - shard.begin,
+                                     o.size(), shard.end - shard.begin,
+                                     dst + (o.begin - range.begin)));
+  }
+  return Status::Ok();
+}
+
+Status CheckpointReader::CheckPartialReads(Communicator* comm) const {
+  nlohmann::json mine = nlohmann::json::array();
+  for (const PartialRead& r : partial_reads_) {
+    mine.push_back({r.file, r.tensor, r.piece.elem_offset, r.piece.count, r.piece.crc32c});
+  }
+  // Every rank's pieces, on every rank, in rank order.
+  std::map<std::pair<int, std::string>, std::vector<TensorPiece>> pieces;
+  for (int rank = 0; rank < comm->world(); ++rank) {
+    std::string text = rank == comm->rank() ? mine.dump() : std::string();
+    BroadcastString(comm, &text, rank);
+    for (const nlohmann::json& e : nlohmann::json::parse(text)) {
+      pieces[{e[0].get<int>(), e[1].get<std::string>()}].push_back(
+          {e[2].get<int64_t>(), e[3].get<int64_t>(), e[4].get<uint32_t>()});
+    }
+  }
+  for (const auto& [tensor, list] : pieces) {
+    MINGPT_RETURN_IF_ERROR(files_[static_cast<size_t>(tensor.first)].CheckPieces(tensor.second, list));
   }
   return Status::Ok();
 }

@@ -57,6 +57,7 @@
 
 #include "core/status.h"
 #include "data/char_dataset.h"
+#include "dist/communicator.h"
 #include "engine/strategy.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -165,16 +166,31 @@ class CheckpointReader {
   // Reads elements [range.begin, range.end) of unit `unit`'s flat buffer of
   // `kind` into dst (range.size() floats); padding between tensors reads as
   // zeros. Errors: a unit or range outside the layout, optimizer state asked
-  // of a reader opened without it, a read failure (naming the file).
-  Status Read(int unit, StateKind kind, ElementRange range, float* dst) const;
+  // of a reader opened without it, a read failure (naming the file), a
+  // checksum mismatch of a tensor read whole. A tensor read only in part
+  // is remembered for CheckPartialReads.
+  Status Read(int unit, StateKind kind, ElementRange range, float* dst);
+
+  // Checks the tensors that the ranks read only in part (a rank reading its
+  // slice of a checkpoint saved at another world size) against their
+  // checksums: every rank's pieces of a tensor are gathered and combined
+  // (SafetensorsFile::CheckPieces), so the tensor is checked without any
+  // rank reading it whole. A collective: every rank calls it after its
+  // reads, and every rank gets the same result. A tensor that the ranks'
+  // pieces do not cover is not checked.
+  Status CheckPartialReads(Communicator* comm) const;
 
   CheckpointFormat format() const { return format_; }
   int world_size() const { return world_; }
 
  private:
   CheckpointReader() = default;
-  Status ReadSingle(int unit, StateKind kind, ElementRange range, float* dst) const;
-  Status ReadSharded(int unit, StateKind kind, ElementRange range, float* dst) const;
+  Status ReadSingle(int unit, StateKind kind, ElementRange range, float* dst);
+  Status ReadSharded(int unit, StateKind kind, ElementRange range, float* dst);
+  // Reads elements [begin, begin + count) of tensor `name` of files_[file],
+  // remembering the piece if it is not the whole tensor of `numel`.
+  Status ReadPiece(int file, const std::string& name, int64_t begin, int64_t count, int64_t numel,
+                   float* dst);
 
   std::string dir_;  // for messages
   std::vector<Unit> units_;
@@ -184,6 +200,12 @@ class CheckpointReader {
   // Single: model.safetensors, then optimizer.safetensors if with_optimizer_.
   // Sharded: the shard of rank r at index r.
   std::vector<SafetensorsFile> files_;
+  struct PartialRead {
+    int file;
+    std::string tensor;
+    TensorPiece piece;
+  };
+  std::vector<PartialRead> partial_reads_;
 };
 
 // Checks, from the files' headers alone, that the checkpoint holds exactly

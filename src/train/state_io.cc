@@ -68,6 +68,21 @@ Status SaveSharded(const std::string& dir, const ModelLayout& layout,
   return AgreeOnStatus(comm, committed);
 }
 
+Status ReadHeldState(CheckpointReader* reader, const ModelLayout& layout, Strategy* s,
+                     bool with_optimizer) {
+  std::vector<float> buffer;
+  for (StateKind kind : kKinds) {
+    if (kind != StateKind::kParams && !with_optimizer) continue;
+    for (int u = 0; u < layout.num_units(); ++u) {
+      const ElementRange r = s->Held(u, kind);
+      buffer.resize(r.size());
+      MINGPT_RETURN_IF_ERROR(reader->Read(u, kind, r, buffer.data()));
+      s->Upload(u, kind, buffer.data());
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 void InitTrainingState(const GPT& gpt, uint64_t seed, Strategy* s) {
@@ -98,20 +113,14 @@ Status AgreeOnCheckpointVersion(Communicator* comm, OpenedCheckpoint* ckpt) {
 }
 
 Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout, Strategy* s,
-                         bool with_optimizer) {
-  MINGPT_ASSIGN_OR_RETURN(CheckpointReader reader,
-                          CheckpointReader::Open(ckpt, layout, with_optimizer));
-  std::vector<float> buffer;
-  for (StateKind kind : kKinds) {
-    if (kind != StateKind::kParams && !with_optimizer) continue;
-    for (int u = 0; u < layout.num_units(); ++u) {
-      const ElementRange r = s->Held(u, kind);
-      buffer.resize(r.size());
-      MINGPT_RETURN_IF_ERROR(reader.Read(u, kind, r, buffer.data()));
-      s->Upload(u, kind, buffer.data());
-    }
-  }
-  return Status::Ok();
+                         Communicator* comm, bool with_optimizer) {
+  StatusOr<CheckpointReader> reader = CheckpointReader::Open(ckpt, layout, with_optimizer);
+  Status read = reader.status();
+  if (read.ok()) read = ReadHeldState(&reader.value(), layout, s, with_optimizer);
+  MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, read));
+  // Every rank has read its slices: the tensors split between ranks are
+  // checked whole, from every rank's pieces.
+  return AgreeOnStatus(comm, reader->CheckPartialReads(comm));
 }
 
 Status SaveTrainingState(const std::string& dir, const ModelLayout& layout,

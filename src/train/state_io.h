@@ -24,9 +24,12 @@ Status AgreeOnCheckpointVersion(Communicator* comm, OpenedCheckpoint* ckpt);
 
 // Loads parameters and moments (only the parameters, for a strategy built
 // for inference, with `with_optimizer` false) from a checkpoint saved at any
-// world size, each rank reading just what it holds.
+// world size, each rank reading just what it holds; the tensors that ranks
+// read in slices are checked against their checksums from every rank's
+// slices (CheckpointReader::CheckPartialReads). A collective: every rank
+// gets the same result.
 Status LoadTrainingState(const OpenedCheckpoint& ckpt, const ModelLayout& layout,
-                         Strategy* strategy, bool with_optimizer = true);
+                         Strategy* strategy, Communicator* comm, bool with_optimizer = true);
 
 // Saves the state as the checkpoint `dir`. A collective: every rank calls it;
 // every rank gets the same result.

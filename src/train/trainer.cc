@@ -425,7 +425,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   TrainState state;
   state.seed = o.seed;
   if (setup.resume) {
-    Status loaded = AgreeOnStatus(comm, LoadTrainingState(*setup.resume, layout, &sp));
+    Status loaded = LoadTrainingState(*setup.resume, layout, &sp, comm);
     if (!loaded.ok()) return abandon(loaded);
     state = setup.resume->state;
     // Read: this run's own saves (resuming in place) may remove it now.

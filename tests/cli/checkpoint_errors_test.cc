@@ -19,7 +19,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/trained_checkpoint.h"
+#include "engine/shard.h"
 #include "io/safetensors.h"
+#include "model/config.h"
+#include "model/layout.h"
 
 namespace mingpt::cli_test {
 namespace {
@@ -71,9 +74,11 @@ class CheckpointErrorTest : public TrainedCheckpointTest {
   }
 
   // Flips the lowest mantissa bit of element 1 of the first F32 tensor of
-  // <ckpt>/<file> in place, a change no check of the values can see (the
-  // float stays finite, and close), and returns the tensor's name.
-  std::string FlipBitInData(const std::string& ckpt, const std::string& file) {
+  // <ckpt>/<file> (or of tensor `only`) in place, a change no check of the
+  // values can see (the float stays finite, and close), and returns the
+  // tensor's name.
+  std::string FlipBitInData(const std::string& ckpt, const std::string& file,
+                            const std::string& only = "") {
     const std::string path = ckpt + "/" + file;
     std::string bytes = ReadText(path);
     uint64_t n = 0;
@@ -83,6 +88,7 @@ class CheckpointErrorTest : public TrainedCheckpointTest {
     const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
     for (const auto& [name, entry] : header.items()) {
       if (name == "__metadata__" || entry["dtype"] != "F32") continue;
+      if (!only.empty() && name != only) continue;
       const uint64_t begin = entry["data_offsets"][0].get<uint64_t>();
       if (entry["data_offsets"][1].get<uint64_t>() - begin < 8) continue;
       const size_t at = 8 + n + begin + 4;  // element 1's lowest byte (little-endian)
@@ -383,6 +389,39 @@ TEST_F(CheckpointErrorTest, FlippedBitInTheOptimizerStateRefusesResume) {
   EXPECT_TRUE(FailsWith(resume, 1,
                         {"optimizer.safetensors", "tensor '" + changed + "' fails its checksum"}));
   EXPECT_FALSE(Exists(tmp_ / "resumed")) << "a refused resume left its run directory behind";
+}
+
+// At two ranks under ZeRO-3 each rank reads only its slice of every unit,
+// so no process reads whole the tensors that straddle the border between
+// the slices. Their checksums are checked from the ranks' pieces combined:
+// a flipped bit in one is refused as in a tensor read whole.
+TEST_F(CheckpointErrorTest, FlippedBitInATensorSplitBetweenRanksFailsItsChecksum) {
+  const std::string ckpt = CopyCheckpoint("ckpt");
+  ModelConfig config;  // the shared run's (TinyTrainArgs)
+  config.n_layer = 1;
+  config.n_head = 2;
+  config.n_embd = 16;
+  config.block_size = 8;
+  config.vocab_size = ReadMeta(ckpt)["config"]["vocab_size"].get<int>();
+  std::string split;  // a tensor holding the first element of rank 1's slice, and earlier ones
+  const ModelLayout layout(config);
+  for (const Unit& u : layout.units()) {
+    const int64_t border = ShardRange(u.numel, 1, 2).begin;
+    for (const ParamEntry& e : u.params) {
+      if (split.empty() && e.offset < border && border < e.offset + e.numel) split = e.name;
+    }
+  }
+  ASSERT_FALSE(split.empty()) << "no tensor straddles the two ranks' slices";
+  ASSERT_EQ(FlipBitInData(ckpt, "model.safetensors", split), split);
+  const std::vector<std::pair<std::string, std::string>> two_ranks = {
+      {"--devices", "2"}, {"--strategy", "deepspeed_stage_3"}};
+  const std::vector<std::string> keywords = {"model.safetensors",
+                                             "tensor '" + split + "' fails its checksum"};
+  EXPECT_TRUE(FailsWith(Mingpt(ResumeArgs(ckpt, "resumed", two_ranks)), 1, keywords));
+  EXPECT_FALSE(Exists(tmp_ / "resumed")) << "a refused resume left its run directory behind";
+  std::vector<std::string> evaluate = EvaluateArgs(ckpt);
+  evaluate.insert(evaluate.end(), {"--devices", "2", "--strategy", "deepspeed_stage_3"});
+  EXPECT_TRUE(FailsWith(Mingpt(evaluate), 1, keywords));
 }
 
 // Resuming a run that already reached its last step trains nothing: one line

@@ -230,6 +230,79 @@ TEST(MpirunCommand, Errors) {
   EXPECT_EQ(RunUnderMpirun(2, {}).status().message(), status.message());
 }
 
+// mpirun's standard error through MpirunErrFilter: `pieces` fed one by one;
+// what came out after each piece, and at the end.
+struct Filtered {
+  std::vector<std::string> after_piece;
+  std::string all;
+};
+Filtered Filter(const std::vector<std::string>& pieces) {
+  std::string out;
+  MpirunErrFilter filter([&](std::string_view text) { out += text; });
+  Filtered f;
+  for (const std::string& piece : pieces) {
+    filter.Feed(piece);
+    f.after_piece.push_back(out);
+  }
+  filter.Finish();
+  f.all = out;
+  return f;
+}
+
+// OpenMPI 4.1's banners, as mpirun printed them for a rank's exit code 1.
+const std::string kRule(74, '-');
+const std::string kAbortedBanner = kRule + "\nPrimary job  terminated normally, but 1 process returned\n"
+                                   "a non-zero exit code. Per user-direction, the job has been "
+                                   "aborted.\n" + kRule + "\n";
+const std::string kDetectedBanner =
+    kRule + "\nmpirun detected that one or more processes exited with non-zero status, thus "
+            "causing\nthe job to be terminated. The first process to do so was:\n\n"
+            "  Process name: [[22951,1],1]\n  Exit code:    1\n" + kRule + "\n";
+const std::string kSignalBanner =
+    kRule + "\nmpirun noticed that process rank 0 with PID 0 on node h exited on signal 9 "
+            "(Killed).\n" + kRule + "\n";
+
+TEST(MpirunErrFilter, AFailedJobPrintsItsErrorLineAlone) {
+  const std::string error = "mingpt: error: ckpt/model.safetensors: tensor 'x' fails its checksum\n";
+  // In the order mpirun printed them: the first banner before the line.
+  EXPECT_EQ(Filter({kAbortedBanner, error, kDetectedBanner}).all, error);
+  EXPECT_EQ(Filter({"step 1\n", error, kAbortedBanner, kDetectedBanner, "last words\n"}).all,
+            "step 1\n" + error + "last words\n");
+}
+
+TEST(MpirunErrFilter, BannersStayWithoutAnErrorLineOrForASignal) {
+  // No rank reported: the banners are all there is, at the end.
+  EXPECT_EQ(Filter({"step 1\n", kAbortedBanner, kDetectedBanner}).all,
+            "step 1\n" + kAbortedBanner + kDetectedBanner);
+  // A rank killed by a signal is news, error line or not.
+  const std::string error = "mingpt: error: out of memory\n";
+  EXPECT_EQ(Filter({error, kSignalBanner}).all, error + kSignalBanner);
+  // Other banners pass as they come.
+  const std::string other = kRule + "\nWARNING: something about the network\n" + kRule + "\n";
+  const Filtered f = Filter({other, "x\n"});
+  EXPECT_EQ(f.after_piece[0], other);
+  EXPECT_EQ(f.all, other + "x\n");
+}
+
+TEST(MpirunErrFilter, PiecesPassAsTheyComeAndLinesJoinAcrossPieces) {
+  // A progress bar's partial lines go out at once.
+  const Filtered bar = Filter({"\rstep 1/3", "\rstep 2/3", "\rstep 3/3\n"});
+  EXPECT_EQ(bar.after_piece[0], "\rstep 1/3");
+  EXPECT_EQ(bar.after_piece[1], "\rstep 1/3\rstep 2/3");
+  EXPECT_EQ(bar.all, "\rstep 1/3\rstep 2/3\rstep 3/3\n");
+  // The error line and the banners cut anywhere.
+  const std::string error = "mingpt: error: no space left on device\n";
+  const std::string text = kAbortedBanner + error + kDetectedBanner;
+  for (size_t cut : {size_t{3}, size_t{10}, size_t{40}, kAbortedBanner.size() + 5}) {
+    std::vector<std::string> pieces;
+    for (size_t at = 0; at < text.size(); at += cut) pieces.push_back(text.substr(at, cut));
+    EXPECT_EQ(Filter(pieces).all, error) << "pieces of " << cut;
+  }
+  // A last line without its newline, and a lone rule, still go out.
+  EXPECT_EQ(Filter({"done"}).all, "done");
+  EXPECT_EQ(Filter({kRule + "\n"}).all, kRule + "\n");
+}
+
 TEST(RunUnderMpirun, RefusesInsideAnMpiJob) {
   ScopedEnv env({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"}});
   StatusOr<int> code = RunUnderMpirun(2, {});

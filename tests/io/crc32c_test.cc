@@ -81,6 +81,29 @@ TEST(Crc32cTest, ChainsOverPieces) {
   }
 }
 
+// The checksums of pieces, computed apart, combine into the whole's: split
+// anywhere (empty pieces included), and over many pieces in order, as the
+// ranks' pieces of a tensor combine.
+TEST(Crc32cTest, CombinesPiecesComputedApart) {
+  const std::vector<unsigned char> data = RandomBytes(3 * 8192 + 3 * 256 + 1001, 3);
+  const uint32_t whole = Crc32c(data.data(), data.size());
+  for (size_t split = 0; split <= data.size(); split += (split < 600 ? 1 : 331)) {
+    const uint32_t a = Crc32c(data.data(), split);
+    const uint32_t b = Crc32c(data.data() + split, data.size() - split);
+    ASSERT_EQ(Crc32cCombine(a, b, data.size() - split), whole) << "split at " << split;
+  }
+  uint32_t c = 0;
+  for (size_t at = 0, piece = 1; at < data.size(); at += piece, piece = piece * 3 % 4099 + 1) {
+    const size_t n = std::min(piece, data.size() - at);
+    c = Crc32cCombine(c, Crc32c(data.data() + at, n), n);
+  }
+  EXPECT_EQ(c, whole);
+  // A piece's length is part of the combination: one byte more of zeros
+  // gives another checksum.
+  const uint32_t a = Crc32c(data.data(), 100), b = Crc32c(data.data() + 100, 50);
+  EXPECT_NE(Crc32cCombine(a, b, 50), Crc32cCombine(a, b, 51));
+}
+
 // The two paths agree on every length up to a few blocks and at every
 // alignment (the hardware path first steps to an 8-byte boundary).
 TEST(Crc32cTest, HardwareAgreesWithPortable) {

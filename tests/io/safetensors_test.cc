@@ -614,21 +614,44 @@ TEST_F(SafetensorsTest, FlippedDataBitFailsEveryWholeTensorRead) {
   EXPECT_EQ(f->ReadRaw(copy, dst.data()).message(), damaged("x", x_crcs));
 }
 
-// The documented limit: a read of part of a tensor (a rank's slice when
-// resuming at another world size) is not checked, since that would take
-// reading the whole tensor. The damaged value comes back as it is on disk.
-TEST_F(SafetensorsTest, PartialRangeReadIsNotVerified) {
+// A read of part of a tensor (a rank's slice when resuming at another world
+// size) cannot be checked alone: the damaged value comes back as it is on
+// disk, with the piece's CRC32C. CheckPieces checks pieces that cover the
+// tensor, in any order, as the whole read does; pieces that leave a gap or
+// overlap check nothing.
+TEST_F(SafetensorsTest, PartialReadsAreCheckedByTheirPiecesTogether) {
   std::vector<float> x(64, 2.0f);
   const std::string path = tmp_.Join("part.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, {{"x", {64}, TensorDType::kF32, x.data()}}).ok());
+  StatusOr<SafetensorsFile> intact = SafetensorsFile::Open(path);
+  ASSERT_TRUE(intact.ok()) << intact.status().message();
+  std::vector<float> dst(64);
+  auto read = [&](const SafetensorsFile& f, int64_t begin, int64_t count) {
+    TensorPiece p{begin, count, 0};
+    EXPECT_TRUE(f.ReadF32Range("x", begin, count, dst.data(), &p.crc32c).ok());
+    return p;
+  };
+  const std::vector<TensorPiece> whole = {read(*intact, 40, 24), read(*intact, 0, 13),
+                                          read(*intact, 13, 0), read(*intact, 13, 27)};
+  EXPECT_EQ(whole[0].crc32c, Crc32c(x.data() + 40, 24 * 4));
+  EXPECT_TRUE(intact->CheckPieces("x", whole).ok());
+
   FlipDataBit(path, "x", 4 * 10, 0);
   StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status().message();
-  std::vector<float> dst(64);
-  ASSERT_TRUE(f->ReadF32Range("x", 0, 32, dst.data()).ok());   // holds the flipped element
+  const TensorPiece damaged = read(*f, 0, 32);  // holds the flipped element: read as it is
   EXPECT_NE(dst[10], 2.0f);
-  EXPECT_TRUE(f->ReadF32Range("x", 1, 63, dst.data()).ok());   // all but one element
-  EXPECT_FALSE(f->ReadF32Range("x", 0, 64, dst.data()).ok());  // the whole tensor is checked
+  const TensorPiece rest = read(*f, 32, 32);
+  const std::string mismatch = path + ": tensor 'x' fails its checksum (crc32c " +
+                               CrcHex(x.data(), 256) + " stored, ";
+  const Status s = f->CheckPieces("x", {rest, damaged});
+  EXPECT_EQ(s.message().substr(0, mismatch.size()), mismatch) << s.message();
+  EXPECT_FALSE(f->ReadF32Range("x", 0, 64, dst.data()).ok());  // as the whole tensor is
+  // Not covering the tensor once: nothing to check.
+  EXPECT_TRUE(f->CheckPieces("x", {damaged}).ok());
+  EXPECT_TRUE(f->CheckPieces("x", {damaged, read(*f, 31, 33)}).ok());
+  EXPECT_TRUE(f->CheckPieces("x", {damaged, rest, read(*f, 40, 2)}).ok());
+  EXPECT_FALSE(f->CheckPieces("nope", {damaged}).ok());
 }
 
 // A file without checksum keys (an older checkpoint, PyTorch's own writer)
