@@ -1,5 +1,9 @@
 #include "serve/catalog.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -19,24 +23,31 @@ constexpr size_t kMaxBenchBytes = 4 << 20;    // bench.csv: read whole (a few ro
 constexpr size_t kMaxCsvRecordBytes = 1 << 20;
 constexpr size_t kTailBytes = 64 << 10;       // read for the last step: hundreds of rows
 
-std::optional<std::string> ReadSmallFile(const std::string& path, size_t limit) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) return std::nullopt;
-  const auto size = fs::file_size(path, ec);
-  if (ec || size > limit) return std::nullopt;
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return std::nullopt;
+constexpr size_t kMaxMetaBytes = 16 << 20;
+
+std::string ReadAll(std::istream& in) {
   std::ostringstream s;
-  s << f.rdbuf();
+  s << in.rdbuf();
   return s.str();
 }
 
-std::optional<nlohmann::json> ReadMeta(const std::string& dir) {
-  auto text = ReadSmallFile(dir + "/meta.json", 16 << 20);
-  if (!text) return std::nullopt;
-  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+std::optional<nlohmann::json> ParseMeta(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return std::nullopt;
   return j;
+}
+
+// meta.json of a checkpoint given by path (--checkpoint, which may lie
+// outside the root).
+std::optional<nlohmann::json> ReadMeta(const std::string& dir) {
+  const std::string path = dir + "/meta.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  const auto size = fs::file_size(path, ec);
+  if (ec || size > kMaxMetaBytes) return std::nullopt;
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return std::nullopt;
+  return ParseMeta(ReadAll(f));
 }
 
 std::string Canonical(const std::string& path) {
@@ -56,8 +67,7 @@ CheckpointEntry EntryFromMeta(const nlohmann::json& meta) {
 // integer, from the header and the file's last kTailBytes: /v1/runs asks
 // this of every run at every call, and a long run's file is large. Rows with
 // a non-integral step (1e300 does not fit an int64) are passed over.
-std::optional<int64_t> LastStep(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
+std::optional<int64_t> LastStep(std::istream& f, uint64_t size) {
   std::string head(kTailBytes, '\0');
   f.read(head.data(), static_cast<std::streamsize>(head.size()));
   head.resize(static_cast<size_t>(f.gcount()));
@@ -65,10 +75,7 @@ std::optional<int64_t> LastStep(const std::string& path) {
   const auto col = std::find(header.columns.begin(), header.columns.end(), "step");
   if (col == header.columns.end()) return std::nullopt;
   const size_t c = col - header.columns.begin();
-  std::error_code ec;
-  const uintmax_t size = fs::file_size(path, ec);
-  if (ec) return std::nullopt;
-  const uintmax_t start = size > kTailBytes ? size - kTailBytes : 0;
+  const uint64_t start = size > kTailBytes ? size - kTailBytes : 0;
   f.clear();
   f.seekg(static_cast<std::streamoff>(start));
   std::string tail(static_cast<size_t>(size - start), '\0');
@@ -223,12 +230,43 @@ std::optional<CheckpointEntry> Catalog::ResolveExtra() const {
   return e;
 }
 
-bool Catalog::UnderRoot(const std::string& path) const {
-  if (root_.empty()) return false;
-  const std::string real = Canonical(path);
-  if (real.empty()) return false;
+bool Catalog::InRoot(const std::string& real) const {
+  if (root_.empty() || real.empty()) return false;
   return real == root_ || (real.size() > root_.size() && real.compare(0, root_.size(), root_) == 0 &&
                            (root_.back() == '/' || real[root_.size()] == '/'));
+}
+
+bool Catalog::UnderRoot(const std::string& path) const { return InRoot(Canonical(path)); }
+
+std::optional<Catalog::RootedFile> Catalog::OpenUnderRoot(const std::string& path,
+                                                          uint64_t limit) const {
+  if (root_.empty()) return std::nullopt;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return std::nullopt;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > limit) {
+    return std::nullopt;
+  }
+  // Where the opened file is: a symlink swapped in after any check of the
+  // path cannot move it. It is read through the same link, which reopens
+  // this file whatever the path names now.
+  const std::string self = "/proc/self/fd/" + std::to_string(fd);
+  std::error_code ec;
+  const fs::path real = fs::read_symlink(self, ec);
+  if (ec || !InRoot(real.string())) return std::nullopt;
+  RootedFile f{std::ifstream(self, std::ios::binary), static_cast<uint64_t>(st.st_size)};
+  if (!f.in) return std::nullopt;
+  return f;
+}
+
+std::optional<nlohmann::json> Catalog::ReadRootedMeta(const std::string& dir) const {
+  auto f = OpenUnderRoot(dir + "/meta.json", kMaxMetaBytes);
+  if (!f) return std::nullopt;
+  return ParseMeta(ReadAll(f->in));
 }
 
 bool Catalog::CheckpointUnderRoot(const std::string& dir) const {
@@ -278,7 +316,7 @@ std::vector<CheckpointEntry> Catalog::Checkpoints() const {
       const std::string path = dir + "/checkpoints/" + which;
       std::error_code ec;
       if (!fs::exists(path, ec) || !CheckpointUnderRoot(path)) continue;
-      auto meta = ReadMeta(path);
+      auto meta = ReadRootedMeta(path);
       if (!meta) continue;
       CheckpointEntry e = EntryFromMeta(*meta);
       e.id = e.path = fs::path(path).lexically_relative(root_).string();
@@ -298,9 +336,9 @@ std::vector<CheckpointEntry> Catalog::Checkpoints() const {
 std::vector<RunEntry> Catalog::Runs() const {
   std::vector<RunEntry> runs;
   for (const std::string& dir : Directories()) {
-    const std::string metrics = dir + "/metrics.csv";
     // Of any size: only its first line and its tail are read here.
-    if (!ReadableUnderRoot(metrics, std::numeric_limits<size_t>::max())) continue;
+    auto metrics = OpenUnderRoot(dir + "/metrics.csv", std::numeric_limits<uint64_t>::max());
+    if (!metrics) continue;
     RunEntry r;
     r.dir = dir;
     r.id = dir == root_ ? fs::path(root_).filename().string()
@@ -309,12 +347,12 @@ std::vector<RunEntry> Catalog::Runs() const {
     for (const char* which : {"last", "best"}) {
       const std::string path = dir + "/checkpoints/" + which;
       if (!CheckpointUnderRoot(path)) continue;
-      if (auto meta = ReadMeta(path); meta && meta->contains("config")) {
+      if (auto meta = ReadRootedMeta(path); meta && meta->contains("config")) {
         r.config = (*meta)["config"];
         break;
       }
     }
-    r.last_step = LastStep(metrics).value_or(0);
+    r.last_step = LastStep(metrics->in, metrics->size).value_or(0);
     runs.push_back(std::move(r));
   }
   std::sort(runs.begin(), runs.end(), [](const RunEntry& a, const RunEntry& b) { return a.id < b.id; });
@@ -352,10 +390,9 @@ StatusOr<nlohmann::json> Catalog::Metrics(const RunEntry& run) const {
   const Status unreadable = Status::Error("cannot read metrics.csv of run '" + run.id +
                                           "' (gone, or over " + std::to_string(kMaxCsvBytes >> 20) +
                                           " MiB)");
-  if (!ReadableUnderRoot(path, kMaxCsvBytes)) return unreadable;
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return unreadable;
-  CsvReader reader(f, kMaxCsvRecordBytes);
+  auto file = OpenUnderRoot(path, kMaxCsvBytes);
+  if (!file) return unreadable;
+  CsvReader reader(file->in, kMaxCsvRecordBytes);
   std::vector<std::string> columns, row, last;
   reader.Next(&columns);
   // Rows 0, k, 2k, ... (k doubling whenever more than kMaxMetricRows are
@@ -404,9 +441,9 @@ std::optional<nlohmann::json> Catalog::Bench() const {
     }
   }
   if (newest.empty()) return std::nullopt;
-  auto text = ReadSmallFile(newest, kMaxBenchBytes);
-  if (!text) return std::nullopt;
-  const CsvTable t = ParseCsv(*text);
+  auto file = OpenUnderRoot(newest, kMaxBenchBytes);
+  if (!file) return std::nullopt;
+  const CsvTable t = ParseCsv(ReadAll(file->in));
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& row : t.rows) {
     nlohmann::json o = nlohmann::json::object();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <istream>
 #include <optional>
 #include <string>
@@ -111,6 +112,19 @@ class Catalog {
   // at most a few levels deep.
   std::vector<std::string> Directories() const;
   bool UnderRoot(const std::string& path) const;  // its real path is in the root
+  bool InRoot(const std::string& real) const;     // `real`, a resolved path, is in the root
+  // A regular file of at most `limit` bytes opened for reading, whose
+  // opened file (not its path, which a symlink swapped in after the check
+  // could redirect) is in the root; nullopt otherwise. Every file the
+  // server reads from the root is read through it; the checkpoints'
+  // weights are checked by path (CheckpointUnderRoot): they only ever
+  // reach a client as generated text.
+  struct RootedFile {
+    std::ifstream in;
+    uint64_t size;
+  };
+  std::optional<RootedFile> OpenUnderRoot(const std::string& path, uint64_t limit) const;
+  std::optional<nlohmann::json> ReadRootedMeta(const std::string& dir) const;
   // The directory and every file in it are in the root.
   bool CheckpointUnderRoot(const std::string& dir) const;
   // A regular file in the root of at most `limit` bytes.

@@ -674,6 +674,43 @@ TEST_F(ServeTest, FilesSymlinkedOutOfTheRootAreNotServed) {
   ExpectError(json{{"checkpoint", "s2/checkpoints/last"}, {"prompt", "the"}, {"steps", 3}}.dump(), 404);
 }
 
+// A metrics.csv swapped for a symlink out of the root while the server
+// reads it (between its check of the path and its read) is never served:
+// the server checks the file it opened, not the path. A second thread swaps
+// the file and the link back and forth as fast as it can.
+TEST_F(ServeTest, AFileSwappedForASymlinkOutOfTheRootIsNotServed) {
+  const std::string outside = *tmp_ / "outside";
+  WriteText(outside + "/secret.csv", "step,secret_column\n1,42\n");
+  const std::string dir = root_ + "/swap";
+  ::mkdir(dir.c_str(), 0755);
+  const std::string file = dir + "/metrics.csv", real = dir + "/.real", link = dir + "/.link";
+  WriteText(file, "step,train_loss\n1,2.0\n");
+  ASSERT_EQ(::symlink((outside + "/secret.csv").c_str(), link.c_str()), 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> swaps{0};
+  std::thread swapper([&] {
+    while (!stop.load()) {
+      // The file out, the link in; then back.
+      if (::rename(file.c_str(), real.c_str()) != 0 || ::rename(link.c_str(), file.c_str()) != 0 ||
+          ::rename(file.c_str(), link.c_str()) != 0 || ::rename(real.c_str(), file.c_str()) != 0) {
+        break;
+      }
+      swaps.fetch_add(1);
+    }
+  });
+  int served = 0;
+  for (int i = 0; i < 1500; ++i) {
+    auto r = Client()->Get("/v1/runs/swap/metrics");
+    ASSERT_TRUE(r);
+    if (r->status == 200) ++served;
+    ASSERT_EQ(r->body.find("secret"), std::string::npos) << "request " << i << ": " << r->body;
+  }
+  stop.store(true);
+  swapper.join();
+  EXPECT_GT(swaps.load(), 100) << "the swapping thread did not run";
+  EXPECT_GT(served, 0) << "the real file was never served";
+}
+
 TEST_F(ServeTest, TheCheckpointFlagFollowsANewVersion) {
   // As training saves `best`: a new version directory, the symlink renamed
   // over, the old directory deleted.
