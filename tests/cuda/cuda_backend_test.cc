@@ -374,7 +374,13 @@ TEST_F(CudaAttentionTest, DecodeMatchesCpu) {
 //   |d dk_jd|  <= u sum_i |dS_ij| |q_id| / sqrt(hs)   <= u max|q|    sum_i |dS_ij| / sqrt(hs)
 //   |d dv_jd|  <= u sum_i P_ij mult_ij |dout_id|      <= u max|dout| sum_i P_ij mult_ij
 // with the sums formed here in double, row by row, from the same inputs and
-// Philox masks. To that the fp32 test's 1e-5 (of the tensor's largest
+// Philox masks. The backward takes D_i = dout_i . out_i from the forward's
+// output, which carries the rounding of P above: |d D_i| <= u max|v|
+// sum_j P_ij mult_ij sum_d |dout_id|, entering dS_ij = P_ij (dP_ij - D_i) as
+// P_ij d D_i, so (sum_j P_ij = 1)
+//   |d dq_id| gains max|k| |d D_i| / sqrt(hs)
+//   |d dk_jd| gains max|q| sum_i P_ij |d D_i| / sqrt(hs).
+// To that the fp32 test's 1e-5 (of the tensor's largest
 // magnitude; of the largest gradient for dq and dk) is added for the order of
 // the fp32 sums. lse involves no rounding to the operand type: 1e-5 as fp32.
 // A wrong mask, scale or dropout multiplier moves elements by far more than
@@ -402,16 +408,17 @@ class CudaTensorCoreAttentionTest : public AttentionVsCpuTest {
     return o;
   }
 
-  // Per row (b, i or j, h): sum_j P_ij mult_ij, sum_j |dS_ij| (query rows)
-  // and sum_i P_ij mult_ij, sum_i |dS_ij| (key rows), in double.
+  // Per row (b, i or j, h): sum_j P_ij mult_ij, sum_j |dS_ij|, and dd_i =
+  // sum_j P_ij mult_ij sum_d |dout_id| (|d D_i| / (u max|v|)) (query rows);
+  // sum_i P_ij mult_ij, sum_i |dS_ij|, sum_i P_ij dd_i (key rows); in double.
   struct Sums {
-    std::vector<double> p_row, ds_row, p_col, ds_col;  // [B][T][NH]
+    std::vector<double> p_row, ds_row, dd_row, p_col, ds_col, pdd_col;  // [B][T][NH]
   };
   static Sums RowSums(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
     const int hs = c.C / c.NH, T = c.T;
     const size_t rows = size_t(c.B) * T * c.NH;
     Sums s{std::vector<double>(rows), std::vector<double>(rows), std::vector<double>(rows),
-           std::vector<double>(rows)};
+           std::vector<double>(rows), std::vector<double>(rows), std::vector<double>(rows)};
     std::vector<double> p(T), dp(T);
     for (int b = 0; b < c.B; ++b) {
       for (int h = 0; h < c.NH; ++h) {
@@ -439,10 +446,15 @@ class CudaTensorCoreAttentionTest : public AttentionVsCpuTest {
             s.p_row[slot(i)] += p[j] * mult;
             s.p_col[slot(j)] += p[j] * mult;
           }
+          double dout_abs = 0;
+          for (int d = 0; d < hs; ++d) dout_abs += std::abs(double(at(in.dout, i)[d]));
+          const double dd = s.p_row[slot(i)] * dout_abs;
+          s.dd_row[slot(i)] = dd;
           for (int j = 0; j <= i; ++j) {
             const double ds = std::abs(p[j] * (dp[j] - D));
             s.ds_row[slot(i)] += ds;
             s.ds_col[slot(j)] += ds;
+            s.pdd_col[slot(j)] += p[j] * dd;
           }
         }
       }
@@ -494,10 +506,14 @@ class CudaTensorCoreAttentionTest : public AttentionVsCpuTest {
     ExpectWithin(gpu.out, cpu.out, sums.p_row, u * MaxAbs(in.v), 1e-5 * MaxAbs(cpu.out), c,
                  what + "out");
     ExpectClose(gpu.lse, cpu.lse, 1e-5, what + "lse");
-    ExpectWithin(gpu.dq, cpu.dq, sums.ds_row, u * MaxAbs(in.k) * inv_sqrt, 1e-5 * g, c,
-                 what + "dq");
-    ExpectWithin(gpu.dk, cpu.dk, sums.ds_col, u * MaxAbs(in.q) * inv_sqrt, 1e-5 * g, c,
-                 what + "dk");
+    // The rounding of dS, and that of D through out (above).
+    std::vector<double> dq_terms = sums.ds_row, dk_terms = sums.ds_col;
+    for (size_t r = 0; r < dq_terms.size(); ++r) {
+      dq_terms[r] += MaxAbs(in.v) * sums.dd_row[r];
+      dk_terms[r] += MaxAbs(in.v) * sums.pdd_col[r];
+    }
+    ExpectWithin(gpu.dq, cpu.dq, dq_terms, u * MaxAbs(in.k) * inv_sqrt, 1e-5 * g, c, what + "dq");
+    ExpectWithin(gpu.dk, cpu.dk, dk_terms, u * MaxAbs(in.q) * inv_sqrt, 1e-5 * g, c, what + "dk");
     ExpectWithin(gpu.dv, cpu.dv, sums.p_col, u * MaxAbs(in.dout), 1e-5 * MaxAbs(cpu.dv), c,
                  what + "dv");
   }

@@ -6,7 +6,7 @@
 //             lse_i = log sum_j exp(S_ij)                         (=) [B,NH,T]
 //             out_i = sum_j P_ij mult_ij v_j                      (=) [B,T,C]
 //   backward: P_ij = exp(S_ij - lse_i) recomputed;  dP_ij = (dout_i . v_j) mult_ij
-//             D_i = sum_j P_ij dP_ij;  dS_ij = P_ij (dP_ij - D_i)
+//             D_i = sum_j P_ij dP_ij = dout_i . out_i;  dS_ij = P_ij (dP_ij - D_i)
 //             dq_i = sum_j dS_ij k_j / sqrt(hs)                   (=)
 //             dk_j = sum_i dS_ij q_i / sqrt(hs);  dv_j = sum_i P_ij mult_ij dout_i   (=)
 // mult_ij = keep/(1-p) of dropout mask element (h*T + i)*T + j of batch row b
@@ -16,9 +16,10 @@
 // walks tiles of 32 partner rows. A warp computes one own row's 32 scores at
 // a time, lane = partner row; the row's accumulators (output, dq, dk, dv)
 // are spread over the lanes by channel (d = lane + 32 kk) and updated with
-// the tile's probabilities broadcast by shuffles. The backward runs two
-// kernels, query-major (D and dq) then key-major (dk and dv), so that no
-// gradient is accumulated by more than one block: no atomics, deterministic.
+// the tile's probabilities broadcast by shuffles. The backward forms D from
+// the forward's output (one warp per row), then runs two kernels,
+// query-major (dq) then key-major (dk and dv), so that no gradient is
+// accumulated by more than one block: no atomics, deterministic.
 //
 // Under bf16 or fp16 matrix precision the forward and backward take the
 // tensor-core kernels of namespace tc below instead (WMMA, the same math and
@@ -169,7 +170,26 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// ---- backward, query-major: D_i and dq_i ----------------------------------------------
+// ---- backward: D_i ------------------------------------------------------------------
+
+// delta[(b NH + h) T + i] = D_i = dout_i . out_i, which is sum_j P_ij dP_ij
+// (dropout included: out_i = sum_j P_ij mult_ij v_j): one warp per row,
+// lanes over the channels, a fixed order. A sweep over the keys forming
+// sum_j P_ij dP_ij would stage every key and value once more.
+__global__ void AttentionDeltaKernel(float* delta, const float* dout, const float* out,
+                                     HeadRows at, int T, int NH, int64_t rows) {
+  const int64_t row = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  if (row >= rows) return;  // warp-uniform: a warp is one row
+  const int lane = threadIdx.x % 32;
+  const int64_t i = row % T, bh = row / T;
+  const int64_t o = at.At(static_cast<int>(bh / NH), static_cast<int>(bh % NH), i);
+  float sum = 0;
+  for (int d = lane; d < at.hs; d += 32) sum += dout[o + d] * out[o + d];
+  sum = WarpSum(sum);
+  if (lane == 0) delta[row] = sum;
+}
+
+// ---- backward, query-major: dq_i ------------------------------------------------------
 
 // P_ij and dP_ij (times the mask) of own query row i against the tile's key
 // j = j0 + lane; both 0 where j > i.
@@ -188,7 +208,7 @@ __device__ inline void ProbabilityAndGrad(float* p, float* dp, const float* qs_r
 }
 
 __global__ void __launch_bounds__(kWarps * 32)
-    BackwardQueryKernel(float* dq, float* delta, const float* dout, const float* q,
+    BackwardQueryKernel(float* dq, const float* delta, const float* dout, const float* q,
                         const float* k, const float* v, const float* lse, HeadRows at, int T,
                         int NH, DropoutSpec dropout) {
   MINGPT_DYNAMIC_SHARED(float, smem);
@@ -210,34 +230,27 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = i_block + warp * kRowsPerWarp + r;
     lse_r[r] = i < T ? lse[bh * T + i] : 0.0f;
-    D[r] = 0;
+    D[r] = i < T ? delta[bh * T + i] : 0.0f;
 #pragma unroll
     for (int kk = 0; kk < kMaxPerLane; ++kk) acc[r][kk] = 0;
   }
   const int64_t i_last = Min64(i_block + kOwnRows - 1, int64_t{T} - 1);
-  // Pass 0 forms D_i (the output is not an argument, so not dout_i . out_i);
-  // pass 1 accumulates dq_i sqrt(hs) = sum_j dS_ij k_j.
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int64_t j0 = 0; j0 <= i_last; j0 += kTile) {
-      __syncthreads();
-      StageRows(kt, stride, k, at, b, h, j0, kTile, T, 1.0f);
-      StageRows(vt, stride, v, at, b, h, j0, kTile, T, 1.0f);
-      __syncthreads();
+  // dq_i sqrt(hs) = sum_j dS_ij k_j.
+  for (int64_t j0 = 0; j0 <= i_last; j0 += kTile) {
+    __syncthreads();
+    StageRows(kt, stride, k, at, b, h, j0, kTile, T, 1.0f);
+    StageRows(vt, stride, v, at, b, h, j0, kTile, T, 1.0f);
+    __syncthreads();
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const int own = warp * kRowsPerWarp + r;
-        const int64_t i = i_block + own;
-        if (i >= T || j0 > i) continue;  // warp-uniform
-        float p, dp;
-        ProbabilityAndGrad(&p, &dp, qs + own * hs, dos + own * hs, kt, vt, stride, hs, lse_r[r],
-                           i, j0 + lane, dropout, b, h, T);
-        if (pass == 0) {
-          D[r] += WarpSum(p * dp);
-        } else {
-          AccumulateRows(acc[r], p * (dp - D[r]), kt, stride,
-                         static_cast<int>(Min64(kTile, i - j0 + 1)), hs, lane);
-        }
-      }
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int own = warp * kRowsPerWarp + r;
+      const int64_t i = i_block + own;
+      if (i >= T || j0 > i) continue;  // warp-uniform
+      float p, dp;
+      ProbabilityAndGrad(&p, &dp, qs + own * hs, dos + own * hs, kt, vt, stride, hs, lse_r[r], i,
+                         j0 + lane, dropout, b, h, T);
+      AccumulateRows(acc[r], p * (dp - D[r]), kt, stride,
+                     static_cast<int>(Min64(kTile, i - j0 + 1)), hs, lane);
     }
   }
 #pragma unroll
@@ -250,7 +263,6 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int d = lane + 32 * kk;
       if (d < hs) row[d] = acc[r][kk] * scale;
     }
-    if (lane == 0) delta[bh * T + i] = D[r];
   }
 }
 
@@ -582,7 +594,7 @@ struct BackwardQueryLayout {
 
 template <typename Op>
 __global__ void __launch_bounds__(kWarps * 32)
-    BackwardQueryKernel(float* dq, float* delta, const float* dout, const float* q,
+    BackwardQueryKernel(float* dq, const float* delta, const float* dout, const float* q,
                         const float* k, const float* v, const float* lse, HeadRows at, int T,
                         int NH, DropoutSpec dropout) {
   MINGPT_DYNAMIC_SHARED(float, smem);
@@ -603,46 +615,36 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t i = i_block + rr;
   const bool row = i < T;
   const float lse_i = row ? lse[bh * T + i] : 0.0f;
-  float D = 0;
+  const float D = row ? delta[bh * T + i] : 0.0f;
   const int64_t i_last = Min64(i_block + kRows - 1, int64_t{T} - 1);
-  // Pass 0 forms D_i = sum_j P_ij dP_ij (the output is not an argument);
-  // pass 1 accumulates dq_i sqrt(hs) = sum_j dS_ij k_j.
-  for (int pass = 0; pass < 2; ++pass) {
-    float partial = 0;  // pass 0: the lane's half of D_i, tile by tile
-    for (int64_t j0 = 0; j0 <= i_last; j0 += kKeyTile) {
-      __syncthreads();
-      StageOp(s.ks, ldo, k, at, b, h, j0, kKeyTile, T);
-      StageOp(s.vs, ldo, v, at, b, h, j0, kKeyTile, T);
-      __syncthreads();
-      if (i_w0 >= T || j0 > i_w0 + 15) continue;  // warp-uniform
-      const int frags = static_cast<int>(Min64(kKeyTile / 16, (i_w0 + 15 - j0) / 16 + 1));
-      ProductABt(s.ss + r0 * kLdKeyTile, kLdKeyTile, s.qs + r0 * ldo, ldo, s.ks, ldo, hs, frags);
-      ProductABt(s.dps + r0 * kLdKeyTile, kLdKeyTile, s.dos + r0 * ldo, ldo, s.vs, ldo, hs,
-                 frags);
-      __syncwarp();
-      const float* srow = s.ss + rr * kLdKeyTile;
-      const float* dprow = s.dps + rr * kLdKeyTile;
-      Op* dsrow = s.dss + rr * kLdKeyTileOp;
-      KeepCache cache;
-      for (int c = 32 * half; c < 32 * half + 32; ++c) {
-        const int64_t j = j0 + c;
-        float ds = 0;
-        if (row && j <= i && c < 16 * frags) {
-          const float p = expf(srow[c] * scale - lse_i);
-          const float dp =
-              dprow[c] * RowMultiplier(dropout, cache, b, (int64_t{h} * T + i) * T + j);
-          if (pass == 0) partial += p * dp;
-          ds = p * (dp - D);
-        }
-        if (pass == 1) dsrow[c] = ToOp<Op>(ds);
+  // dq_i sqrt(hs) = sum_j dS_ij k_j.
+  for (int64_t j0 = 0; j0 <= i_last; j0 += kKeyTile) {
+    __syncthreads();
+    StageOp(s.ks, ldo, k, at, b, h, j0, kKeyTile, T);
+    StageOp(s.vs, ldo, v, at, b, h, j0, kKeyTile, T);
+    __syncthreads();
+    if (i_w0 >= T || j0 > i_w0 + 15) continue;  // warp-uniform
+    const int frags = static_cast<int>(Min64(kKeyTile / 16, (i_w0 + 15 - j0) / 16 + 1));
+    ProductABt(s.ss + r0 * kLdKeyTile, kLdKeyTile, s.qs + r0 * ldo, ldo, s.ks, ldo, hs, frags);
+    ProductABt(s.dps + r0 * kLdKeyTile, kLdKeyTile, s.dos + r0 * ldo, ldo, s.vs, ldo, hs, frags);
+    __syncwarp();
+    const float* srow = s.ss + rr * kLdKeyTile;
+    const float* dprow = s.dps + rr * kLdKeyTile;
+    Op* dsrow = s.dss + rr * kLdKeyTileOp;
+    KeepCache cache;
+    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+      const int64_t j = j0 + c;
+      float ds = 0;
+      if (row && j <= i && c < 16 * frags) {
+        const float p = expf(srow[c] * scale - lse_i);
+        const float dp = dprow[c] * RowMultiplier(dropout, cache, b, (int64_t{h} * T + i) * T + j);
+        ds = p * (dp - D);
       }
-      if (pass == 1) {
-        __syncwarp();
-        AccumulateAB(s.dqs + r0 * lda, lda, s.dss + r0 * kLdKeyTileOp, kLdKeyTileOp, s.ks, ldo,
-                     16 * frags, hs);
-      }
+      dsrow[c] = ToOp<Op>(ds);
     }
-    if (pass == 0) D = partial + __shfl_xor_sync(kFullMask, partial, 1);
+    __syncwarp();
+    AccumulateAB(s.dqs + r0 * lda, lda, s.dss + r0 * kLdKeyTileOp, kLdKeyTileOp, s.ks, ldo,
+                 16 * frags, hs);
   }
   __syncthreads();
   if (!row) return;
@@ -650,7 +652,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) {
     qrow[d] = s.dqs[rr * lda + d] * scale;
   }
-  if (half == 0) delta[bh * T + i] = D;
 }
 
 template <typename Op>
@@ -843,7 +844,7 @@ template <typename Op>
 void TensorCoreBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
                         const float* q, const float* k, const float* v, const float* lse, int B,
                         int T, const HeadRows& at, int NH, const DropoutSpec& dropout,
-                        float* delta) {
+                        const float* delta) {
   const dim3 grid(tc::RowBlocks(T), NH, B);
   MINGPT_LAUNCH(tc::BackwardQueryKernel<Op>, grid, tc::kWarps * 32,
                 tc::BackwardQuerySmem<Op>(at.hs), stream, dq, delta, dout, q, k, v, lse, at, T,
@@ -902,12 +903,18 @@ void AttentionDecode(cudaStream_t stream, float* out, const float* q, const floa
 }
 
 void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
-                       const float* q, const float* k, const float* v, const float* lse,
-                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta,
-                       MatmulPrecision precision) {
+                       const float* q, const float* k, const float* v, const float* out,
+                       const float* lse, int B, int T, int C, int NH, const DropoutSpec& dropout,
+                       float* delta, MatmulPrecision precision) {
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
+  const int64_t rows = int64_t{B} * NH * T;
+  constexpr int kDeltaThreads = 256;  // 8 rows a block
+  MINGPT_LAUNCH(AttentionDeltaKernel,
+                static_cast<unsigned>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32)),
+                kDeltaThreads, 0, stream, delta, dout, out, at, T, NH, rows);
+  MINGPT_CUDA_CHECK_LAUNCH();
   if (UseTensorCores(precision, hs)) {
     if (precision == MatmulPrecision::kBf16) {
       TensorCoreBackward<__nv_bfloat16>(stream, dq, dk, dv, dout, q, k, v, lse, B, T, at, NH,

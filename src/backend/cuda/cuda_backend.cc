@@ -193,14 +193,12 @@ class CudaBackend final : public Backend {
                        int T, int C, int NH) override {
     cuda::AttentionDecode(stream(), out, q, k_cache, v_cache, T, C, NH);
   }
-  // The kernels form delta_i in their query pass (attention.cu), so the
-  // forward's output is not read.
   void AttentionBackward(float* dq, float* dk, float* dv, const float* dout, const float* q,
-                         const float* k, const float* v, const float* /*out*/, const float* lse,
+                         const float* k, const float* v, const float* out, const float* lse,
                          int B, int T, int C, int NH, const DropoutSpec& dropout) override {
     float* delta = attention_delta_.Reserve<float>(static_cast<size_t>(B) * NH * T);
-    cuda::AttentionBackward(stream(), dq, dk, dv, dout, q, k, v, lse, B, T, C, NH, dropout, delta,
-                            matmul_.precision());
+    cuda::AttentionBackward(stream(), dq, dk, dv, dout, q, k, v, out, lse, B, T, C, NH, dropout,
+                            delta, matmul_.precision());
   }
   void GeluForward(float* out, const float* x, int64_t n) override {
     cuda::GeluForward(stream(), out, x, n);

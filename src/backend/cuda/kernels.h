@@ -108,10 +108,11 @@ void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* 
                       const DropoutSpec& dropout, MatmulPrecision precision);
 void AttentionDecode(cudaStream_t stream, float* out, const float* q, const float* k_cache,
                      const float* v_cache, int T, int C, int NH);
-// `delta` holds B*NH*T floats (D_i = sum_j P_ij dP_ij, between the kernels).
+// `out` is the forward's output; `delta` holds B*NH*T floats (D_i =
+// dout_i . out_i, between the kernels).
 void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
-                       const float* q, const float* k, const float* v, const float* lse,
-                       int B, int T, int C, int NH, const DropoutSpec& dropout, float* delta,
-                       MatmulPrecision precision);
+                       const float* q, const float* k, const float* v, const float* out,
+                       const float* lse, int B, int T, int C, int NH, const DropoutSpec& dropout,
+                       float* delta, MatmulPrecision precision);
 
 }  // namespace mingpt::cuda
