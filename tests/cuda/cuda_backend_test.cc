@@ -279,16 +279,23 @@ class AttentionVsCpuTest : public CudaVsCpuTest {
     FVec out, lse, dq, dk, dv;
   };
 
-  // On the GPU backend, at its current matmul precision.
-  Outputs RunGpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout) {
+  // On the GPU backend, at its current matmul precision; the inputs `skew`
+  // floats past the start of their buffers (1: rows not 16-byte aligned).
+  Outputs RunGpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout,
+                 int skew = 0) {
     const size_t n = size_t(c.B) * c.T * c.C, nl = size_t(c.B) * c.NH * c.T;
-    Buffer gq = Up(in.q), gk = Up(in.k), gv = Up(in.v), gdout = Up(in.dout);
+    auto up = [&](const FVec& x) {
+      FVec padded(static_cast<size_t>(skew), 0.0f);
+      padded.insert(padded.end(), x.begin(), x.end());
+      return Up(padded);
+    };
+    Buffer gq = up(in.q), gk = up(in.k), gv = up(in.v), gdout = up(in.dout);
     Buffer gout(gpu_.get(), n * 4), glse(gpu_.get(), nl * 4);
     Buffer gdq(gpu_.get(), n * 4), gdk(gpu_.get(), n * 4), gdv(gpu_.get(), n * 4);
-    gpu_->AttentionForward(gout.f32(), glse.f32(), gq.f32(), gk.f32(), gv.f32(), c.B, c.T, c.C,
-                           c.NH, dropout);
-    gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32(), gq.f32(), gk.f32(),
-                            gv.f32(), gout.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
+    const float *q = gq.f32() + skew, *k = gk.f32() + skew, *v = gv.f32() + skew;
+    gpu_->AttentionForward(gout.f32(), glse.f32(), q, k, v, c.B, c.T, c.C, c.NH, dropout);
+    gpu_->AttentionBackward(gdq.f32(), gdk.f32(), gdv.f32(), gdout.f32() + skew, q, k, v,
+                            gout.f32(), glse.f32(), c.B, c.T, c.C, c.NH, dropout);
     return {Down(gout, n), Down(glse, nl), Down(gdq, n), Down(gdk, n), Down(gdv, n)};
   }
 
@@ -401,9 +408,9 @@ class CudaTensorCoreAttentionTest : public AttentionVsCpuTest {
 
   // Forward then backward on the GPU backend at `precision`.
   Outputs RunGpu(const AttentionCase& c, const Inputs& in, const DropoutSpec& dropout,
-                 MatmulPrecision precision) {
+                 MatmulPrecision precision, int skew = 0) {
     gpu_->SetMatmulPrecision(precision);
-    Outputs o = AttentionVsCpuTest::RunGpu(c, in, dropout);
+    Outputs o = AttentionVsCpuTest::RunGpu(c, in, dropout, skew);
     gpu_->SetMatmulPrecision(MatmulPrecision::kFp32);
     return o;
   }
@@ -571,6 +578,19 @@ TEST_F(CudaTensorCoreAttentionTest, DispatchFallbackAndDeterminism) {
                   forced.dk == fp32.dk && forced.dv == fp32.dv)
           << what << ": MINGPT_CUDA_ATTENTION=fp32 runs the fp32 kernels";
     }
+  }
+}
+
+// The tiles are staged four floats at a time from 16-byte aligned rows, one
+// float at a time otherwise: the same values, so the same bits.
+TEST_F(CudaTensorCoreAttentionTest, UnalignedRowsGiveTheSameBits) {
+  const DropoutSpec drop = FixedDropout(0.1f, 5, 6, 7, 8);
+  const AttentionCase c{2, 70, 96, 2};
+  const Inputs in = MakeInputs(c);
+  for (MatmulPrecision p : {MatmulPrecision::kBf16, MatmulPrecision::kFp16}) {
+    const Outputs aligned = RunGpu(c, in, drop, p), skewed = RunGpu(c, in, drop, p, 1);
+    EXPECT_TRUE(aligned.out == skewed.out && aligned.lse == skewed.lse &&
+                aligned.dq == skewed.dq && aligned.dk == skewed.dk && aligned.dv == skewed.dv);
   }
 }
 

@@ -379,20 +379,24 @@ __host__ __device__ inline int LdAcc(int hs) { return hs + 4; }
 // Carves shared memory into regions each starting 32 bytes aligned (WMMA's
 // 256-bit pointer alignment; every fragment pointer below is a region start
 // plus a multiple of 32 bytes: 16 rows of a leading dimension that is a
-// multiple of 16 bytes, and columns in steps of 16 elements). From a null
-// base it measures.
+// multiple of 16 bytes, and columns in steps of 16 elements). Regions are
+// offsets from the shared array itself, never integers made pointers, so
+// the compiler knows them for shared memory (shared loads and stores, not
+// generic ones). With a null base it only measures.
 struct Carver {
-  uintptr_t at;
+  char* base;
+  size_t at;  // bytes from base
   template <typename T>
   __host__ __device__ T* Take(size_t n) {
-    T* p = reinterpret_cast<T*>(at);
+    T* p = base ? reinterpret_cast<T*>(base + at) : nullptr;
     at += (n * sizeof(T) + 31) / 32 * 32;
     return p;
   }
 };
 
 __device__ inline Carver SharedCarver(void* raw) {
-  return Carver{(reinterpret_cast<uintptr_t>(raw) + 31) / 32 * 32};
+  char* base = static_cast<char*>(raw);
+  return Carver{base, (32 - reinterpret_cast<uintptr_t>(base) % 32) % 32};
 }
 
 template <typename Op>
@@ -406,15 +410,49 @@ __host__ __device__ inline __half ToOp<__half>(float x) {
   return __float2half_rn(x);
 }
 
-// Rows [row0, row0 + rows) of one head into an operand tile at `ld`, zeros
-// past valid_end.
 template <typename Op>
-__device__ inline void StageOp(Op* dst, int ld, const float* src, const HeadRows& at, int b,
-                               int h, int64_t row0, int rows, int64_t valid_end) {
-  for (int e = threadIdx.x; e < rows * at.hs; e += blockDim.x) {
-    const int r = e / at.hs, d = e % at.hs;
-    const int64_t i = row0 + r;
-    dst[r * ld + d] = ToOp<Op>(i < valid_end ? src[at.At(b, h, i) + d] : 0.0f);
+struct alignas(4 * sizeof(Op)) Op4 {
+  Op v[4];
+};
+
+// Rows [row0, row0 + rows) of one head into an operand tile at `ld` (a
+// multiple of 4), zeros past valid_end, each value rounded once to the
+// operand type. Staging is bound by the latency of its loads, so when the
+// rows are 16-byte aligned (src, and C and hs multiples of 4) a thread
+// issues four float4 loads before it converts and stores any of them;
+// otherwise one float at a time.
+template <typename Op>
+__device__ inline void StageOp(Op* dst, int ld, const float* __restrict__ src, const HeadRows& at,
+                               int b, int h, int64_t row0, int rows, int64_t valid_end) {
+  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0 && at.C % 4 == 0 &&
+                      at.hs % 4 == 0 && at.batch_stride % 4 == 0;
+  if (!vector) {
+    for (int e = threadIdx.x; e < rows * at.hs; e += blockDim.x) {
+      const int r = e / at.hs, d = e % at.hs;
+      const int64_t i = row0 + r;
+      dst[r * ld + d] = ToOp<Op>(i < valid_end ? src[at.At(b, h, i) + d] : 0.0f);
+    }
+    return;
+  }
+  constexpr int kInFlight = 4;
+  const int quads = at.hs / 4, n = rows * quads;
+  for (int e0 = threadIdx.x; e0 < n; e0 += kInFlight * blockDim.x) {
+    float4 x[kInFlight];
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int e = e0 + k * blockDim.x, r = e / quads, c = e % quads;
+      x[k] = e < n && row0 + r < valid_end
+                 ? *reinterpret_cast<const float4*>(src + at.At(b, h, row0 + r) + 4 * c)
+                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int k = 0; k < kInFlight; ++k) {
+      const int e = e0 + k * blockDim.x, r = e / quads, c = e % quads;
+      if (e < n) {
+        *reinterpret_cast<Op4<Op>*>(dst + r * ld + 4 * c) =
+            Op4<Op>{{ToOp<Op>(x[k].x), ToOp<Op>(x[k].y), ToOp<Op>(x[k].z), ToOp<Op>(x[k].w)}};
+      }
+    }
   }
 }
 
@@ -488,7 +526,7 @@ struct ForwardLayout {
   Op* ps;            // [kRows][kLdKeyTileOp] probabilities times the mask
   float* os;         // [kRows][LdAcc] output accumulators
   __host__ __device__ ForwardLayout(Carver c, int hs, size_t* bytes = nullptr) {
-    const uintptr_t start = c.at;
+    const size_t start = c.at;
     qs = c.Take<Op>(kRows * LdOp(hs));
     ks = c.Take<Op>(kKeyTile * LdOp(hs));
     vs = c.Take<Op>(kKeyTile * LdOp(hs));
@@ -579,7 +617,7 @@ struct BackwardQueryLayout {
   Op* dss;                 // [kRows][kLdKeyTileOp] dS
   float* dqs;              // [kRows][LdAcc] dq sqrt(hs) accumulators
   __host__ __device__ BackwardQueryLayout(Carver c, int hs, size_t* bytes = nullptr) {
-    const uintptr_t start = c.at;
+    const size_t start = c.at;
     qs = c.Take<Op>(kRows * LdOp(hs));
     dos = c.Take<Op>(kRows * LdOp(hs));
     ks = c.Take<Op>(kKeyTile * LdOp(hs));
@@ -663,7 +701,7 @@ struct BackwardKeyLayout {
   float *dks, *dvs;  // [kRows][LdAcc] dk sqrt(hs), dv accumulators
   float *lse_t, *delta_t;  // [kQueryTile]
   __host__ __device__ BackwardKeyLayout(Carver c, int hs, size_t* bytes = nullptr) {
-    const uintptr_t start = c.at;
+    const size_t start = c.at;
     ks = c.Take<Op>(kRows * LdOp(hs));
     vs = c.Take<Op>(kRows * LdOp(hs));
     qt = c.Take<Op>(kQueryTile * LdOp(hs));
@@ -753,19 +791,19 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename Op>
 size_t ForwardSmem(int hs) {
   size_t bytes = 0;
-  ForwardLayout<Op>(Carver{0}, hs, &bytes);
+  ForwardLayout<Op>(Carver{nullptr, 0}, hs, &bytes);
   return bytes;
 }
 template <typename Op>
 size_t BackwardQuerySmem(int hs) {
   size_t bytes = 0;
-  BackwardQueryLayout<Op>(Carver{0}, hs, &bytes);
+  BackwardQueryLayout<Op>(Carver{nullptr, 0}, hs, &bytes);
   return bytes;
 }
 template <typename Op>
 size_t BackwardKeySmem(int hs) {
   size_t bytes = 0;
-  BackwardKeyLayout<Op>(Carver{0}, hs, &bytes);
+  BackwardKeyLayout<Op>(Carver{nullptr, 0}, hs, &bytes);
   return bytes;
 }
 size_t MaxSmem(int hs) {  // bf16 and fp16 operands take the same room
