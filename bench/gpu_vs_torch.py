@@ -9,6 +9,10 @@ one GPU, three ways:
 
   torch      the model under torch.autocast("cuda", torch.bfloat16), a plain
              training loop; timed with CUDA events around the timed steps
+  torch+sdpa the same, with the seed's attention (scores, mask, softmax and
+             the product written out, a T x T matrix per head) replaced by
+             torch's fused scaled_dot_product_attention (FlashAttention on
+             the GPU): the same math, PyTorch at its fastest without compiling
   lightning  the model in a LightningModule, Trainer(precision="bf16-mixed",
              gradient_clip_val=1.0), timed by a callback that synchronises
   mingpt     <binary> train --accelerator cuda --precision bf16 ...; tokens/s
@@ -85,12 +89,34 @@ def sync(torch, device):
         torch.cuda.synchronize()
 
 
-def bench_torch(a, vocab, xs, ys):
+def use_sdpa(model, torch):
+    """The seed's attention modules forward through scaled_dot_product_attention."""
+    import types
+    F = torch.nn.functional
+
+    def forward(self, x):
+        B, T, C = x.size()
+        hs = C // self.n_head
+        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, is_causal=True)
+        return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+    for m in model.modules():
+        if type(m).__name__ == "CausalSelfAttention":
+            m.forward = types.MethodType(forward, m)
+
+
+def bench_torch(a, vocab, xs, ys, sdpa=False):
     import torch
     from model import GPT, configure_optimizer
     torch.manual_seed(0)
     dev = a.device
     model = GPT(len(vocab), a.block_size, a.n_layer, a.n_head, a.n_embd, a.dropout).to(dev)
+    if sdpa:
+        use_sdpa(model, torch)
     opt = configure_optimizer(model, 6e-4, 0.1, (0.9, 0.95), 1e-8)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -225,7 +251,8 @@ def main():
     p.add_argument("--peak_tflops", type=float, default=989.0,
                    help="the GPU's datasheet dense bf16 rate")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--skip", nargs="*", default=[], choices=("torch", "lightning", "mingpt"))
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=("torch", "torch+sdpa", "lightning", "mingpt"))
     a = p.parse_args()
     import torch
     from train_ref import load_splits
@@ -247,6 +274,17 @@ def main():
         tps, peak, params = bench_torch(a, vocab, xs, ys)
         rows.append(("torch (autocast bf16)", tps, peak / 2 ** 30))
         print(f"  torch: {tps:,.0f} tok/s", flush=True)
+    if "torch+sdpa" not in a.skip and not hasattr(torch.nn.functional,
+                                                  "scaled_dot_product_attention"):
+        print(f"  torch+sdpa: PyTorch {torch.__version__} has no scaled_dot_product_attention")
+    elif "torch+sdpa" not in a.skip:
+        if a.device == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        tps, peak, params = bench_torch(a, vocab, xs, ys, sdpa=True)
+        rows.append(("torch+sdpa (autocast bf16)", tps, peak / 2 ** 30))
+        print(f"  torch+sdpa: {tps:,.0f} tok/s", flush=True)
     if "lightning" not in a.skip:
         try:
             tps, peak = bench_lightning(a, vocab, xs, ys)
@@ -280,7 +318,7 @@ def main():
         print(f"{run:<28}{tps:>12,.0f}{peak:>10.2f}{tf:>9.1f}{tf / ceiling:>10.1%}"
               f"{tf / a.peak_tflops:>10.1%}")
     by = {r[0].split()[0]: r[1] for r in rows}
-    for base in ("torch", "lightning"):
+    for base in ("torch", "torch+sdpa", "lightning"):
         if base in by and "mingpt" in by:
             print(f"mingpt / {base}: {by['mingpt'] / by[base]:.2f}x")
 

@@ -36,14 +36,14 @@ fi
 portable="-march=x86-64-v3"
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMINGPT_CUDA=ON -DMINGPT_NATIVE=OFF \
   -DMINGPT_SANITIZE=OFF -DCMAKE_C_FLAGS="$portable" -DCMAKE_CXX_FLAGS="$portable" >/dev/null
-cmake --build build-gpu -j"$(nproc)" --target mingpt mingpt_cuda test_cuda
+cmake --build build-gpu -j"$(nproc)" --target mingpt mingpt_cuda test_cuda kernels_bench
 
 out=build-device
 rm -rf "$out"
 mkdir -p "$out/lib" "$out/tests"
-cp build-gpu/mingpt build-gpu/libmingpt_cuda.so "$out/"
+cp build-gpu/mingpt build-gpu/libmingpt_cuda.so build-gpu/kernels_bench "$out/"
 cp build-gpu/tests/test_cuda "$out/tests/"
-for bin in "$out/mingpt" "$out/libmingpt_cuda.so" "$out"/tests/*; do
+for bin in "$out/mingpt" "$out/libmingpt_cuda.so" "$out/kernels_bench" "$out"/tests/*; do
   if objdump -d --no-show-raw-insn "$bin" | grep -q '%zmm'; then
     echo "device_bundle: $bin has AVX-512 instructions: not portable" >&2
     exit 1
@@ -61,7 +61,7 @@ chmod +x "$out/mingpt.sh"
 # The shared libraries the binaries load, less those the GPU machine has:
 # glibc's, the GCC runtime's and CUDA's.
 provided='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libnccl)'
-for bin in "$out/mingpt" "$out/libmingpt_cuda.so" "$out"/tests/*; do
+for bin in "$out/mingpt" "$out/libmingpt_cuda.so" "$out/kernels_bench" "$out"/tests/*; do
   ldd "$bin" | awk '$3 ~ /^\// {print $1, $3}'
 done | sort -u | while read -r name path; do
   if [[ ! "$name" =~ $provided ]]; then cp -L "$path" "$out/lib/$name"; fi

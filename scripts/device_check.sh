@@ -12,11 +12,14 @@
 #   2. the cuda tests (tests/cuda: every op against the CPU backend, a
 #      training step, determinism), each test suite in its own process so
 #      that one abort (a sticky CUDA error) costs that suite only
-#   3. the seed's 1.7B command (deepspeed_stage_3_offload, --precision 16,
+#   3. every backend op timed alone at GPT-2-small's step shape (B 16, T 1024,
+#      C 768, 12 heads; kernels_bench ... cuda), attention in fp32 and on
+#      tensor cores: where a step's time goes, in a few seconds
+#   4. the seed's 1.7B command (deepspeed_stage_3_offload, --precision 16,
 #      batch 1) for a few steps: peak GPU memory beside the seed's 5.1 GiB
-#   4. GPT-2-small in bf16: mingpt vs the seed's model in PyTorch and in
+#   5. GPT-2-small in bf16: mingpt vs the seed's model in PyTorch and in
 #      Lightning (bench/gpu_vs_torch.py)
-#   5. (only when asked: STAGES="5") compute-sanitizer's memcheck and
+#   6. (only when asked: STAGES="6") compute-sanitizer's memcheck and
 #      racecheck over the cuda tests' kernels, where the machine's runtime
 #      lets it read the device (not on gVisor)
 # and a summary last. STAGES="1 2" runs some of them only. The stages share
@@ -28,7 +31,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mingpt-device}
 mkdir -p "$OUT"
-STAGES=${STAGES:-"1 2 3 4"}
+STAGES=${STAGES:-"1 2 3 4 5"}
 bundle=$PWD/build-device
 mingpt=$bundle/mingpt.sh
 data=$PWD/data/tinyshakespeare.txt
@@ -36,7 +39,7 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 budget=${BUDGET_S:-480}
-# An abort with ~30 GB of pinned host memory (stage 3) must not write a core.
+# An abort with ~30 GB of pinned host memory (stage 4) must not write a core.
 ulimit -c 0
 # Why cuBLASLt refused a product, and NCCL's warnings, in the logs.
 export CUBLASLT_LOG_LEVEL=1 NCCL_DEBUG=WARN
@@ -52,7 +55,7 @@ if [[ ! -x $bundle/mingpt || ! -x $mingpt ]]; then
   echo "device_check: no $bundle/mingpt: run scripts/device_bundle.sh here and carry build-device" >&2
   exit 1
 fi
-if [[ ! -s $data ]] && { want 3 || want 4; }; then
+if [[ ! -s $data ]] && { want 4 || want 5; }; then
   echo "device_check: no $data: scripts/device_bundle.sh copies it; carry data" >&2
   exit 1
 fi
@@ -70,7 +73,7 @@ print(":".join(dict.fromkeys(dirs)))
 EOF
 )
 # CUDA's libraries for everything; the pack's own (oneDNN, OpenMPI...) for
-# mingpt and the tests only (mingpt.sh, "${pack[@]}"), not for stage 4's Python.
+# mingpt and the tests only (mingpt.sh, "${pack[@]}"), not for stage 5's Python.
 export LD_LIBRARY_PATH="$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MINGPT_CUDA_PLUGIN=$bundle/libmingpt_cuda.so
 pack=(env "LD_LIBRARY_PATH=$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
@@ -80,7 +83,8 @@ if want 1; then
     echo "cpu flags: $(grep -m1 -o -w 'avx2\|avx512f\|avx512_bf16\|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   } > "$OUT/machine.txt" 2>&1
   head -15 "$OUT/machine.txt"; tail -2 "$OUT/machine.txt"
-  missing=$("${pack[@]}" ldd "$bundle/mingpt" "$bundle/libmingpt_cuda.so" "$bundle"/tests/* 2>&1 |
+  missing=$("${pack[@]}" ldd "$bundle/mingpt" "$bundle/libmingpt_cuda.so" "$bundle/kernels_bench" \
+            "$bundle"/tests/* 2>&1 |
             grep "not found" | sort -u)
   if [[ -n $missing ]]; then
     note "1 libraries: MISSING: $missing"
@@ -107,10 +111,10 @@ elif want 2; then
   done
   grep -E '^\[  FAILED|Failure|error|abort' "$OUT/test_cuda.log" | head -25
   # The tensor-core attention (bf16/fp16) has run on the emulator only: if
-  # its suite fails here, stages 3 and 4 run on the fp32 attention kernels.
+  # its suite fails here, stages 4 and 5 run on the fp32 attention kernels.
   if [[ " ${failed[*]} " == *" CudaTensorCoreAttentionTest("* ]]; then
     export MINGPT_CUDA_ATTENTION=fp32
-    note "2 tensor-core attention failed: stages 3-4 use MINGPT_CUDA_ATTENTION=fp32"
+    note "2 tensor-core attention failed: stages 4-5 use MINGPT_CUDA_ATTENTION=fp32"
   fi
   note "2 cuda tests: ${#passed[@]} suites passed, ${#failed[@]} failed: ${failed[*]:-none} ($(grep -c '^\[  SKIPPED' "$OUT/test_cuda.log") skip lines)"
 fi
@@ -128,9 +132,19 @@ with_gpu_memory() {
   echo "$rc ${peak:-?}"
 }
 
-if want 3 && (( $(allow 300) == 0 )); then
-  note "3 seed 1.7B: skipped, out of time (BUDGET_S=$budget)"
+if want 3 && (( $(allow 90) == 0 )); then
+  note "3 kernels: skipped, out of time (BUDGET_S=$budget)"
 elif want 3; then
+  timeout "$(allow 90)" "${pack[@]}" "$bundle/kernels_bench" 8 16 1024 768 12 65 cuda \
+    > "$OUT/kernels.log" 2>&1
+  rc=$?
+  grep -E 'attention|gelu bwd|encoder bwd|matmul (fwd|bwd) bf16' "$OUT/kernels.log" | head -16
+  note "3 kernels at GPT-2-small's shape: exit $rc ($OUT/kernels.log)"
+fi
+
+if want 4 && (( $(allow 300) == 0 )); then
+  note "4 seed 1.7B: skipped, out of time (BUDGET_S=$budget)"
+elif want 4; then
   read -r rc peak < <(with_gpu_memory seed-1.7b timeout "$(allow 300)" "$mingpt" train \
     --data "$data" --accelerator cuda --gpus 1 --n_layer 15 --n_head 16 --n_embd 3072 \
     --batch_size 1 --precision 16 --strategy deepspeed_stage_3_offload --max_steps 4 \
@@ -140,26 +154,26 @@ elif want 3; then
   cp /tmp/run-1.7b/metrics.csv "$OUT/seed-1.7b.metrics.csv" 2>/dev/null
   cp /tmp/run-1.7b/memory.csv "$OUT/seed-1.7b.memory.csv" 2>/dev/null
   held=$(tail -1 /tmp/run-1.7b/memory.csv 2>/dev/null | awk -F, '{printf "%.0f", $NF / 1048576}')
-  note "3 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB), of which mingpt's allocations ${held:-?} MiB (memory.csv peak_device_bytes)"
+  note "4 seed 1.7B (stage 3 offload, fp16, batch 1): exit $rc; peak GPU memory in use ${peak} MiB (nvidia-smi, with the CUDA context; the seed: 5.1 GiB), of which mingpt's allocations ${held:-?} MiB (memory.csv peak_device_bytes)"
 fi
 
-if want 4 && (( $(allow 420) == 0 )); then
-  note "4 GPT-2-small: skipped, out of time (BUDGET_S=$budget): run it alone with STAGES=4"
-elif want 4; then
+if want 5 && (( $(allow 420) == 0 )); then
+  note "5 GPT-2-small: skipped, out of time (BUDGET_S=$budget): run it alone with STAGES=5"
+elif want 5; then
   timeout "$(allow 420)" python3 bench/gpu_vs_torch.py --binary "$mingpt" --data "$data" \
     > "$OUT/gpt2-small.log" 2>&1
   rc=$?
   tail -12 "$OUT/gpt2-small.log"
-  note "4 GPT-2-small bf16 vs PyTorch and Lightning: exit $rc (table above, $OUT/gpt2-small.log)"
+  note "5 GPT-2-small bf16 vs PyTorch and Lightning: exit $rc (table above, $OUT/gpt2-small.log)"
 fi
 
-if want 5; then
+if want 6; then
   if ! command -v compute-sanitizer >/dev/null; then
-    note "5 compute-sanitizer: not on this machine"
+    note "6 compute-sanitizer: not on this machine"
   else
     for tool in memcheck racecheck; do
       if (( $(allow 240) == 0 )); then
-        note "5 compute-sanitizer $tool: skipped, out of time (BUDGET_S=$budget)"
+        note "6 compute-sanitizer $tool: skipped, out of time (BUDGET_S=$budget)"
         continue
       fi
       timeout "$(allow 240)" "${pack[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
@@ -167,7 +181,7 @@ if want 5; then
         > "$OUT/sanitizer-$tool.log" 2>&1
       rc=$?
       tail -8 "$OUT/sanitizer-$tool.log"
-      note "5 compute-sanitizer $tool: exit $rc ($(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log"))"
+      note "6 compute-sanitizer $tool: exit $rc ($(grep -m1 -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log"))"
     done
   fi
 fi
