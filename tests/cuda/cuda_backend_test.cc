@@ -654,10 +654,30 @@ TEST_F(CudaBackendTest, OperandFormatOpsMatchCpu) {
     gpu_->LayerNormForwardOperand(gln.as<void>(), gmean.f32(), grstd.f32(), gx.f32(), gw.f32(),
                                   gb.f32(), N, C);
     ExpectClose(decode(gln), ln, rtol, "layernorm operand");
+    // Each value rounded once, as ToOperand rounds the fp32 op's: the same bits.
+    Buffer g32(gpu_.get(), n * 4), gop(gpu_.get(), n * 4);
+    auto same_bits = [&](const Buffer& got, const char* what) {
+      gpu_->ToOperand(gop.as<void>(), g32.f32(), n);
+      const size_t bytes = n * gpu_->OperandBytes();
+      EXPECT_EQ(Down<uint8_t>(got, bytes), Down<uint8_t>(gop, bytes)) << what;
+    };
+    gpu_->LayerNormForward(g32.f32(), gmean.f32(), grstd.f32(), gx.f32(), gw.f32(), gb.f32(), N,
+                           C);
+    same_bits(gln, "layernorm operand");
+    gpu_->GeluBackward(g32.f32(), gx.f32(), gd.f32(), n);
+    same_bits(gdx, "gelu' operand");
     gpu_->ResidualLayerNormForwardOperand(gsum.f32(), gln.as<void>(), gmean.f32(), grstd.f32(),
                                           gx.f32(), gd.f32(), gw.f32(), gb.f32(), N, C);
     ExpectClose(decode(gln), rln, rtol, "residual layernorm operand");
     ExpectClose(Down(gsum, n), sum, 1e-5, "residual sum");
+    // Without a bias gradient; under fp32 also written over dout.
+    Buffer gdx2(gpu_.get(), n * 4), galias = Up(dout);
+    gpu_->GeluBackwardOperand(gdx2.as<void>(), nullptr, gx.f32(), gd.f32(), N, C);
+    same_bits(gdx2, "gelu' operand without the bias gradient");
+    if (!bf16) {
+      gpu_->GeluBackwardOperand(galias.as<void>(), gdb.f32(), gx.f32(), galias.f32(), N, C);
+      ExpectClose(Down(galias, n), dx, 1e-5, "gelu' over dout");
+    }
   }
   gpu_->SetMatmulPrecision(MatmulPrecision::kFp32);
 }

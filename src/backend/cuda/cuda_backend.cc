@@ -148,19 +148,16 @@ class CudaBackend final : public Backend {
                                 int C) override {
     cuda::ResidualLayerNormForward(stream(), sum, out, mean, rstd, x, branch, w, b, N, C);
   }
-  // The fp32 rows first (into `out` itself under fp32), then the conversion.
+  // The rows stored straight in the operand type (no fp32 staging pass).
   void LayerNormForwardOperand(void* out, float* mean, float* rstd, const float* x,
                                const float* w, const float* b, int N, int C) override {
-    float* rows = OperandStaging(out, int64_t{N} * C);
-    cuda::LayerNormForward(stream(), rows, mean, rstd, x, w, b, N, C);
-    if (rows != out) matmul_.ToOperand(out, rows, int64_t{N} * C);
+    cuda::LayerNormForwardOperand(stream(), out, mean, rstd, x, w, b, N, C, matmul_.precision());
   }
   void ResidualLayerNormForwardOperand(float* sum, void* out, float* mean, float* rstd,
                                        const float* x, const float* branch, const float* w,
                                        const float* b, int N, int C) override {
-    float* rows = OperandStaging(out, int64_t{N} * C);
-    cuda::ResidualLayerNormForward(stream(), sum, rows, mean, rstd, x, branch, w, b, N, C);
-    if (rows != out) matmul_.ToOperand(out, rows, int64_t{N} * C);
+    cuda::ResidualLayerNormForwardOperand(stream(), sum, out, mean, rstd, x, branch, w, b, N, C,
+                                          matmul_.precision());
   }
   void LayerNormBackward(float* dx, float* dw, float* db, const float* dout, const float* x,
                          const float* w, const float* mean, const float* rstd, int N,
@@ -209,18 +206,12 @@ class CudaBackend final : public Backend {
   void GeluForwardOperand(void* out, const float* x, int64_t n) override {
     cuda::GeluForwardOperand(stream(), out, x, n, matmul_.precision());
   }
-  // The fp32 gradient first (in dx itself under fp32), its column sums, then
-  // the conversion.
+  // The gradient made, summed into dbias and stored as operands in one pass.
   void GeluBackwardOperand(void* dx, float* dbias, const float* x, const float* dout, int N,
                            int C) override {
-    const int64_t n = int64_t{N} * C;
-    float* grad = OperandStaging(dx, n);
-    cuda::GeluBackward(stream(), grad, x, dout, n);
-    if (dbias) {
-      BiasBackward(stream(), dbias, grad, N, C,
-                   column_partials_.Reserve<float>(ColumnPartialsFloats(N, C)));
-    }
-    if (grad != dx) matmul_.ToOperand(dx, grad, n);
+    cuda::GeluBackwardOperand(stream(), dx, dbias, x, dout, N, C, matmul_.precision(),
+                              dbias ? column_partials_.Reserve<float>(ColumnPartialsFloats(N, C))
+                                    : nullptr);
   }
   void Add(float* out, const float* a, const float* b, int64_t n) override {
     cuda::Add(stream(), out, a, b, n);
@@ -245,13 +236,6 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float s) override { cuda::Scale(stream(), x, n, s); }
 
  private:
-  // Where an op writing the operand format makes its fp32 values: `out`
-  // itself when the format is fp32, else a scratch of n floats.
-  float* OperandStaging(void* out, int64_t n) {
-    if (matmul_.operand_bytes() == sizeof(float)) return static_cast<float*>(out);
-    return operand_staging_.Reserve<float>(static_cast<size_t>(n));
-  }
-
   Transfer StartTransfer(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
   // The event that finishes transfer t, or null when t is done for certain:
   // 0, or so old that its slot of the ring has been reused (which waited for it).
@@ -274,7 +258,6 @@ class CudaBackend final : public Backend {
   DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
   DeviceScratch token_buckets_;    // EncoderBackward's sort of the rows by token
   DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
-  DeviceScratch operand_staging_;  // OperandStaging
   DeviceScratch sum_squares_;      // partials and the result
   PinnedDouble sum_squares_host_;
   std::unordered_map<void*, size_t> allocations_;  // Malloc's, by address

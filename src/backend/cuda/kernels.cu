@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device.cuh"
@@ -51,6 +52,29 @@ __device__ inline int64_t GlobalIndex() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
 __device__ inline int64_t GlobalStride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// A float stored as Out: itself, or rounded to nearest even to a matrix
+// product's operand type (as ToOperand rounds).
+__device__ inline void StoreAs(float* p, float v) { *p = v; }
+__device__ inline void StoreAs(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ inline void StoreAs(__half* p, float v) { *p = __float2half_rn(v); }
+
+// Calls f with `p` as a pointer to the operand type of `precision` (float,
+// __nv_bfloat16 or __half): the launchers of the kernels that write operands.
+template <typename F>
+void WithOperandType(MatmulPrecision precision, void* p, F&& f) {
+  switch (precision) {
+    case MatmulPrecision::kBf16:
+      f(static_cast<__nv_bfloat16*>(p));
+      break;
+    case MatmulPrecision::kFp16:
+      f(static_cast<__half*>(p));
+      break;
+    case MatmulPrecision::kFp32:
+      f(static_cast<float*>(p));
+      break;
+  }
+}
 
 // ---- encoder -----------------------------------------------------------------
 
@@ -289,7 +313,8 @@ constexpr int kRowsPerBlock = kThreads / 32;
 
 // out = LayerNorm(xr) for one row, by the 32 lanes of a warp; two sweeps
 // over the row (mean, then the centred variance) as the CPU does.
-__device__ inline void NormalizeRow(float* out, float* mean, float* rstd, const float* xr,
+template <typename Out>
+__device__ inline void NormalizeRow(Out* out, float* mean, float* rstd, const float* xr,
                                     const float* w, const float* b, int C, int lane) {
   const float inv_c = 1.0f / C;
   float sum = 0;
@@ -301,12 +326,14 @@ __device__ inline void NormalizeRow(float* out, float* mean, float* rstd, const 
     sq += d * d;
   }
   const float s = 1.0f / sqrtf(WarpSum(sq) * inv_c + kLayerNormEps);
-  for (int c = lane; c < C; c += 32) out[c] = (xr[c] - m) * s * w[c] + b[c];
+  for (int c = lane; c < C; c += 32) StoreAs(out + c, (xr[c] - m) * s * w[c] + b[c]);
   if (lane == 0 && mean) *mean = m;
   if (lane == 0 && rstd) *rstd = s;
 }
 
-__global__ void LayerNormForwardKernel(float* out, float* mean, float* rstd, const float* x,
+// out stored as Out: fp32 rows, or the next product's operands directly.
+template <typename Out>
+__global__ void LayerNormForwardKernel(Out* out, float* mean, float* rstd, const float* x,
                                        const float* w, const float* b, int N, int C) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   if (n >= N) return;
@@ -317,7 +344,8 @@ __global__ void LayerNormForwardKernel(float* out, float* mean, float* rstd, con
 // The lane that writes sum[c] is the lane that reads it back in
 // NormalizeRow (both stride by 32 from `lane`), so no barrier is needed, and
 // the floats are those of Add followed by LayerNormForward.
-__global__ void ResidualLayerNormKernel(float* sum, float* out, float* mean, float* rstd,
+template <typename Out>
+__global__ void ResidualLayerNormKernel(float* sum, Out* out, float* mean, float* rstd,
                                         const float* x, const float* branch, const float* w,
                                         const float* b, int N, int C) {
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
@@ -446,10 +474,6 @@ void ColumnSums(cudaStream_t stream, float* out_a, float* out_b, Terms terms, in
 
 // ---- element-wise -------------------------------------------------------------
 
-__device__ inline void StoreAs(float* p, float v) { *p = v; }
-__device__ inline void StoreAs(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ inline void StoreAs(__half* p, float v) { *p = __float2half_rn(v); }
-
 // out[i] = GELU(x[i]) stored as Out (float, or a matrix-product operand type).
 template <typename Out>
 __global__ void GeluForwardKernel(Out* out, const float* x, int64_t n) {
@@ -459,14 +483,35 @@ __global__ void GeluForwardKernel(Out* out, const float* x, int64_t n) {
   }
 }
 
-__global__ void GeluBackwardKernel(float* dx, const float* x, const float* dout, int64_t n) {
-  for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) {
-    const float xi = x[i];
-    const float cdf = 0.5f * (1.0f + erff(xi * kInvSqrt2));
-    const float pdf = kInvSqrt2Pi * expf(-0.5f * xi * xi);
-    dx[i] = dout[i] * (cdf + xi * pdf);
-  }
+__device__ inline float GeluGrad(float xi, float douti) {
+  const float cdf = 0.5f * (1.0f + erff(xi * kInvSqrt2));
+  const float pdf = kInvSqrt2Pi * expf(-0.5f * xi * xi);
+  return douti * (cdf + xi * pdf);
 }
+
+template <typename Out>
+__global__ void GeluBackwardKernel(Out* dx, const float* x, const float* dout, int64_t n) {
+  for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) StoreAs(dx + i, GeluGrad(x[i], dout[i]));
+}
+
+// ColumnSums' terms for GeluBackwardOperand: the gradient of element (n, c),
+// stored as Out as it is summed into the bias gradient, so that the
+// gradient is made, summed and converted in one pass (each element is
+// visited once, by the thread that reads its x and dout: dx may alias dout
+// under fp32).
+template <typename Out>
+struct GeluGradTerms {
+  Out* dx;
+  const float* x;
+  const float* dout;
+  int C;
+  __device__ void operator()(int64_t n, int c, float* a, float* b) const {
+    const int64_t i = n * C + c;
+    *a = GeluGrad(x[i], dout[i]);
+    *b = 0;
+    StoreAs(dx + i, *a);
+  }
+};
 
 __global__ void AddKernel(float* out, const float* a, const float* b, int64_t n) {
   for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) out[i] = a[i] + b[i];
@@ -636,8 +681,20 @@ void EncoderBackward(cudaStream_t stream, float* dwte, float* dwpe, const float*
 void LayerNormForward(cudaStream_t stream, float* out, float* mean, float* rstd, const float* x,
                       const float* w, const float* b, int N, int C) {
   if (N == 0) return;
-  MINGPT_LAUNCH(LayerNormForwardKernel, RowBlocks(N), kThreads, 0, stream, out, mean, rstd, x, w, b,
-                N, C);
+  MINGPT_LAUNCH(LayerNormForwardKernel<float>, RowBlocks(N), kThreads, 0, stream, out, mean, rstd,
+                x, w, b, N, C);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void LayerNormForwardOperand(cudaStream_t stream, void* out, float* mean, float* rstd,
+                             const float* x, const float* w, const float* b, int N, int C,
+                             MatmulPrecision precision) {
+  if (N == 0) return;
+  WithOperandType(precision, out, [&](auto* o) {
+    using Out = std::remove_pointer_t<decltype(o)>;
+    MINGPT_LAUNCH(LayerNormForwardKernel<Out>, RowBlocks(N), kThreads, 0, stream, o, mean, rstd, x,
+                  w, b, N, C);
+  });
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -645,8 +702,21 @@ void ResidualLayerNormForward(cudaStream_t stream, float* sum, float* out, float
                               float* rstd, const float* x, const float* branch, const float* w,
                               const float* b, int N, int C) {
   if (N == 0) return;
-  MINGPT_LAUNCH(ResidualLayerNormKernel, RowBlocks(N), kThreads, 0, stream, sum, out, mean, rstd, x,
-                branch, w, b, N, C);
+  MINGPT_LAUNCH(ResidualLayerNormKernel<float>, RowBlocks(N), kThreads, 0, stream, sum, out, mean,
+                rstd, x, branch, w, b, N, C);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void ResidualLayerNormForwardOperand(cudaStream_t stream, float* sum, void* out, float* mean,
+                                     float* rstd, const float* x, const float* branch,
+                                     const float* w, const float* b, int N, int C,
+                                     MatmulPrecision precision) {
+  if (N == 0) return;
+  WithOperandType(precision, out, [&](auto* o) {
+    using Out = std::remove_pointer_t<decltype(o)>;
+    MINGPT_LAUNCH(ResidualLayerNormKernel<Out>, RowBlocks(N), kThreads, 0, stream, sum, o, mean,
+                  rstd, x, branch, w, b, N, C);
+  });
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
@@ -676,26 +746,32 @@ void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n) {
 void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t n,
                         MatmulPrecision precision) {
   if (n == 0) return;
-  switch (precision) {
-    case MatmulPrecision::kBf16:
-      MINGPT_LAUNCH(GeluForwardKernel<__nv_bfloat16>, Blocks(n), kThreads, 0, stream,
-                    static_cast<__nv_bfloat16*>(out), x, n);
-      break;
-    case MatmulPrecision::kFp16:
-      MINGPT_LAUNCH(GeluForwardKernel<__half>, Blocks(n), kThreads, 0, stream,
-                    static_cast<__half*>(out), x, n);
-      break;
-    case MatmulPrecision::kFp32:
-      MINGPT_LAUNCH(GeluForwardKernel<float>, Blocks(n), kThreads, 0, stream,
-                    static_cast<float*>(out), x, n);
-      break;
-  }
+  WithOperandType(precision, out, [&](auto* o) {
+    using Out = std::remove_pointer_t<decltype(o)>;
+    MINGPT_LAUNCH(GeluForwardKernel<Out>, Blocks(n), kThreads, 0, stream, o, x, n);
+  });
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void GeluBackwardOperand(cudaStream_t stream, void* dx, float* dbias, const float* x,
+                         const float* dout, int N, int C, MatmulPrecision precision,
+                         float* partials) {
+  const int64_t n = int64_t{N} * C;
+  if (n == 0) return;
+  WithOperandType(precision, dx, [&](auto* d) {
+    using Out = std::remove_pointer_t<decltype(d)>;
+    if (dbias) {
+      ColumnSums(stream, dbias, nullptr, GeluGradTerms<Out>{d, x, dout, C}, N, C, partials);
+    } else {
+      MINGPT_LAUNCH(GeluBackwardKernel<Out>, Blocks(n), kThreads, 0, stream, d, x, dout, n);
+    }
+  });
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void GeluBackward(cudaStream_t stream, float* dx, const float* x, const float* dout, int64_t n) {
   if (n == 0) return;
-  MINGPT_LAUNCH(GeluBackwardKernel, Blocks(n), kThreads, 0, stream, dx, x, dout, n);
+  MINGPT_LAUNCH(GeluBackwardKernel<float>, Blocks(n), kThreads, 0, stream, dx, x, dout, n);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 

@@ -33,6 +33,15 @@ void LayerNormForward(cudaStream_t stream, float* out, float* mean, float* rstd,
 void ResidualLayerNormForward(cudaStream_t stream, float* sum, float* out, float* mean,
                               float* rstd, const float* x, const float* branch, const float* w,
                               const float* b, int N, int C);
+// The same, `out` stored in the matrix products' operand type for
+// `precision` (each value rounded once, as ToOperand would).
+void LayerNormForwardOperand(cudaStream_t stream, void* out, float* mean, float* rstd,
+                             const float* x, const float* w, const float* b, int N, int C,
+                             MatmulPrecision precision);
+void ResidualLayerNormForwardOperand(cudaStream_t stream, float* sum, void* out, float* mean,
+                                     float* rstd, const float* x, const float* branch,
+                                     const float* w, const float* b, int N, int C,
+                                     MatmulPrecision precision);
 // `partials` holds ColumnPartialsFloats(N, C) floats.
 void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, const float* dout,
                        const float* x, const float* w, const float* mean, const float* rstd, int N,
@@ -51,6 +60,13 @@ void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n);
 void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t n,
                         MatmulPrecision precision);
 void GeluBackward(cudaStream_t stream, float* dx, const float* x, const float* dout, int64_t n);
+// GeluBackward over [N,C] stored in the operand type for `precision`, with
+// dbias[c] += sum_n dx[n,c] (of the fp32 values, in BiasBackward's order)
+// when dbias is not null: one pass. `partials` holds ColumnPartialsFloats(N,
+// C) floats. dx may alias dout under fp32.
+void GeluBackwardOperand(cudaStream_t stream, void* dx, float* dbias, const float* x,
+                         const float* dout, int N, int C, MatmulPrecision precision,
+                         float* partials);
 void Add(cudaStream_t stream, float* out, const float* a, const float* b, int64_t n);
 void Scale(cudaStream_t stream, float* x, int64_t n, float s);
 void Dropout(cudaStream_t stream, float* y, const float* x, int B, int64_t row_size,
