@@ -173,8 +173,16 @@ class CudaBackend final : public Backend {
                       MatmulOperand W, int N, int IC, int OC, bool accumulate_dinp) override {
     if (dbias) {
       MINGPT_CHECK(!dout.converted, "MatmulBackward: a bias gradient needs an fp32 dout");
-      BiasBackward(stream(), dbias, static_cast<const float*>(dout.data), N, OC,
-                   column_partials_.Reserve<float>(ColumnPartialsFloats(N, OC)));
+      const auto* d = static_cast<const float*>(dout.data);
+      float* partials = column_partials_.Reserve<float>(ColumnPartialsFloats(N, OC));
+      if (matmul_.operand_bytes() == sizeof(float)) {
+        BiasBackward(stream(), dbias, d, N, OC, partials);
+      } else {  // the bias gradient and dout's conversion in one pass
+        void* converted = dout_operand_.Reserve(size_t{matmul_.operand_bytes()} * N * OC);
+        cuda::BiasBackwardOperand(stream(), dbias, converted, d, N, OC, matmul_.precision(),
+                                  partials);
+        dout = MatmulOperand::Converted(converted);
+      }
     }
     matmul_.Backward(dinp, dW, dout, inp, W, N, IC, OC, accumulate_dinp);
   }
@@ -256,6 +264,7 @@ class CudaBackend final : public Backend {
   Transfer next_transfer_ = 1;
   LtMatmul matmul_;
   DeviceScratch column_partials_;  // LayerNormBackward, bias gradients
+  DeviceScratch dout_operand_;     // MatmulBackward's dout converted with its bias gradient
   DeviceScratch token_buckets_;    // EncoderBackward's sort of the rows by token
   DeviceScratch attention_delta_;  // [B,NH,T] between the backward kernels
   DeviceScratch sum_squares_;      // partials and the result

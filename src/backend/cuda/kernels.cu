@@ -489,6 +489,21 @@ __device__ inline float GeluGrad(float xi, float douti) {
   return douti * (cdf + xi * pdf);
 }
 
+// ColumnSums' terms for BiasBackwardOperand: dout[n, c], also stored as Out
+// (the conversion the matrix product's backward would make of it).
+template <typename Out>
+struct BiasOperandTerms {
+  Out* dst;
+  const float* dout;
+  int C;
+  __device__ void operator()(int64_t n, int c, float* a, float* b) const {
+    const int64_t i = n * C + c;
+    *a = dout[i];
+    *b = 0;
+    StoreAs(dst + i, *a);
+  }
+};
+
 template <typename Out>
 __global__ void GeluBackwardKernel(Out* dx, const float* x, const float* dout, int64_t n) {
   for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) StoreAs(dx + i, GeluGrad(x[i], dout[i]));
@@ -751,6 +766,14 @@ void GeluForwardOperand(cudaStream_t stream, void* out, const float* x, int64_t 
     MINGPT_LAUNCH(GeluForwardKernel<Out>, Blocks(n), kThreads, 0, stream, o, x, n);
   });
   MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void BiasBackwardOperand(cudaStream_t stream, float* dbias, void* dst, const float* dout, int N,
+                         int OC, MatmulPrecision precision, float* partials) {
+  WithOperandType(precision, dst, [&](auto* d) {
+    using Out = std::remove_pointer_t<decltype(d)>;
+    ColumnSums(stream, dbias, nullptr, BiasOperandTerms<Out>{d, dout, OC}, N, OC, partials);
+  });
 }
 
 void GeluBackwardOperand(cudaStream_t stream, void* dx, float* dbias, const float* x,

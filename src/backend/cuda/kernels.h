@@ -50,6 +50,11 @@ void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, con
 // dbias[OC] += sum_n dout[n, :]; `partials` holds ColumnPartialsFloats(N, OC).
 void BiasBackward(cudaStream_t stream, float* dbias, const float* dout, int N, int OC,
                   float* partials);
+// BiasBackward that also stores dout in the operand type for `precision`
+// (dst: N*OC values, each rounded once), the conversion the product's
+// backward makes of it anyway: one pass over dout instead of two.
+void BiasBackwardOperand(cudaStream_t stream, float* dbias, void* dst, const float* dout, int N,
+                         int OC, MatmulPrecision precision, float* partials);
 // Scratch of the two-stage column sums (LayerNormBackward, BiasBackward).
 int64_t ColumnPartialsFloats(int N, int C);
 
