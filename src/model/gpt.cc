@@ -273,7 +273,6 @@ void GPT::BlockForward(int layer, const float* params, int B, int T, const Dropo
 float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int32_t* targets,
                            int B, int T, const DropoutContext& dropout, float loss_scale) {
   MINGPT_CHECK(targets != nullptr, "ForwardBackward needs targets");
-  Forward(params, idx, nullptr, B, T, dropout);
   Backend& be = *backend_;
   Arena& a = *arena_;
   const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size;
@@ -282,13 +281,15 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
   const int64_t NC = static_cast<int64_t>(N) * C;
   const int32_t* d_idx = a.tokens.as<int32_t>();
   int32_t* d_targets = a.tokens.as<int32_t>() + static_cast<int64_t>(max_batch_) * config_.block_size;
+  // Up before the forward, beside the tokens: a copy to the device waits
+  // for its work, and at the loss it would hold the host until the whole
+  // forward had run.
   be.CopyToDevice(d_targets, targets, N * sizeof(int32_t));
+  Forward(params, idx, nullptr, B, T, dropout);
 
-  // Loss and dlogits (in place of the logits).
+  // Loss and dlogits (in place of the logits); the losses are read back
+  // once the backward is issued, for the same reason.
   be.CrossEntropyForwardBackward(a.losses, a.logits, a.logits, d_targets, N, V, loss_scale / N);
-  be.CopyToHost(a.host_losses.data(), a.losses, N * sizeof(float));
-  double sum = 0;
-  for (int i = 0; i < N; ++i) sum += a.host_losses[i];
 
   // Applies the site's dropout to the residual gradient, or passes it through.
   auto branch_grad = [&](uint32_t site) -> const float* {
@@ -354,6 +355,9 @@ float GPT::ForwardBackward(ParamProvider* params, const int32_t* idx, const int3
     be.EncoderBackward(G[kTokEmb], G[kPosEmb], de, d_idx, B, T, C, config_.vocab_size);
     params->GradsReady(u);
   }
+  be.CopyToHost(a.host_losses.data(), a.losses, N * sizeof(float));
+  double sum = 0;
+  for (int i = 0; i < N; ++i) sum += a.host_losses[i];
   return static_cast<float>(sum / N);
 }
 
