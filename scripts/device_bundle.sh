@@ -67,6 +67,11 @@ done | sort -u | while read -r name path; do
   if [[ ! "$name" =~ $provided ]]; then cp -L "$path" "$out/lib/$name"; fi
 done
 
+# The device tool carries at most 64 MiB with the working tree, and oneDNN
+# alone is ~40 MB: the large libraries travel xz-compressed (to a sixth),
+# and device_check.sh unpacks them there (Python's lzma, under a second).
+find "$out/lib" -type f -size +8M -exec xz -T0 -6 {} +
+
 size=$(du -sm "$out" | cut -f1)
 echo "device_bundle: $out holds $(ls "$out/lib" | wc -l) libraries, ${size} MiB"
 if (( size > 62 )); then

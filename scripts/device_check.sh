@@ -55,6 +55,15 @@ if [[ ! -x $bundle/mingpt || ! -x $mingpt ]]; then
   echo "device_check: no $bundle/mingpt: run scripts/device_bundle.sh here and carry build-device" >&2
   exit 1
 fi
+# The libraries device_bundle.sh compressed, unpacked beside the others.
+python3 - "$bundle/lib" <<'UNPACK' || exit 1
+import glob, lzma, os, shutil, sys
+for packed in glob.glob(os.path.join(sys.argv[1], "*.xz")):
+    if not os.path.exists(packed[:-3]):
+        with lzma.open(packed) as src, open(packed[:-3] + ".part", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(packed[:-3] + ".part", packed[:-3])
+UNPACK
 if [[ ! -s $data ]] && { want 4 || want 5; }; then
   echo "device_check: no $data: scripts/device_bundle.sh copies it; carry data" >&2
   exit 1
