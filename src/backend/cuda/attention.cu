@@ -519,6 +519,19 @@ __device__ inline float RowMultiplier(const DropoutSpec& dropout, KeepCache& cac
   return cache.keep[element & 3] ? dropout.scale() : 0.0f;
 }
 
+// The SIMT code walks a tile with two lanes per row, each over half of the
+// row's columns. fp32 tiles have a leading dimension of 4 modulo 32 (WMMA
+// stores need a multiple of 4), so in column order the 16 rows fall on 8
+// banks and both halves of a row on the same one: 4 lanes a bank. Each lane
+// instead starts its walk at its own skew (2 per half, 1 for the upper 8
+// rows), which puts the 32 lanes on 32 banks at every step. The t-th column
+// of a lane's n, from its skew.
+__device__ inline int LaneSkew(int lane) { return 2 * (lane % 2) + lane / 16; }
+__device__ inline int Skewed(int t, int n, int skew) {
+  const int c = t + skew;
+  return c < n ? c : c - n;
+}
+
 template <typename Op>
 struct ForwardLayout {
   Op *qs, *ks, *vs;  // [kRows][LdOp] q, [kKeyTile][LdOp] k and v of the tile
@@ -554,6 +567,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int r0 = warp * 16;                  // the warp's rows in the block
   const int64_t i_w0 = i_block + r0;         // its first query
   const int rr = r0 + lane / 2, half = lane % 2;  // the lane's row and half of it
+  const int skew = LaneSkew(lane);
   const int64_t i = i_block + rr;
   float m = -INFINITY, l = 0;
   const int64_t i_last = Min64(i_block + kRows - 1, int64_t{T} - 1);
@@ -572,7 +586,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     Op* prow = s.ps + rr * kLdKeyTileOp;
     const bool row = i < T;
     float mx = -INFINITY;
-    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+    for (int t = 0; t < 32; ++t) {
+      const int c = 32 * half + Skewed(t, 32, skew);
       if (row && j0 + c <= i) mx = fmaxf(mx, srow[c] * scale);
     }
     mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
@@ -582,7 +597,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float corr = row ? expf(m - m_new) : 1.0f;
     float sum = 0;
     KeepCache cache;
-    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+    for (int t = 0; t < 32; ++t) {
+      const int c = 32 * half + Skewed(t, 32, skew);
       const int64_t j = j0 + c;
       float pd = 0;
       if (row && j <= i) {
@@ -597,7 +613,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       l = l * corr + sum;
       m = m_new;
     }
-    for (int d = half * (hs / 2); d < (half + 1) * (hs / 2); ++d) s.os[rr * lda + d] *= corr;
+    float* orow_acc = s.os + rr * lda + half * (hs / 2);
+    for (int t = 0; t < hs / 2; ++t) orow_acc[Skewed(t, hs / 2, skew)] *= corr;
     __syncwarp();
     AccumulateAB(s.os + r0 * lda, lda, s.ps + r0 * kLdKeyTileOp, kLdKeyTileOp, s.vs, ldo,
                  16 * frags, hs);
@@ -650,6 +667,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int r0 = warp * 16;
   const int64_t i_w0 = i_block + r0;
   const int rr = r0 + lane / 2, half = lane % 2;
+  const int skew = LaneSkew(lane);
   const int64_t i = i_block + rr;
   const bool row = i < T;
   const float lse_i = row ? lse[bh * T + i] : 0.0f;
@@ -670,7 +688,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float* dprow = s.dps + rr * kLdKeyTile;
     Op* dsrow = s.dss + rr * kLdKeyTileOp;
     KeepCache cache;
-    for (int c = 32 * half; c < 32 * half + 32; ++c) {
+    for (int t = 0; t < 32; ++t) {
+      const int c = 32 * half + Skewed(t, 32, skew);
       const int64_t j = j0 + c;
       float ds = 0;
       if (row && j <= i && c < 16 * frags) {
