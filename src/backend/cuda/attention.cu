@@ -757,6 +757,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int r0 = warp * 16;
   const int64_t j_w0 = j_block + r0;
   const int rr = r0 + lane / 2, half = lane % 2;  // the lane's key row, half of the tile's queries
+  const int skew = LaneSkew(lane);
   const int64_t j = j_block + rr;
   // Queries before the block's first key see none of its keys.
   for (int64_t i0 = j_block; i0 < T; i0 += kQueryTile) {
@@ -779,7 +780,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float* dprow = s.dpt + rr * kLdQueryTile;
     Op* pdrow = s.pdt + rr * kLdQueryTileOp;
     Op* dsrow = s.dst + rr * kLdQueryTileOp;
-    for (int c = 16 * half; c < 16 * half + 16; ++c) {
+    for (int t = 0; t < 16; ++t) {
+      const int c = 16 * half + Skewed(t, 16, skew);
       const int64_t i = i0 + c;
       float pd = 0, ds = 0;
       if (j < T && i < T && i >= j) {
