@@ -1,12 +1,14 @@
 // NcclCommunicator (see nccl_communicator.h): NCCL collectives on the
 // communicator's stream, ordered after the compute stream's work by an
 // event, and a completion thread that fulfils each Work in issue order when
-// the collective's event has completed.
+// the collective's event has completed. A watchdog thread stops the rank
+// when NCCL reports an asynchronous error.
 #include "dist/nccl_communicator.h"
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -100,6 +102,7 @@ class NcclCommunicator final : public Communicator {
   Work Issue(int64_t n, Enqueue&& enqueue);
   cudaEvent_t TakeEvent();  // from the pool, or a new one
   void CompletionLoop();
+  void WatchdogLoop();
 
   Communicator* const bootstrap_;
   const int device_;
@@ -119,6 +122,11 @@ class NcclCommunicator final : public Communicator {
   std::vector<cudaEvent_t> all_events_;     // guarded by mu_
   bool stopping_ = false;                   // guarded by mu_
   std::thread completion_;
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;  // guarded by watch_mu_
+  std::thread watchdog_;     // from Init on
 };
 
 // cudaSetDevice first: the stream, events and buffer belong to `device`.
@@ -143,9 +151,18 @@ NcclCommunicator::NcclCommunicator(Communicator* bootstrap, int device, cudaStre
 void NcclCommunicator::Init(const ncclUniqueId& id) {
   MINGPT_CUDA_CHECK(cudaSetDevice(device_));
   MINGPT_NCCL_CHECK(ncclCommInitRank(&comm_, world_, id, rank_));
+  watchdog_ = std::thread(&NcclCommunicator::WatchdogLoop, this);
 }
 
 NcclCommunicator::~NcclCommunicator() {
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      watch_stop_ = true;
+    }
+    watch_cv_.notify_all();
+    watchdog_.join();
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -212,6 +229,27 @@ void NcclCommunicator::CompletionLoop() {
     p.promise.set_value();
     std::lock_guard<std::mutex> lock(mu_);
     free_events_.push_back(p.done);
+  }
+}
+
+// A failure that NCCL meets inside a running collective (a peer gone, the
+// network down) is reported only by ncclCommGetAsyncError, while the
+// collective's kernel spins: every wait for it, on the host or on a stream,
+// would hang. Polled every 100 ms; an error ends the rank with one line and
+// exit code 1, and its launcher (mpirun, srun) then ends the job.
+void NcclCommunicator::WatchdogLoop() {
+  std::unique_lock<std::mutex> lock(watch_mu_);
+  while (!watch_cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return watch_stop_; })) {
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t asked = ncclCommGetAsyncError(comm_, &async);
+    if (asked != ncclSuccess) async = asked;
+    if (async == ncclSuccess || async == ncclInProgress) continue;
+    const char* detail = ncclGetLastError(comm_);
+    std::fprintf(stderr, "mingpt: error: rank %d: NCCL failed inside a collective: %s%s%s\n",
+                 rank_, ncclGetErrorString(async), detail && *detail ? ": " : "",
+                 detail ? detail : "");
+    std::fflush(nullptr);
+    std::_Exit(1);  // the spinning kernel cannot be waited for, nor the process wound down
   }
 }
 

@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
@@ -89,6 +92,30 @@ TEST_F(NcclWorldOfOneTest, ManyWorksInFlight) {
   for (Work& w : works) w.Wait();
   EXPECT_EQ(Down(a, n), x);
 }
+
+#ifdef MINGPT_CUDA_EMULATED_PLUGIN
+// A failure NCCL meets inside a running collective (a peer or the network
+// gone) is reported only asynchronously, while the collective spins: the
+// communicator's watchdog ends the rank with one line, not a hang. On the
+// emulator only, which reports MINGPT_NCCL_EMULATOR_ASYNC_ERROR's result as
+// such an error (6: ncclRemoteError).
+TEST_F(NcclWorldOfOneTest, AnAsynchronousErrorEndsTheRankWithOneLine) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // the child runs SetUp: a watchdog of its own
+  EXPECT_EXIT(
+      {
+        ::setenv("MINGPT_NCCL_EMULATOR_ASYNC_ERROR", "6", 1);
+        comm_->AllReduce(Up(Rand(8)).f32(), 8).Wait();
+        std::this_thread::sleep_for(std::chrono::seconds(10));  // the watchdog ends it first
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1), "^mingpt: error: rank 0: NCCL failed inside a collective: ");
+  ::unsetenv("MINGPT_NCCL_EMULATOR_ASYNC_ERROR");
+  // Without the error the watchdog stays quiet while collectives run.
+  Buffer a = Up(Rand(8));
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  comm_->AllReduce(a.f32(), 8).Wait();
+}
+#endif
 
 }  // namespace
 }  // namespace mingpt::testing

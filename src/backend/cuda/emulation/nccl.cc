@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -164,6 +165,16 @@ ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks, ncclUniqueId id, int 
 
 // The emulator's errors are the returned codes alone.
 const char* ncclGetLastError(ncclComm_t) { return ""; }
+
+// No collective fails asynchronously here, unless a test says so:
+// MINGPT_NCCL_EMULATOR_ASYNC_ERROR=<ncclResult_t> is reported as the error
+// a running collective met.
+ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t* async) {
+  if (c == nullptr || async == nullptr) return ncclInvalidArgument;
+  const char* injected = std::getenv("MINGPT_NCCL_EMULATOR_ASYNC_ERROR");
+  *async = injected ? static_cast<ncclResult_t>(std::atoi(injected)) : ncclSuccess;
+  return ncclSuccess;
+}
 
 ncclResult_t ncclCommFinalize(ncclComm_t c) { return c ? ncclSuccess : ncclInvalidArgument; }
 
