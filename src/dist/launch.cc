@@ -403,7 +403,8 @@ constexpr std::string_view kErrorLine = "mingpt: error: ";
 void MpirunErrFilter::Feed(std::string_view data) {
   while (!data.empty()) {
     const size_t nl = data.find('\n');
-    const std::string_view piece = data.substr(0, nl == std::string_view::npos ? data.size() : nl + 1);
+    const std::string_view piece =
+        data.substr(0, nl == std::string_view::npos ? data.size() : nl + 1);
     data.remove_prefix(piece.size());
     if (line_start_.size() < kErrorLine.size()) {
       line_start_.append(piece.substr(0, kErrorLine.size() - line_start_.size()));

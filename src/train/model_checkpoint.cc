@@ -605,7 +605,8 @@ Status CheckpointReader::CheckPartialReads(Communicator* comm) const {
     }
   }
   for (const auto& [tensor, list] : pieces) {
-    MINGPT_RETURN_IF_ERROR(files_[static_cast<size_t>(tensor.first)].CheckPieces(tensor.second, list));
+    const SafetensorsFile& file = files_[static_cast<size_t>(tensor.first)];
+    MINGPT_RETURN_IF_ERROR(file.CheckPieces(tensor.second, list));
   }
   return Status::Ok();
 }

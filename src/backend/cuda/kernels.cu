@@ -506,7 +506,9 @@ struct BiasOperandTerms {
 
 template <typename Out>
 __global__ void GeluBackwardKernel(Out* dx, const float* x, const float* dout, int64_t n) {
-  for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) StoreAs(dx + i, GeluGrad(x[i], dout[i]));
+  for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) {
+    StoreAs(dx + i, GeluGrad(x[i], dout[i]));
+  }
 }
 
 // ColumnSums' terms for GeluBackwardOperand: the gradient of element (n, c),
