@@ -227,6 +227,24 @@ class Backend {
   virtual void AdamW(float* p, const float* g, float* m, float* v, int64_t n,
                      float lr, float beta1, float beta2, float eps, float wd,
                      int t) = 0;
+  // AdamW on `count` tensors of one step at once: tensor k is elements
+  // [begin, begin + n) of p, g, m and v, with its own weight decay. The same
+  // floats as AdamW on each; a backend may do all in one pass (the CUDA
+  // backend: one launch for up to 32 tensors, not one per tensor).
+  struct AdamWTensor {
+    int64_t begin, n;
+    float wd;
+  };
+  virtual void AdamWTensors(float* p, const float* g, float* m, float* v,
+                            const AdamWTensor* tensors, size_t count,
+                            float lr, float beta1, float beta2, float eps,
+                            int t) {
+    for (size_t k = 0; k < count; ++k) {
+      const AdamWTensor& x = tensors[k];
+      AdamW(p + x.begin, g + x.begin, m + x.begin, v + x.begin, x.n, lr, beta1,
+            beta2, eps, x.wd, t);
+    }
+  }
 
   // Sum of squares in double precision (gradient norm), and x *= s.
   virtual double SumSquares(const float* x, int64_t n) = 0;

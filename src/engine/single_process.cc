@@ -24,15 +24,15 @@ void SingleProcess::ClipGrads(double grad_norm, double max_norm) {
 }
 
 void SingleProcess::OptimizerStep(const AdamWConfig& c, float lr, int t) {
+  std::vector<Backend::AdamWTensor> tensors;
   for (int u = 0; u < layout_.num_units(); ++u) {
     const int64_t base = layout_.unit_offset(u);
     for (const ParamEntry& e : layout_.units()[u].params) {
-      const int64_t o = base + e.offset;
-      backend_->AdamW(params_.f32() + o, grads_.f32() + o, exp_avg_.f32() + o,
-                      exp_avg_sq_.f32() + o, e.numel, lr, c.beta1, c.beta2, c.eps,
-                      e.decay ? c.weight_decay : 0.0f, t);
+      tensors.push_back({base + e.offset, e.numel, e.decay ? c.weight_decay : 0.0f});
     }
   }
+  backend_->AdamWTensors(params_.f32(), grads_.f32(), exp_avg_.f32(), exp_avg_sq_.f32(),
+                         tensors.data(), tensors.size(), lr, c.beta1, c.beta2, c.eps, t);
 }
 
 size_t SingleProcess::state_bytes() const {

@@ -477,18 +477,24 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
   }
   CompleteGrads();
   WaitAllParams();
+  std::vector<Backend::AdamWTensor> tensors;
   for (int u = 0; u < layout_.num_units(); ++u) {
     const ShardRange& sr = shards_[u];
     const ElementRange mine = Held(u, StateKind::kExpAvg);
     float *p = StepParams(u), *g = GradBase(u);
     float *m = Base(StateKind::kExpAvg, u), *v = Base(StateKind::kExpAvgSq, u);
+    tensors.clear();  // the unit's parameters in the range held, from its start
     for (const ParamEntry& e : layout_.units()[u].params) {
       const int64_t a = std::max(mine.begin, e.offset);
       const int64_t b = std::min(mine.end, e.offset + e.numel);
-      if (a >= b) continue;
-      state_backend()->AdamW(At(p, step_params_whole(), sr, a), At(g, grads_whole(), sr, a),
-                             At(m, moments_whole(), sr, a), At(v, moments_whole(), sr, a), b - a,
-                             lr, c.beta1, c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+      if (a < b) tensors.push_back({a - mine.begin, b - a, e.decay ? c.weight_decay : 0.0f});
+    }
+    if (!tensors.empty()) {
+      const int64_t o = mine.begin;
+      state_backend()->AdamWTensors(At(p, step_params_whole(), sr, o), At(g, grads_whole(), sr, o),
+                                    At(m, moments_whole(), sr, o), At(v, moments_whole(), sr, o),
+                                    tensors.data(), tensors.size(), lr, c.beta1, c.beta2,
+                                    c.eps, t);
     }
     if (master_separate()) {  // the updated shard up into the device's whole parameters,
       // beside the AdamW of the next units; the next forward (and all-gather) follows it

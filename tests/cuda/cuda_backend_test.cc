@@ -108,8 +108,9 @@ TEST_F(CudaBackendTest, Encoder) {
 }
 
 TEST_F(CudaBackendTest, LayerNormForwardBackward) {
-  for (int C : {20, 48, 385, 768}) {
-    const int N = 67;
+  // N = 67: two chunks of rows in LayerNormBackward, one ragged; N = 700:
+  // eleven, and more rows than a block has warps.
+  for (auto [N, C] : {std::pair{67, 20}, {67, 48}, {67, 385}, {67, 768}, {700, 20}, {700, 768}}) {
     FVec x = Rand(N * C, -3, 5), w = Rand(C), b = Rand(C), dout = Rand(N * C);
     FVec dx0 = Rand(N * C), dw0 = Rand(C), db0 = Rand(C);  // all three accumulate
     Buffer g_x = Up(x), g_w = Up(w), g_b = Up(b), g_dout = Up(dout);
@@ -124,7 +125,7 @@ TEST_F(CudaBackendTest, LayerNormForwardBackward) {
                            C);
     cpu_->LayerNormBackward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
                             mean.data(), rstd.data(), N, C);
-    const std::string at = " C=" + std::to_string(C);
+    const std::string at = " N=" + std::to_string(N) + " C=" + std::to_string(C);
     ExpectClose(Down(g_out, out.size()), out, 1e-5, "out" + at);
     ExpectClose(Down(g_mean, N), mean, 1e-5, "mean" + at);
     ExpectClose(Down(g_rstd, N), rstd, 1e-5, "rstd" + at);
@@ -802,6 +803,39 @@ TEST_F(CudaBackendTest, AdamWMatchesCpu) {
     ExpectClose(Down(gm, n), m, 1e-5, "m" + at);
     ExpectClose(Down(gv, n), v, 1e-5, "v" + at);
   }
+}
+
+// Many tensors in one call (three launches of at most 32), with gaps
+// between them left untouched: bit for bit AdamW on each tensor alone.
+TEST_F(CudaBackendTest, AdamWTensorsIsAdamWOnEachTensor) {
+  std::vector<Backend::AdamWTensor> tensors;
+  const int64_t sizes[] = {1, 1023, 1024, 1025, 0, 5000, 37, 2048};
+  int64_t at = 3;
+  for (int k = 0; k < 70; ++k) {
+    const int64_t n = sizes[k % 8];
+    tensors.push_back({at, n, k % 3 == 0 ? 0.0f : 0.1f * (1 + k % 2)});
+    at += n + k % 5;  // gaps of 0 to 4 elements
+  }
+  const int64_t n = at + 2;
+  FVec p = Rand(n), m = Rand(n, 0, 0.1), v = Rand(n, 0, 0.01);
+  Buffer p1 = Up(p), m1 = Up(m), v1 = Up(v), p2 = Up(p), m2 = Up(m), v2 = Up(v);
+  for (int t = 1; t <= 2; ++t) {
+    Buffer g = Up(Rand(n, -0.1, 0.1));
+    gpu_->AdamWTensors(p1.f32(), g.f32(), m1.f32(), v1.f32(), tensors.data(), tensors.size(), 6e-4f,
+                       0.9f, 0.95f, 1e-8f, t);
+    for (const Backend::AdamWTensor& x : tensors) {
+      gpu_->AdamW(p2.f32() + x.begin, g.f32() + x.begin, m2.f32() + x.begin, v2.f32() + x.begin,
+                  x.n, 6e-4f, 0.9f, 0.95f, 1e-8f, x.wd, t);
+    }
+  }
+  EXPECT_EQ(Down(p1, n), Down(p2, n));
+  EXPECT_EQ(Down(m1, n), Down(m2, n));
+  EXPECT_EQ(Down(v1, n), Down(v2, n));
+  const FVec after = Down(p1, n);
+  EXPECT_EQ(after[0], p[0]);  // before the first tensor, and in a gap
+  const Backend::AdamWTensor& last = tensors.back();
+  EXPECT_EQ(after[last.begin - 1], p[last.begin - 1]) << "gap before the last tensor";
+  EXPECT_NE(after[last.begin], p[last.begin]);
 }
 
 TEST_F(CudaBackendTest, SumSquaresInDouble) {

@@ -239,7 +239,23 @@ class CudaBackend final : public Backend {
   void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
              float beta2, float eps, float wd, int t) override {
     cuda::AdamW(stream(), p, g, m, v, n, MakeAdamWScalars(lr, beta1, beta2, eps, wd, t));
+  }  void AdamWTensors(float* p, const float* g, float* m, float* v,
+                    const AdamWTensor* tensors, size_t count, float lr, float beta1,
+                    float beta2, float eps, int t) override {
+    const AdamWScalars s = MakeAdamWScalars(lr, beta1, beta2, eps, 0.0, t);
+    AdamWTensorBatch batch;
+    for (size_t k = 0; k < count; ++k) {
+      const AdamWTensor& x = tensors[k];
+      batch.begin[batch.count] = x.begin;
+      batch.n[batch.count] = x.n;
+      batch.decay[batch.count] = MakeAdamWScalars(lr, beta1, beta2, eps, x.wd, t).decay;
+      if (++batch.count == kAdamWMaxTensors || k + 1 == count) {
+        cuda::AdamWTensors(stream(), p, g, m, v, batch, s);
+        batch.count = 0;
+      }
+    }
   }
+
   double SumSquares(const float* x, int64_t n) override;
   void Scale(float* x, int64_t n, float s) override { cuda::Scale(stream(), x, n, s); }
 

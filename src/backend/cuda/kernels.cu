@@ -24,6 +24,7 @@
 // fixed order without atomics: deterministic.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <type_traits>
 
@@ -357,30 +358,6 @@ __global__ void ResidualLayerNormKernel(float* sum, Out* out, float* mean, float
                lane);
 }
 
-// dx += rstd (g - mean_c(g) - xhat mean_c(g xhat)), g = dout w, per row.
-__global__ void LayerNormBackwardDxKernel(float* dx, const float* dout, const float* x,
-                                          const float* w, const float* mean, const float* rstd,
-                                          int N, int C) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (n >= N) return;
-  const int lane = threadIdx.x % 32;
-  const float* xr = x + n * C;
-  const float* d = dout + n * C;
-  float* g = dx + n * C;
-  const float m = mean[n], s = rstd[n], inv_c = 1.0f / C;
-  float g_sum = 0, gx_sum = 0;
-  for (int c = lane; c < C; c += 32) {
-    const float gc = d[c] * w[c];
-    g_sum += gc;
-    gx_sum += gc * (xr[c] - m) * s;
-  }
-  const float g_mean = WarpSum(g_sum) * inv_c, gx_mean = WarpSum(gx_sum) * inv_c;
-  for (int c = lane; c < C; c += 32) {
-    const float xhat = (xr[c] - m) * s;
-    g[c] += s * (d[c] * w[c] - g_mean - xhat * gx_mean);
-  }
-}
-
 // ---- column sums: out[c] += sum_n f(n, c), in two deterministic stages ----------
 //
 // Stage 1: block (32 columns x 8 row lanes) of chunk r sums its rows into
@@ -395,17 +372,6 @@ int ColumnChunks(int N) {
   return static_cast<int>(std::clamp<int64_t>((int64_t{N} + kRowsPerChunk - 1) / kRowsPerChunk,
                                               1, kMaxChunks));
 }
-
-// The two terms of LayerNorm's parameter gradients: dout xhat and dout.
-struct LayerNormGradTerms {
-  const float *dout, *x, *mean, *rstd;
-  int C;
-  __device__ void operator()(int64_t n, int c, float* a, float* b) const {
-    const float d = dout[n * C + c];
-    *a = d * (x[n * C + c] - mean[n]) * rstd[n];
-    *b = d;
-  }
-};
 
 struct BiasGradTerms {
   const float* dout;
@@ -457,6 +423,62 @@ __global__ void ColumnFinishKernel(float* out_a, float* out_b, const float* part
   }
   out_a[c] += a;
   if (out_b) out_b[c] += b;
+}
+
+// ---- LayerNorm backward: dx and the column partials in one pass -------------
+//
+// Block r owns a chunk of rows: its warps first form dx row by row,
+//   dx += rstd (g - mean_c(g) - xhat mean_c(g xhat)),  g = dout w,
+// then its threads (one column each, striding by the block) sum the chunk's
+// rows in order into partials[0][r][c] = sum dout xhat and partials[1][r][c]
+// = sum dout, for ColumnFinishKernel. The second phase reads only dout and x
+// (no barrier between the phases), rows the first phase has just read, from
+// L2: one pass over dout and x from memory, not two. Chunks of about
+// kLayerNormChunkRows rows, their number a function of N only: deterministic.
+
+constexpr int kLayerNormChunkRows = 64;
+constexpr int kLayerNormMaxChunks = 1024;
+
+int LayerNormChunks(int N) {
+  return static_cast<int>(std::clamp<int64_t>(
+      (int64_t{N} + kLayerNormChunkRows - 1) / kLayerNormChunkRows, 1, kLayerNormMaxChunks));
+}
+
+__global__ void LayerNormBackwardKernel(float* dx, float* partials, const float* dout,
+                                        const float* x, const float* w, const float* mean,
+                                        const float* rstd, int N, int C) {
+  const int chunks = gridDim.x, r = blockIdx.x;
+  const int64_t rows_per = (int64_t{N} + chunks - 1) / chunks;
+  const int64_t n0 = r * rows_per, n1 = std::min<int64_t>(N, n0 + rows_per);
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const float inv_c = 1.0f / C;
+  for (int64_t n = n0 + threadIdx.x / 32; n < n1; n += warps) {
+    const float* xr = x + n * C;
+    const float* d = dout + n * C;
+    float* g = dx + n * C;
+    const float m = mean[n], s = rstd[n];
+    float g_sum = 0, gx_sum = 0;
+    for (int c = lane; c < C; c += 32) {
+      const float gc = d[c] * w[c];
+      g_sum += gc;
+      gx_sum += gc * (xr[c] - m) * s;
+    }
+    const float g_mean = WarpSum(g_sum) * inv_c, gx_mean = WarpSum(gx_sum) * inv_c;
+    for (int c = lane; c < C; c += 32) {
+      const float xhat = (xr[c] - m) * s;
+      g[c] += s * (d[c] * w[c] - g_mean - xhat * gx_mean);
+    }
+  }
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = 0, b = 0;
+    for (int64_t n = n0; n < n1; ++n) {
+      const float d = dout[n * C + c];
+      a += d * (x[n * C + c] - mean[n]) * rstd[n];
+      b += d;
+    }
+    partials[static_cast<int64_t>(r) * C + c] = a;
+    partials[static_cast<int64_t>(chunks + r) * C + c] = b;
+  }
 }
 
 template <typename Terms>
@@ -587,17 +609,39 @@ __global__ void CrossEntropyKernel(float* losses, float* dlogits, const float* l
 
 // ---- AdamW ------------------------------------------------------------------------
 
+__device__ inline void AdamWElement(float* p, const float* g, float* m, float* v, int64_t i,
+                                    const AdamWScalars& s, float decay) {
+  const float gi = g[i];
+  // torch.lerp: start + w (end - start), or end - (end - start)(1 - w).
+  const float mi = s.small_weight ? m[i] + s.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - s.w1);
+  const float vi = v[i] * s.b2 + s.w2 * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  const float denom = sqrtf(vi) / s.bc2_sqrt + s.eps;
+  p[i] = p[i] * decay + (-s.step_size * mi) / denom;
+}
+
 __global__ void AdamWKernel(float* p, const float* g, float* m, float* v, int64_t n,
                             AdamWScalars s) {
   for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) {
-    const float gi = g[i];
-    // torch.lerp: start + w (end - start), or end - (end - start)(1 - w).
-    const float mi = s.small_weight ? m[i] + s.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - s.w1);
-    const float vi = v[i] * s.b2 + s.w2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float denom = sqrtf(vi) / s.bc2_sqrt + s.eps;
-    p[i] = p[i] * s.decay + (-s.step_size * mi) / denom;
+    AdamWElement(p, g, m, v, i, s, s.decay);
+  }
+}
+
+// Block b works on kAdamWBlockItems elements of the tensor whose blocks
+// (block_end, a running sum) hold it: all of a unit's tensors in one launch,
+// instead of one launch per tensor, most of them microsecond-sized.
+constexpr int kAdamWBlockItems = 4 * kThreads;
+
+__global__ void AdamWTensorsKernel(float* p, const float* g, float* m, float* v,
+                                   AdamWTensorBatch batch, AdamWScalars s) {
+  int k = 0;
+  while (static_cast<int>(blockIdx.x) >= batch.block_end[k]) ++k;
+  const int first = k == 0 ? 0 : batch.block_end[k - 1];
+  const int64_t lo = batch.begin[k] + int64_t{kAdamWBlockItems} * (blockIdx.x - first);
+  const int64_t hi = std::min(lo + kAdamWBlockItems, batch.begin[k] + batch.n[k]);
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    AdamWElement(p, g, m, v, i, s, batch.decay[k]);
   }
 }
 
@@ -741,10 +785,13 @@ void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, con
                        const float* x, const float* w, const float* mean, const float* rstd, int N,
                        int C, float* partials) {
   if (N == 0) return;
-  MINGPT_LAUNCH(LayerNormBackwardDxKernel, RowBlocks(N), kThreads, 0, stream, dx, dout, x, w, mean,
-                rstd, N, C);
+  const int chunks = LayerNormChunks(N);
+  MINGPT_LAUNCH(LayerNormBackwardKernel, chunks, kThreads, 0, stream, dx, partials, dout, x, w,
+                mean, rstd, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
-  ColumnSums(stream, dw, db, LayerNormGradTerms{dout, x, mean, rstd, C}, N, C, partials);
+  MINGPT_LAUNCH(ColumnFinishKernel, (C + kThreads - 1) / kThreads, kThreads, 0, stream, dw, db,
+                partials, chunks, C);
+  MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void BiasBackward(cudaStream_t stream, float* dbias, const float* dout, int N, int OC,
@@ -752,7 +799,9 @@ void BiasBackward(cudaStream_t stream, float* dbias, const float* dout, int N, i
   ColumnSums(stream, dbias, nullptr, BiasGradTerms{dout, OC}, N, OC, partials);
 }
 
-int64_t ColumnPartialsFloats(int N, int C) { return 2 * int64_t{ColumnChunks(N)} * C; }
+int64_t ColumnPartialsFloats(int N, int C) {
+  return 2 * int64_t{std::max(ColumnChunks(N), LayerNormChunks(N))} * C;
+}
 
 void GeluForward(cudaStream_t stream, float* out, const float* x, int64_t n) {
   if (n == 0) return;
@@ -864,6 +913,23 @@ void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, in
            const AdamWScalars& s) {
   if (n == 0) return;
   MINGPT_LAUNCH(AdamWKernel, Blocks(n), kThreads, 0, stream, p, g, m, v, n, s);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
+void AdamWTensors(cudaStream_t stream, float* p, const float* g, float* m, float* v,
+                  AdamWTensorBatch batch, const AdamWScalars& s) {
+  MINGPT_CHECK(batch.count >= 0 && batch.count <= kAdamWMaxTensors,
+               "AdamWTensors: %d tensors, at most %d a launch", batch.count, kAdamWMaxTensors);
+  int64_t blocks = 0;
+  for (int k = 0; k < batch.count; ++k) {
+    blocks += (batch.n[k] + kAdamWBlockItems - 1) / kAdamWBlockItems;
+    MINGPT_CHECK(blocks <= INT32_MAX, "AdamWTensors: %lld blocks, more than a grid holds",
+                 static_cast<long long>(blocks));
+    batch.block_end[k] = static_cast<int>(blocks);
+  }
+  if (blocks == 0) return;
+  MINGPT_LAUNCH(AdamWTensorsKernel, static_cast<unsigned>(blocks), kThreads, 0, stream, p, g, m, v,
+                batch, s);
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 

@@ -101,6 +101,18 @@ struct AdamWScalars {
 AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd, int t);
 void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, int64_t n,
            const AdamWScalars& s);
+// AdamW on up to kAdamWMaxTensors tensors of p, g, m and v in one launch:
+// tensor k is elements [begin[k], begin[k] + n[k]), with decay[k] in place of
+// s.decay (its weight decay's); the same floats as AdamW on each.
+constexpr int kAdamWMaxTensors = 32;
+struct AdamWTensorBatch {
+  int count = 0;
+  int64_t begin[kAdamWMaxTensors], n[kAdamWMaxTensors];
+  float decay[kAdamWMaxTensors];
+  int block_end[kAdamWMaxTensors];  // filled by AdamWTensors
+};
+void AdamWTensors(cudaStream_t stream, float* p, const float* g, float* m, float* v,
+                  AdamWTensorBatch batch, const AdamWScalars& s);
 
 // sum_i x[i]^2 in double into *result (device memory); `partials` holds
 // SumSquaresPartials() doubles.
