@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
   // A write past a file-size limit fails with EFBIG (reported with the
   // file's name, as a full disk is) instead of killing the process.
   std::signal(SIGXFSZ, SIG_IGN);
-  CLI::App app{"mingpt: train, evaluate and sample GPT models on the CPU", "mingpt"};
+  CLI::App app{"mingpt: train, evaluate and sample GPT models, on CPUs or CUDA GPUs, in one "
+               "process or sharded over many",
+               "mingpt"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   std::vector<mingpt::cli::Command> commands;
