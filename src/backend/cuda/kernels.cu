@@ -382,6 +382,19 @@ struct BiasGradTerms {
   }
 };
 
+// Lane y of a column holds (a, b); all threads call it. Lane 0 returns with
+// the sums over the lanes, added in lane order.
+__device__ inline void SumRowLanes(float (&acc)[2][kColumnRowLanes][32], float* a, float* b) {
+  acc[0][threadIdx.y][threadIdx.x] = *a;
+  acc[1][threadIdx.y][threadIdx.x] = *b;
+  __syncthreads();
+  if (threadIdx.y != 0) return;
+  for (int y = 1; y < kColumnRowLanes; ++y) {
+    *a += acc[0][y][threadIdx.x];
+    *b += acc[1][y][threadIdx.x];
+  }
+}
+
 template <typename Terms>
 __global__ void ColumnPartialsKernel(float* partials, Terms terms, int N, int C) {
   __shared__ float acc[2][kColumnRowLanes][32];
@@ -398,31 +411,39 @@ __global__ void ColumnPartialsKernel(float* partials, Terms terms, int N, int C)
       b += tb;
     }
   }
-  acc[0][threadIdx.y][threadIdx.x] = a;
-  acc[1][threadIdx.y][threadIdx.x] = b;
-  __syncthreads();
+  SumRowLanes(acc, &a, &b);
   if (threadIdx.y == 0 && c < C) {
-    for (int y = 1; y < kColumnRowLanes; ++y) {
-      a += acc[0][y][threadIdx.x];
-      b += acc[1][y][threadIdx.x];
-    }
     partials[static_cast<int64_t>(r) * C + c] = a;
     partials[static_cast<int64_t>(chunks + r) * C + c] = b;
   }
 }
 
-// out_a[c] += sum_r partials[0][r][c]; out_b likewise (if not null).
+// out_a[c] += sum_r partials[0][r][c]; out_b likewise (if not null). The
+// same block shape: row lane y adds chunks y, y + 8, ... in order, so a
+// thread loads chunks / 8 partials however many chunks there are.
 __global__ void ColumnFinishKernel(float* out_a, float* out_b, const float* partials, int chunks,
                                    int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  __shared__ float acc[2][kColumnRowLanes][32];
+  const int c = blockIdx.x * 32 + threadIdx.x;
   float a = 0, b = 0;
-  for (int r = 0; r < chunks; ++r) {
-    a += partials[static_cast<int64_t>(r) * C + c];
-    b += partials[static_cast<int64_t>(chunks + r) * C + c];
+  if (c < C) {
+    for (int r = threadIdx.y; r < chunks; r += kColumnRowLanes) {
+      a += partials[static_cast<int64_t>(r) * C + c];
+      b += partials[static_cast<int64_t>(chunks + r) * C + c];
+    }
   }
-  out_a[c] += a;
-  if (out_b) out_b[c] += b;
+  SumRowLanes(acc, &a, &b);
+  if (threadIdx.y == 0 && c < C) {
+    out_a[c] += a;
+    if (out_b) out_b[c] += b;
+  }
+}
+
+void ColumnFinish(cudaStream_t stream, float* out_a, float* out_b, const float* partials,
+                  int chunks, int C) {
+  MINGPT_LAUNCH(ColumnFinishKernel, (C + 31) / 32, dim3(32, kColumnRowLanes), 0, stream, out_a,
+                out_b, partials, chunks, C);
+  MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 // ---- LayerNorm backward: dx and the column partials in one pass -------------
@@ -435,8 +456,10 @@ __global__ void ColumnFinishKernel(float* out_a, float* out_b, const float* part
 // (no barrier between the phases), rows the first phase has just read, from
 // L2: one pass over dout and x from memory, not two. Chunks of about
 // kLayerNormChunkRows rows, their number a function of N only: deterministic.
+// 32 rows keep the grid large (16K rows: 512 blocks of 8 warps, four rows a
+// warp) while the finish reads 512 partials a column, 64 a thread.
 
-constexpr int kLayerNormChunkRows = 64;
+constexpr int kLayerNormChunkRows = 32;
 constexpr int kLayerNormMaxChunks = 1024;
 
 int LayerNormChunks(int N) {
@@ -489,9 +512,7 @@ void ColumnSums(cudaStream_t stream, float* out_a, float* out_b, Terms terms, in
   MINGPT_LAUNCH(ColumnPartialsKernel<Terms>, dim3((C + 31) / 32, chunks), dim3(32, kColumnRowLanes),
                 0, stream, partials, terms, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(ColumnFinishKernel, (C + kThreads - 1) / kThreads, kThreads, 0, stream, out_a,
-                out_b, partials, chunks, C);
-  MINGPT_CUDA_CHECK_LAUNCH();
+  ColumnFinish(stream, out_a, out_b, partials, chunks, C);
 }
 
 // ---- element-wise -------------------------------------------------------------
@@ -789,9 +810,7 @@ void LayerNormBackward(cudaStream_t stream, float* dx, float* dw, float* db, con
   MINGPT_LAUNCH(LayerNormBackwardKernel, chunks, kThreads, 0, stream, dx, partials, dout, x, w,
                 mean, rstd, N, C);
   MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(ColumnFinishKernel, (C + kThreads - 1) / kThreads, kThreads, 0, stream, dw, db,
-                partials, chunks, C);
-  MINGPT_CUDA_CHECK_LAUNCH();
+  ColumnFinish(stream, dw, db, partials, chunks, C);
 }
 
 void BiasBackward(cudaStream_t stream, float* dbias, const float* dout, int N, int OC,
