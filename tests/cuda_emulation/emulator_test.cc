@@ -84,6 +84,12 @@ __global__ void BigSharedKernel(float* out) {
 
 __global__ void TrapKernel() { __trap(); }
 
+// Thread t copies a float4 from in + 4t + shift to out + 4t + shift.
+__global__ void VectorCopyKernel(float* out, const float* in, int shift) {
+  const int at = 4 * threadIdx.x + shift;
+  mingpt::cuda::StoreVector(out + at, mingpt::cuda::LoadVector<float4>(in + at));
+}
+
 template <typename T>
 T* DeviceCopy(const std::vector<T>& host) {
   void* p = nullptr;
@@ -168,6 +174,22 @@ TEST(CudaEmulatorDeathTest, DivergenceIsFatalAndNamed) {
   EXPECT_DEATH(MINGPT_LAUNCH(ShuffleAfterExitKernel, 1, 32, 0, nullptr, out),
                "ShuffleAfterExitKernel.*(31 live lanes|exited while)");
   EXPECT_DEATH(MINGPT_LAUNCH(TrapKernel, 2, 32, 0, nullptr), "TrapKernel.*__trap");
+}
+
+// A GPU faults on a vector access not aligned to its size; the emulator's
+// CPU would not, so LoadVector and StoreVector check.
+TEST(CudaEmulatorDeathTest, MisalignedVectorAccessIsFatalAndNamed) {
+  std::vector<float> host(72);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(i);
+  const float* in = DeviceCopy(host);
+  float* out = DeviceCopy(std::vector<float>(72));
+  MINGPT_LAUNCH(VectorCopyKernel, 1, 16, 0, nullptr, out, in, 4);
+  const std::vector<float> copied = HostCopy(out, 72);
+  for (int i = 4; i < 68; ++i) EXPECT_EQ(copied[i], host[i]) << i;
+  EXPECT_DEATH(MINGPT_LAUNCH(VectorCopyKernel, 1, 16, 0, nullptr, out, in, 1),
+               "VectorCopyKernel.*misaligned vector load");
+  EXPECT_DEATH(MINGPT_LAUNCH(VectorCopyKernel, 1, 16, 0, nullptr, out + 2, in, 4),
+               "VectorCopyKernel.*misaligned vector store");
 }
 
 TEST(CudaEmulator, LaunchConfigurationErrorsAsOnAGpu) {

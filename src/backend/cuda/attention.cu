@@ -442,15 +442,15 @@ __device__ inline void StageOp(Op* dst, int ld, const float* __restrict__ src, c
     for (int k = 0; k < kInFlight; ++k) {
       const int e = e0 + k * blockDim.x, r = e / quads, c = e % quads;
       x[k] = e < n && row0 + r < valid_end
-                 ? *reinterpret_cast<const float4*>(src + at.At(b, h, row0 + r) + 4 * c)
+                 ? LoadVector<float4>(src + at.At(b, h, row0 + r) + 4 * c)
                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 #pragma unroll
     for (int k = 0; k < kInFlight; ++k) {
       const int e = e0 + k * blockDim.x, r = e / quads, c = e % quads;
       if (e < n) {
-        *reinterpret_cast<Op4<Op>*>(dst + r * ld + 4 * c) =
-            Op4<Op>{{ToOp<Op>(x[k].x), ToOp<Op>(x[k].y), ToOp<Op>(x[k].z), ToOp<Op>(x[k].w)}};
+        const Op4<Op> ops{{ToOp<Op>(x[k].x), ToOp<Op>(x[k].y), ToOp<Op>(x[k].z), ToOp<Op>(x[k].w)}};
+        StoreVector(dst + r * ld + 4 * c, ops);
       }
     }
   }
