@@ -221,15 +221,14 @@ class Backend {
                                            const int32_t* targets, int N,
                                            int V, float dloss) = 0;
 
-  // PyTorch's AdamW on n elements, in place; t is the 1-based step:
+  // PyTorch's AdamW, in place, on `count` tensors of one step: tensor k is
+  // elements [begin, begin + n) of p, g, m and v, with its own weight decay
+  // wd; t is the 1-based step; each gradient element is read as
+  // g * grad_scale (the clipping factor and 1/loss scale, folded in so that
+  // they cost no pass over the gradients of their own):
   //   p -= lr*wd*p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
   //   p -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
-  virtual void AdamW(float* p, const float* g, float* m, float* v, int64_t n,
-                     float lr, float beta1, float beta2, float eps, float wd,
-                     int t) = 0;
-  // AdamW on `count` tensors of one step at once: tensor k is elements
-  // [begin, begin + n) of p, g, m and v, with its own weight decay. The same
-  // floats as AdamW on each; a backend may do all in one pass (the CUDA
+  // The tensors are stepped in one pass where the backend can (the CUDA
   // backend: one launch for up to 32 tensors, not one per tensor).
   struct AdamWTensor {
     int64_t begin, n;
@@ -238,12 +237,12 @@ class Backend {
   virtual void AdamWTensors(float* p, const float* g, float* m, float* v,
                             const AdamWTensor* tensors, size_t count,
                             float lr, float beta1, float beta2, float eps,
-                            int t) {
-    for (size_t k = 0; k < count; ++k) {
-      const AdamWTensor& x = tensors[k];
-      AdamW(p + x.begin, g + x.begin, m + x.begin, v + x.begin, x.n, lr, beta1,
-            beta2, eps, x.wd, t);
-    }
+                            int t, float grad_scale) = 0;
+  // AdamWTensors on one tensor of n elements, unscaled.
+  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr,
+             float beta1, float beta2, float eps, float wd, int t) {
+    const AdamWTensor whole{0, n, wd};
+    AdamWTensors(p, g, m, v, &whole, 1, lr, beta1, beta2, eps, t, 1.0f);
   }
 
   // Sum of squares in double precision (gradient norm), and x *= s.

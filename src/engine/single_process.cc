@@ -32,7 +32,8 @@ void SingleProcess::OptimizerStep(const AdamWConfig& c, float lr, int t) {
     }
   }
   backend_->AdamWTensors(params_.f32(), grads_.f32(), exp_avg_.f32(), exp_avg_sq_.f32(),
-                         tensors.data(), tensors.size(), lr, c.beta1, c.beta2, c.eps, t);
+                         tensors.data(), tensors.size(), lr, c.beta1, c.beta2, c.eps, t,
+                         1.0f);
 }
 
 size_t SingleProcess::state_bytes() const {

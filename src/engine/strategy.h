@@ -71,8 +71,9 @@ class Strategy : public ParamProvider {
   // Global L2 norm of the step's gradients over all ranks (waits for the
   // gradient communication). Every rank gets the same value.
   virtual double GradNorm() = 0;
-  // Multiplies this rank's gradients by `factor` (nothing to do at 1): the
-  // clipping factor, times 1/scale under loss scaling.
+  // Scales this rank's gradients by `factor` for the OptimizerStep that
+  // follows: the clipping factor, times 1/scale under loss scaling. No pass
+  // of its own: AdamW reads each gradient as g * factor.
   virtual void ScaleGrads(double factor) = 0;
   // AdamW (t 1-based) over this rank's part, then whatever communication
   // makes the parameters every rank needs current.

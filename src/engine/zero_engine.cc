@@ -408,8 +408,8 @@ void ZeroEngine::ZeroGrads() {
   } else {  // shards (in memory or on disk) are overwritten by the step's first gradients
     std::fill(grads_written_.begin(), grads_written_.end(), 0);
     grad_sumsq_ = 0;
-    grad_scale_ = 1;
   }
+  grad_scale_ = 1;
   last_micro_batch_ = true;
 }
 
@@ -431,41 +431,24 @@ double ZeroEngine::GradNorm() {
   return std::sqrt(sum);
 }
 
-void ZeroEngine::ScaleGrads(double f) {
-  if (f == 1.0) return;
-  CompleteGrads();
-  if (nvme_) {
-    grad_scale_ *= f;
-    return;
-  }
-  if (stage_ == 1) {
-    for (int u = 0; u < layout_.num_units(); ++u) {
-      backend_->Scale(GradBase(u) + shards_[u].offset, shards_[u].shard, static_cast<float>(f));
-    }
-  } else {
-    state_backend()->Scale(grads_.f32(), static_cast<int64_t>(grads_.bytes() / sizeof(float)),
-                           static_cast<float>(f));
-  }
-}
+// Not a pass over the gradients: AdamW reads each as g * grad_scale_.
+void ZeroEngine::ScaleGrads(double f) { grad_scale_ *= f; }
 
 void ZeroEngine::NvmeOptimizerStep(const AdamWConfig& c, float lr, int t) {
   Check(nvme_->Step([&](int u, int64_t from, int64_t n, float* p, float* g, float* m, float* v) {
     const ShardRange& sr = shards_[u];
-    if (!grads_written_[u]) {
-      std::memset(g, 0, n * sizeof(float));
-    } else if (grad_scale_ != 1.0) {
-      host_->Scale(g, n, static_cast<float>(grad_scale_));
-    }
+    if (!grads_written_[u]) std::memset(g, 0, n * sizeof(float));
     if (p == nullptr) p = params_.f32() + shard_base_[u] + from;  // parameters in memory
     // Unit elements [lo, lo + n) are in these buffers; step each tensor's part.
     const int64_t lo = sr.offset + from;
+    std::vector<Backend::AdamWTensor> tensors;
     for (const ParamEntry& e : layout_.units()[u].params) {
       const int64_t a = std::max({lo, e.offset, sr.begin});
       const int64_t b = std::min({lo + n, e.offset + e.numel, sr.end});
-      if (a >= b) continue;
-      host_->AdamW(p + (a - lo), g + (a - lo), m + (a - lo), v + (a - lo), b - a, lr, c.beta1,
-                   c.beta2, c.eps, e.decay ? c.weight_decay : 0.0f, t);
+      if (a < b) tensors.push_back({a - lo, b - a, e.decay ? c.weight_decay : 0.0f});
     }
+    host_->AdamWTensors(p, g, m, v, tensors.data(), tensors.size(), lr, c.beta1, c.beta2, c.eps,
+                        t, static_cast<float>(grad_scale_));
   }));
   InvalidateSlots();
 }
@@ -494,7 +477,7 @@ void ZeroEngine::OptimizerStep(const AdamWConfig& c, float lr, int t) {
       state_backend()->AdamWTensors(At(p, step_params_whole(), sr, o), At(g, grads_whole(), sr, o),
                                     At(m, moments_whole(), sr, o), At(v, moments_whole(), sr, o),
                                     tensors.data(), tensors.size(), lr, c.beta1, c.beta2,
-                                    c.eps, t);
+                                    c.eps, t, static_cast<float>(grad_scale_));
     }
     if (master_separate()) {  // the updated shard up into the device's whole parameters,
       // beside the AdamW of the next units; the next forward (and all-gather) follows it

@@ -255,7 +255,7 @@ class ZeroEngine : public Strategy {
   std::vector<Backend::Transfer> grad_downloads_;  // offload: per unit, its first gradient's copy
   Backend::Transfer last_transfer_ = 0;            // offload: the latest transfer started
   double grad_sumsq_ = 0;            // NVMe: of the step's final gradient shards
-  double grad_scale_ = 1;            // NVMe: ScaleGrads, applied as the optimizer reads
+  double grad_scale_ = 1;            // ScaleGrads', applied as the optimizer reads them
   mutable std::vector<Work> param_gathers_;  // stages 1, 2: per unit
   std::vector<Work> grad_reduces_;           // ddp, stage 1: per unit
   std::array<Staging, 2> staging_;

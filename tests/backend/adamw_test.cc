@@ -81,5 +81,45 @@ TEST_P(AdamWTest, MatchesFormulaOverSteps) {
 
 INSTANTIATE_TEST_SUITE_P(WeightDecay, AdamWTest, ::testing::Values(0.0, 0.1));
 
+// Several tensors of one buffer with their own weight decay and the
+// gradients read scaled (clipping and loss scaling folded in): the formula
+// on the scaled gradients, each tensor with its decay; gaps untouched.
+TEST(AdamWTensorsTest, ScaledGradientsAndEachTensorsDecay) {
+  const Hyper h{double(1e-2f), double(0.9f), double(0.95f), double(1e-8f), 0};
+  const std::vector<Backend::AdamWTensor> tensors = {
+      {0, 300, 0.0f}, {301, 5000, 0.1f}, {5301, 7, 0.0f}, {5310, 1025, 0.25f}};
+  const int n = 6400;
+  const float scale = 0.3125f;  // exact in float: the formula's g * scale is the kernel's
+  std::mt19937_64 rng(12);
+  const auto p0 = testing::ToDouble(testing::ToFloat(testing::RandomVec(rng, n)));
+  std::vector<double> p = p0, m(n, 0), v(n, 0);
+  std::vector<float> pf = testing::ToFloat(p0), mf(n, 0), vf(n, 0);
+  CpuBackend backend(0);
+  for (int t = 1; t <= 3; ++t) {
+    const auto g = testing::ToDouble(testing::ToFloat(testing::RandomVec(rng, n, -3, 3)));
+    const auto gf = testing::ToFloat(g);
+    backend.AdamWTensors(pf.data(), gf.data(), mf.data(), vf.data(), tensors.data(),
+                         tensors.size(), float(h.lr), float(h.b1), float(h.b2), float(h.eps), t,
+                         scale);
+    for (const Backend::AdamWTensor& x : tensors) {
+      std::vector<double> pt(p.begin() + x.begin, p.begin() + x.begin + x.n),
+          mt(m.begin() + x.begin, m.begin() + x.begin + x.n),
+          vt(v.begin() + x.begin, v.begin() + x.begin + x.n), gt(x.n);
+      for (int64_t i = 0; i < x.n; ++i) gt[i] = g[x.begin + i] * scale;
+      Hyper ht = h;
+      ht.wd = double(x.wd);
+      FormulaStep(pt, gt, mt, vt, ht, t);
+      std::copy(pt.begin(), pt.end(), p.begin() + x.begin);
+      std::copy(mt.begin(), mt.end(), m.begin() + x.begin);
+      std::copy(vt.begin(), vt.end(), v.begin() + x.begin);
+    }
+  }
+  testing::ExpectNear(pf, p, 1e-6, 1e-6, "p");
+  testing::ExpectNear(mf, m, 1e-5, 1e-6, "m");
+  testing::ExpectNear(vf, v, 1e-5, 1e-6, "v");
+  EXPECT_EQ(pf[300], float(p0[300])) << "a gap between tensors";
+  EXPECT_EQ(pf[n - 1], float(p0[n - 1])) << "after the last tensor";
+}
+
 }  // namespace
 }  // namespace mingpt::cpu

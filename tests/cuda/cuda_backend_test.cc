@@ -822,7 +822,7 @@ TEST_F(CudaBackendTest, AdamWTensorsIsAdamWOnEachTensor) {
   for (int t = 1; t <= 2; ++t) {
     Buffer g = Up(Rand(n, -0.1, 0.1));
     gpu_->AdamWTensors(p1.f32(), g.f32(), m1.f32(), v1.f32(), tensors.data(), tensors.size(), 6e-4f,
-                       0.9f, 0.95f, 1e-8f, t);
+                       0.9f, 0.95f, 1e-8f, t, 1.0f);
     for (const Backend::AdamWTensor& x : tensors) {
       gpu_->AdamW(p2.f32() + x.begin, g.f32() + x.begin, m2.f32() + x.begin, v2.f32() + x.begin,
                   x.n, 6e-4f, 0.9f, 0.95f, 1e-8f, x.wd, t);
@@ -836,6 +836,22 @@ TEST_F(CudaBackendTest, AdamWTensorsIsAdamWOnEachTensor) {
   const Backend::AdamWTensor& last = tensors.back();
   EXPECT_EQ(after[last.begin - 1], p[last.begin - 1]) << "gap before the last tensor";
   EXPECT_NE(after[last.begin], p[last.begin]);
+}
+
+// Gradients read scaled (the clipping factor, 1/loss scale): as the CPU
+// backend does it, to float rounding.
+TEST_F(CudaBackendTest, AdamWTensorsScalesTheGradients) {
+  const std::vector<Backend::AdamWTensor> tensors = {{0, 1000, 0.0f}, {1000, 3333, 0.1f}};
+  const int64_t n = 4333;
+  FVec p = Rand(n), m = Rand(n, 0, 0.1), v = Rand(n, 0, 0.01), g = Rand(n, -0.1, 0.1);
+  Buffer gp = Up(p), gm = Up(m), gv = Up(v), gg = Up(g);
+  gpu_->AdamWTensors(gp.f32(), gg.f32(), gm.f32(), gv.f32(), tensors.data(), tensors.size(), 6e-4f,
+                     0.9f, 0.95f, 1e-8f, 2, 0.3125f);
+  cpu_->AdamWTensors(p.data(), g.data(), m.data(), v.data(), tensors.data(), tensors.size(), 6e-4f,
+                     0.9f, 0.95f, 1e-8f, 2, 0.3125f);
+  ExpectClose(Down(gp, n), p, 1e-6, "p");
+  ExpectClose(Down(gm, n), m, 1e-6, "m");
+  ExpectClose(Down(gv, n), v, 1e-6, "v");
 }
 
 TEST_F(CudaBackendTest, SumSquaresInDouble) {

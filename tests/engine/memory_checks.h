@@ -186,9 +186,10 @@ class RecordingBackend final : public Backend {
                                    const int32_t* targets, int N, int V, float dloss) override {
     inner_->CrossEntropyForwardBackward(losses, dlogits, logits, targets, N, V, dloss);
   }
-  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
-             float beta2, float eps, float wd, int t) override {
-    inner_->AdamW(p, g, m, v, n, lr, beta1, beta2, eps, wd, t);
+  void AdamWTensors(float* p, const float* g, float* m, float* v, const AdamWTensor* tensors,
+                    size_t count, float lr, float beta1, float beta2, float eps, int t,
+                    float grad_scale) override {
+    inner_->AdamWTensors(p, g, m, v, tensors, count, lr, beta1, beta2, eps, t, grad_scale);
   }
   double SumSquares(const float* x, int64_t n) override { return inner_->SumSquares(x, n); }
   void Scale(float* x, int64_t n, float s) override { inner_->Scale(x, n, s); }

@@ -22,7 +22,7 @@ constexpr int64_t kBlock = 256;  // elements per cache-resident block
 template <typename Real, bool kSmallWeight>
 void AdamWLoop(Real* p, const Real* g, Real* m, Real* v, int64_t n, Real decay,
                Real w1, Real b2, Real w2, Real step_size, Real bc2_sqrt,
-               Real eps) {
+               Real eps, Real grad_scale) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (Parallel(4 * n))
   for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -35,7 +35,7 @@ void AdamWLoop(Real* p, const Real* g, Real* m, Real* v, int64_t n, Real decay,
     alignas(64) Real denom[kBlock];
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
-      const Real gi = gb[i];
+      const Real gi = gb[i] * grad_scale;
       // torch.lerp: start + w (end - start), or end - (end - start)(1 - w).
       mb[i] = kSmallWeight ? mb[i] + w1 * (gi - mb[i])
                            : gi - (gi - mb[i]) * (Real(1) - w1);
@@ -55,7 +55,8 @@ void AdamWLoop(Real* p, const Real* g, Real* m, Real* v, int64_t n, Real decay,
 
 template <typename Real>
 void AdamW(Real* p, const Real* g, Real* m, Real* v, int64_t n, double lr,
-           double beta1, double beta2, double eps, double wd, int t) {
+           double beta1, double beta2, double eps, double wd, int t,
+           Real grad_scale) {
   MINGPT_CHECK(t >= 1, "AdamW step t=%d must be 1-based", t);
   const Real decay = wd != 0.0 ? static_cast<Real>(1.0 - lr * wd) : Real(1);
   const Real w1 = static_cast<Real>(1.0 - beta1);  // lerp weight
@@ -66,16 +67,17 @@ void AdamW(Real* p, const Real* g, Real* m, Real* v, int64_t n, double lr,
   const Real e = static_cast<Real>(eps);
   if (std::abs(w1) < Real(0.5)) {
     AdamWLoop<Real, true>(p, g, m, v, n, decay, w1, b2, w2, step_size, bc2_sqrt,
-                          e);
+                          e, grad_scale);
   } else {
     AdamWLoop<Real, false>(p, g, m, v, n, decay, w1, b2, w2, step_size,
-                           bc2_sqrt, e);
+                           bc2_sqrt, e, grad_scale);
   }
 }
 
 template void AdamW<float>(float*, const float*, float*, float*, int64_t,
-                           double, double, double, double, double, int);
+                           double, double, double, double, double, int, float);
 template void AdamW<double>(double*, const double*, double*, double*, int64_t,
-                            double, double, double, double, double, int);
+                            double, double, double, double, double, int,
+                            double);
 
 }  // namespace mingpt::cpu

@@ -7,7 +7,9 @@
 //   denom = sqrt(v) / sqrt(1 - b2^t) + eps
 //   p = p - (lr / (1 - b1^t)) * m / denom
 // i.e. p -= lr * m_hat / (sqrt(v_hat) + eps). Scalars are formed in double
-// (as Python does) and rounded to Real once, as PyTorch passes them.
+// (as Python does) and rounded to Real once, as PyTorch passes them. g is
+// read as g * grad_scale (clipping and loss scaling folded in; exactly g at
+// 1).
 // shapes: p, g, m, v [n]; p, m, v updated (=), g read.
 #pragma once
 
@@ -17,6 +19,7 @@ namespace mingpt::cpu {
 
 template <typename Real>
 void AdamW(Real* p, const Real* g, Real* m, Real* v, int64_t n, double lr,
-           double beta1, double beta2, double eps, double wd, int t);
+           double beta1, double beta2, double eps, double wd, int t,
+           Real grad_scale = 1);
 
 }  // namespace mingpt::cpu

@@ -191,10 +191,15 @@ void CpuBackend::CrossEntropyForwardBackward(float* losses, float* dlogits,
                                    dloss);
 }
 
-void CpuBackend::AdamW(float* p, const float* g, float* m, float* v, int64_t n,
-                       float lr, float beta1, float beta2, float eps, float wd,
-                       int t) {
-  cpu::AdamW(p, g, m, v, n, lr, beta1, beta2, eps, wd, t);
+void CpuBackend::AdamWTensors(float* p, const float* g, float* m, float* v,
+                              const AdamWTensor* tensors, size_t count,
+                              float lr, float beta1, float beta2, float eps,
+                              int t, float grad_scale) {
+  for (size_t k = 0; k < count; ++k) {
+    const AdamWTensor& x = tensors[k];
+    cpu::AdamW(p + x.begin, g + x.begin, m + x.begin, v + x.begin, x.n, lr,
+               beta1, beta2, eps, x.wd, t, grad_scale);
+  }
 }
 double CpuBackend::SumSquares(const float* x, int64_t n) {
   return cpu::SumSquares(x, n);

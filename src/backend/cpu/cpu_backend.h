@@ -87,8 +87,10 @@ class CpuBackend final : public Backend {
   void CrossEntropyForwardBackward(float* losses, float* dlogits,
                                    const float* logits, const int32_t* targets,
                                    int N, int V, float dloss) override;
-  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr,
-             float beta1, float beta2, float eps, float wd, int t) override;
+  void AdamWTensors(float* p, const float* g, float* m, float* v,
+                    const AdamWTensor* tensors, size_t count, float lr,
+                    float beta1, float beta2, float eps, int t,
+                    float grad_scale) override;
   double SumSquares(const float* x, int64_t n) override;
   void Scale(float* x, int64_t n, float s) override;
 

@@ -236,19 +236,16 @@ class CudaBackend final : public Backend {
                                    const int32_t* targets, int N, int V, float dloss) override {
     cuda::CrossEntropyForwardBackward(stream(), losses, dlogits, logits, targets, N, V, dloss);
   }
-  void AdamW(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
-             float beta2, float eps, float wd, int t) override {
-    cuda::AdamW(stream(), p, g, m, v, n, MakeAdamWScalars(lr, beta1, beta2, eps, wd, t));
-  }  void AdamWTensors(float* p, const float* g, float* m, float* v,
-                    const AdamWTensor* tensors, size_t count, float lr, float beta1,
-                    float beta2, float eps, int t) override {
-    const AdamWScalars s = MakeAdamWScalars(lr, beta1, beta2, eps, 0.0, t);
+  void AdamWTensors(float* p, const float* g, float* m, float* v, const AdamWTensor* tensors,
+                    size_t count, float lr, float beta1, float beta2, float eps, int t,
+                    float grad_scale) override {
+    const AdamWScalars s = MakeAdamWScalars(lr, beta1, beta2, eps, 0.0, t, grad_scale);
     AdamWTensorBatch batch;
     for (size_t k = 0; k < count; ++k) {
       const AdamWTensor& x = tensors[k];
       batch.begin[batch.count] = x.begin;
       batch.n[batch.count] = x.n;
-      batch.decay[batch.count] = MakeAdamWScalars(lr, beta1, beta2, eps, x.wd, t).decay;
+      batch.decay[batch.count] = MakeAdamWScalars(lr, beta1, beta2, eps, x.wd, t, 1.0f).decay;
       if (++batch.count == kAdamWMaxTensors || k + 1 == count) {
         cuda::AdamWTensors(stream(), p, g, m, v, batch, s);
         batch.count = 0;

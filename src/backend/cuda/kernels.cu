@@ -632,7 +632,7 @@ __global__ void CrossEntropyKernel(float* losses, float* dlogits, const float* l
 
 __device__ inline void AdamWElement(float* p, const float* g, float* m, float* v, int64_t i,
                                     const AdamWScalars& s, float decay) {
-  const float gi = g[i];
+  const float gi = g[i] * s.grad_scale;
   // torch.lerp: start + w (end - start), or end - (end - start)(1 - w).
   const float mi = s.small_weight ? m[i] + s.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - s.w1);
   const float vi = v[i] * s.b2 + s.w2 * gi * gi;
@@ -640,13 +640,6 @@ __device__ inline void AdamWElement(float* p, const float* g, float* m, float* v
   v[i] = vi;
   const float denom = sqrtf(vi) / s.bc2_sqrt + s.eps;
   p[i] = p[i] * decay + (-s.step_size * mi) / denom;
-}
-
-__global__ void AdamWKernel(float* p, const float* g, float* m, float* v, int64_t n,
-                            AdamWScalars s) {
-  for (int64_t i = GlobalIndex(); i < n; i += GlobalStride()) {
-    AdamWElement(p, g, m, v, i, s, s.decay);
-  }
 }
 
 // Block b works on kAdamWBlockItems elements of the tensor whose blocks
@@ -913,8 +906,8 @@ void CrossEntropyForwardBackward(cudaStream_t stream, float* losses, float* dlog
   MINGPT_CUDA_CHECK_LAUNCH();
 }
 
-AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd,
-                              int t) {
+AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd, int t,
+                              float grad_scale) {
   MINGPT_CHECK(t >= 1, "AdamW step t=%d must be 1-based", t);
   AdamWScalars s;
   s.decay = wd != 0.0 ? static_cast<float>(1.0 - lr * wd) : 1.0f;
@@ -924,15 +917,9 @@ AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps,
   s.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, t)));
   s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t)));
   s.eps = static_cast<float>(eps);
+  s.grad_scale = grad_scale;
   s.small_weight = std::abs(s.w1) < 0.5f;
   return s;
-}
-
-void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, int64_t n,
-           const AdamWScalars& s) {
-  if (n == 0) return;
-  MINGPT_LAUNCH(AdamWKernel, Blocks(n), kThreads, 0, stream, p, g, m, v, n, s);
-  MINGPT_CUDA_CHECK_LAUNCH();
 }
 
 void AdamWTensors(cudaStream_t stream, float* p, const float* g, float* m, float* v,

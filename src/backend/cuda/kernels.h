@@ -96,14 +96,14 @@ struct AdamWScalars {
   float step_size;  // lr / (1 - beta1^t)
   float bc2_sqrt;   // sqrt(1 - beta2^t)
   float eps;
+  float grad_scale;   // g is read as g * grad_scale
   bool small_weight;  // |w1| < 0.5: torch.lerp's first form
 };
-AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd, int t);
-void AdamW(cudaStream_t stream, float* p, const float* g, float* m, float* v, int64_t n,
-           const AdamWScalars& s);
+AdamWScalars MakeAdamWScalars(double lr, double beta1, double beta2, double eps, double wd, int t,
+                              float grad_scale);
 // AdamW on up to kAdamWMaxTensors tensors of p, g, m and v in one launch:
 // tensor k is elements [begin[k], begin[k] + n[k]), with decay[k] in place of
-// s.decay (its weight decay's); the same floats as AdamW on each.
+// s.decay (its weight decay's).
 constexpr int kAdamWMaxTensors = 32;
 struct AdamWTensorBatch {
   int count = 0;
