@@ -252,7 +252,7 @@ def main():
                    help="the GPU's datasheet dense bf16 rate")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=("torch", "torch+sdpa", "lightning", "mingpt"))
+                   choices=("torch", "torch+sdpa", "lightning", "mingpt", "mingpt+mma"))
     a = p.parse_args()
     import torch
     from train_ref import load_splits
@@ -295,32 +295,45 @@ def main():
         except Exception as e:  # noqa: BLE001 -- one side failing must not cost the others' rows
             traceback.print_exc()
             print(f"  lightning: failed ({type(e).__name__}: {e})", flush=True)
-    if "mingpt" not in a.skip:
+    # mingpt's attention as it ships (auto: the WMMA kernels), then on the
+    # opt-in mma.sync kernels (MINGPT_CUDA_ATTENTION=mma), the two compared.
+    for run, attention in (("mingpt", None), ("mingpt+mma", "mma")):
+        if run in a.skip:
+            continue
         from bench_vs_torch import bench_mingpt
         a.precision, a.verbose = "bf16", False
         a.extra_args = ["--accelerator", a.device, "--enable_checkpointing", "false"]
         if a.device == "cuda":  # what torch still caches is not mingpt's
             gc.collect()
             torch.cuda.empty_cache()
-        with GpuMemoryPoll() as poll:
-            tps = bench_mingpt(a)
-        rows.append(("mingpt (--precision bf16)", tps, poll.peak_mib / 1024))
-        print(f"  mingpt: {tps:,.0f} tok/s", flush=True)
+        before = os.environ.get("MINGPT_CUDA_ATTENTION")
+        if attention:
+            os.environ["MINGPT_CUDA_ATTENTION"] = attention
+        try:
+            with GpuMemoryPoll() as poll:
+                tps = bench_mingpt(a)
+        finally:
+            os.environ.pop("MINGPT_CUDA_ATTENTION", None)
+            if before is not None:
+                os.environ["MINGPT_CUDA_ATTENTION"] = before
+        rows.append((f"{run} (--precision bf16)", tps, poll.peak_mib / 1024))
+        print(f"  {run}: {tps:,.0f} tok/s", flush=True)
     if params is None:
         from model import GPT
         params = sum(q.numel() for q in GPT(len(vocab), a.block_size, a.n_layer, a.n_head,
                                              a.n_embd).parameters())
     fpt = flops_per_token(params, a)
     print(f"\n{params / 1e6:.1f} M parameters, {fpt / 1e9:.3f} GFLOP per token")
-    print(f"{'run':<28}{'tok/s':>12}{'peak GiB':>10}{'TFLOP/s':>9}{'MFU meas.':>10}{'MFU sheet':>10}")
+    print(f"{'run':<31}{'tok/s':>12}{'peak GiB':>10}{'TFLOP/s':>9}{'MFU meas.':>10}{'MFU sheet':>10}")
     for run, tps, peak in rows:
         tf = tps * fpt / 1e12
-        print(f"{run:<28}{tps:>12,.0f}{peak:>10.2f}{tf:>9.1f}{tf / ceiling:>10.1%}"
+        print(f"{run:<31}{tps:>12,.0f}{peak:>10.2f}{tf:>9.1f}{tf / ceiling:>10.1%}"
               f"{tf / a.peak_tflops:>10.1%}")
     by = {r[0].split()[0]: r[1] for r in rows}
-    for base in ("torch", "torch+sdpa", "lightning"):
-        if base in by and "mingpt" in by:
-            print(f"mingpt / {base}: {by['mingpt'] / by[base]:.2f}x")
+    for ours in ("mingpt", "mingpt+mma"):
+        for base in ("torch", "torch+sdpa", "lightning"):
+            if base in by and ours in by:
+                print(f"{ours} / {base}: {by[ours] / by[base]:.2f}x")
 
 
 if __name__ == "__main__":

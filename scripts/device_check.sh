@@ -147,7 +147,7 @@ elif want 3; then
   timeout "$(allow 90)" "${pack[@]}" "$bundle/kernels_bench" 8 16 1024 768 12 65 cuda \
     > "$OUT/kernels.log" 2>&1
   rc=$?
-  grep -E 'attention|gelu bwd|encoder bwd|matmul (fwd|bwd) bf16' "$OUT/kernels.log" | head -16
+  grep -E 'attention|gelu bwd|encoder bwd|matmul (fwd|bwd) bf16' "$OUT/kernels.log" | head -24
   note "3 kernels at GPT-2-small's shape: exit $rc ($OUT/kernels.log)"
 fi
 

@@ -7,7 +7,8 @@
 // defaults: all threads, B=8 T=256 C=384 NH=6 V=65, cpu. Under cuda every
 // buffer is device memory and each call is timed to its completion
 // (Backend::Synchronize), so the figures are the kernels' own; attention is
-// timed at bf16 too, where the CUDA backend takes its tensor-core kernels.
+// timed at bf16 too, where the CUDA backend takes its tensor-core kernels
+// (and, on CUDA, its mma.sync kernels: the rows tagged "bf16 mma").
 // `kernels_bench 8 16 1024 768 12 65 cuda` is GPT-2-small's step shape.
 // Built with the project (build/kernels_bench; -DMINGPT_BUILD_BENCH=OFF skips
 // it); ctest's bench.kernels_bench runs it at a tiny shape so that it keeps
@@ -178,16 +179,31 @@ int main(int argc, char** argv) {
     be->LayerNormBackward(dx.f(), dw.f(), db.f(), y.f(), x.f(), w.f(), mean.f(), rstd.f(), N, C);
   });
 
-  // Attention, fp32 and bf16 (the CUDA backend's tensor-core kernels).
+  // Attention, fp32 and bf16 (the CUDA backend's tensor-core kernels), and
+  // on CUDA bf16 again under MINGPT_CUDA_ATTENTION=mma (the mma.sync
+  // kernels, attention_mma.cu, for head sizes 32, 64 and 128; the others
+  // run the tensor-core kernels again).
   const Buf q(be, rand(size_t(N) * C)), k(be, rand(size_t(N) * C)), v(be, rand(size_t(N) * C));
   const Buf lse(be, size_t(B) * NH * T * 4), dq(be, size_t(N) * C * 4),
       dk(be, size_t(N) * C * 4), dv(be, size_t(N) * C * 4);
   const double attn_flops = 2.0 * B * NH * (double(T) * (T + 1) / 2) * (C / NH) * 2;
   mingpt::DropoutSpec drop;
   drop.seed = 3;
-  for (MatmulPrecision precision : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
+  struct AttentionRun {
+    MatmulPrecision precision;
+    const char* mode;  // MINGPT_CUDA_ATTENTION, or null to leave it as it is
+  };
+  std::vector<AttentionRun> attention_runs = {{MatmulPrecision::kFp32, nullptr},
+                                              {MatmulPrecision::kBf16, nullptr}};
+  if (!cpu) attention_runs.push_back({MatmulPrecision::kBf16, "mma"});
+  for (const AttentionRun& run : attention_runs) {
+    const MatmulPrecision precision = run.precision;
     be->SetMatmulPrecision(precision);
-    const std::string tag = precision == MatmulPrecision::kBf16 ? " bf16" : "";
+    const char* saved_env = std::getenv("MINGPT_CUDA_ATTENTION");
+    const std::string saved = saved_env ? saved_env : "";
+    if (run.mode) setenv("MINGPT_CUDA_ATTENTION", run.mode, 1);
+    const std::string tag = std::string(precision == MatmulPrecision::kBf16 ? " bf16" : "") +
+                            (run.mode ? std::string(" ") + run.mode : "");
     for (float p : {0.0f, 0.1f}) {
       drop.p = p;
       const std::string dropped = p > 0 ? " (dropout 0.1)" : "";
@@ -202,6 +218,13 @@ int main(int argc, char** argv) {
                                   lse.f(), B, T, C, NH, drop);
           },
           2 * attn_flops);
+    }
+    if (run.mode) {
+      if (saved_env) {
+        setenv("MINGPT_CUDA_ATTENTION", saved.c_str(), 1);
+      } else {
+        unsetenv("MINGPT_CUDA_ATTENTION");
+      }
     }
   }
   be->SetMatmulPrecision(MatmulPrecision::kFp32);

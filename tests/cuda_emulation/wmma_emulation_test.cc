@@ -12,8 +12,12 @@
 #include <vector>
 
 #include "backend/cuda/device.cuh"
+#include "cuda_emulation/emulation_test_util.h"
 
 namespace {
+
+using mingpt::testing::DeviceCopy;
+using mingpt::testing::HostCopy;
 
 using namespace nvcuda;
 
@@ -48,22 +52,6 @@ __global__ void ProductKernel(float* d1, float* d2, const Op* a, const Op* b, co
   wmma::load_matrix_sync(tb, b, 16);
   wmma::mma_sync(acc, ta, tb, acc);
   wmma::store_matrix_sync(d2, acc, 16, wmma::mem_col_major);
-}
-
-template <typename T>
-T* DeviceCopy(const std::vector<T>& host) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, host.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  return static_cast<T*>(p);
-}
-
-template <typename T>
-std::vector<T> HostCopy(const T* device, size_t n) {
-  std::vector<T> host(n);
-  EXPECT_EQ(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return host;
 }
 
 template <typename Op>

@@ -26,10 +26,15 @@
 // work split, fp32 softmax and accumulation), for head sizes that are
 // multiples of 16 up to 128; the kernels above stay the fp32 reference, and
 // MINGPT_CUDA_ATTENTION=fp32 forces them (AttentionForward, AttentionBackward).
+// MINGPT_CUDA_ATTENTION=mma (opt-in until measured on a GPU) takes, under
+// bf16 or fp16, the FlashAttention-2-structured kernels of attention_mma.cu
+// instead (mma.sync, softmax and gradients in registers) for the head sizes
+// they have (32, 64, 128; the others stay on the tensor-core kernels below).
 #include <cmath>
 #include <cstdlib>
 #include <string>
 
+#include "backend/cuda/attention_mma.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/kernels.h"
@@ -868,19 +873,30 @@ void SetMaxDynamicShared(Kernel* kernel, size_t bytes) {
                                          static_cast<int>(bytes)));
 }
 
+// MINGPT_CUDA_ATTENTION, read at each call: "" or auto, fp32 or mma.
+std::string AttentionMode() {
+  const char* env = std::getenv("MINGPT_CUDA_ATTENTION");
+  const std::string mode = env ? env : "";
+  MINGPT_CHECK(mode.empty() || mode == "auto" || mode == "fp32" || mode == "mma",
+               "MINGPT_CUDA_ATTENTION=%s: expected auto, fp32 or mma", mode.c_str());
+  return mode;
+}
+
 // The tensor-core kernels for this precision and head size, unless the
 // precision is fp32, the head size is not a multiple of 16 up to 128, the
 // device cannot give them the shared memory, or MINGPT_CUDA_ATTENTION=fp32
-// (read at each call) forces the fp32 kernels.
+// forces the fp32 kernels.
 bool UseTensorCores(MatmulPrecision precision, int hs) {
   if (precision == MatmulPrecision::kFp32 || hs % 16 != 0 || hs > tc::kMaxHead) return false;
-  if (const char* env = std::getenv("MINGPT_CUDA_ATTENTION")) {
-    const std::string mode = env;
-    MINGPT_CHECK(mode.empty() || mode == "auto" || mode == "fp32",
-                 "MINGPT_CUDA_ATTENTION=%s: expected auto or fp32", env);
-    if (mode == "fp32") return false;
-  }
+  if (AttentionMode() == "fp32") return false;
   return tc::MaxSmem(hs) <= static_cast<size_t>(tc::g_smem_limit < 0 ? 0 : tc::g_smem_limit);
+}
+
+// attention_mma.cu's kernels: MINGPT_CUDA_ATTENTION=mma, bf16 or fp16, and
+// a head size they have.
+bool UseMma(MatmulPrecision precision, int hs) {
+  return precision != MatmulPrecision::kFp32 && MmaAttentionSupports(hs) &&
+         AttentionMode() == "mma";
 }
 
 template <typename Op>
@@ -930,6 +946,7 @@ void AttentionInit() {
   SetTensorCoreLimits<__half>(limit);
   // The smallest of the devices initialised (one process may drive several).
   if (tc::g_smem_limit < 0 || limit < tc::g_smem_limit) tc::g_smem_limit = limit;
+  MmaAttentionInit();
 }
 
 void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* q,
@@ -938,6 +955,10 @@ void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* 
   const int hs = HeadSize(C, NH);
   if (B == 0 || T == 0) return;
   const HeadRows at{int64_t{T} * C, C, hs};
+  if (UseMma(precision, hs)) {
+    MmaAttentionForward(stream, out, lse, q, k, v, B, T, C, NH, dropout, precision);
+    return;
+  }
   if (UseTensorCores(precision, hs)) {
     if (precision == MatmulPrecision::kBf16) {
       TensorCoreForward<__nv_bfloat16>(stream, out, lse, q, k, v, B, T, at, NH, dropout);
@@ -974,6 +995,11 @@ void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, con
                 static_cast<unsigned>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32)),
                 kDeltaThreads, 0, stream, delta, dout, out, at, T, NH, rows);
   MINGPT_CUDA_CHECK_LAUNCH();
+  if (UseMma(precision, hs)) {
+    MmaAttentionBackward(stream, dq, dk, dv, dout, q, k, v, lse, delta, B, T, C, NH, dropout,
+                         precision);
+    return;
+  }
   if (UseTensorCores(precision, hs)) {
     if (precision == MatmulPrecision::kBf16) {
       TensorCoreBackward<__nv_bfloat16>(stream, dq, dk, dv, dout, q, k, v, lse, B, T, at, NH,

@@ -130,7 +130,9 @@ void ConvertToFp16(cudaStream_t stream, void* dst, const float* src, int64_t n);
 // `precision` the forward and backward run on tensor cores (bf16 / fp16
 // operands, fp32 accumulation and softmax) for head sizes that are multiples
 // of 16 up to 128, and on the fp32 kernels otherwise, or always when the
-// environment has MINGPT_CUDA_ATTENTION=fp32; decode is fp32 always.
+// environment has MINGPT_CUDA_ATTENTION=fp32; MINGPT_CUDA_ATTENTION=mma
+// (opt-in) takes attention_mma.h's mma.sync kernels instead of the
+// tensor-core ones for head sizes 32, 64 and 128; decode is fp32 always.
 inline constexpr int kMaxHeadSize = 256;
 // Once per device before the first attention launch: lets the kernels use
 // more than 48 KiB of shared memory (head sizes above 96; the tensor-core

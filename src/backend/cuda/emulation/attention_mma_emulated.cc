@@ -1,0 +1,3 @@
+// attention_mma.cu compiled as C++ for the CPU emulator (emulator.h, and
+// mma.h for its mma.sync).
+#include "backend/cuda/attention_mma.cu"
