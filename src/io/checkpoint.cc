@@ -353,7 +353,7 @@ StatusOr<std::shared_ptr<const VersionHold>> HoldVersion(const std::string& dir,
 
 }  // namespace
 
-StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
+StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in, bool confined) {
   const std::string dir = StripTrailingSlashes(dir_in);
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) {
@@ -365,6 +365,7 @@ StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
   }
   Checkpoint ckpt;
   ckpt.dir = dir;
+  ckpt.confined = confined;
   // Each pass loses only to a save that completed meanwhile; a trainer
   // saving every few milliseconds could win a few times, never for long.
   constexpr int kAttempts = 100;
@@ -385,7 +386,8 @@ StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in) {
   }
   MINGPT_ASSIGN_OR_RETURN(std::string text,
                           ReadFileAt(ckpt.hold->fd(), kCheckpointMetaFile,
-                                     JoinPath(ckpt.data_dir, kCheckpointMetaFile)));
+                                     JoinPath(ckpt.data_dir, kCheckpointMetaFile),
+                                     confined ? O_NOFOLLOW : 0));
   ckpt.meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (ckpt.meta.is_discarded()) return Status::Error(shown + ": not valid JSON");
   if (!ckpt.meta.is_object()) return Status::Error(shown + ": not a JSON object");
@@ -406,8 +408,16 @@ StatusOr<SafetensorsFile> Checkpoint::Open(const std::string& filename) const {
   const std::string path = JoinPath(data_dir, filename);
   // Through the held directory: its files, whatever `data_dir` names now (a
   // real directory a save exchanged for its link, moved aside meanwhile).
-  if (hold) return SafetensorsFile::OpenAt(hold->fd(), filename, path);
+  if (hold) return SafetensorsFile::OpenAt(hold->fd(), filename, path, confined ? O_NOFOLLOW : 0);
+  if (confined) return Status::Error("checkpoint '" + dir + "': released, so not confined");
   return SafetensorsFile::Open(path);
+}
+
+std::string Checkpoint::HeldPath() const {
+  if (!hold) return "";
+  std::error_code ec;
+  const fs::path real = fs::read_symlink("/proc/self/fd/" + std::to_string(hold->fd()), ec);
+  return ec ? "" : real.string();
 }
 
 }  // namespace mingpt

@@ -124,9 +124,16 @@ struct Checkpoint {
   // files are opened relative to it, so all reads see the version whose
   // meta.json was read. Null once released.
   std::shared_ptr<const VersionHold> hold;
+  // Loaded confined (LoadCheckpoint): its files are opened without
+  // following symlinks, so every byte read comes from the held directory.
+  bool confined = false;
 
   // Opens (and validates) one of the checkpoint's safetensors files.
   StatusOr<SafetensorsFile> Open(const std::string& filename) const;
+  // The held directory's real path, from the open directory itself (not
+  // from a path, which a rename or symlink could redirect after a check);
+  // "" once released.
+  std::string HeldPath() const;
   // Lets saves remove this version (once no copy holds it): for a reader
   // that keeps the metadata after reading the files it needs. Open() then
   // opens by path.
@@ -138,8 +145,11 @@ struct Checkpoint {
 // not valid JSON, not an object, lacks "format_version", or has an
 // unsupported one. A save that removed the version between the resolution
 // of `dir` and the hold is seen (its meta.json is gone and `dir` names
-// another version) and the new version is loaded instead.
-StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir);
+// another version) and the new version is loaded instead. `confined`: the
+// files (meta.json, and those Open() opens) must not be symlinks, so that a
+// reader that checks HeldPath() knows where every byte it reads comes from
+// (the web server, serving only what lies under its root).
+StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir, bool confined = false);
 
 // Step 1 of a save without the save: removes D.tmp-link and the version
 // directories of D that D does not point to and no reader holds. Best

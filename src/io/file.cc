@@ -70,13 +70,17 @@ std::string JoinPath(const std::string& dir, const std::string& name) {
 
 StatusOr<std::string> ReadFile(const std::string& path) { return ReadFileAt(AT_FDCWD, path, path); }
 
-StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path) {
+StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path,
+                                 int open_flags) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused
   // below, as every file that is not a regular one is (a device such as
   // /dev/zero never ends). Regular files ignore the flag.
-  int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | open_flags);
   if (fd < 0) {
     if (errno == ENOENT) return Status::Error("file '" + path + "' does not exist");
+    if (errno == ELOOP && (open_flags & O_NOFOLLOW)) {
+      return Status::Error("'" + path + "' is a symlink, which this read does not follow");
+    }
     return ErrnoError("cannot open", path, errno);
   }
   struct stat st;

@@ -18,8 +18,10 @@ namespace mingpt {
 StatusOr<std::string> ReadFile(const std::string& path);
 // ReadFile of `name` relative to the open directory `dir_fd` (openat(2);
 // AT_FDCWD for the working directory); errors name `path`, the file as the
-// user knows it.
-StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path);
+// user knows it. `open_flags` are added to openat's (O_NOFOLLOW: a symlink
+// is refused, an error saying so).
+StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name, const std::string& path,
+                                 int open_flags = 0);
 
 // Writes a file so that after it returns OK the bytes are on disk and `path`
 // names them: the data goes to a temporary file beside `path`, which is

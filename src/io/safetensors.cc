@@ -447,13 +447,16 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
 }
 
 StatusOr<SafetensorsFile> SafetensorsFile::OpenAt(int dir_fd, const std::string& name,
-                                                  const std::string& path) {
+                                                  const std::string& path, int open_flags) {
   SafetensorsFile file;
   file.path_ = path;
   // O_NONBLOCK: a FIFO must not block.
-  file.fd_ = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  file.fd_ = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | open_flags);
   if (file.fd_ < 0) {
     if (errno == ENOENT) return file.Error("file does not exist");
+    if (errno == ELOOP && (open_flags & O_NOFOLLOW)) {
+      return file.Error("is a symlink, which this read does not follow");
+    }
     return file.Error(std::string("cannot open: ") + ::strerror(errno));
   }
   struct stat st;

@@ -123,8 +123,9 @@ class SafetensorsFile {
   static StatusOr<SafetensorsFile> Open(const std::string& path);
   // Open of `name` relative to the open directory `dir_fd` (openat(2));
   // errors and path() name `path`, the file as the user knows it.
+  // `open_flags` are added to openat's (O_NOFOLLOW: a symlink is refused).
   static StatusOr<SafetensorsFile> OpenAt(int dir_fd, const std::string& name,
-                                          const std::string& path);
+                                          const std::string& path, int open_flags = 0);
 
   SafetensorsFile(SafetensorsFile&& other) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;

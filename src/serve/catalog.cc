@@ -238,6 +238,17 @@ bool Catalog::InRoot(const std::string& real) const {
 
 bool Catalog::UnderRoot(const std::string& path) const { return InRoot(Canonical(path)); }
 
+bool Catalog::MayRead(const std::string& real_dir) const {
+  if (real_dir.empty()) return false;
+  if (InRoot(real_dir)) return true;
+  if (!extra_) return false;
+  // --checkpoint's version now, or one beside it that a save has replaced
+  // since the look (training saves a new version directory next to the old).
+  const std::string named = Canonical(extra_->absolute);
+  return !named.empty() && (real_dir == named || fs::path(real_dir).parent_path() ==
+                                                     fs::path(named).parent_path());
+}
+
 std::optional<Catalog::RootedFile> Catalog::OpenUnderRoot(const std::string& path,
                                                           uint64_t limit) const {
   if (root_.empty()) return std::nullopt;

@@ -95,6 +95,10 @@ class Catalog {
   std::optional<nlohmann::json> Bench() const;
 
   const std::string& root() const { return root_; }
+  // A checkpoint's real directory (Checkpoint::HeldPath: no symlinks) that
+  // the server may read: in the root, or --checkpoint's (the version it
+  // names now, or one beside it that a save has just replaced).
+  bool MayRead(const std::string& real_dir) const;
 
  private:
   // --checkpoint: resolved at each lookup, since the path usually names a
@@ -116,9 +120,8 @@ class Catalog {
   // A regular file of at most `limit` bytes opened for reading, whose
   // opened file (not its path, which a symlink swapped in after the check
   // could redirect) is in the root; nullopt otherwise. Every file the
-  // server reads from the root is read through it; the checkpoints'
-  // weights are checked by path (CheckpointUnderRoot): they only ever
-  // reach a client as generated text.
+  // server reads from the root is read through it; the checkpoints are
+  // read confined, from a directory the generator checks with InRoot.
   struct RootedFile {
     std::ifstream in;
     uint64_t size;

@@ -103,9 +103,10 @@ struct Generator::Model {
   std::unique_ptr<SingleProcess> params;
 };
 
-Generator::Generator(int threads, int max_admitted)
+Generator::Generator(int threads, int max_admitted,
+                     std::function<bool(const std::string& real_dir)> allowed)
     : threads_(threads), max_admitted_(max_admitted < 1 ? 1 : max_admitted),
-      worker_([this] { Work(); }) {}
+      allowed_(std::move(allowed)), worker_([this] { Work(); }) {}
 
 Generator::~Generator() {
   {
@@ -147,7 +148,10 @@ StatusOr<Generator::Model*> Generator::Load(const std::string& dir) {
   model_.reset();  // one model in memory at a time
   auto m = std::make_unique<Model>();
   m->dir = dir;
-  MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir));
+  MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir, /*confined=*/bool(allowed_)));
+  if (allowed_ && !allowed_(m->ckpt.checkpoint.HeldPath())) {
+    return Status::Error("checkpoint '" + dir + "' is not under the served directory");
+  }
   ModelConfig config = m->ckpt.config;
   config.dropout = 0.0f;
   MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(m->ckpt));

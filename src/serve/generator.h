@@ -49,8 +49,12 @@ Status CheckAgainstTokenizer(const GenerateRequest& request, const CharTokenizer
 class Generator {
  public:
   // `threads`: CPU threads of the model; `max_admitted` (>= 1): requests
-  // running or waiting for the model at once. Starts the generation thread.
-  Generator(int threads, int max_admitted);
+  // running or waiting for the model at once. `allowed`, if given, is asked
+  // of every checkpoint's real directory (Checkpoint::HeldPath, read
+  // confined: no file of it a symlink) before its weights are read: the
+  // server's root. Starts the generation thread.
+  Generator(int threads, int max_admitted,
+            std::function<bool(const std::string& real_dir)> allowed = {});
   // Ends the generation thread; no Generate may be in progress.
   ~Generator();
 
@@ -89,6 +93,7 @@ class Generator {
   void Work();
 
   const int threads_, max_admitted_;
+  const std::function<bool(const std::string&)> allowed_;
   std::mutex admit_mu_;
   int admitted_ = 0;
   std::unique_ptr<Model> model_;

@@ -184,7 +184,10 @@ std::string SseEvent(const char* event, const nlohmann::json& data) {
 
 struct Server::Impl {
   Impl(const ServeOptions& o, Catalog c)
-      : options(o), catalog(std::move(c)), generator(o.threads, o.max_admitted) {}
+      : options(o),
+        catalog(std::move(c)),
+        generator(o.threads, o.max_admitted,
+                  [this](const std::string& real_dir) { return catalog.MayRead(real_dir); }) {}
 
   void Routes();
   void Generate(const httplib::Request& req, httplib::Response& res);
@@ -298,14 +301,20 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res)
   // The checks that need the vocabulary, before anything is streamed. The
   // entry names a version (symlinks resolved); opening holds it (see
   // io/checkpoint.h) until the generator has read it. A save that removed it
-  // since the catalog's look is met by looking once more.
-  auto ckpt = OpenTrainingCheckpoint(entry->dir);
+  // since the catalog's look is met by looking once more. Read confined, from
+  // a directory checked to be one the server may read (as the generator
+  // checks the one it loads): a checkpoint swapped for a link out of the
+  // root after the catalog's look is refused.
+  auto ckpt = OpenTrainingCheckpoint(entry->dir, /*confined=*/true);
   if (!ckpt.ok()) {
     entry = catalog.FindCheckpoint(request.checkpoint);
     if (!entry.ok()) return SendError(res, 404, entry.status().message());
-    ckpt = OpenTrainingCheckpoint(entry->dir);
+    ckpt = OpenTrainingCheckpoint(entry->dir, /*confined=*/true);
   }
   if (!ckpt.ok()) return SendError(res, 500, ckpt.status().message());
+  if (!catalog.MayRead(ckpt->checkpoint.HeldPath())) {
+    return SendError(res, 404, "checkpoint '" + entry->id + "' is not under the served directory");
+  }
   if (Status s = CheckAgainstTokenizer(request, ckpt->tokenizer); !s.ok()) {
     return SendError(res, 400, s.message());
   }

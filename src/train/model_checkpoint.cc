@@ -439,8 +439,8 @@ json ShardedCheckpointMeta(const ModelLayout& layout, const ModelConfig& config,
   return meta;
 }
 
-StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir) {
-  MINGPT_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(dir));
+StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir, bool confined) {
+  MINGPT_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(dir, confined));
   const std::string where = "checkpoint '" + dir + "'";
   OpenedCheckpoint out{std::move(ckpt), {}, {}, {}, {}, CheckpointFormat::kSingle, 1};
   const json& meta = out.checkpoint.meta;

@@ -145,7 +145,8 @@ struct OpenedCheckpoint {
   CheckpointFormat format = CheckpointFormat::kSingle;
   int world_size = 1;  // the ranks that wrote it (the shard count if sharded)
 };
-StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir);
+// `confined`: LoadCheckpoint's (no file of the checkpoint may be a symlink).
+StatusOr<OpenedCheckpoint> OpenTrainingCheckpoint(const std::string& dir, bool confined = false);
 
 // Reads element ranges of the units' flat buffers from a checkpoint of
 // either format. Move-only; reads are const and thread-safe.

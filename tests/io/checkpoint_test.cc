@@ -177,6 +177,47 @@ TEST_F(CheckpointTest, RoundTrip) {
   EXPECT_EQ(ckpt->data_dir, tmp_.Join(target));
 }
 
+// Loaded confined, a checkpoint's files are read only from its held
+// directory, whose real path HeldPath gives from the open directory: a
+// meta.json or safetensors file swapped for a symlink is refused, naming
+// it; loaded as usual, the links are followed.
+TEST_F(CheckpointTest, AConfinedLoadFollowsNoSymlinkAndNamesItsDirectory) {
+  const Version v(1, {"model.safetensors"}, 2), elsewhere(2, {"model.safetensors"}, 2);
+  ASSERT_TRUE(v.Save(dir()).ok());
+  ASSERT_TRUE(elsewhere.Save(tmp_.Join("elsewhere")).ok());
+  {
+    StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir(), /*confined=*/true);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+    EXPECT_TRUE(v.Matches(ckpt));
+    EXPECT_EQ(ckpt->HeldPath(), fs::canonical(dir()).string());
+    ckpt->Release();
+    EXPECT_EQ(ckpt->HeldPath(), "");
+  }
+  const std::string version = fs::canonical(dir()).string();
+  const std::string other = fs::canonical(tmp_.Join("elsewhere")).string();
+  fs::remove(version + "/model.safetensors");
+  fs::create_symlink(other + "/model.safetensors", version + "/model.safetensors");
+  {
+    StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir(), /*confined=*/true);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+    StatusOr<SafetensorsFile> file = ckpt->Open("model.safetensors");
+    ASSERT_FALSE(file.ok());
+    EXPECT_NE(file.status().message().find("model.safetensors"), std::string::npos);
+    EXPECT_NE(file.status().message().find("symlink"), std::string::npos)
+        << file.status().message();
+    StatusOr<Checkpoint> followed = LoadCheckpoint(dir());
+    ASSERT_TRUE(followed.ok());
+    EXPECT_TRUE(followed->Open("model.safetensors").ok());
+  }
+  fs::rename(version + "/meta.json", version + "/meta.real.json");
+  fs::create_symlink(version + "/meta.real.json", version + "/meta.json");
+  StatusOr<Checkpoint> refused = LoadCheckpoint(dir(), /*confined=*/true);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("meta.json' is a symlink"), std::string::npos)
+      << refused.status().message();
+  EXPECT_TRUE(LoadCheckpoint(dir()).ok());
+}
+
 // A loaded checkpoint holds its version: saves meanwhile leave it in place
 // (and it reads whole), and the first save after its release removes it.
 TEST_F(CheckpointTest, ALoadedCheckpointKeepsItsVersionThroughSaves) {

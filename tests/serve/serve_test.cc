@@ -563,6 +563,44 @@ TEST_F(ServeTest, AFullQueueLeavesThePageAndThe429) {
   for (int fd : fds) ::close(fd);
 }
 
+// The generator reads a checkpoint only from a directory its predicate (the
+// server's: the root) allows, found from the open directory, and through no
+// symlink: weights swapped for a link out of the root after the catalog's
+// look (made so here) are refused, as is a directory the predicate refuses.
+TEST_F(ServeTest, TheGeneratorReadsOnlyAllowedDirectoriesThroughNoLink) {
+  const std::string root = std::filesystem::canonical(root_).string();
+  const std::string outside = *tmp_ / "outside";
+  const std::string good = std::filesystem::canonical(root_ + "/run1/checkpoints/last").string();
+  const std::string linked = root_ + "/g1/checkpoints/last";
+  std::filesystem::create_directories(root_ + "/g1/checkpoints");
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), "-rL", good, linked})));
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), good + "/model.safetensors",
+                                    outside + "/g1-weights.safetensors"})));
+  ASSERT_EQ(::unlink((linked + "/model.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink((outside + "/g1-weights.safetensors").c_str(),
+                      (linked + "/model.safetensors").c_str()), 0);
+  auto request = ParseGenerateRequest(R"({"prompt": "the", "steps": 3})");
+  ASSERT_TRUE(request.ok()) << request.status().message();
+
+  Generator in_root(1, 2, [&](const std::string& real) { return real.rfind(root + "/", 0) == 0; });
+  auto ticket = in_root.TryAdmit();
+  ASSERT_TRUE(ticket);
+  auto text = in_root.Generate(good, *request, {});
+  EXPECT_TRUE(text.ok()) << text.status().message();
+  auto refused = in_root.Generate(linked, *request, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("symlink"), std::string::npos)
+      << refused.status().message();
+
+  Generator nowhere(1, 2, [](const std::string&) { return false; });
+  auto ticket2 = nowhere.TryAdmit();
+  auto outside_root = nowhere.Generate(good, *request, {});
+  ASSERT_FALSE(outside_root.ok());
+  EXPECT_NE(outside_root.status().message().find("not under the served directory"),
+            std::string::npos)
+      << outside_root.status().message();
+}
+
 TEST_F(ServeTest, GenerationRunsOnOneThreadWithItsThreadCount) {
   // OpenMP's thread count is per thread: generating on whichever thread asks
   // would use every core there.
