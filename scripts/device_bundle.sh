@@ -16,7 +16,9 @@
 # with AVX2 (x86-64-v3), not for this machine's CPU: the GPU machine's CPU
 # is unknown, and one AVX-512 instruction it lacks would end every stage
 # with "Illegal instruction". oneDNN picks its kernels at run time anyway.
-# The pack is about 60 MiB (oneDNN alone is 40); the tool carries 64 MiB.
+# The pack is about 24 MiB, its files over 8 MB xz-compressed (unpacked it
+# is about 80: oneDNN 40, the CUDA module and test_cuda 19 each); the tool
+# carries 64 MiB with the working tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,10 +69,13 @@ done | sort -u | while read -r name path; do
   if [[ ! "$name" =~ $provided ]]; then cp -L "$path" "$out/lib/$name"; fi
 done
 
-# The device tool carries at most 64 MiB with the working tree, and oneDNN
-# alone is ~40 MB: the large libraries travel xz-compressed (to a sixth),
-# and device_check.sh unpacks them there (Python's lzma, under a second).
-find "$out/lib" -type f -size +8M -exec xz -T0 -6 {} +
+# The device tool carries at most 64 MiB with the working tree; oneDNN alone
+# is ~40 MB, and the CUDA module and test_cuda ~19 MB each (their kernels'
+# machine code for two architectures, mostly zeros and repeats): every file
+# over 8 MB travels xz-compressed (oneDNN to a sixth, the CUDA binaries to a
+# tenth), and device_check.sh unpacks them there (Python's lzma, in seconds),
+# modes kept.
+find "$out" -type f -size +8M -exec xz -T0 -6 {} +
 
 size=$(du -sm "$out" | cut -f1)
 echo "device_bundle: $out holds $(ls "$out/lib" | wc -l) libraries, ${size} MiB"

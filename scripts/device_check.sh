@@ -58,13 +58,15 @@ if [[ ! -x $bundle/mingpt || ! -x $mingpt ]]; then
   echo "device_check: no $bundle/mingpt: run scripts/device_bundle.sh here and carry build-device" >&2
   exit 1
 fi
-# The libraries device_bundle.sh compressed, unpacked beside the others.
-python3 - "$bundle/lib" <<'UNPACK' || exit 1
+# The files device_bundle.sh compressed (the large libraries, the CUDA
+# module, test_cuda), unpacked in place with their modes.
+python3 - "$bundle" <<'UNPACK' || exit 1
 import glob, lzma, os, shutil, sys
-for packed in glob.glob(os.path.join(sys.argv[1], "*.xz")):
+for packed in glob.glob(os.path.join(sys.argv[1], "**", "*.xz"), recursive=True):
     if not os.path.exists(packed[:-3]):
         with lzma.open(packed) as src, open(packed[:-3] + ".part", "wb") as dst:
             shutil.copyfileobj(src, dst)
+        shutil.copymode(packed, packed[:-3] + ".part")
         os.replace(packed[:-3] + ".part", packed[:-3])
 UNPACK
 if [[ ! -s $data ]] && { want 4 || want 5; }; then
