@@ -216,6 +216,42 @@ __device__ inline float QuadSum(float x) {
   return x + __shfl_xor_sync(kFullMask, x, 2);
 }
 
+// acc[n] += A(c) B(c, n) over the 16-column chunks c of a tile that seen(c)
+// (warp-uniform) admits: A(c) the accumulator pair s[2c], s[2c + 1] rounded
+// into an A fragment (P mult or dS, the register reuse), B(c, n) columns
+// 8n .. 8n + 7 of the transposed tile `bt` (ld LdCol), rows 16c .. 16c + 15.
+template <typename Op, int HS, int NT, typename Seen>
+__device__ inline void AccumulateFromPairs(FragC (&acc)[HS / 8], const FragC (&s)[NT],
+                                           const Op* bt, int lane, Seen seen) {
+#pragma unroll
+  for (int c = 0; c < NT / 2; ++c) {
+    if (!seen(c)) continue;
+    const FragA a = mma::FromAccumulators<Op>(s[2 * c], s[2 * c + 1]);
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n) {
+      mma::MmaAccumulate<Op>(acc[n], a, mma::LoadB(bt + 8 * n * LdCol<HS>() + 16 * c,
+                                                   LdCol<HS>(), lane));
+    }
+  }
+}
+
+// The lane's two rows (rows[r]: accumulator elements 2r, 2r + 1 of every
+// n-tile) of one head of `dst`, times factor[r]; rows past T not written.
+template <int HS>
+__device__ inline void StoreRows(float* dst, const FragC (&acc)[HS / 8], const int64_t (&rows)[2],
+                                 const float (&factor)[2], const Rows& at, int b, int h, int t) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= at.T) continue;
+    float* row = dst + at.At(b, h, HS, rows[r]);
+#pragma unroll
+    for (int n = 0; n < HS / 8; ++n) {
+      row[8 * n + 2 * t] = acc[n].x[2 * r] * factor[r];
+      row[8 * n + 2 * t + 1] = acc[n].x[2 * r + 1] * factor[r];
+    }
+  }
+}
+
 // ---- forward ---------------------------------------------------------------------------
 
 template <int HS>
@@ -312,32 +348,17 @@ __global__ void __launch_bounds__(kWarps * 32)
       o[n].x[2] *= corr[1];
       o[n].x[3] *= corr[1];
     }
-    // out += (P mult) v: P's accumulator pairs are the A fragments.
-#pragma unroll
-    for (int c = 0; c < KT / 16; ++c) {
-      if (j0 + 16 * c <= i_w + 15) {
-        const FragA pa = mma::FromAccumulators<Op>(s[2 * c], s[2 * c + 1]);
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-          mma::MmaAccumulate<Op>(o[n], pa, mma::LoadB(vt + 8 * n * LdCol<HS>() + 16 * c,
-                                                      LdCol<HS>(), lane));
-        }
-      }
-    }
+    // out += (P mult) v, for the chunks of keys the warp's rows reach.
+    AccumulateFromPairs<Op, HS>(o, s, vt, lane, [=](int c) { return j0 + 16 * c <= i_w + 15; });
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int64_t i = rows[r];
-    if (i >= T) continue;
-    const float inv = 1.0f / l[r];
-    float* orow = out + at.At(b, h, HS, i);
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-      orow[8 * n + 2 * t] = o[n].x[2 * r] * inv;
-      orow[8 * n + 2 * t + 1] = o[n].x[2 * r + 1] * inv;
+    if (lse && t == 0 && rows[r] < T) {
+      lse[(int64_t{b} * at.NH + h) * T + rows[r]] = m[r] + logf(l[r]);
     }
-    if (lse && t == 0) lse[(int64_t{b} * at.NH + h) * T + i] = m[r] + logf(l[r]);
   }
+  const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
+  StoreRows<HS>(out, o, rows, inv, at, b, h, t);
 }
 
 // ---- backward, query-major: dq -------------------------------------------------------
@@ -417,29 +438,10 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
     // dq sqrt(hs) += dS k.
-#pragma unroll
-    for (int c = 0; c < KT / 16; ++c) {
-      if (j0 + 16 * c <= i_w + 15) {
-        const FragA da = mma::FromAccumulators<Op>(s[2 * c], s[2 * c + 1]);
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-          mma::MmaAccumulate<Op>(acc[n], da, mma::LoadB(kt + 8 * n * LdCol<HS>() + 16 * c,
-                                                        LdCol<HS>(), lane));
-        }
-      }
-    }
+    AccumulateFromPairs<Op, HS>(acc, s, kt, lane, [=](int c) { return j0 + 16 * c <= i_w + 15; });
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = rows[r];
-    if (i >= T) continue;
-    float* row = dq + at.At(b, h, HS, i);
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-      row[8 * n + 2 * t] = acc[n].x[2 * r] * scale;
-      row[8 * n + 2 * t + 1] = acc[n].x[2 * r + 1] * scale;
-    }
-  }
+  const float scales[2] = {scale, scale};
+  StoreRows<HS>(dq, acc, rows, scales, at, b, h, t);
 }
 
 // ---- backward, key-major: dk, dv ------------------------------------------------------
@@ -526,36 +528,16 @@ __global__ void __launch_bounds__(kWarps * 32)
         dpt[n].x[e] = seen ? p * (dpt[n].x[e] * mult - delta_t[c]) : 0.0f;
       }
     }
-    // dv += (P mult)^T dout, dk sqrt(hs) += dS^T q.
-#pragma unroll
-    for (int c = 0; c < QT / 16; ++c) {
-      if (i0 + 16 * c + 15 >= j_w) {
-        const FragA pa = mma::FromAccumulators<Op>(st[2 * c], st[2 * c + 1]);
-        const FragA da = mma::FromAccumulators<Op>(dpt[2 * c], dpt[2 * c + 1]);
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-          mma::MmaAccumulate<Op>(dva[n], pa, mma::LoadB(dt + 8 * n * LdCol<HS>() + 16 * c,
-                                                        LdCol<HS>(), lane));
-          mma::MmaAccumulate<Op>(dka[n], da, mma::LoadB(qt + 8 * n * LdCol<HS>() + 16 * c,
-                                                        LdCol<HS>(), lane));
-        }
-      }
-    }
+    // dk sqrt(hs) += dS^T q, dv += (P mult)^T dout, for the chunks of
+    // queries that reach the warp's keys (dS^T first: so ordered, ptxas
+    // fits head size 128 in 255 registers without spilling).
+    const auto reach = [=](int c) { return i0 + 16 * c + 15 >= j_w; };
+    AccumulateFromPairs<Op, HS>(dka, dpt, qt, lane, reach);
+    AccumulateFromPairs<Op, HS>(dva, st, dt, lane, reach);
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t j = keys[r];
-    if (j >= T) continue;
-    float* krow = dk + at.At(b, h, HS, j);
-    float* vrow = dv + at.At(b, h, HS, j);
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-      krow[8 * n + 2 * t] = dka[n].x[2 * r] * scale;
-      krow[8 * n + 2 * t + 1] = dka[n].x[2 * r + 1] * scale;
-      vrow[8 * n + 2 * t] = dva[n].x[2 * r];
-      vrow[8 * n + 2 * t + 1] = dva[n].x[2 * r + 1];
-    }
-  }
+  const float scales[2] = {scale, scale}, ones[2] = {1.0f, 1.0f};
+  StoreRows<HS>(dk, dka, keys, scales, at, b, h, t);
+  StoreRows<HS>(dv, dva, keys, ones, at, b, h, t);
 }
 
 // ---- launchers ---------------------------------------------------------------------------
