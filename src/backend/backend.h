@@ -21,6 +21,7 @@
 #include <memory>
 
 #include "backend/dropout.h"
+#include "core/status.h"
 
 namespace mingpt {
 
@@ -170,6 +171,11 @@ class Backend {
   virtual void AttentionForward(float* out, float* lse, const float* q,
                                 const float* k, const float* v, int B, int T,
                                 int C, int NH, const DropoutSpec& dropout) = 0;
+  // An error naming the limit when this backend's attention cannot run
+  // heads of size hs = C/NH (the CUDA kernels' largest head size, or the
+  // shared memory it needs on this GPU); checked where a model is built on
+  // the backend, before any step. The CPU's runs any.
+  virtual Status CheckHeadSize(int /*hs*/) const { return Status::Ok(); }
   // One query position against cached keys and values (generation, no
   // dropout): q, out [C]; k_cache, v_cache [T,C], rows 0..T-1 the positions
   // up to and including the query's. Per head h:

@@ -297,12 +297,15 @@ class CudaAttentionTest : public AttentionVsCpuTest {
   }
 };
 
-// Head sizes 8 .. 256 (odd ones too), T from 1 past several tiles and
+// Head sizes 8 .. 512 (odd ones too), T from 1 past several tiles and
 // blocks, with and without attention dropout (a mask that differed from the
-// CPU's in one element would show in out and in every gradient).
-const AttentionCase kAttentionCases[] = {{2, 1, 16, 2},   {2, 7, 40, 2},    {1, 33, 64, 1},
-                                         {2, 100, 128, 2}, {1, 70, 256, 2}, {1, 45, 256, 1},
-                                         {3, 64, 36, 4},  {1, 129, 192, 3}};
+// CPU's in one element would show in out and in every gradient). Above 256
+// the kernels take 16 channels a lane and tiles of 16 rows: head sizes 300
+// and 512 (the seed's 20B and 45B models), T across several such tiles.
+const AttentionCase kAttentionCases[] = {
+    {2, 1, 16, 2},    {2, 7, 40, 2},    {1, 33, 64, 1}, {2, 100, 128, 2},
+    {1, 70, 256, 2},  {1, 45, 256, 1},  {3, 64, 36, 4}, {1, 129, 192, 3},
+    {2, 37, 600, 2},  {1, 50, 1024, 2}, {1, 1, 512, 1}};
 
 TEST_F(CudaAttentionTest, MatchesCpuWithoutDropout) {
   for (const AttentionCase& c : kAttentionCases) Check(c, DropoutSpec{});
@@ -312,9 +315,22 @@ TEST_F(CudaAttentionTest, MatchesCpuWithDropout) {
   for (const AttentionCase& c : kAttentionCases) Check(c, FixedDropout(0.2f, 99, 3, 4, 17));
 }
 
+// Head sizes the kernels cannot run are refused when a model is built on
+// the backend, naming the limit, not met mid-step.
+TEST_F(CudaBackendTest, HeadSizesAboveTheKernelsAreRefusedUpFront) {
+  for (int hs : {1, 64, 256, 300, 512}) EXPECT_TRUE(gpu_->CheckHeadSize(hs).ok()) << hs;
+  const Status big = gpu_->CheckHeadSize(513);
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.message().find("head size 513 (n_embd / n_head) is above the CUDA backend's 512"),
+            std::string::npos)
+      << big.message();
+  EXPECT_TRUE(cpu_->CheckHeadSize(4096).ok());
+}
+
 TEST_F(CudaAttentionTest, DecodeMatchesCpu) {
   for (const auto& [T, C, NH] : {std::tuple{1, 16, 2}, std::tuple{37, 64, 4},
-                                 std::tuple{100, 256, 1}, std::tuple{300, 96, 3}}) {
+                                 std::tuple{100, 256, 1}, std::tuple{300, 96, 3},
+                                 std::tuple{40, 1024, 2}}) {
     FVec q = Rand(C, -2, 2), kc = Rand(size_t(T) * C, -2, 2), vc = Rand(size_t(T) * C);
     Buffer gq = Up(q), gk = Up(kc), gv = Up(vc), gout(gpu_.get(), C * 4);
     gpu_->AttentionDecode(gout.f32(), gq.f32(), gk.f32(), gv.f32(), T, C, NH);

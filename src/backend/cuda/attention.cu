@@ -47,8 +47,16 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerWarp = 4;
 constexpr int kOwnRows = kWarps * kRowsPerWarp;  // rows a block owns
-constexpr int kTile = 32;                        // partner rows per tile (= lanes)
-constexpr int kMaxPerLane = kMaxHeadSize / 32;   // channels per lane
+
+// Channels per lane (d = lane + 32 kk) and partner rows per tile of the
+// kernels below, by head size: up to 256, 8 a lane and tiles of 32 rows, a
+// lane per partner row; up to 512 (the seed's 20B and 45B models: n_embd
+// 8192 over 16 heads), 16 a lane and tiles of 16 rows, lanes 16..31 idle in
+// the scores, so that the backward's shared memory (128 KiB at 512) fits an
+// A100's 163 KiB.
+constexpr int kSmallPerLane = 8, kLargePerLane = kMaxHeadSize / 32;
+__host__ __device__ constexpr int TileRows(int per_lane) { return per_lane > kSmallPerLane ? 16 : 32; }
+inline int PerLane(int hs) { return hs <= 32 * kSmallPerLane ? kSmallPerLane : kLargePerLane; }
 
 // Shared-memory row stride of tiles: odd, so lane j reading row j, channel d
 // hits a different bank for every lane.
@@ -92,13 +100,14 @@ __device__ inline float Multiplier(const DropoutSpec& dropout, int b, int h, int
 
 // acc[kk] += sum over the tile's partner rows jj < count of
 // __shfl(weight, jj) * tile[jj][lane + 32 kk].
-__device__ inline void AccumulateRows(float (&acc)[kMaxPerLane], float weight, const float* tile,
+template <int kPerLane>
+__device__ inline void AccumulateRows(float (&acc)[kPerLane], float weight, const float* tile,
                                       int stride, int count, int hs, int lane) {
   for (int jj = 0; jj < count; ++jj) {
     const float w = __shfl_sync(kFullMask, weight, jj);
     const float* row = tile + jj * stride;
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) {
+    for (int kk = 0; kk < kPerLane; ++kk) {
       const int d = lane + 32 * kk;
       if (d < hs) acc[kk] += w * row[d];
     }
@@ -110,10 +119,12 @@ __device__ inline void AccumulateRows(float (&acc)[kMaxPerLane], float weight, c
 // Queries are rows first_query .. T-1 (0 for the forward, T-1 for decode);
 // query row i is read from q at row i - first_query (and written to out
 // likewise), keys from row j of k and v. lse may be null.
+template <int kPerLane>
 __global__ void __launch_bounds__(kWarps * 32)
     ForwardKernel(float* out, float* lse, const float* q, const float* k, const float* v,
                   HeadRows q_at, HeadRows kv_at, int T, int NH, int first_query,
                   DropoutSpec dropout) {
+  constexpr int kTile = TileRows(kPerLane);
   MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = kv_at.hs, stride = TileStride(hs);
   float* qs = smem;                     // [kOwnRows][hs]  q / sqrt(hs)
@@ -125,13 +136,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
   StageRows(qs, hs, q, q_at, b, h, i_block - first_query, kOwnRows, T - first_query, scale);
 
-  float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kMaxPerLane];
+  float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kPerLane];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     m[r] = -INFINITY;
     l[r] = 0;
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) o[r][kk] = 0;
+    for (int kk = 0; kk < kPerLane; ++kk) o[r][kk] = 0;
   }
   const int64_t i_last = Min64(i_block + kOwnRows - 1, int64_t{T} - 1);
   for (int64_t j0 = 0; j0 <= i_last; j0 += kTile) {
@@ -145,16 +156,17 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t i = i_block + own;
       if (i >= T || j0 > i) continue;  // warp-uniform
       const int64_t j = j0 + lane;
-      const float s = j <= i ? Dot(qs + own * hs, kt + lane * stride, hs) : -INFINITY;
+      const bool live = lane < kTile && j <= i;
+      const float s = live ? Dot(qs + own * hs, kt + lane * stride, hs) : -INFINITY;
       // Tile 0 holds key 0 of every row, so m_new is finite from the first
       // tile on, and the first correction is exp(-inf) = 0.
       const float m_new = fmaxf(m[r], WarpMax(s));
       const float corr = expf(m[r] - m_new);
-      const float p = j <= i ? expf(s - m_new) : 0.0f;
+      const float p = live ? expf(s - m_new) : 0.0f;
       l[r] = l[r] * corr + WarpSum(p);  // the sum is of P; the output of dropped P
-      const float pd = j <= i ? p * Multiplier(dropout, b, h, T, i, j) : 0.0f;
+      const float pd = live ? p * Multiplier(dropout, b, h, T, i, j) : 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < kMaxPerLane; ++kk) o[r][kk] *= corr;
+      for (int kk = 0; kk < kPerLane; ++kk) o[r][kk] *= corr;
       AccumulateRows(o[r], pd, vt, stride, static_cast<int>(Min64(kTile, i - j0 + 1)), hs,
                      lane);
       m[r] = m_new;
@@ -167,7 +179,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float inv = 1.0f / l[r];
     float* orow = out + q_at.At(b, h, i - first_query);
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) {
+    for (int kk = 0; kk < kPerLane; ++kk) {
       const int d = lane + 32 * kk;
       if (d < hs) orow[d] = o[r][kk] * inv;
     }
@@ -197,13 +209,14 @@ __global__ void AttentionDeltaKernel(float* delta, const float* dout, const floa
 // ---- backward, query-major: dq_i ------------------------------------------------------
 
 // P_ij and dP_ij (times the mask) of own query row i against the tile's key
-// j = j0 + lane; both 0 where j > i.
+// j = j0 + lane; both 0 unless `live` (the lane has a key of the tile, j <= i).
 __device__ inline void ProbabilityAndGrad(float* p, float* dp, const float* qs_row,
                                           const float* do_row, const float* kt, const float* vt,
                                           int stride, int hs, float lse_i, int64_t i, int64_t j,
-                                          const DropoutSpec& dropout, int b, int h, int T) {
+                                          bool live, const DropoutSpec& dropout, int b, int h,
+                                          int T) {
   const int lane = threadIdx.x % 32;
-  if (j > i) {
+  if (!live) {
     *p = 0;
     *dp = 0;
     return;
@@ -212,10 +225,12 @@ __device__ inline void ProbabilityAndGrad(float* p, float* dp, const float* qs_r
   *dp = Dot(do_row, vt + lane * stride, hs) * Multiplier(dropout, b, h, T, i, j);
 }
 
+template <int kPerLane>
 __global__ void __launch_bounds__(kWarps * 32)
     BackwardQueryKernel(float* dq, const float* delta, const float* dout, const float* q,
                         const float* k, const float* v, const float* lse, HeadRows at, int T,
                         int NH, DropoutSpec dropout) {
+  constexpr int kTile = TileRows(kPerLane);
   MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = at.hs, stride = TileStride(hs);
   float* qs = smem;                   // [kOwnRows][hs]  q / sqrt(hs)
@@ -230,14 +245,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   StageRows(qs, hs, q, at, b, h, i_block, kOwnRows, T, scale);
   StageRows(dos, hs, dout, at, b, h, i_block, kOwnRows, T, 1.0f);
 
-  float lse_r[kRowsPerWarp], D[kRowsPerWarp], acc[kRowsPerWarp][kMaxPerLane];
+  float lse_r[kRowsPerWarp], D[kRowsPerWarp], acc[kRowsPerWarp][kPerLane];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = i_block + warp * kRowsPerWarp + r;
     lse_r[r] = i < T ? lse[bh * T + i] : 0.0f;
     D[r] = i < T ? delta[bh * T + i] : 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) acc[r][kk] = 0;
+    for (int kk = 0; kk < kPerLane; ++kk) acc[r][kk] = 0;
   }
   const int64_t i_last = Min64(i_block + kOwnRows - 1, int64_t{T} - 1);
   // dq_i sqrt(hs) = sum_j dS_ij k_j.
@@ -252,8 +267,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t i = i_block + own;
       if (i >= T || j0 > i) continue;  // warp-uniform
       float p, dp;
+      const int64_t j = j0 + lane;
       ProbabilityAndGrad(&p, &dp, qs + own * hs, dos + own * hs, kt, vt, stride, hs, lse_r[r], i,
-                         j0 + lane, dropout, b, h, T);
+                         j, lane < kTile && j <= i, dropout, b, h, T);
       AccumulateRows(acc[r], p * (dp - D[r]), kt, stride,
                      static_cast<int>(Min64(kTile, i - j0 + 1)), hs, lane);
     }
@@ -264,7 +280,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (i >= T) continue;
     float* row = dq + at.At(b, h, i);
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) {
+    for (int kk = 0; kk < kPerLane; ++kk) {
       const int d = lane + 32 * kk;
       if (d < hs) row[d] = acc[r][kk] * scale;
     }
@@ -273,10 +289,12 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // ---- backward, key-major: dk_j and dv_j -------------------------------------------------
 
+template <int kPerLane>
 __global__ void __launch_bounds__(kWarps * 32)
     BackwardKeyKernel(float* dk, float* dv, const float* dout, const float* q, const float* k,
                       const float* v, const float* lse, const float* delta, HeadRows at, int T,
                       int NH, DropoutSpec dropout) {
+  constexpr int kTile = TileRows(kPerLane);
   MINGPT_DYNAMIC_SHARED(float, smem);
   const int hs = at.hs, stride = TileStride(hs);
   float* ks = smem;                     // [kOwnRows][hs]  own keys
@@ -293,11 +311,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   StageRows(ks, hs, k, at, b, h, j_block, kOwnRows, T, 1.0f);
   StageRows(vs, hs, v, at, b, h, j_block, kOwnRows, T, 1.0f);
 
-  float dk_acc[kRowsPerWarp][kMaxPerLane], dv_acc[kRowsPerWarp][kMaxPerLane];
+  float dk_acc[kRowsPerWarp][kPerLane], dv_acc[kRowsPerWarp][kPerLane];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) dk_acc[r][kk] = dv_acc[r][kk] = 0;
+    for (int kk = 0; kk < kPerLane; ++kk) dk_acc[r][kk] = dv_acc[r][kk] = 0;
   }
   // Queries before the tile holding j_block see none of the block's keys.
   for (int64_t i0 = j_block / kTile * kTile; i0 < T; i0 += kTile) {
@@ -318,7 +336,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (j >= T) continue;  // warp-uniform
       const int64_t i = i0 + lane;
       float pd = 0, ds = 0;
-      if (i >= j && i < T) {
+      if (lane < kTile && i >= j && i < T) {
         const float p = expf(Dot(qt + lane * stride, ks + own * hs, hs) - lse_t[lane]);
         const float mult = Multiplier(dropout, b, h, T, i, j);
         const float dp = Dot(dot + lane * stride, vs + own * hs, hs) * mult;
@@ -336,7 +354,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float* dk_row = dk + at.At(b, h, j);
     float* dv_row = dv + at.At(b, h, j);
 #pragma unroll
-    for (int kk = 0; kk < kMaxPerLane; ++kk) {
+    for (int kk = 0; kk < kPerLane; ++kk) {
       const int d = lane + 32 * kk;
       if (d < hs) {
         dk_row[d] = dk_acc[r][kk];
@@ -849,16 +867,23 @@ unsigned RowBlocks(int64_t rows) { return static_cast<unsigned>((rows + kRows - 
 
 // Shared memory of each kernel for head size hs, in bytes.
 size_t ForwardSmem(int hs) {
-  return sizeof(float) * (kOwnRows * hs + 2 * kTile * TileStride(hs));
+  const int tile = TileRows(PerLane(hs));
+  return sizeof(float) * (kOwnRows * hs + 2 * tile * TileStride(hs));
 }
 size_t BackwardSmem(int hs) {
-  return sizeof(float) * (2 * kOwnRows * hs + 2 * kTile * TileStride(hs) + 2 * kTile);
+  const int tile = TileRows(PerLane(hs));
+  return sizeof(float) * (2 * kOwnRows * hs + 2 * tile * TileStride(hs) + 2 * tile);
 }
+
+// The device's opt-in maximum of dynamic shared memory a block, the least
+// of the devices AttentionInit has seen (0 before).
+int g_optin_smem = 0;
 
 int HeadSize(int C, int NH) {
   MINGPT_CHECK(NH > 0 && C % NH == 0, "C=%d not divisible by NH=%d", C, NH);
   const int hs = C / NH;
-  MINGPT_CHECK(hs <= kMaxHeadSize, "head size %d above the CUDA kernels' %d", hs, kMaxHeadSize);
+  const std::string why = AttentionHeadSizeError(hs);
+  MINGPT_CHECK(why.empty(), "%s", why.c_str());
   return hs;
 }
 
@@ -899,6 +924,41 @@ bool UseMma(MatmulPrecision precision, int hs) {
          AttentionMode() == "mma";
 }
 
+// The fp32 kernels, instantiated for the head size's channels per lane.
+template <int kPerLane>
+void Fp32ForwardAt(cudaStream_t stream, dim3 grid, float* out, float* lse, const float* q,
+                   const float* k, const float* v, const HeadRows& q_at, const HeadRows& kv_at,
+                   int T, int NH, int first_query, const DropoutSpec& dropout) {
+  MINGPT_LAUNCH(ForwardKernel<kPerLane>, grid, kWarps * 32, ForwardSmem(kv_at.hs), stream, out,
+                lse, q, k, v, q_at, kv_at, T, NH, first_query, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+void Fp32Forward(cudaStream_t stream, dim3 grid, float* out, float* lse, const float* q,
+                 const float* k, const float* v, const HeadRows& q_at, const HeadRows& kv_at,
+                 int T, int NH, int first_query, const DropoutSpec& dropout) {
+  if (PerLane(kv_at.hs) == kSmallPerLane) {
+    Fp32ForwardAt<kSmallPerLane>(stream, grid, out, lse, q, k, v, q_at, kv_at, T, NH,
+                                 first_query, dropout);
+  } else {
+    Fp32ForwardAt<kLargePerLane>(stream, grid, out, lse, q, k, v, q_at, kv_at, T, NH,
+                                 first_query, dropout);
+  }
+}
+
+template <int kPerLane>
+void Fp32Backward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
+                  const float* q, const float* k, const float* v, const float* lse,
+                  const float* delta, int B, int T, const HeadRows& at, int NH,
+                  const DropoutSpec& dropout) {
+  const dim3 grid(RowBlocks(T), NH, B);
+  MINGPT_LAUNCH(BackwardQueryKernel<kPerLane>, grid, kWarps * 32, BackwardSmem(at.hs), stream, dq,
+                delta, dout, q, k, v, lse, at, T, NH, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+  MINGPT_LAUNCH(BackwardKeyKernel<kPerLane>, grid, kWarps * 32, BackwardSmem(at.hs), stream, dk,
+                dv, dout, q, k, v, lse, delta, at, T, NH, dropout);
+  MINGPT_CUDA_CHECK_LAUNCH();
+}
+
 template <typename Op>
 void SetTensorCoreLimits(int bytes) {
   SetMaxDynamicShared(tc::ForwardKernel<Op>, bytes);
@@ -932,19 +992,41 @@ void TensorCoreBackward(cudaStream_t stream, float* dq, float* dk, float* dv, co
 
 }  // namespace
 
+std::string AttentionHeadSizeError(int hs) {
+  if (hs > kMaxHeadSize) {
+    return "head size " + std::to_string(hs) + " (n_embd / n_head) is above the CUDA backend's " +
+           std::to_string(kMaxHeadSize);
+  }
+  const size_t need = BackwardSmem(hs) > ForwardSmem(hs) ? BackwardSmem(hs) : ForwardSmem(hs);
+  if (need > static_cast<size_t>(g_optin_smem)) {
+    return "head size " + std::to_string(hs) + " (n_embd / n_head) needs " +
+           std::to_string((need + 1023) / 1024) + " KiB of shared memory a block, this GPU " +
+           std::to_string(g_optin_smem / 1024) + " KiB";
+  }
+  return "";
+}
+
 void AttentionInit() {
-  SetMaxDynamicShared(ForwardKernel, ForwardSmem(kMaxHeadSize));
-  SetMaxDynamicShared(BackwardQueryKernel, BackwardSmem(kMaxHeadSize));
-  SetMaxDynamicShared(BackwardKeyKernel, BackwardSmem(kMaxHeadSize));
   int device = 0, optin = 0;
   MINGPT_CUDA_CHECK(cudaGetDevice(&device));
   MINGPT_CUDA_CHECK(
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  // The smallest of the devices initialised (one process may drive several).
+  if (g_optin_smem == 0 || optin < g_optin_smem) g_optin_smem = optin;
+  // Each instantiation may use what its largest head size needs, or all the
+  // device allows (a head size needing more is refused: AttentionHeadSizeError).
+  auto allow = [optin](size_t bytes) { return bytes < size_t(optin) ? bytes : size_t(optin); };
+  constexpr int kSmallMax = 32 * kSmallPerLane;
+  SetMaxDynamicShared(ForwardKernel<kSmallPerLane>, ForwardSmem(kSmallMax));
+  SetMaxDynamicShared(BackwardQueryKernel<kSmallPerLane>, BackwardSmem(kSmallMax));
+  SetMaxDynamicShared(BackwardKeyKernel<kSmallPerLane>, BackwardSmem(kSmallMax));
+  SetMaxDynamicShared(ForwardKernel<kLargePerLane>, allow(ForwardSmem(kMaxHeadSize)));
+  SetMaxDynamicShared(BackwardQueryKernel<kLargePerLane>, allow(BackwardSmem(kMaxHeadSize)));
+  SetMaxDynamicShared(BackwardKeyKernel<kLargePerLane>, allow(BackwardSmem(kMaxHeadSize)));
   const size_t want = tc::MaxSmem(tc::kMaxHead);
   const int limit = static_cast<int>(want < static_cast<size_t>(optin) ? want : optin);
   SetTensorCoreLimits<__nv_bfloat16>(limit);
   SetTensorCoreLimits<__half>(limit);
-  // The smallest of the devices initialised (one process may drive several).
   if (tc::g_smem_limit < 0 || limit < tc::g_smem_limit) tc::g_smem_limit = limit;
   MmaAttentionInit();
 }
@@ -967,9 +1049,7 @@ void AttentionForward(cudaStream_t stream, float* out, float* lse, const float* 
     }
     return;
   }
-  MINGPT_LAUNCH(ForwardKernel, dim3(RowBlocks(T), NH, B), kWarps * 32, ForwardSmem(hs), stream, out,
-                lse, q, k, v, at, at, T, NH, 0, dropout);
-  MINGPT_CUDA_CHECK_LAUNCH();
+  Fp32Forward(stream, dim3(RowBlocks(T), NH, B), out, lse, q, k, v, at, at, T, NH, 0, dropout);
 }
 
 void AttentionDecode(cudaStream_t stream, float* out, const float* q, const float* k_cache,
@@ -977,9 +1057,8 @@ void AttentionDecode(cudaStream_t stream, float* out, const float* q, const floa
   const int hs = HeadSize(C, NH);
   MINGPT_CHECK(T >= 1, "AttentionDecode needs at least one cached row");
   const HeadRows q_at{0, C, hs}, kv_at{int64_t{T} * C, C, hs};
-  MINGPT_LAUNCH(ForwardKernel, dim3(1, NH, 1), kWarps * 32, ForwardSmem(hs), stream, out, nullptr,
-                q, k_cache, v_cache, q_at, kv_at, T, NH, T - 1, DropoutSpec{});
-  MINGPT_CUDA_CHECK_LAUNCH();
+  Fp32Forward(stream, dim3(1, NH, 1), out, nullptr, q, k_cache, v_cache, q_at, kv_at, T, NH, T - 1,
+              DropoutSpec{});
 }
 
 void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, const float* dout,
@@ -1010,13 +1089,13 @@ void AttentionBackward(cudaStream_t stream, float* dq, float* dk, float* dv, con
     }
     return;
   }
-  const dim3 grid(RowBlocks(T), NH, B);
-  MINGPT_LAUNCH(BackwardQueryKernel, grid, kWarps * 32, BackwardSmem(hs), stream, dq, delta, dout,
-                q, k, v, lse, at, T, NH, dropout);
-  MINGPT_CUDA_CHECK_LAUNCH();
-  MINGPT_LAUNCH(BackwardKeyKernel, grid, kWarps * 32, BackwardSmem(hs), stream, dk, dv, dout, q, k,
-                v, lse, delta, at, T, NH, dropout);
-  MINGPT_CUDA_CHECK_LAUNCH();
+  if (PerLane(hs) == kSmallPerLane) {
+    Fp32Backward<kSmallPerLane>(stream, dq, dk, dv, dout, q, k, v, lse, delta, B, T, at, NH,
+                                dropout);
+  } else {
+    Fp32Backward<kLargePerLane>(stream, dq, dk, dv, dout, q, k, v, lse, delta, B, T, at, NH,
+                                dropout);
+  }
 }
 
 }  // namespace mingpt::cuda

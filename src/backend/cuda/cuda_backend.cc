@@ -189,6 +189,10 @@ class CudaBackend final : public Backend {
   void ToOperand(void* dst, const float* src, int64_t n) override {
     matmul_.ToOperand(dst, src, n);
   }
+  Status CheckHeadSize(int hs) const override {
+    const std::string why = cuda::AttentionHeadSizeError(hs);
+    return why.empty() ? Status::Ok() : Status::Error("--accelerator cuda: " + why);
+  }
   void AttentionForward(float* out, float* lse, const float* q, const float* k, const float* v,
                         int B, int T, int C, int NH, const DropoutSpec& dropout) override {
     cuda::AttentionForward(stream(), out, lse, q, k, v, B, T, C, NH, dropout,

@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "backend/backend.h"
 #include "backend/dropout.h"
@@ -133,7 +134,11 @@ void ConvertToFp16(cudaStream_t stream, void* dst, const float* src, int64_t n);
 // environment has MINGPT_CUDA_ATTENTION=fp32; MINGPT_CUDA_ATTENTION=mma
 // (opt-in) takes attention_mma.h's mma.sync kernels instead of the
 // tensor-core ones for head sizes 32, 64 and 128; decode is fp32 always.
-inline constexpr int kMaxHeadSize = 256;
+inline constexpr int kMaxHeadSize = 512;
+// Why head size hs cannot run on the devices AttentionInit has seen (above
+// kMaxHeadSize, or more shared memory a block than one of them allows: head
+// sizes above 256 need up to 129 KiB), or "" when it can.
+std::string AttentionHeadSizeError(int hs);
 // Once per device before the first attention launch: lets the kernels use
 // more than 48 KiB of shared memory (head sizes above 96; the tensor-core
 // kernels up to the device's opt-in maximum).
