@@ -3,12 +3,16 @@
 // from these definitions.
 #pragma once
 
+#include <cerrno>
+#include <cstdlib>
 #include <functional>
 
 #include <CLI/CLI.hpp>
 
 #include <map>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "core/status.h"
@@ -36,10 +40,29 @@ Command AddServe(CLI::App* app);
 Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
 StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
 
-// Flag validators; CLI11 prints "<flag>: <message>". NotEmpty refuses an
-// empty value, which for a path would otherwise read as the flag not given
-// (`--data ''` training on the default corpus); NotNegative refuses a
-// minus sign (CLI's own range check prints its range's bounds as doubles).
+// body(), with an exception escaping it (std::bad_alloc on a huge request,
+// a library's own) made the one-line error it is for the user: a bug or the
+// machine's limit, not std::terminate's abort. Under several ranks it must
+// become a Status before the communicator is left (LeaveJob).
+template <typename F>
+auto CatchExceptions(F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory");
+  } catch (const std::exception& e) {
+    return Status::Error(std::string("internal error: ") + e.what());
+  }
+}
+
+// Flag validators; CLI11 prints "<flag>: <message>" (its own range check
+// would print the range's bounds as doubles). NotEmpty refuses an empty
+// value, which for a path would otherwise read as the flag not given
+// (`--data ''` training on the default corpus). CLI11 reads integers with
+// strtoull/strtoll, which clamp a value past 64 bits to the type's limit,
+// and strtoull wraps a minus sign (after blanks) around: NotNegative, for
+// unsigned 64-bit flags, refuses a minus sign and a value past 2^64-1;
+// FitsInt64 a value outside the signed 64-bit range.
 inline CLI::Validator NotEmpty() {
   return CLI::Validator(
       [](std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); },
@@ -48,9 +71,23 @@ inline CLI::Validator NotEmpty() {
 inline CLI::Validator NotNegative() {
   return CLI::Validator(
       [](std::string& v) {
-        return !v.empty() && v[0] == '-' ? "must be >= 0, got " + v : std::string();
+        const size_t first = v.find_first_not_of(" \t\n\v\f\r");
+        if (first != std::string::npos && v[first] == '-') return "must be >= 0, got " + v;
+        errno = 0;
+        std::strtoull(v.c_str(), nullptr, 0);
+        if (errno == ERANGE) return "must be at most 18446744073709551615, got " + v;
+        return std::string();
       },
       "", "NotNegative");
+}
+inline CLI::Validator FitsInt64() {
+  return CLI::Validator(
+      [](std::string& v) {
+        errno = 0;
+        std::strtoll(v.c_str(), nullptr, 0);
+        return errno == ERANGE ? "must be a 64-bit integer, got " + v : std::string();
+      },
+      "", "FitsInt64");
 }
 
 // --accelerator for train, evaluate and sample: cpu, cuda (gpu) or auto

@@ -1,14 +1,16 @@
+#include <climits>
 #include <cmath>
 #include <csignal>
 #include <ctime>
 #include <filesystem>
 #include <memory>
 #include <thread>
-
+#include <type_traits>
 
 #include "cli/commands.h"
 #include "dist/agree.h"
 #include "dist/launch.h"
+#include "engine/strategies.h"
 #include "io/file.h"
 #include "train/model_checkpoint.h"
 #include "train/planner.h"
@@ -42,10 +44,65 @@ struct TrainFlags {
   std::string memory_budget;
   CLI::Option *n_layer, *n_head, *n_embd, *block_size, *dropout, *model_type_opt;
   CLI::Option *devices, *gpus, *num_threads;
+  CLI::Option *batch_size, *learning_rate, *weight_decay, *warmup_tokens, *gradient_clip_val,
+      *accumulate_grad_batches, *precision, *initial_scale_power, *seed;
+  CLI::Option *offload_params, *offload_buffer_mb, *memory_budget_opt;
 };
 
+// A value in a note: numbers as %g (a float's 0.0003, not its 17 digits).
+std::string Shown(double v) {
+  char b[32];
+  std::snprintf(b, sizeof(b), "%g", v);
+  return b;
+}
+std::string Shown(int v) { return std::to_string(v); }
+std::string Shown(const std::string& v) { return v; }
+
+// A training setting meta.json's "options" records under `key` (older
+// checkpoints record none). Its flag not given (or none: AdamW's eps), it
+// takes the recorded value, so that a plain resume continues the run it
+// resumes (its batch, learning rate, precision...); given with another value
+// it wins, as in Lightning, with a note.
+template <typename T>
+Status Restore(const nlohmann::json& recorded, const std::string& key, CLI::Option* flag,
+               T* value, const std::string& where, std::vector<std::string>* notes) {
+  auto it = recorded.find(key);
+  if (it == recorded.end()) return Status::Ok();
+  const std::string bad = where + ": meta.json options '" + key + "' is ";
+  T saved{};
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) return Status::Error(bad + "not a string");
+    saved = it->template get<std::string>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!it->is_number_integer() || it->template get<double>() < INT_MIN ||
+        it->template get<double>() > INT_MAX) {
+      return Status::Error(bad + "not an integer");
+    }
+    saved = static_cast<T>(it->template get<int64_t>());
+  } else {
+    if (!it->is_number()) return Status::Error(bad + "not a number");
+    saved = static_cast<T>(it->template get<double>());
+  }
+  if (flag == nullptr || flag->count() == 0) {
+    *value = saved;
+    return Status::Ok();
+  }
+  bool differs = *value != saved;
+  if constexpr (std::is_same_v<T, std::string>) {  // --precision: "bf16" is "bf16-mixed"
+    const StatusOr<MatmulPrecision> a = ParsePrecision(*value), b = ParsePrecision(saved);
+    if (a.ok() && b.ok()) differs = *a != *b;
+  }
+  if (differs) {
+    notes->push_back("resuming with --" + key + " " + Shown(*value) +
+                     " (the checkpoint trained with " + Shown(saved) + ")");
+  }
+  return Status::Ok();
+}
+
 // With --ckpt_path the model comes from the checkpoint; flags given
-// explicitly must agree with it.
+// explicitly must agree with it. So must --seed: the data order and dropout
+// masks of the steps to come follow the recorded one. The training settings
+// come from it too, unless given (Restore).
 Status Reconcile(TrainFlags* f) {
   MINGPT_ASSIGN_OR_RETURN(OpenedCheckpoint ckpt, OpenTrainingCheckpoint(f->o.ckpt_path));
   const ModelConfig& c = ckpt.config;
@@ -54,8 +111,11 @@ Status Reconcile(TrainFlags* f) {
   auto check = [&](CLI::Option* opt, const char* name, int given, int saved) -> Status {
     const bool by_preset = preset && std::string(name) != "block_size";
     if ((opt->count() > 0 || by_preset) && given != saved) {
-      return Status::Error("--" + std::string(name) + " " + std::to_string(given) +
-                           " disagrees with --ckpt_path, whose model has " + name + " " +
+      // Name the flag the user gave: the preset's size otherwise.
+      const std::string size = std::string(name) + " " + std::to_string(given);
+      const std::string flag =
+          opt->count() > 0 ? "--" + size : "--model_type " + f->model_type + " (" + size + ")";
+      return Status::Error(flag + " disagrees with --ckpt_path, whose model has " + name + " " +
                            std::to_string(saved));
     }
     return Status::Ok();
@@ -68,7 +128,49 @@ Status Reconcile(TrainFlags* f) {
     return Status::Error("--dropout disagrees with --ckpt_path, whose model has dropout " +
                          std::to_string(c.dropout));
   }
+  if (f->seed->count() > 0 && f->o.seed != ckpt.state.seed) {
+    return Status::Error("--seed " + std::to_string(f->o.seed) +
+                         " disagrees with --ckpt_path, whose run has seed " +
+                         std::to_string(ckpt.state.seed));
+  }
+  if (f->initial_scale_power->count() > 0 && ckpt.state.loss_scaler) {
+    return Status::Error("--initial_scale_power sets where a loss scale starts; --ckpt_path "
+                         "continues with the checkpoint's (" +
+                         Shown(ckpt.state.loss_scaler->scale) + ")");
+  }
   f->o.model = c;
+  f->o.seed = ckpt.state.seed;
+  const auto recorded = ckpt.checkpoint.meta.find("options");
+  if (recorded != ckpt.checkpoint.meta.end() && recorded->is_object()) {
+    const std::string where = "checkpoint '" + f->o.ckpt_path + "'";
+    TrainOptions& o = f->o;
+    std::vector<std::string>* notes = &o.notes;
+    MINGPT_RETURN_IF_ERROR(
+        Restore(*recorded, "batch_size", f->batch_size, &o.batch_size, where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "learning_rate", f->learning_rate,
+                                   &o.optim.learning_rate, where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "weight_decay", f->weight_decay,
+                                   &o.optim.weight_decay, where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "warmup_tokens", f->warmup_tokens, &o.warmup_tokens,
+                                   where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "gradient_clip_val", f->gradient_clip_val,
+                                   &o.gradient_clip_val, where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "accumulate_grad_batches",
+                                   f->accumulate_grad_batches, &o.accumulate_grad_batches, where,
+                                   notes));
+    MINGPT_RETURN_IF_ERROR(
+        Restore(*recorded, "precision", f->precision, &o.precision, where, notes));
+    MINGPT_RETURN_IF_ERROR(Restore(*recorded, "eps", nullptr, &o.optim.eps, where, notes));
+    const auto betas = recorded->find("betas");
+    if (betas != recorded->end()) {
+      if (!betas->is_array() || betas->size() != 2 || !(*betas)[0].is_number() ||
+          !(*betas)[1].is_number()) {
+        return Status::Error(where + ": meta.json options 'betas' is not two numbers");
+      }
+      o.optim.beta1 = (*betas)[0].get<float>();
+      o.optim.beta2 = (*betas)[1].get<float>();
+    }
+  }
   if (f->data.empty() && !ckpt.data_path.empty() && std::getenv("MINGPT_DATA") == nullptr) {
     f->data = ckpt.data_path;
   }
@@ -77,11 +179,37 @@ Status Reconcile(TrainFlags* f) {
 
 // Starts `devices` ranks of this command through mpirun, each given the
 // data file and run directory this process resolved (so all agree), and
-// ends this process with mpirun's exit code.
+// ends this process with mpirun's exit code. A default run directory is
+// left to the ranks: their rank 0 creates a new one.
 Status Launch(const TrainOptions& o) {
-  return RelaunchUnderMpirun(
-      o.devices, {{"--data", o.data_path},
-                  {"--default_root_dir", std::filesystem::absolute(o.default_root_dir).string()}});
+  std::map<std::string, std::string> resolved = {{"--data", o.data_path}};
+  if (!o.new_root_dir) {
+    resolved["--default_root_dir"] = std::filesystem::absolute(o.default_root_dir).string();
+  }
+  return RelaunchUnderMpirun(o.devices, resolved);
+}
+
+// `train` refuses a flag that its other flags make meaningless, as it does
+// --offload_dir, rather than ignore it. (`plan` takes them all: its table
+// has an NVMe row whatever the strategy, and always a budget.)
+Status CheckFlagsApply(const TrainFlags& f) {
+  const TrainOptions& o = f.o;
+  const bool nvme = IsNvmeStrategy(o.strategy) || (o.strategy == "auto" && !o.offload_dir.empty());
+  for (CLI::Option* flag : {f.offload_params, f.offload_buffer_mb}) {
+    if (flag->count() > 0 && !nvme) {
+      return Status::Error(flag->get_name() + " is for --strategy deepspeed_stage_3_offload_nvme "
+                           "(or auto with --offload_dir)");
+    }
+  }
+  if (f.initial_scale_power->count() > 0 &&
+      ParsePrecision(o.precision).value() != MatmulPrecision::kFp16) {
+    return Status::Error("--initial_scale_power is for --precision 16 (its loss scaling)");
+  }
+  if (f.memory_budget_opt->count() > 0 && o.strategy != "auto") {
+    return Status::Error("--memory_budget is for --strategy auto (it chooses within it), not " +
+                         o.strategy);
+  }
+  return Status::Ok();
 }
 
 
@@ -109,7 +237,10 @@ Status ResolveFlags(TrainFlags* f) {
   }
   if (!f->o.ckpt_path.empty()) MINGPT_RETURN_IF_ERROR(Reconcile(f));
   MINGPT_ASSIGN_OR_RETURN(f->o.data_path, ResolveDataPath(f->data));
-  if (f->o.default_root_dir.empty()) f->o.default_root_dir = DefaultRunDir();
+  if (f->o.default_root_dir.empty()) {
+    f->o.default_root_dir = DefaultRunDir();
+    f->o.new_root_dir = true;
+  }
   if (!f->memory_budget.empty()) {
     MINGPT_ASSIGN_OR_RETURN(f->o.memory_budget, ParseBytes(f->memory_budget, "--memory_budget"));
   }
@@ -129,25 +260,27 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   f->dropout = app->add_option("--dropout", o.model.dropout, "Dropout on embeddings, attention and residuals (0 disables)")->capture_default_str();
   f->model_type_opt = app->add_option("--model_type", f->model_type,
                                       "Preset overriding n_layer/n_head/n_embd: gpt-nano, gpt-micro, gpt-mini, gpt1, ...");
-  app->add_option("--batch_size", o.batch_size, "Samples per micro-batch")->capture_default_str();
-  app->add_option("--learning_rate", o.optim.learning_rate, "Peak AdamW learning rate")->capture_default_str();
-  app->add_option("--weight_decay", o.optim.weight_decay, "AdamW weight decay on Linear/Embedding weights")->capture_default_str();
-  app->add_option("--warmup_tokens", o.warmup_tokens, "Linear warm-up length in tokens")->capture_default_str();
+  f->batch_size = app->add_option("--batch_size", o.batch_size, "Samples per micro-batch (per rank)")->capture_default_str();
+  f->learning_rate = app->add_option("--learning_rate", o.optim.learning_rate, "Peak AdamW learning rate")->capture_default_str();
+  f->weight_decay = app->add_option("--weight_decay", o.optim.weight_decay, "AdamW weight decay on Linear/Embedding weights")->capture_default_str();
+  f->warmup_tokens = app->add_option("--warmup_tokens", o.warmup_tokens, "Linear warm-up length in tokens")->capture_default_str();
   app->add_option("--max_epochs", o.max_epochs, "Epochs when --max_steps is -1")->capture_default_str();
-  app->add_option("--max_steps", o.max_steps, "Optimizer steps (-1: use --max_epochs)")->capture_default_str();
+  app->add_option("--max_steps", o.max_steps, "Optimizer steps (-1: use --max_epochs)")
+      ->check(FitsInt64())
+      ->capture_default_str();
   app->add_option("--limit_train_batches", o.limit_train_batches, "Steps per epoch: fraction (<=1) or count")->capture_default_str();
   app->add_option("--val_check_interval", o.val_check_interval, "Validate every fraction of an epoch (<=1) or every N steps")->capture_default_str();
   app->add_option("--limit_val_batches", o.limit_val_batches, "Validation batches: fraction (<=1) or count; 0 disables")->capture_default_str();
-  app->add_option("--gradient_clip_val", o.gradient_clip_val, "Clip the global gradient norm (0 disables)")->capture_default_str();
-  app->add_option("--accumulate_grad_batches", o.accumulate_grad_batches, "Micro-batches per optimizer step")->capture_default_str();
-  app->add_option("--precision", o.precision,
+  f->gradient_clip_val = app->add_option("--gradient_clip_val", o.gradient_clip_val, "Clip the global gradient norm (0 disables)")->capture_default_str();
+  f->accumulate_grad_batches = app->add_option("--accumulate_grad_batches", o.accumulate_grad_batches, "Micro-batches per optimizer step")->capture_default_str();
+  f->precision = app->add_option("--precision", o.precision,
                   "Matrix-product precision: 32 (32-true), bf16 (bf16-mixed), 16 (16-mixed, "
                   "with dynamic loss scaling); master weights and Adam stay fp32")
       ->capture_default_str();
-  app->add_option("--initial_scale_power", o.initial_scale_power,
+  f->initial_scale_power = app->add_option("--initial_scale_power", o.initial_scale_power,
                   "--precision 16: the loss scale starts at 2^this (DeepSpeed's default)")
       ->capture_default_str();
-  app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")
+  f->seed = app->add_option("--seed", o.seed, "Seed of data sampling, init and dropout")
       ->check(NotNegative())
       ->capture_default_str();
   app->add_option("--default_root_dir", o.default_root_dir, "Run directory (metrics.csv, checkpoints/); default runs/<time>")
@@ -169,13 +302,14 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
                             "The seed's flag: --devices N with --accelerator cuda (one rank per GPU)")
                 ->excludes(f->devices);
   app->add_option("--offload_dir", o.offload_dir,
-                  "deepspeed_stage_3_offload_nvme: the directory (on a fast disk) for the "
-                  "offloaded state's files; they are removed at the end")
+                  "deepspeed_stage_3_offload_nvme (or auto, which may then choose it): the "
+                  "directory (on a fast disk) for the offloaded state's files; they are removed "
+                  "at the end")
       ->check(NotEmpty());
-  app->add_option("--offload_params", o.offload_params,
+  f->offload_params = app->add_option("--offload_params", o.offload_params,
                   "deepspeed_stage_3_offload_nvme: keep the parameter shards on nvme or in cpu memory")
       ->capture_default_str();
-  app->add_option("--offload_buffer_mb", o.offload_buffer_mb,
+  f->offload_buffer_mb = app->add_option("--offload_buffer_mb", o.offload_buffer_mb,
                   "deepspeed_stage_3_offload_nvme: the optimizer's I/O buffer pool in MiB")
       ->capture_default_str();
   AddAcceleratorFlag(app, &o.accelerator);
@@ -189,7 +323,7 @@ std::shared_ptr<TrainFlags> AddTrainFlags(CLI::App* app) {
   app->add_flag("--profile", o.profile,
                 "Print each rank's time per phase at the end: compute, optimizer, and the "
                 "waits for communication that overlap did not hide");
-  app->add_option("--memory_budget", f->memory_budget,
+  f->memory_budget_opt = app->add_option("--memory_budget", f->memory_budget,
                   "Bytes per rank --strategy auto may plan for, e.g. 8GiB (default: available "
                   "memory / ranks on this machine)");
   return f;
@@ -235,9 +369,9 @@ StatusOr<size_t> ParseBytes(const std::string& text, const std::string& flag) {
 Command AddTrain(CLI::App* app) {
   std::shared_ptr<TrainFlags> f = AddTrainFlags(app);
   return [f]() -> Status {
-    const bool default_root = f->o.default_root_dir.empty();
     MINGPT_RETURN_IF_ERROR(ResolveFlags(f.get()));
     MINGPT_RETURN_IF_ERROR(ValidateTrainOptions(f->o));
+    MINGPT_RETURN_IF_ERROR(CheckFlagsApply(*f));
     const MpiEnvironment env = DetectMpiEnvironment();
     if (!env.launched && f->o.devices > 1) {
       // Checked here once, before any process starts.
@@ -251,7 +385,7 @@ Command AddTrain(CLI::App* app) {
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
     const int rank = comm->rank();
     // runs/<time> read from each rank's clock could differ by a second.
-    if (default_root) BroadcastString(comm.get(), &f->o.default_root_dir);
+    if (f->o.new_root_dir) BroadcastString(comm.get(), &f->o.default_root_dir);
     if (f->devices->count() + f->gpus->count() > 0 && f->o.devices != comm->world()) {
       // Every rank sees the same flags and world: all stop, rank 0 reports.
       if (rank != 0) return Status::Ok();
@@ -259,9 +393,10 @@ Command AddTrain(CLI::App* app) {
                            std::to_string(comm->world()) + " ranks the launcher started");
     }
     f->o.devices = comm->world();
-    StatusOr<TrainSummary> r = Train(f->o, comm.get(), &g_stop);
-    comm.reset();  // every rank leaves the job cleanly, whatever happened
-    MINGPT_RETURN_IF_ERROR(r.status());
+    StatusOr<TrainSummary> r =
+        CatchExceptions([&]() -> StatusOr<TrainSummary> { return Train(f->o, comm.get(), &g_stop); });
+    // Every rank leaves the job cleanly, or, having failed alone, ends it.
+    MINGPT_RETURN_IF_ERROR(LeaveJob(std::move(comm), r.status()));
     if (rank != 0) return Status::Ok();
     const TrainSummary& s = *r;
     std::printf("trained %lld steps (%lld tokens); last train loss %.4f; ",
@@ -271,8 +406,15 @@ Command AddTrain(CLI::App* app) {
     } else {
       std::printf("not validated\n");
     }
-    if (f->o.enable_checkpointing) {
-      std::printf("checkpoints: %s/checkpoints/{best,last}\n", f->o.default_root_dir.c_str());
+    // Only what exists: no validation (--limit_val_batches 0, a val split
+    // too small) saves no `best`.
+    std::error_code ignore;
+    const std::string dir = s.root_dir + "/checkpoints/";
+    const bool best = std::filesystem::exists(dir + "best", ignore);
+    const bool last = std::filesystem::exists(dir + "last", ignore);
+    if (f->o.enable_checkpointing && (best || last)) {
+      std::printf("checkpoints: %s%s\n", dir.c_str(),
+                  best && last ? "{best,last}" : best ? "best" : "last");
     }
     return Status::Ok();
   };

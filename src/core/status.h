@@ -23,12 +23,25 @@ class Status {
   }
   // Returns a new error whose message is "context: message".
   Status WithContext(const std::string& context) const {
-    return ok() ? *this : Status(context + ": " + *message_);
+    if (ok()) return *this;
+    Status s(context + ": " + *message_);
+    s.agreed_ = agreed_;
+    return s;
   }
+  // An error that every process of a job returns at the same point
+  // (dist/agree.h): each may then leave the job cleanly. One a process met
+  // alone is not agreed: the others may be waiting for it in a collective.
+  Status Agreed() const {
+    Status s = *this;
+    s.agreed_ = !ok();
+    return s;
+  }
+  bool agreed() const { return agreed_; }
 
  private:
   explicit Status(std::string message) : message_(std::move(message)) {}
   std::optional<std::string> message_;
+  bool agreed_ = false;
 };
 
 template <typename T>

@@ -1,6 +1,7 @@
 #include "dist/agree.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <vector>
 
 namespace mingpt {
@@ -13,11 +14,22 @@ Status AgreeOnStatus(Communicator* comm, const Status& local) {
   for (int r = 0; r < comm->world(); ++r) {
     if (failed[r] == 0) continue;
     if (r == comm->rank()) {
-      return r == 0 ? local : Status::Error("rank " + std::to_string(r) + ": " + local.message());
+      return (r == 0 ? local : Status::Error("rank " + std::to_string(r) + ": " + local.message()))
+          .Agreed();
     }
-    return Status::Error(kPeerFailedMessage);
+    return Status::Error(kPeerFailedMessage).Agreed();
   }
   return Status::Ok();
+}
+
+Status LeaveJob(std::unique_ptr<Communicator> comm, Status result) {
+  if (!result.ok() && !result.agreed() && comm->world() > 1) {
+    std::fprintf(stderr, "mingpt: error: rank %d: %s\n", comm->rank(), result.message().c_str());
+    std::fflush(stderr);
+    comm->Abort(1);
+  }
+  comm.reset();
+  return result;
 }
 
 void BroadcastString(Communicator* comm, std::string* value, int root) {
@@ -41,7 +53,8 @@ Status CheckSameOnAllRanks(Communicator* comm, const std::string& what, const st
   }
   if (ranks.empty()) return Status::Ok();
   return Status::Error("the ranks were not given the same " + what + ": rank(s) " + ranks +
-                       " differ from rank 0");
+                       " differ from rank 0")
+      .Agreed();
 }
 
 }  // namespace mingpt

@@ -84,8 +84,9 @@ Status ValidateTrainOptions(const TrainOptions& o) {
   if (IsNvmeStrategy(o.strategy) && o.offload_dir.empty()) {
     return err("--strategy " + o.strategy + " needs --offload_dir (a directory on a fast disk)");
   }
-  if (!o.offload_dir.empty() && !IsNvmeStrategy(o.strategy)) {
-    return err("--offload_dir is for --strategy deepspeed_stage_3_offload_nvme");
+  if (!o.offload_dir.empty() && !IsNvmeStrategy(o.strategy) && o.strategy != "auto") {
+    return err("--offload_dir is for --strategy deepspeed_stage_3_offload_nvme (or auto, which "
+               "may then choose it)");
   }
   if (o.offload_params != "nvme" && o.offload_params != "cpu") {
     return err("--offload_params must be nvme or cpu, got '" + o.offload_params + "'");

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
 #include "core/status.h"
@@ -30,6 +31,9 @@ struct TrainOptions {
   int initial_scale_power = 16;     // --precision 16: the loss scale starts at 2^this
   uint64_t seed = 42;
   std::string default_root_dir;
+  // default_root_dir is the default runs/<time>: rank 0 creates it anew, as
+  // runs/<time>-2, -3, ... when another run (started in the same second) has it.
+  bool new_root_dir = false;
   std::string data_path;
   int num_threads = 1;
   std::string ckpt_path;            // resume from this checkpoint
@@ -46,6 +50,9 @@ struct TrainOptions {
   bool profile = false;             // print each rank's time per phase at the end
   size_t memory_budget = 0;         // bytes per rank for --strategy auto; 0: available / local ranks
   int progress = -1;                // -1: a bar when stderr is a terminal
+  // Lines rank 0 prints once the setup has succeeded: the training flags
+  // given with another value than the resumed checkpoint's.
+  std::vector<std::string> notes;
 };
 
 // The matrix-product precision a --precision value names, or an error

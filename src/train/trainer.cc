@@ -1,9 +1,12 @@
 #include "train/trainer.h"
 
+#include <sys/stat.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -34,6 +37,16 @@ struct MetricsRow {
   std::optional<double> loss_scale, skipped_steps;   // --precision 16
 };
 
+// Writes `text` to `f` (the file at `path`) and flushes it: a write that
+// fails (a full disk) is one error line at once, not a file cut short
+// mid-row under a run that says nothing.
+Status Append(std::FILE* f, const std::string& path, const std::string& text) {
+  if (std::fputs(text.c_str(), f) == EOF || std::fflush(f) != 0) {
+    return ErrnoError("cannot write", path, errno);
+  }
+  return Status::Ok();
+}
+
 // Appends rows to <root>/metrics.csv, writing the header when the file is new.
 class MetricsWriter {
  public:
@@ -41,19 +54,24 @@ class MetricsWriter {
     const bool fresh = !std::filesystem::exists(path);
     std::FILE* f = std::fopen(path.c_str(), "a");
     if (!f) return Status::Error("cannot open '" + path + "' for writing");
+    MetricsWriter w(f, path);
     if (fresh) {
-      std::fprintf(f, "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,elapsed,"
-                      "state_bytes,peak_rss_bytes,loss_scale,skipped_steps\n");
+      MINGPT_RETURN_IF_ERROR(Append(f, path,
+                                    "step,tokens,train_loss,val_loss,lr,grad_norm,tokens_per_s,"
+                                    "elapsed,state_bytes,peak_rss_bytes,loss_scale,"
+                                    "skipped_steps\n"));
     }
-    return MetricsWriter(f);
+    return w;
   }
-  MetricsWriter(MetricsWriter&& o) noexcept : f_(o.f_) { o.f_ = nullptr; }
+  MetricsWriter(MetricsWriter&& o) noexcept : f_(o.f_), path_(std::move(o.path_)) {
+    o.f_ = nullptr;
+  }
   ~MetricsWriter() {
     if (f_) std::fclose(f_);
   }
-  static MetricsWriter Disabled() { return MetricsWriter(nullptr); }
-  void Write(const MetricsRow& r) {
-    if (!f_) return;
+  static MetricsWriter Disabled() { return MetricsWriter(nullptr, ""); }
+  Status Write(const MetricsRow& r) {
+    if (!f_) return Status::Ok();
     auto opt = [](std::optional<double> v) {
       if (!v) return std::string();
       char b[32];
@@ -63,18 +81,28 @@ class MetricsWriter {
     auto count = [](std::optional<double> v) {
       return v ? std::to_string(static_cast<long long>(*v)) : std::string();
     };
-    std::fprintf(f_, "%lld,%lld,%s,%s,%.6g,%s,%s,%.6f,%s,%s,%s,%s\n",
-                 static_cast<long long>(r.step), static_cast<long long>(r.tokens),
-                 opt(r.train_loss).c_str(), opt(r.val_loss).c_str(), r.lr, opt(r.grad_norm).c_str(),
-                 opt(r.tokens_per_s).c_str(), r.elapsed, count(r.state_bytes).c_str(),
-                 count(r.peak_rss).c_str(), count(r.loss_scale).c_str(),
-                 count(r.skipped_steps).c_str());
-    std::fflush(f_);
+    char line[512];
+    std::snprintf(line, sizeof(line), "%lld,%lld,%s,%s,%.6g,%s,%s,%.6f,%s,%s,%s,%s\n",
+                  static_cast<long long>(r.step), static_cast<long long>(r.tokens),
+                  opt(r.train_loss).c_str(), opt(r.val_loss).c_str(), r.lr,
+                  opt(r.grad_norm).c_str(), opt(r.tokens_per_s).c_str(), r.elapsed,
+                  count(r.state_bytes).c_str(), count(r.peak_rss).c_str(),
+                  count(r.loss_scale).c_str(), count(r.skipped_steps).c_str());
+    return Append(f_, path_, line);
+  }
+  // The rows are flushed as written: what is left to fail here is a write
+  // error the file system reports only at close (NFS).
+  Status Close() {
+    if (!f_) return Status::Ok();
+    std::FILE* f = f_;
+    f_ = nullptr;
+    return std::fclose(f) == 0 ? Status::Ok() : ErrnoError("cannot write", path_, errno);
   }
 
  private:
-  explicit MetricsWriter(std::FILE* f) : f_(f) {}
+  MetricsWriter(std::FILE* f, std::string path) : f_(f), path_(std::move(path)) {}
   std::FILE* f_;
+  std::string path_;
 };
 
 // Lightning's reading of a limit: <= 1.0 is a fraction of `total`, else a count.
@@ -84,6 +112,8 @@ int64_t ApplyLimit(double limit, int64_t total) {
 }
 
 // A canonical description of everything that must agree across ranks.
+// Paths are bytes, not always UTF-8: an invalid byte is dumped as U+FFFD
+// (nlohmann's default throws).
 std::string ConfigFingerprint(const TrainOptions& o) {
   nlohmann::json j = {
       {"model", o.model.ToString()}, {"dropout", o.model.dropout}, {"batch_size", o.batch_size},
@@ -94,7 +124,7 @@ std::string ConfigFingerprint(const TrainOptions& o) {
       {"accumulate", o.accumulate_grad_batches}, {"precision", o.precision}, {"seed", o.seed},
       {"root", o.default_root_dir}, {"data", o.data_path}, {"ckpt_path", o.ckpt_path},
       {"strategy", o.strategy}, {"activation_checkpointing", o.activation_checkpointing}};
-  return j.dump();
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // Every rank's memory, gathered on all ranks: per rank {params, grads,
@@ -119,22 +149,27 @@ std::vector<double> GatherMemory(Communicator* comm, const Strategy& s, size_t a
 }
 
 // memory.csv: one row per rank and report.
-void WriteMemoryRows(const std::string& path, int64_t step, const std::vector<double>& all) {
-  const bool fresh = !std::filesystem::exists(path);
-  std::FILE* f = std::fopen(path.c_str(), "a");
-  if (!f) return;
-  if (fresh) {
-    std::fprintf(f, "step,rank,params_bytes,grads_bytes,optimizer_bytes,working_bytes,"
-                    "activation_bytes,peak_rss_bytes,host_bytes,peak_device_bytes\n");
+Status WriteMemoryRows(const std::string& path, int64_t step, const std::vector<double>& all) {
+  std::string text;
+  if (!std::filesystem::exists(path)) {
+    text = "step,rank,params_bytes,grads_bytes,optimizer_bytes,working_bytes,"
+           "activation_bytes,peak_rss_bytes,host_bytes,peak_device_bytes\n";
   }
   for (size_t r = 0; r * kMemoryFields < all.size(); ++r) {
-    std::fprintf(f, "%lld,%zu", static_cast<long long>(step), r);
+    char row[32 * (kMemoryFields + 2)];
+    int n = std::snprintf(row, sizeof(row), "%lld,%zu", static_cast<long long>(step), r);
     for (int i = 0; i < kMemoryFields; ++i) {
-      std::fprintf(f, ",%lld", static_cast<long long>(all[r * kMemoryFields + i]));
+      n += std::snprintf(row + n, sizeof(row) - n, ",%lld",
+                         static_cast<long long>(all[r * kMemoryFields + i]));
     }
-    std::fprintf(f, "\n");
+    text += row;
+    text += '\n';
   }
-  std::fclose(f);
+  std::FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) return ErrnoError("cannot open", path, errno);
+  Status written = Append(f, path, text);
+  if (std::fclose(f) != 0 && written.ok()) written = ErrnoError("cannot write", path, errno);
+  return written;
 }
 
 void PrintMemoryTable(const std::vector<double>& all) {
@@ -185,25 +220,82 @@ void PrintPhaseTable(Communicator* comm, double fwdbwd, double optimizer, const 
 }
 
 // Resolves --strategy auto: the planner's fastest strategy that fits the
-// budget, with its reasoning printed by rank 0.
+// budget, as `mingpt plan` predicts it, at one process too (where NVMe
+// offload is the other candidate). Rank 0 prints the plan and its choice:
+// always with several ranks; at one process only when it is not
+// single_device, the choice every run made before auto could pick another
+// (rank -1: a dry run, which prints nothing).
 StatusOr<std::string> ResolveStrategy(const TrainOptions& o, int rank, int world, size_t data_bytes) {
   if (o.strategy != "auto") return o.strategy;
-  if (world == 1) return std::string("single_device");
   PlanInput in{o.model, o.batch_size, world, data_bytes, NvmeSettings(o)};
   const size_t budget = o.memory_budget > 0 ? o.memory_budget
                                             : DefaultMemoryBudget(DetectMpiEnvironment().local_size);
   const std::vector<PlanRow> rows = PlanMemory(in);
   const std::string chosen = ChooseStrategy(in, o.activation_checkpointing, budget);
-  if (rank == 0) std::fprintf(stderr, "%s", FormatPlan(in, rows, budget).c_str());
-  // (rank -1: a dry run, which prints nothing)
+  const bool shown = rank == 0 && (world > 1 || (!chosen.empty() && chosen != "single_device"));
+  if (shown) std::fprintf(stderr, "%s", FormatPlan(in, rows, budget).c_str());
   if (chosen.empty()) {
+    // The smallest candidate's prediction, so that the line says by how
+    // much even where no plan was printed.
+    const PlanRow* smallest = nullptr;
+    for (const PlanRow& r : rows) {
+      if (r.activation_checkpointing != o.activation_checkpointing) continue;
+      if (IsNvmeStrategy(r.strategy) && o.offload_dir.empty()) continue;
+      if (smallest == nullptr || r.peak() < smallest->peak()) smallest = &r;
+    }
     return Status::Error("--strategy auto: no strategy fits the memory budget of " +
-                         std::to_string(budget >> 20) + " MiB per rank (see the plan above); use "
-                         "more ranks, a smaller --batch_size, --activation_checkpointing or a "
-                         "larger --memory_budget");
+                         std::to_string(budget >> 20) + " MiB per rank (the smallest, " +
+                         smallest->strategy + ", needs " + std::to_string(smallest->peak() >> 20) +
+                         " MiB); use more ranks, a smaller --batch_size, "
+                         "--activation_checkpointing, --offload_dir or a larger --memory_budget");
   }
-  if (rank == 0) std::fprintf(stderr, "--strategy auto: %s, the fastest that fits\n", chosen.c_str());
+  if (shown) std::fprintf(stderr, "--strategy auto: %s, the fastest that fits\n", chosen.c_str());
   return chosen;
+}
+
+// Creates `dir` and its parents. A file in the way is named: the path that
+// failed is not always `dir` ("Not a directory" for <root>/checkpoints may
+// mean <root> or <root>/checkpoints is a file).
+Status CreateDirectories(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (!ec) return Status::Ok();
+  for (std::filesystem::path p = dir; !p.empty(); p = p.parent_path()) {
+    std::error_code ignore;
+    if (!std::filesystem::exists(p, ignore)) continue;
+    if (!std::filesystem::is_directory(p, ignore)) {
+      return Status::Error("cannot create '" + dir + "': '" + p.string() +
+                           "' exists and is not a directory");
+    }
+    break;
+  }
+  return Status::Error("cannot create '" + dir + "': " + ec.message());
+}
+
+// Creates the new directory `base`, or base-2, base-3, ... when another run
+// has it (two runs started in the same second share runs/<time>); mkdir
+// fails on a name that exists, so two runs never get the same one. Returns
+// the name created.
+StatusOr<std::string> CreateNewDirectory(const std::string& base) {
+  const std::string parent = std::filesystem::path(base).parent_path().string();
+  if (!parent.empty()) MINGPT_RETURN_IF_ERROR(CreateDirectories(parent));
+  constexpr int kMaxSuffix = 1000;
+  for (int n = 1; n <= kMaxSuffix; ++n) {
+    const std::string dir = n == 1 ? base : base + "-" + std::to_string(n);
+    if (::mkdir(dir.c_str(), 0777) == 0) return dir;
+    if (errno != EEXIST) return ErrnoError("cannot create", dir, errno);
+  }
+  return Status::Error("cannot create '" + base + "': it and its names up to -" +
+                       std::to_string(kMaxSuffix) + " exist");
+}
+
+// *sum += after - before: the waits of one stretch of the run.
+void AddWaits(WaitTimes* sum, const WaitTimes& before, const WaitTimes& after) {
+  sum->params += after.params - before.params;
+  sum->grads += after.grads - before.grads;
+  sum->other += after.other - before.other;
+  sum->io += after.io - before.io;
+  sum->io_bytes += after.io_bytes - before.io_bytes;
 }
 
 }  // namespace
@@ -215,14 +307,6 @@ StatusOr<TrainSummary> Train(TrainOptions o, const std::atomic<bool>* stop) {
 
 namespace {
 
-// Everything Train needs before its first step; built on every rank.
-struct Setup {
-  std::optional<OpenedCheckpoint> resume;
-  CharTokenizer tokenizer;
-  std::optional<CharDataset> data;
-  bool made_root = false;  // rank 0 created the run directory (it did not exist)
-};
-
 // The run in steps and tokens. Rank r's rows of micro-batch m of step s are
 // the global samples ((s*k + m)*world + r)*B + b: N ranks with batch B see
 // exactly the samples of one process with batch N*B.
@@ -232,7 +316,7 @@ struct Plan {
   LrSchedule schedule;
 };
 
-Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
+StatusOr<Plan> MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
   Plan p;
   const int B = o.batch_size, T = o.model.block_size;
   p.global_batch = static_cast<int64_t>(B) * world * o.accumulate_grad_batches;
@@ -246,11 +330,33 @@ Plan MakePlan(const TrainOptions& o, const CharDataset& data, int world) {
   // Validation batches are counted per rank, as Lightning counts them.
   const int64_t per_round = static_cast<int64_t>(B) * world;
   const int64_t val_rounds = (data.num_eval_windows(Split::kVal) + per_round - 1) / per_round;
-  p.val_windows = ApplyLimit(o.limit_val_batches, val_rounds) * per_round;
+  const int64_t val_batches = ApplyLimit(o.limit_val_batches, val_rounds);
+  if (val_batches == 0 && o.limit_val_batches > 0 && val_rounds > 0) {
+    // As Lightning refuses it: a fraction meant to validate that validates
+    // nothing (0 itself turns validation off). The least fraction that
+    // selects one batch, rounded up to 4 decimals.
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "--limit_val_batches %g selects none of the %lld validation batches per rank; "
+                  "give at least %g (or 0 to turn validation off)",
+                  o.limit_val_batches, static_cast<long long>(val_rounds),
+                  std::ceil(1e4 / static_cast<double>(val_rounds)) / 1e4);
+    return Status::Error(line);
+  }
+  p.val_windows = val_batches * per_round;
   p.schedule = {o.optim.learning_rate, o.warmup_tokens,
                 2.0 * static_cast<double>(data.epoch_samples()) * T, true};
   return p;
 }
+
+// Everything Train needs before its first step; built on every rank.
+struct Setup {
+  std::optional<OpenedCheckpoint> resume;
+  CharTokenizer tokenizer;
+  std::optional<CharDataset> data;
+  bool made_root = false;  // rank 0 created the run directory (it did not exist)
+  Plan plan;
+};
 
 // With dry_run, only checks: nothing is created or printed.
 StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = false) {
@@ -290,8 +396,13 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
   MINGPT_ASSIGN_OR_RETURN(CharDataset data,
                           CharDataset::Create(std::move(encoded).value(), o->model.block_size));
   s.data.emplace(std::move(data));
-  MINGPT_ASSIGN_OR_RETURN(o->strategy, ResolveStrategy(*o, dry_run ? -1 : comm->rank(),
-                                                        comm->world(), text.size()));
+  // Rank 0 alone resolves auto, and Train gives every rank its choice: with
+  // its own free memory (the default budget) or --memory_budget, another rank
+  // could choose another strategy, and mismatched collectives follow.
+  if (dry_run || comm->rank() == 0) {
+    MINGPT_ASSIGN_OR_RETURN(o->strategy, ResolveStrategy(*o, dry_run ? -1 : comm->rank(),
+                                                          comm->world(), text.size()));
+  }
   if (comm->world() == 1) {
     const std::string strategy = o->strategy;
     const NvmeOptions nvme = NvmeSettings(*o);
@@ -311,29 +422,43 @@ StatusOr<Setup> Prepare(TrainOptions* o, Communicator* comm, bool dry_run = fals
     MINGPT_RETURN_IF_ERROR(NvmeState::CheckDirectory(
         o->offload_dir, NvmeState::DiskBytes(shards, o->offload_params == "nvme")));
   }
+  MINGPT_ASSIGN_OR_RETURN(s.plan, MakePlan(*o, *s.data, comm->world()));
   if (s.resume) {
     // Every file of the checkpoint checked before anything is created.
     MINGPT_RETURN_IF_ERROR(CheckpointReader::Open(*s.resume, ModelLayout(o->model)).status());
-    const int64_t total_steps = MakePlan(*o, *s.data, comm->world()).total_steps;
-    if (s.resume->state.step >= total_steps) {
+    if (s.resume->state.step >= s.plan.total_steps) {
       return Status::Error("the checkpoint is at step " + std::to_string(s.resume->state.step) +
-                           ", and the run ends at step " + std::to_string(total_steps) +
+                           ", and the run ends at step " + std::to_string(s.plan.total_steps) +
                            ": nothing to train (raise --max_steps or --max_epochs)");
     }
   }
-  if (dry_run) return s;
-  std::error_code ec;
-  if (comm->rank() == 0) {
-    s.made_root = !std::filesystem::exists(o->default_root_dir, ec);
-    std::filesystem::create_directories(
-        o->default_root_dir + (o->enable_checkpointing ? "/checkpoints" : ""), ec);
-    if (!ec && o->enable_checkpointing) {  // a killed run's half saves
-      for (const char* name : {"/checkpoints/best", "/checkpoints/last"}) {
-        RemoveCrashLeftovers(o->default_root_dir + name);
+  const bool saver = dry_run || comm->rank() == 0;  // rank 0 makes the run directory
+  if (saver && o->enable_checkpointing && !o->new_root_dir) {
+    // Found now, not at the first save, a whole --val_check_interval later.
+    for (const char* name : {"best", "last"}) {
+      const std::string path = o->default_root_dir + "/checkpoints/" + name;
+      struct stat st;
+      if (::lstat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
+        return Status::Error("cannot save checkpoints: '" + path +
+                             "' exists and is not a checkpoint directory");
       }
     }
   }
-  if (ec) return Status::Error("cannot create '" + o->default_root_dir + "': " + ec.message());
+  if (dry_run || comm->rank() != 0) return s;
+  if (o->new_root_dir) {
+    MINGPT_ASSIGN_OR_RETURN(o->default_root_dir, CreateNewDirectory(o->default_root_dir));
+    s.made_root = true;
+  } else {
+    std::error_code ignore;
+    s.made_root = !std::filesystem::exists(o->default_root_dir, ignore);
+  }
+  MINGPT_RETURN_IF_ERROR(
+      CreateDirectories(o->default_root_dir + (o->enable_checkpointing ? "/checkpoints" : "")));
+  if (o->enable_checkpointing) {  // a killed run's half saves
+    for (const char* name : {"/checkpoints/best", "/checkpoints/last"}) {
+      RemoveCrashLeftovers(o->default_root_dir + name);
+    }
+  }
   return s;
 }
 
@@ -376,6 +501,10 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   StatusOr<Setup> setup_or = Prepare(&o, comm);
   MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, setup_or.status()));
   Setup setup = std::move(setup_or).value();
+  // Rank 0's choices: the strategy --strategy auto resolved to, and the run
+  // directory it created under a default name.
+  BroadcastString(comm, &o.strategy);
+  if (o.new_root_dir) BroadcastString(comm, &o.default_root_dir);
   const CharDataset& data = *setup.data;
   const CharTokenizer& tokenizer = setup.tokenizer;
   // A run that fails before its first step (no device, a checkpoint whose
@@ -388,11 +517,18 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     }
     return status;
   };
+  // An error every rank meets at the same point (a stop during the setup,
+  // the same diverged loss) is rank 0's to report; the others stop quietly,
+  // as the ranks that AgreeOnStatus tells of another's failure do.
+  auto reported_by_lead = [&](const Status& status) {
+    return lead ? status : Status::Error(kPeerFailedMessage);
+  };
 
   // Model, strategy and state. `comm` keeps carrying the collectives on host
   // memory; comms.device carries the strategy's on backend memory.
+  // (A machine of the job may lack the driver the others have.)
   StatusOr<std::string> accelerator = ResolveAccelerator(o.accelerator);
-  if (!accelerator.ok()) return abandon(accelerator.status());
+  if (Status st = AgreeOnStatus(comm, accelerator.status()); !st.ok()) return abandon(st);
   StatusOr<RankDevice> made_device = make_device ? make_device(*accelerator, comm, o.num_threads)
                                                  : MakeRankDevice(*accelerator, comm, o.num_threads);
   if (!made_device.ok()) return abandon(made_device.status());
@@ -401,6 +537,9 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   const Communicators comms = device.comms(comm);
   const MatmulPrecision precision = ParsePrecision(o.precision).value();  // validated
   backend->SetMatmulPrecision(precision);
+  // A head size the device's attention cannot run, refused before any step.
+  const Status heads = backend->CheckHeadSize(o.model.n_embd / o.model.n_head);
+  if (Status st = AgreeOnStatus(comm, heads); !st.ok()) return abandon(st);
   GPT gpt(backend, o.model, o.batch_size, o.activation_checkpointing);
   const ModelLayout& layout = gpt.layout();
   const NvmeOptions nvme = NvmeSettings(o);
@@ -421,7 +560,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   };
   const Status stopped = Status::Error(
       "stopped before the first step (a signal during the setup): nothing was trained or saved");
-  if (stopped_in_setup()) return abandon(stopped);
+  if (stopped_in_setup()) return abandon(reported_by_lead(stopped));
   TrainState state;
   state.seed = o.seed;
   if (setup.resume) {
@@ -445,7 +584,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   }
 
   const int B = o.batch_size, T = o.model.block_size;
-  const Plan plan = MakePlan(o, data, world);
+  const Plan& plan = setup.plan;
   const LrSchedule& schedule = plan.schedule;
   const int64_t total_steps = plan.total_steps, tokens_per_step = plan.tokens_per_step;
 
@@ -463,8 +602,9 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
                    backend->name() +
                    (world > 1 ? ", " + std::to_string(world) + " ranks (" + o.strategy + ")" : "") +
                    (setup.resume ? ", resuming at step " + std::to_string(state.step) : ""));
+  for (const std::string& note : o.notes) progress.Message(note);
 
-  if (stopped_in_setup()) return abandon(stopped);
+  if (stopped_in_setup()) return abandon(reported_by_lead(stopped));
 
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
   const auto start = std::chrono::steady_clock::now();
@@ -472,7 +612,9 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   TrainSummary summary;
-  double window_time = elapsed();
+  // tokens_per_s: the tokens of the steps since the last metrics row over
+  // the time those steps took (validation and saves are not training).
+  double window_seconds = 0;
   int64_t window_tokens = 0;
   double tokens_per_s = 0;
 
@@ -489,7 +631,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     row.val_loss = r.loss;
     row.lr = schedule.LearningRate(static_cast<double>(state.tokens));
     row.elapsed = elapsed();
-    metrics.Write(row);
+    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, metrics.Write(row)));
     char line[128];
     const bool best = r.loss < state.best_val_loss;
     std::snprintf(line, sizeof(line), "step %lld: val loss %.4f%s", static_cast<long long>(state.step),
@@ -501,10 +643,14 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   };
 
   double fwdbwd_s = 0, optimizer_s = 0;
+  // --profile: the waits within the steps, those of validation, the saves
+  // and the resume's reads left out (as from fwdbwd_s and optimizer_s).
+  WaitTimes step_waits;
   const int64_t first_step = state.step;
   while (state.step < total_steps) {
     const int64_t s = state.step;
     const double t0 = elapsed();
+    const WaitTimes waits_before = sp.wait_times();
     const double lr = schedule.LearningRate(static_cast<double>(state.tokens + tokens_per_step));
     sp.ZeroGrads();
     const double scale = scaler ? scaler->scale() : 1.0;
@@ -517,17 +663,19 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
     fwdbwd_s += t1 - t0;
     const bool interrupted = shared[1] > 0;
     if (!std::isfinite(loss) && !scaler) {
-      return Status::Error("training diverged at step " + std::to_string(s + 1) +
-                           " (loss is " + std::to_string(loss) + "); try a lower --learning_rate");
+      return reported_by_lead(Status::Error("training diverged at step " + std::to_string(s + 1) +
+                                            " (loss is " + std::to_string(loss) +
+                                            "); try a lower --learning_rate"));
     }
     // Every rank sees the same norm and loss, so all skip or all step.
     const double norm = sp.GradNorm() / scale;
     const bool overflow = scaler && !(std::isfinite(loss) && std::isfinite(norm));
     if (overflow) {
       if (!scaler->Update(true)) {
-        return Status::Error("training diverged at step " + std::to_string(s + 1) +
-                             ": fp16 overflows even at the minimum loss scale 1; try "
-                             "--precision bf16 or a lower --learning_rate");
+        return reported_by_lead(Status::Error(
+            "training diverged at step " + std::to_string(s + 1) +
+            ": fp16 overflows even at the minimum loss scale 1; try --precision bf16 or a lower "
+            "--learning_rate"));
       }
     } else {
       sp.ScaleGrads(ClipFactor(norm, o.gradient_clip_val) / scale);
@@ -535,16 +683,18 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
       if (scaler) scaler->Update(false);
     }
     if (scaler) state.loss_scaler = scaler->state();
-    optimizer_s += elapsed() - t1;
+    const double t2 = elapsed();
+    optimizer_s += t2 - t1;
+    AddWaits(&step_waits, waits_before, sp.wait_times());
     state.step = s + 1;
     state.tokens += tokens_per_step;
     if (std::isfinite(loss)) summary.last_train_loss = loss;
 
     window_tokens += tokens_per_step;
+    window_seconds += t2 - t0;
     if (state.step % o.log_every_n_steps == 0 || state.step == total_steps) {
-      const double now = elapsed();
-      tokens_per_s = window_tokens / std::max(1e-9, now - window_time);
-      window_time = now;
+      tokens_per_s = window_tokens / std::max(1e-9, window_seconds);
+      window_seconds = 0;
       window_tokens = 0;
       const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
       double state_max = 0, rss_max = 0;
@@ -560,17 +710,20 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
       row.lr = lr;
       if (!overflow) row.grad_norm = norm;
       row.tokens_per_s = tokens_per_s;
-      row.elapsed = now;
+      row.elapsed = elapsed();
       row.state_bytes = state_max;
       row.peak_rss = rss_max;
       if (scaler) {
         row.loss_scale = scale;
         row.skipped_steps = static_cast<double>(scaler->state().skipped_steps);
       }
-      metrics.Write(row);
-      if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
+      Status written = metrics.Write(row);
+      if (lead && written.ok()) {
+        written = WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
+      }
+      MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, written));
     } else if (tokens_per_s == 0) {
-      tokens_per_s = window_tokens / std::max(1e-9, elapsed() - window_time);
+      tokens_per_s = window_tokens / std::max(1e-9, window_seconds);
     }
     progress.Update(state.step, loss, lr, tokens_per_s);
 
@@ -578,7 +731,10 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
       MINGPT_RETURN_IF_ERROR(validate());
     }
     if (interrupted) {
-      progress.Message("interrupted: saved " + ckpt_dir + "/last at step " + std::to_string(state.step));
+      const std::string at = " at step " + std::to_string(state.step);
+      progress.Message(o.enable_checkpointing
+                           ? "interrupted: saved " + ckpt_dir + "/last" + at
+                           : "interrupted" + at + ": nothing saved (--enable_checkpointing false)");
       summary.interrupted = true;
       break;
     }
@@ -593,15 +749,18 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   {
     // The final memory report, after the last save: the run's peak.
     const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
-    if (lead) WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
+    Status written = metrics.Close();
+    if (lead && written.ok()) {
+      written = WriteMemoryRows(o.default_root_dir + "/memory.csv", state.step, mem);
+    }
+    MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, written));
   }
-  if (o.profile) {
-    PrintPhaseTable(comm, fwdbwd_s, optimizer_s, sp.wait_times(), state.step - first_step);
-  }
+  if (o.profile) PrintPhaseTable(comm, fwdbwd_s, optimizer_s, step_waits, state.step - first_step);
   if (o.profile_memory) {
     const std::vector<double> mem = GatherMemory(comm, sp, gpt.activation_bytes(), *backend);
     if (lead) PrintMemoryTable(mem);
   }
+  summary.root_dir = o.default_root_dir;
   summary.steps = state.step;
   summary.skipped_steps = scaler ? scaler->state().skipped_steps : 0;
   summary.tokens = state.tokens;

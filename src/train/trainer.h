@@ -24,6 +24,7 @@
 namespace mingpt {
 
 struct TrainSummary {
+  std::string root_dir;       // the run directory (a new default one: runs/<time>-2, say)
   int64_t steps = 0;          // training steps completed in total
   int64_t skipped_steps = 0;  // --precision 16: steps skipped on overflow
   int64_t tokens = 0;

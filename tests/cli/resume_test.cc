@@ -73,7 +73,8 @@ TEST_F(ResumeTest, OtherDisagreeingModelFlagsAreRefused) {
       {"--model_type", "gpt-nano"}};
   for (const auto& [flag, value] : cases) {
     const ProcessResult r = Mingpt(ResumeArgs(ckpt, "resumed", {{flag, value}}));
-    const std::string name = flag == "--model_type" ? "--n_layer" : flag;  // the preset's first size
+    // The flag the user gave: --model_type, not the preset's size.
+    const std::string name = flag == "--model_type" ? "--model_type gpt-nano (n_layer 3)" : flag;
     EXPECT_TRUE(FailsWith(r, 1, {name, "disagrees"})) << flag << " " << value;
     EXPECT_FALSE(Exists(tmp_ / "resumed")) << flag << " " << value;
   }

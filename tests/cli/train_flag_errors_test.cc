@@ -133,11 +133,58 @@ TEST_F(TrainFlagTest, NvmeOffloadNeedsAUsableDirectory) {
   ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"},
                       {"--offload_dir", tmp_ / "missing"}},
                      1, {"--offload_dir", "is not a directory"});
-  ExpectTrainRefused({{"--offload_dir", tmp_.path()}}, 1,
+  ExpectTrainRefused({{"--strategy", "ddp"}, {"--offload_dir", tmp_.path()}}, 1,
                      {"--offload_dir is for --strategy deepspeed_stage_3_offload_nvme"});
   ExpectTrainRefused({{"--strategy", "deepspeed_stage_3_offload_nvme"},
                       {"--offload_dir", tmp_.path()}, {"--offload_params", "gpu"}},
                      1, {"--offload_params must be nvme or cpu"});
+}
+
+// A flag the others make meaningless is refused as --offload_dir is, not
+// ignored; with what it needs it is taken.
+TEST_F(TrainFlagTest, FlagsThatWouldBeIgnoredAreRefused) {
+  const std::string nvme = "is for --strategy deepspeed_stage_3_offload_nvme";
+  ExpectTrainRefused({{"--offload_params", "cpu"}}, 1, {"--offload_params " + nvme});
+  ExpectTrainRefused({{"--offload_buffer_mb", "7"}}, 1, {"--offload_buffer_mb " + nvme});
+  ExpectTrainRefused({{"--initial_scale_power", "3"}}, 1,
+                     {"--initial_scale_power is for --precision 16"});
+  ExpectTrainRefused({{"--strategy", "single_device"}, {"--memory_budget", "1G"}}, 1,
+                     {"--memory_budget is for --strategy auto"});
+  EXPECT_TRUE(Succeeded(Train("nvme", {{"--strategy", "deepspeed_stage_3_offload_nvme"},
+                                       {"--offload_dir", tmp_.path()},
+                                       {"--offload_params", "cpu"},
+                                       {"--offload_buffer_mb", "7"}})));
+  // auto with --offload_dir may choose NVMe offload: its settings apply.
+  EXPECT_TRUE(Succeeded(Train("auto", {{"--offload_dir", tmp_.path()},
+                                       {"--offload_params", "cpu"},
+                                       {"--memory_budget", "1G"}})));
+  ASSERT_TRUE(Succeeded(Train("fp16", {{"--precision", "16"}, {"--initial_scale_power", "3"}})));
+  // A resumed fp16 run continues with its checkpoint's loss scale.
+  const ProcessResult r = Mingpt(TinyTrainArgs(
+      data_, tmp_ / "refused_run",
+      {{"--ckpt_path", tmp_ / "fp16/checkpoints/last"}, {"--max_steps", "4"},
+       {"--initial_scale_power", "5"}}));
+  EXPECT_TRUE(FailsWith(r, 1, {"--initial_scale_power", "--ckpt_path"}));
+}
+
+// A fraction of the validation batches that rounds to none is refused, as
+// Lightning refuses it (0 itself turns validation off).
+TEST_F(TrainFlagTest, ValidationFractionOfNoBatch) {
+  // The text's 5% val split: 200 characters, 22 windows of 9, 11 batches of 2.
+  ExpectTrainRefused({{"--limit_val_batches", "0.05"}}, 1,
+                     {"--limit_val_batches 0.05", "none of the 11", "at least 0.091 "});
+  EXPECT_TRUE(Succeeded(Train("enough", {{"--limit_val_batches", "0.091"}})));
+}
+
+// CLI11 clamps 64-bit values past the type's range (and wraps a minus sign
+// after blanks into an unsigned one): they are refused.
+TEST_F(TrainFlagTest, OutOfRange64BitValuesAreRefused) {
+  ExpectTrainRefused({{"--max_steps", "99999999999999999999"}}, 2,
+                     {"--max_steps", "99999999999999999999"});
+  ExpectTrainRefused({{"--seed", "18446744073709551616"}}, 2,
+                     {"--seed", "at most 18446744073709551615"});
+  ExpectTrainRefused({{"--seed", " -1"}}, 2, {"--seed", "must be >= 0"});
+  EXPECT_TRUE(Succeeded(Train("largest", {{"--seed", "18446744073709551615"}})));
 }
 
 TEST_F(TrainFlagTest, UnknownAccelerator) {

@@ -118,6 +118,27 @@ TEST_F(TrainOnEmulatedCuda, SingleDeviceFollowsTheCpuTrajectory) {
 // with loss scaling, parameters, gradients and Adam moments offloaded to
 // pinned host memory. What it holds on the device, measured, is less than
 // the same run without offload holds; the CPU backend holds none.
+// A head size the CUDA attention cannot run (above 512) is one line before
+// the first step, under one rank or two, not an abort in the middle of it;
+// the CPU trains the same model.
+TEST_F(TrainOnEmulatedCuda, AHeadSizeAboveTheKernelsIsRefusedBeforeTheFirstStep) {
+  const std::vector<std::pair<std::string, std::string>> wide = {
+      {"--n_layer", "1"}, {"--n_embd", "1040"}, {"--n_head", "2"}, {"--max_steps", "1"},
+      {"--block_size", "4"}, {"--limit_val_batches", "0"}};
+  for (int devices : {1, 2}) {
+    const ProcessResult r = Run("wide" + std::to_string(devices), "cuda", devices, wide);
+    const std::string line =
+        "mingpt: error: --accelerator cuda: head size 520 (n_embd / n_head) is above the CUDA "
+        "backend's 512\n";
+    EXPECT_EQ(r.exit_code, 1) << r.Describe();
+    // Once, and last (two ranks print the strategy auto chose before it).
+    const size_t at = r.err.find(line);
+    EXPECT_NE(at, std::string::npos) << r.Describe();
+    EXPECT_EQ(at + line.size(), r.err.size()) << r.Describe();
+  }
+  EXPECT_TRUE(Succeeded(Run("wide_cpu", "cpu", 1, wide)));
+}
+
 TEST_F(TrainOnEmulatedCuda, SeedStage3OffloadCommandFollowsTheCpuTrajectory) {
   const std::vector<std::pair<std::string, std::string>> seed = {
       {"--precision", "16"}, {"--strategy", "deepspeed_stage_3_offload"}};

@@ -88,6 +88,19 @@ TEST(MpiCommunicator, AbortEndsTheJobWithItsCode) {
   EXPECT_EQ(worker.output().find("FAIL"), std::string::npos) << worker.output();
 }
 
+// A rank that met an error alone (not agreed with the others, which wait
+// for it in a collective) ends the job, naming itself, instead of waiting
+// in MPI_Finalize for ranks that wait for it.
+TEST(MpiCommunicator, ALoneFailureEndsTheJobAndIsNamed) {
+  Subprocess worker(Worker({"--ranks=3", "--mode=lone"}));
+  const int code = worker.Finish(30);
+  EXPECT_NE(code, -1) << "the job hung after rank 1 failed alone\n" << worker.output();
+  EXPECT_EQ(code, 1) << worker.output();
+  EXPECT_NE(worker.output().find("mingpt: error: rank 1: the disk is on fire"), std::string::npos)
+      << worker.output();
+  EXPECT_EQ(worker.output().find("FAIL"), std::string::npos) << worker.output();
+}
+
 // Ctrl-C at the launching process: every rank finishes its step, saves and
 // exits 0, and so does the job.
 TEST(RunUnderMpirun, SigintStopsEveryRankGracefully) {

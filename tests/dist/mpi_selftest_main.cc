@@ -6,6 +6,8 @@
 //                    "rank R/N: FAIL ..." and exits 1 on any mismatch
 //   kill             rank 1 dies of SIGKILL while the others wait in AllReduce
 //   abort            rank 1 calls Abort(7) while the others wait in AllReduce
+//   lone             rank 1 leaves the job (LeaveJob) with an error it met
+//                    alone while the others wait in AllReduce
 //   hold             one AllReduce'd stop flag per 20 ms step until a rank
 //                    gets SIGINT/SIGTERM; then every rank "saves" (200 ms),
 //                    prints "rank R/N: stopped at step S, signal G", exits 0
@@ -33,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "dist/agree.h"
 #include "dist/communicator.h"
 #include "dist/launch.h"
 #include "dist/mpi_communicator.h"
@@ -397,6 +400,14 @@ int RunRank(const Flags& flags) {
   if (flags.mode == "check") return CheckMode(c, flags);
   if (flags.mode == "kill") return FaultMode(c, [] { ::raise(SIGKILL); });
   if (flags.mode == "abort") return FaultMode(c, [c] { c->Abort(7); });
+  if (flags.mode == "lone") {
+    return FaultMode(c, [&comm] {
+      LeaveJob(std::move(*comm), Status::Error("the disk is on fire"));
+      std::printf("rank 1: FAIL left the job without ending it\n");
+      std::fflush(stdout);
+      std::_Exit(0);
+    });
+  }
   if (flags.mode == "hold") return HoldMode(c, false);
   if (flags.mode == "stubborn") return HoldMode(c, true);
   std::fprintf(stderr, "mpi_selftest: unknown mode %s\n", flags.mode.c_str());
