@@ -1,5 +1,8 @@
 #include "engine/nvme_state.h"
 
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/file.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -45,6 +48,76 @@ std::string HumanBytes(double b) {
   return s;
 }
 
+// Each run's directory under --offload_dir: "mingpt-rank-<r>-<pid>".
+constexpr char kRunPrefix[] = "mingpt-rank-";
+
+// Removes the run directories under `dir` that no live process holds. Each
+// run keeps an exclusive flock on its own while it lives (Create), which the
+// kernel drops when the process dies however it dies (kill -9, the OOM
+// killer), so an unlocked one is the leftover of a run that never reached
+// its destructor: a copy of that run's whole state, which nothing else would
+// remove. Says so in one line for each. Where the file system has no flock,
+// nothing can be told apart and nothing is removed.
+void RemoveDeadRuns(const std::string& dir) {
+  std::error_code ec;
+  std::vector<fs::path> runs;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code status_ec;
+    if (it->path().filename().string().rfind(kRunPrefix, 0) == 0 &&
+        fs::is_directory(it->symlink_status(status_ec))) {
+      runs.push_back(it->path());
+    }
+  }
+  for (const fs::path& run : runs) {
+    const int fd = ::open(run.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {  // its owner is gone; kept while removing
+      uintmax_t bytes = 0;
+      for (fs::recursive_directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code size_ec;
+        if (it->is_regular_file(size_ec)) bytes += it->file_size(size_ec);
+      }
+      std::error_code remove_ec;
+      fs::remove_all(run, remove_ec);
+      if (!remove_ec) {
+        std::fprintf(stderr, "mingpt: removed %s (%s), the NVMe offload files of a run that died\n",
+                     run.c_str(), HumanBytes(static_cast<double>(bytes)).c_str());
+      }
+    }
+    ::close(fd);
+  }
+}
+
+// Creates `run_dir` (in `dir`) holding its lock (see RemoveDeadRuns): made
+// under a temporary name, locked, then renamed, so that no other run's
+// sweep ever sees it unlocked. Returns the locked descriptor.
+StatusOr<int> CreateLockedRunDir(const std::string& dir, const std::string& run_dir) {
+  std::string temp = (fs::path(dir) / ".mingpt-new-XXXXXX").string();
+  if (::mkdtemp(temp.data()) == nullptr) {
+    return Status::Error("cannot create a directory in " + dir + ": " + std::strerror(errno));
+  }
+  const int fd = ::open(temp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    // No flock on this file system: the run goes on unlocked, and no sweep
+    // (which needs the lock too) can remove it.
+    if (fd < 0 || (errno != ENOLCK && errno != EOPNOTSUPP && errno != EINVAL)) {
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      ::rmdir(temp.c_str());
+      return Status::Error("cannot lock " + temp + ": " + std::strerror(err));
+    }
+  }
+  // Fails where a live run of the same name (the same rank and pid, in
+  // another container sharing the directory) has its files there.
+  if (::rename(temp.c_str(), run_dir.c_str()) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::rmdir(temp.c_str());
+    return Status::Error("cannot create " + run_dir + ": " + std::strerror(err));
+  }
+  return fd;
+}
+
 }  // namespace
 
 size_t NvmeState::DiskBytes(const std::vector<ShardRange>& shards, bool params) {
@@ -78,14 +151,13 @@ StatusOr<std::unique_ptr<NvmeState>> NvmeState::Create(const NvmeOptions& o,
                                                        const std::vector<ShardRange>& shards,
                                                        int rank) {
   if (o.dir.empty()) return Status::Error("NVMe offload needs --offload_dir");
+  RemoveDeadRuns(o.dir);  // first: their space counts as free
   MINGPT_RETURN_IF_ERROR(CheckDirectory(o.dir, DiskBytes(shards, o.params)));
-  std::error_code ec;
   const std::string run_dir =
-      (fs::path(o.dir) / ("mingpt-rank-" + std::to_string(rank) + "-" + std::to_string(::getpid())))
+      (fs::path(o.dir) / (kRunPrefix + std::to_string(rank) + "-" + std::to_string(::getpid())))
           .string();
-  fs::create_directories(run_dir, ec);
-  if (ec) return Status::Error("cannot create " + run_dir + ": " + ec.message());
-  std::unique_ptr<NvmeState> s(new NvmeState(o, shards, run_dir));
+  MINGPT_ASSIGN_OR_RETURN(const int lock_fd, CreateLockedRunDir(o.dir, run_dir));
+  std::unique_ptr<NvmeState> s(new NvmeState(o, shards, run_dir, lock_fd));
   for (int k = 0; k < kNumKinds; ++k) {
     if (k == kParams && !o.params) continue;
     StatusOr<std::unique_ptr<AsyncFile>> f =
@@ -96,8 +168,12 @@ StatusOr<std::unique_ptr<NvmeState>> NvmeState::Create(const NvmeOptions& o,
   return s;
 }
 
-NvmeState::NvmeState(NvmeOptions options, std::vector<ShardRange> shards, std::string run_dir)
-    : options_(std::move(options)), shards_(std::move(shards)), run_dir_(std::move(run_dir)) {
+NvmeState::NvmeState(NvmeOptions options, std::vector<ShardRange> shards, std::string run_dir,
+                     int lock_fd)
+    : options_(std::move(options)),
+      shards_(std::move(shards)),
+      run_dir_(std::move(run_dir)),
+      lock_fd_(lock_fd) {
   size_t base = 0;
   for (const ShardRange& s : shards_) {
     unit_base_.push_back(static_cast<off_t>(base));
@@ -116,6 +192,7 @@ NvmeState::~NvmeState() {
   for (auto& f : files_) f.reset();  // waits for its transfers, closes
   std::error_code ec;
   fs::remove_all(run_dir_, ec);  // scratch: checkpoints hold the state
+  ::close(lock_fd_);              // after the removal: no sweep races it
 }
 
 std::vector<std::pair<void*, size_t>> NvmeState::device_copy_buffers() {

@@ -3,7 +3,7 @@
 // fp32 parameters (the master weights; unless they stay in host memory),
 // of the AdamW moments and of the gradient (the sum of the reduced shards
 // of the step's micro-batches). One file per kind under
-// <dir>/rank-<r>-<pid>/, unit u's shard at a kDirectAlign-aligned offset,
+// <dir>/mingpt-rank-<r>-<pid>/, unit u's shard at a kDirectAlign-aligned offset,
 // moved by direct asynchronous I/O (io/async_file.h) through buffers whose
 // total is fixed when the run starts (the pool, --offload_buffer_mb), so the
 // memory used does not grow with the model:
@@ -23,6 +23,11 @@
 //
 // Every I/O error (a full or failing disk) is returned as a Status naming
 // the file; the engine stops the run with it.
+//
+// The run's directory is removed when the object goes; a run that dies
+// first (kill -9, out of memory) leaves it, and the next Create under the
+// same directory removes it: each run holds an exclusive flock on its own
+// directory while it lives, so one nobody holds is a dead run's.
 #pragma once
 
 #include <cstddef>
@@ -48,8 +53,9 @@ class NvmeState {
  public:
   enum Kind { kParams, kExpAvg, kExpAvgSq, kGrads, kNumKinds };
 
-  // Checks the directory (exists, writable, room for the files), creates
-  // this rank's files and reserves their space. `shards`: this rank's
+  // Removes dead runs' directories (saying so on stderr), checks the
+  // directory (exists, writable, room for the files), creates this rank's
+  // files and reserves their space. `shards`: this rank's
   // ShardRange of every unit.
   static StatusOr<std::unique_ptr<NvmeState>> Create(const NvmeOptions& options,
                                                      const std::vector<ShardRange>& shards,
@@ -104,7 +110,8 @@ class NvmeState {
   uint64_t bytes_written() const;
 
  private:
-  NvmeState(NvmeOptions options, std::vector<ShardRange> shards, std::string run_dir);
+  NvmeState(NvmeOptions options, std::vector<ShardRange> shards, std::string run_dir,
+            int lock_fd);
   off_t Offset(int unit, int64_t from) const { return unit_base_[unit] + from * 4; }
   // Waits for `ticket` (kAll: every transfer queued), counting the time.
   static constexpr AsyncFile::Ticket kAll = ~AsyncFile::Ticket{0};
@@ -113,6 +120,7 @@ class NvmeState {
   NvmeOptions options_;
   std::vector<ShardRange> shards_;
   std::string run_dir_;
+  int lock_fd_;  // run_dir_, flock'd while this lives
   std::vector<off_t> unit_base_;  // bytes; the same in every file
   size_t file_bytes_ = 0;
   int64_t max_shard_ = 0;

@@ -5,7 +5,9 @@
 //
 // Every transfer needs a buffer address, a length and a file offset that are
 // multiples of kDirectAlign (AlignedBlock provides such buffers). Read and
-// Write queue the transfer (split into pieces of at most kMaxPiece bytes)
+// Write queue the transfer (split into pieces of at most
+// AsyncFileLimits::max_piece bytes, as many in flight at once as the ring
+// holds: a transfer of any size, the ring submitted whenever it is full)
 // and return a ticket at once; Wait(ticket) returns when it has completed.
 // A failed or short transfer is an expected failure (a full or failing
 // disk): Wait returns one line naming the file and the error, and every
@@ -36,6 +38,15 @@ inline size_t DirectRound(size_t bytes) {
   return (bytes + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
 }
 
+// The io_uring ring's depth (requests in flight at once) and the largest
+// request (a multiple of kDirectAlign). The defaults are the offload's;
+// tests pass small ones, so that a transfer of many pieces needs no large
+// file.
+struct AsyncFileLimits {
+  unsigned queue_depth = 64;
+  size_t max_piece = 64u << 20;
+};
+
 // A kDirectAlign-aligned heap block, move-only; null when empty.
 class AlignedBlock {
  public:
@@ -62,7 +73,8 @@ class AsyncFile {
 
   // Creates (or truncates) `path` and reserves `bytes` on disk (fallocate):
   // a disk without room fails here, before anything is written.
-  static StatusOr<std::unique_ptr<AsyncFile>> Create(const std::string& path, size_t bytes);
+  static StatusOr<std::unique_ptr<AsyncFile>> Create(const std::string& path, size_t bytes,
+                                                     const AsyncFileLimits& limits = {});
   ~AsyncFile();
   AsyncFile(const AsyncFile&) = delete;
   AsyncFile& operator=(const AsyncFile&) = delete;
@@ -88,9 +100,14 @@ class AsyncFile {
     off_t offset;
     Ticket ticket;
   };
-  AsyncFile(std::string path, int fd, Mode mode, std::unique_ptr<Ring> ring);
+  AsyncFile(std::string path, int fd, Mode mode, std::unique_ptr<Ring> ring, size_t max_piece);
   Ticket Queue(bool write, char* buffer, size_t bytes, off_t offset);
-  // Submits what is queued and reaps one completion (blocking).
+  // Submits the requests prepared in the ring. A refusal that cannot pass
+  // (anything but EINTR, or EAGAIN / EBUSY while completions are there to
+  // reap) fails the file and drops the requests left unsubmitted: nothing
+  // waits for a completion that cannot come.
+  void Submit();
+  // Reaps one completion of a submitted request (blocking).
   void ReapOne();
   // Runs a queued transfer with pread/pwrite (the fallback modes).
   void RunSync(const Pending& p);
@@ -105,8 +122,12 @@ class AsyncFile {
     size_t bytes;
     bool write;
   };
+  size_t max_piece_;
   Ticket next_ticket_ = 1;
   uint64_t next_piece_ = 1;
+  uint64_t unsubmitted_ = 0;  // io_uring: prepared, not yet submitted (the last ids)
+  uint64_t in_flight_ = 0;    // io_uring: submitted, not yet reaped
+  bool broken_ = false;       // io_uring: a submit failed for good; nothing more is sent
   std::unordered_map<Ticket, int> outstanding_;  // io_uring: pieces in flight per ticket
   std::unordered_map<uint64_t, Piece> pieces_;   // io_uring: in flight, by user_data
   std::vector<Pending> sync_queue_;              // fallback modes: run at Wait

@@ -188,12 +188,22 @@ bool IsRegularFile(const std::string& path) {
 // Step 5: makes `dir` name `new_dir` atomically.
 Status SwapIn(const std::string& dir, const std::string& new_dir) {
   const std::string link = dir + kLinkSuffix;
-  std::error_code ec;
-  fs::remove_all(link, ec);
+  RemoveUnlessHeld(link);
+  struct stat st;
+  if (::lstat(link.c_str(), &st) == 0) {
+    // A real directory an earlier save exchanged out of `dir`, which a
+    // reader still holds: moved aside under a version name (onto an empty
+    // directory mkdtemp made), which a later save removes once released.
+    MINGPT_ASSIGN_OR_RETURN(std::string aside, MakeTempDirBeside(dir, kVersionTag));
+    if (::rename(link.c_str(), aside.c_str()) != 0) {
+      const int err = errno;
+      ::rmdir(aside.c_str());
+      return ErrnoError("cannot move aside directory", link, err);
+    }
+  }
   if (::symlink(Basename(new_dir).c_str(), link.c_str()) != 0) {
     return ErrnoError("cannot create symlink", link, errno);
   }
-  struct stat st;
   const bool exists = ::lstat(dir.c_str(), &st) == 0;
   if (exists && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
     ::unlink(link.c_str());
@@ -388,8 +398,9 @@ StatusOr<Checkpoint> LoadCheckpoint(const std::string& dir_in, bool confined) {
                           ReadFileAt(ckpt.hold->fd(), kCheckpointMetaFile,
                                      JoinPath(ckpt.data_dir, kCheckpointMetaFile),
                                      confined ? O_NOFOLLOW : 0));
-  ckpt.meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (ckpt.meta.is_discarded()) return Status::Error(shown + ": not valid JSON");
+  // Strict, as the safetensors headers: a repeated key or a NUL would let
+  // two readers see different values.
+  MINGPT_ASSIGN_OR_RETURN(ckpt.meta, ParseJsonStrict(text, shown));
   if (!ckpt.meta.is_object()) return Status::Error(shown + ": not a JSON object");
   auto it = ckpt.meta.find("format_version");
   if (it == ckpt.meta.end()) return Status::Error(shown + ": missing \"format_version\"");

@@ -22,7 +22,9 @@
 //        real directory (a checkpoint written by other means),
 //        renameat2(RENAME_EXCHANGE) swaps the two atomically instead; on a
 //        filesystem without RENAME_EXCHANGE, D is first renamed aside (a
-//        short window in which D is absent: the only non-atomic case);
+//        short window in which D is absent: the only non-atomic case).
+//        The real directory an exchange left at D.tmp-link, if a reader
+//        still holds it, is first moved aside under a version name;
 //     6. removes the previous version directory (step 1's rule again).
 // SaveCheckpoint is the single-process composition of the three. A crash
 // (kill -9, power loss) at any moment leaves at D either the old checkpoint
@@ -142,7 +144,8 @@ struct Checkpoint {
 
 // Loads meta.json of the checkpoint at `dir` and holds its version. Errors:
 // the directory does not exist or is not a directory; meta.json is missing,
-// not valid JSON, not an object, lacks "format_version", or has an
+// not valid JSON (a key repeated in an object, or a NUL byte, included: see
+// ParseJsonStrict), not an object, lacks "format_version", or has an
 // unsupported one. A save that removed the version between the resolution
 // of `dir` and the hold is seen (its meta.json is gone and `dir` names
 // another version) and the new version is loaded instead. `confined`: the

@@ -4,9 +4,12 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <utility>
 #include <vector>
 
@@ -37,6 +40,34 @@ Status WriteAll(int fd, const void* data, size_t size, const std::string& path) 
 }
 
 }  // namespace
+
+Status ReserveOpenFiles(uint64_t count) {
+  uint64_t open_now = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    ++open_now;
+  }
+  // Room too for the few files opened beside them (an output, a meta.json).
+  constexpr uint64_t kSpare = 32;
+  const uint64_t need = open_now + count + kSpare;
+  rlimit limit;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY ||
+      limit.rlim_cur >= need) {
+    return Status::Ok();
+  }
+  if (limit.rlim_max != RLIM_INFINITY && limit.rlim_max < need) {
+    return Status::Error("needs " + std::to_string(need) + " open files, more than the limit (" +
+                         std::to_string(limit.rlim_max) + ", the hard limit: see ulimit -Hn)");
+  }
+  // The room the process had for its other files stays: `count` more.
+  limit.rlim_cur = std::min<rlim_t>(limit.rlim_max, limit.rlim_cur + count + kSpare);
+  if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    return Status::Error("needs " + std::to_string(need) +
+                         " open files, and the limit cannot be raised: " + ::strerror(errno));
+  }
+  return Status::Ok();
+}
 
 Status ErrnoError(const std::string& what, const std::string& path, int err) {
   return Status::Error(what + " '" + path + "': " + ::strerror(err));

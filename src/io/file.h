@@ -1,6 +1,6 @@
 // Small POSIX file helpers with Status errors: whole-file reads, durable
-// (fsync'd, atomically replaced) writes, directory fsync, and temporary
-// directories created beside a path. Every error is one line naming the path.
+// (fsync'd, atomically replaced) writes, directory fsync, temporary
+// directories created beside a path, and room for many open files. Every error is one line naming the path.
 #pragma once
 
 #include <cstddef>
@@ -76,6 +76,13 @@ Status FsyncParentDirectory(const std::string& path);
 // slashes of `path` are ignored.
 StatusOr<std::string> MakeTempDirBeside(const std::string& path,
                                         const std::string& tag = "tmp");
+
+// Lets this process keep `count` more files open at once (a reader that
+// keeps one per shard of a checkpoint): where the soft limit on open files
+// (RLIMIT_NOFILE, often 1024) leaves too little room beside those open now,
+// it is raised toward the hard limit, as any process may do, and left
+// raised. Error (one line): even the hard limit leaves too little room.
+Status ReserveOpenFiles(uint64_t count);
 
 // Path helpers on plain strings: "a/b/" -> "a/b"; Dirname("a/b") == "a",
 // Dirname("b") == "."; Basename("a/b") == "b"; JoinPath("a", "b") == "a/b".

@@ -22,6 +22,42 @@ namespace mingpt {
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; this code copies host bytes");
 
+StatusOr<nlohmann::json> ParseJsonStrict(const std::string& text, const std::string& what) {
+  // nlohmann takes a NUL for the end of the input: what follows it would go
+  // unread.
+  const size_t nul = text.find('\0');
+  if (nul != std::string::npos) {
+    return Status::Error(what + " has a NUL byte at offset " + std::to_string(nul));
+  }
+  std::vector<std::set<std::string>> open_objects;
+  std::optional<std::string> duplicate;
+  nlohmann::json::parser_callback_t callback = [&](int /*depth*/,
+                                                   nlohmann::json::parse_event_t event,
+                                                   nlohmann::json& parsed) {
+    switch (event) {
+      case nlohmann::json::parse_event_t::object_start:
+        open_objects.emplace_back();
+        break;
+      case nlohmann::json::parse_event_t::object_end:
+        if (!open_objects.empty()) open_objects.pop_back();
+        break;
+      case nlohmann::json::parse_event_t::key:
+        if (!open_objects.empty() && parsed.is_string() &&
+            !open_objects.back().insert(parsed.get<std::string>()).second && !duplicate) {
+          duplicate = parsed.get<std::string>();
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  nlohmann::json parsed = nlohmann::json::parse(text, callback, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) return Status::Error(what + " is not valid JSON");
+  if (duplicate) return Status::Error(what + " has duplicate key '" + *duplicate + "'");
+  return parsed;
+}
+
 namespace {
 
 using nlohmann::json;
@@ -129,37 +165,6 @@ Status PreadAllWithCrc(int fd, void* dst, uint64_t size, uint64_t offset, uint32
   return Status::Ok();
 }
 
-// Parses JSON and rejects duplicate keys in any object (nlohmann would
-// silently keep the last one).
-StatusOr<json> ParseJsonNoDuplicates(const std::string& text) {
-  std::vector<std::set<std::string>> open_objects;
-  std::optional<std::string> duplicate;
-  json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event,
-                                         json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_objects.empty() && parsed.is_string() &&
-            !open_objects.back().insert(parsed.get<std::string>()).second && !duplicate) {
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json parsed = json::parse(text, callback, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) return Status::Error("header is not valid JSON");
-  if (duplicate) return Status::Error("header has duplicate key '" + *duplicate + "'");
-  return parsed;
-}
-
 // A JSON integer >= 0 that fits in int64 (rejects floats, negatives, bools).
 std::optional<int64_t> NonNegativeInt(const json& j) {
   if (j.is_number_unsigned()) {
@@ -250,7 +255,7 @@ struct ParsedHeader {
 };
 
 StatusOr<ParsedHeader> ParseHeader(const std::string& text, uint64_t data_size) {
-  MINGPT_ASSIGN_OR_RETURN(json header, ParseJsonNoDuplicates(text));
+  MINGPT_ASSIGN_OR_RETURN(json header, ParseJsonStrict(text, "header"));
   if (!header.is_object()) return Status::Error("header is not a JSON object");
   ParsedHeader out;
   for (const auto& [key, value] : header.items()) {

@@ -46,6 +46,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/status.h"
 
 namespace mingpt {
@@ -75,6 +77,14 @@ struct TensorRef {
   // state that is never whole in memory (one tensor at a time).
   std::function<void(void* dst)> fill = nullptr;
 };
+
+// Parses `text` as a JSON document more strictly than nlohmann alone: a key
+// twice in one object (nlohmann keeps the last) and a NUL byte (nlohmann
+// stops reading there) are errors, as is anything not valid JSON. The error
+// is one line starting with `what`: "<what> is not valid JSON", "<what> has
+// duplicate key 'k'", "<what> has a NUL byte at offset N". For the
+// safetensors header and checkpoints' meta.json.
+StatusOr<nlohmann::json> ParseJsonStrict(const std::string& text, const std::string& what);
 
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 // The __metadata__ keys of the tensors' checksums: the prefix + the name.

@@ -101,7 +101,9 @@ json BaseMeta(const ModelLayout& layout, const ModelConfig& c, const CharTokeniz
                            {"last_overflow", ls.last_overflow},
                            {"skipped_steps", ls.skipped_steps}};
   }
-  meta["data"] = o.data_path;
+  // A path is bytes, JSON UTF-8: a byte that is not is written as U+FFFD, so
+  // that the save succeeds; resuming such a run needs --data again.
+  meta["data"] = json::parse(json(o.data_path).dump(-1, ' ', false, json::error_handler_t::replace));
   meta["strategy"] = o.strategy;
   meta["world_size"] = world;
   meta["num_parameters"] = layout.num_parameters();
@@ -111,6 +113,7 @@ json BaseMeta(const ModelLayout& layout, const ModelConfig& c, const CharTokeniz
                      {"weight_decay", o.optim.weight_decay},
                      {"betas", {o.optim.beta1, o.optim.beta2}},
                      {"eps", o.optim.eps},
+                     {"warmup_tokens", o.warmup_tokens},
                      {"gradient_clip_val", o.gradient_clip_val},
                      {"accumulate_grad_batches", o.accumulate_grad_batches},
                      {"precision", o.precision}};
@@ -309,6 +312,10 @@ Status OpenSharded(const OpenedCheckpoint& ckpt, const ModelLayout& layout, bool
   const int world = ckpt.world_size;
   MINGPT_RETURN_IF_ERROR(CheckShardList(ckpt.checkpoint.meta, world, where));
   MINGPT_RETURN_IF_ERROR(CheckUnitsTable(ckpt.checkpoint.meta, layout, where));
+  // Every shard stays open while the reader lives: a job of a thousand ranks
+  // and more outgrows the usual soft limit on open files.
+  MINGPT_RETURN_IF_ERROR(ReserveOpenFiles(static_cast<uint64_t>(world))
+                             .WithContext(where + ", of " + std::to_string(world) + " shards"));
   for (int r = 0; r < world; ++r) {
     StatusOr<SafetensorsFile> opened = ckpt.checkpoint.Open(ShardFileName(r, world));
     if (!opened.ok()) {
@@ -320,6 +327,14 @@ Status OpenSharded(const OpenedCheckpoint& ckpt, const ModelLayout& layout, bool
     files->push_back(std::move(shard));
   }
   return Status::Ok();
+}
+
+// Rank `rank`'s shard file of `world`, its tensors not yet added.
+CheckpointFile EmptyShardFile(int rank, int world) {
+  CheckpointFile file;
+  file.filename = ShardFileName(rank, world);
+  file.metadata = {{"rank", std::to_string(rank)}, {"world_size", std::to_string(world)}};
+  return file;
 }
 
 // The overlap of [a.begin, a.end) and [b_begin, b_end), empty if none.
@@ -406,10 +421,7 @@ std::vector<std::string> ShardFileNames(int world) {
 }
 
 CheckpointFile ShardFile(const ModelLayout& layout, const ShardState& shard) {
-  CheckpointFile file;
-  file.filename = ShardFileName(shard.rank, shard.world);
-  file.metadata = {{"rank", std::to_string(shard.rank)},
-                   {"world_size", std::to_string(shard.world)}};
+  CheckpointFile file = EmptyShardFile(shard.rank, shard.world);
   const std::vector<std::vector<float>>* parts[] = {&shard.params, &shard.exp_avg,
                                                     &shard.exp_avg_sq};
   for (int k = 0; k < 3; ++k) {
@@ -425,6 +437,22 @@ CheckpointFile ShardFile(const ModelLayout& layout, const ShardState& shard) {
                    data.size(), static_cast<long long>(r.size()));
       file.tensors.push_back(
           {ShardPrefix(kKinds[k]) + unit.name, {r.size()}, TensorDType::kF32, data.data()});
+    }
+  }
+  return file;
+}
+
+CheckpointFile ShardFile(const ModelLayout& layout, int rank, int world,
+                         const StateSource& source) {
+  CheckpointFile file = EmptyShardFile(rank, world);
+  for (int k = 0; k < 3; ++k) {
+    for (int u = 0; u < layout.num_units(); ++u) {
+      const Unit& unit = layout.units()[u];
+      const ShardRange r(unit.numel, rank, world);
+      file.tensors.push_back({ShardPrefix(kKinds[k]) + unit.name, {r.size()}, TensorDType::kF32,
+                              nullptr, [&source, k, u, r](void* dst) {
+                                source(k, u, r.begin, r.end, static_cast<float*>(dst));
+                              }});
     }
   }
   return file;

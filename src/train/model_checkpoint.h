@@ -22,14 +22,14 @@
 //
 // Saving a sharded checkpoint from N ranks (the trainer does this; io/ never
 // communicates). `comm` is the trainer's communicator:
-//   1. every rank: ShardState shard = its ShardRange of every unit, each kind
-//      (ShardOf() when the rank holds the full state);
+//   1. every rank: its ShardRange of every unit, each kind: a ShardState
+//      (ShardOf() when the rank holds the full state), or a StateSource;
 //   2. rank 0:     StatusOr<PendingCheckpoint> p = BeginCheckpoint(dir);
 //      comm:       broadcast from rank 0 whether p.ok() and p->version_dir;
 //                  if Begin failed every rank returns that error (nothing was
 //                  written);
 //   3. every rank: Status s = WriteCheckpointFile(version_dir,
-//                                                 ShardFile(layout, shard));
+//                                                 ShardFile(layout, ...));
 //   4. comm:       all-reduce (logical and) of s.ok() over the ranks;
 //   5. rank 0:     all ok: c = CommitCheckpoint(*p, ShardedCheckpointMeta(...,
 //                                N), ShardFileNames(N));
@@ -128,6 +128,11 @@ std::vector<std::string> ShardFileNames(int world);
 // `shard`, which must outlive the write. `shard` must hold every unit's
 // ShardRange sizes (checked: a mismatch is a bug in the caller).
 CheckpointFile ShardFile(const ModelLayout& layout, const ShardState& shard);
+// Rank `rank`'s file of a sharded checkpoint of `world` ranks, each tensor
+// read from `source` (as for SaveTrainingCheckpoint; the rank's ShardRange of
+// each unit) as the writer reaches it: never more than one tensor in host
+// memory. `source` must outlive the write.
+CheckpointFile ShardFile(const ModelLayout& layout, int rank, int world, const StateSource& source);
 
 // meta.json of a sharded checkpoint written by `world` ranks.
 nlohmann::json ShardedCheckpointMeta(const ModelLayout& layout, const ModelConfig& config,

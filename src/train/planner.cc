@@ -36,14 +36,11 @@ PlanRow PredictPeak(const PlanInput& in, const std::string& strategy, bool check
   row.activation_checkpointing = checkpointing;
   row.state = m.total();
   row.activations = GPT::ActivationBytes(in.model, in.batch, checkpointing);
-  // The initialisation makes one unit at a time; a single-process save
-  // writes one tensor at a time, a sharded one copies out the rank's shard
-  // (every unit's ShardRange) of three states.
+  // The initialisation makes one unit at a time; saves, single-process and
+  // sharded, stream one tensor (of a unit's shard) at a time, never more.
   int64_t largest_unit = 0;
   for (const Unit& u : layout.units()) largest_unit = std::max(largest_unit, u.numel);
-  const size_t init = static_cast<size_t>(largest_unit) * sizeof(float);
-  const MemoryAccount shard = ZeroEngine::Account(layout, 0, in.world, 3);
-  row.transient = in.world == 1 ? init : std::max(init, 3 * shard.params);
+  row.transient = static_cast<size_t>(largest_unit) * sizeof(float);
   row.baseline = (in.world > 1 ? kBaselineMpi : kBaselineSingle) + kBytesPerChar * in.data_bytes;
   return row;
 }

@@ -10,40 +10,29 @@ namespace {
 
 constexpr StateKind kKinds[] = {StateKind::kParams, StateKind::kExpAvg, StateKind::kExpAvgSq};
 
-// This rank's shard of every unit and kind, copied out of the strategy.
-ShardState CopyShard(const ModelLayout& layout, const Strategy& s) {
-  ShardState shard;
-  shard.rank = s.rank();
-  shard.world = s.world();
-  std::vector<std::vector<float>>* dst[] = {&shard.params, &shard.exp_avg, &shard.exp_avg_sq};
-  for (int k = 0; k < 3; ++k) {
-    dst[k]->resize(layout.num_units());
-    for (int u = 0; u < layout.num_units(); ++u) {
-      const ShardRange r(layout.units()[u].numel, s.rank(), s.world());
-      (*dst[k])[u].resize(r.size());
-      s.Download(u, kKinds[k], {r.begin, r.end}, (*dst[k])[u].data());
-    }
-  }
-  return shard;
-}
-
-// The single format from one process, each tensor downloaded as the file
-// writer reaches it: never more than one tensor in host memory.
-Status SaveSingle(const std::string& dir, const ModelLayout& layout, const CharTokenizer& tokenizer,
-                  const TrainOptions& o, const TrainState& state, const Strategy& s) {
-  auto source = [&s](int kind, int unit, int64_t begin, int64_t end, float* dst) {
+// The strategy's state as the checkpoint writers read it, each tensor
+// downloaded as the file writer reaches it: never more than one tensor in
+// host memory (under NVMe offload, the state is never whole in memory).
+StateSource Source(const Strategy& s) {
+  return [&s](int kind, int unit, int64_t begin, int64_t end, float* dst) {
     s.Download(unit, kKinds[kind], {begin, end}, dst);
   };
+}
+
+// The single format from one process.
+Status SaveSingle(const std::string& dir, const ModelLayout& layout, const CharTokenizer& tokenizer,
+                  const TrainOptions& o, const TrainState& state, const Strategy& s) {
+  const StateSource source = Source(s);
   return SaveTrainingCheckpoint(dir, layout, o.model, tokenizer, o, state, source,
                                 /*with_optimizer=*/true);
 }
 
 // The sharded format, every rank writing its file (model_checkpoint.h's
-// sequence).
+// sequence) from its shard of each unit, one tensor at a time.
 Status SaveSharded(const std::string& dir, const ModelLayout& layout,
                    const CharTokenizer& tokenizer, const TrainOptions& o, const TrainState& state,
                    const Strategy& s, Communicator* comm) {
-  const ShardState shard = CopyShard(layout, s);
+  const StateSource source = Source(s);
   StatusOr<PendingCheckpoint> pending = Status::Error("not begun");
   std::string version_dir;
   if (comm->rank() == 0) {
@@ -52,7 +41,8 @@ Status SaveSharded(const std::string& dir, const ModelLayout& layout,
   }
   MINGPT_RETURN_IF_ERROR(AgreeOnStatus(comm, comm->rank() == 0 ? pending.status() : Status::Ok()));
   BroadcastString(comm, &version_dir);
-  const Status written = WriteCheckpointFile(version_dir, ShardFile(layout, shard));
+  const Status written =
+      WriteCheckpointFile(version_dir, ShardFile(layout, s.rank(), s.world(), source));
   const Status all_written = AgreeOnStatus(comm, written);
   Status committed = Status::Ok();
   if (comm->rank() == 0) {

@@ -3,11 +3,17 @@
 // the next; the optimizer pass streams every unit in chunks (a pool much
 // smaller than a unit) and writes back exactly what the step function made;
 // parameter reads for the gathers; a directory that is missing or too small
-// is refused before anything is written.
+// is refused before anything is written; the files of a run that died are
+// removed by the next run, those of a live one never.
 #include "engine/nvme_state.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <vector>
 
@@ -150,6 +156,47 @@ TEST(NvmeState, BadDirectoriesAreRefusedBeforeWriting) {
   EXPECT_NE(full.status().message().find("free; this rank's offloaded state needs"),
             std::string::npos)
       << full.status().message();
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+// A run killed with SIGKILL (its destructor never runs) leaves its files;
+// the next run under the same directory removes them, saying so in one
+// line, and leaves those of a run still alive (this process's).
+TEST(NvmeState, ADeadRunsFilesAreRemovedByTheNextRun) {
+  ScopedTempDir dir;
+  auto live = NvmeState::Create(Small(dir.path()), Shards(), 0);
+  ASSERT_TRUE(live.ok()) << live.status().message();
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto made = NvmeState::Create(Small(dir.path()), Shards(), 1);
+    if (!made.ok()) _exit(2);
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+  const std::string dead = dir.Join("mingpt-rank-1-" + std::to_string(pid));
+  ASSERT_TRUE(std::filesystem::exists(dead + "/exp_avg.bin"));
+
+  ::testing::internal::CaptureStderr();
+  auto next = NvmeState::Create(Small(dir.path()), Shards(), 1);
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(next.ok()) << next.status().message();
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists((*live)->dir() + "/exp_avg.bin"));
+  EXPECT_EQ(said.rfind("mingpt: removed " + dead + " (", 0), 0u) << said;
+  EXPECT_EQ(std::count(said.begin(), said.end(), '\n'), 1) << said;
+  // Nothing else is left: the two live runs' directories.
+  size_t entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    ++entries;
+    EXPECT_EQ(e.path().filename().string().rfind("mingpt-rank-", 0), 0u) << e.path();
+  }
+  EXPECT_EQ(entries, 2u);
+  next->reset();
+  live->reset();
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
 

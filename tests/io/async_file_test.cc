@@ -1,6 +1,7 @@
 // AsyncFile: direct asynchronous transfers round-trip, overlap (several in
-// flight), split into pieces, and a file that cannot get its space, or a
-// disk that ends, is one clear error, never a crash.
+// flight), split into pieces (more pieces than the ring holds included), and
+// a file that cannot get its space, or a disk that ends, is one clear error,
+// never a crash.
 #include "io/async_file.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -60,6 +62,51 @@ TEST(AsyncFile, SplitsTransfersLargerThanOnePiece) {
   ASSERT_TRUE((*file)->Wait((*file)->Write(out.data(), bytes, 0)).ok());
   ASSERT_TRUE((*file)->Wait((*file)->Read(in.data(), bytes, 0)).ok());
   EXPECT_EQ(std::memcmp(in.data(), out.data(), bytes), 0);
+}
+
+// A transfer of more pieces than the ring holds (the offload's 64 MiB
+// pieces and depth 64: any transfer over 4 GiB), scaled down: 4 KiB pieces,
+// a ring of 4, transfers of 16 and more pieces, several queued at once. In a
+// child under an alarm, so that a transfer that never completes fails the
+// test instead of hanging it.
+TEST(AsyncFile, TransfersOfMorePiecesThanTheRingHoldsComplete) {
+  ScopedTempDir dir;
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::alarm(10);
+    constexpr size_t kBytes = 64 << 10, kCount = 3;
+    auto file = AsyncFile::Create(dir.Join("ring.bin"), kBytes * kCount, {4, kDirectAlign});
+    if (!file.ok()) _exit(2);
+    AsyncFile& f = **file;
+    AlignedBlock out(kBytes * kCount), in(kBytes * kCount);
+    Fill(out.f32(), kBytes * kCount / 4, 5.0f);
+    std::vector<AsyncFile::Ticket> tickets;
+    for (size_t i = 0; i < kCount; ++i) {
+      tickets.push_back(f.Write(out.f32() + i * kBytes / 4, kBytes, static_cast<off_t>(i * kBytes)));
+    }
+    for (AsyncFile::Ticket t : tickets) {
+      if (!f.Wait(t).ok()) _exit(3);
+    }
+    if (!f.Wait(f.Read(in.data(), kBytes * kCount, 0)).ok()) _exit(4);
+    if (std::memcmp(in.data(), out.data(), kBytes * kCount) != 0) _exit(5);
+    if (f.bytes_written() != kBytes * kCount || f.bytes_read() != kBytes * kCount) _exit(6);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_FALSE(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+      << "a transfer of more pieces than the ring holds never completed";
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST(AsyncFile, BadLimitsAreRefused) {
+  ScopedTempDir dir;
+  EXPECT_FALSE(AsyncFile::Create(dir.Join("a.bin"), 0, {0, kDirectAlign}).ok());
+  EXPECT_FALSE(AsyncFile::Create(dir.Join("a.bin"), 0, {4, kDirectAlign + 1}).ok());
+  EXPECT_FALSE(AsyncFile::Create(dir.Join("a.bin"), 0, {4, 0}).ok());
 }
 
 TEST(AsyncFile, MissingDirectoryIsOneLine) {

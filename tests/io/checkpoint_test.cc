@@ -377,6 +377,27 @@ TEST_F(CheckpointTest, ReplacesARealDirectory) {
   EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target, "src", src_target}));
 }
 
+// The real directory the first save exchanged out of the path, held by a
+// reader, outlives the saves after it too (the second one replaces the link
+// name it sits under), and goes once released.
+TEST_F(CheckpointTest, AHeldRealDirectoryOutlivesLaterSaves) {
+  const Version a(1, {"model.safetensors"}, 2);
+  ASSERT_TRUE(a.Save(tmp_.Join("src")).ok());
+  fs::copy(tmp_.Join("src"), dir(), fs::copy_options::recursive);
+  StatusOr<Checkpoint> ckpt = LoadCheckpoint(dir());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().message();
+  const Version b(2, {"model.safetensors"}, 3);
+  for (int save = 0; save < 3; ++save) ASSERT_TRUE(b.Save(dir()).ok());
+  EXPECT_TRUE(b.Matches(dir()));
+  EXPECT_TRUE(a.Matches(ckpt));
+  EXPECT_EQ(ckpt->HeldPath().rfind(tmp_.Join("best.ckpt-"), 0), 0u) << ckpt->HeldPath();
+  ckpt->Release();
+  ASSERT_TRUE(b.Save(dir()).ok());
+  const std::string target = fs::read_symlink(dir()).string();
+  const std::string src_target = fs::read_symlink(tmp_.Join("src")).string();
+  EXPECT_EQ(ListDir(tmp_.path()), (std::set<std::string>{"best", target, "src", src_target}));
+}
+
 TEST_F(CheckpointTest, LoadErrors) {
   auto load_error = [](const std::string& path) {
     StatusOr<Checkpoint> c = LoadCheckpoint(path);
@@ -400,8 +421,13 @@ TEST_F(CheckpointTest, LoadErrors) {
     std::ofstream(d + "/meta.json", std::ios::trunc) << text;
     return load_error(d);
   };
-  EXPECT_EQ(with_meta("{\"format_version\": 1,"), shown + "not valid JSON");
-  EXPECT_EQ(with_meta(""), shown + "not valid JSON");
+  EXPECT_EQ(with_meta("{\"format_version\": 1,"), d + "/meta.json is not valid JSON");
+  EXPECT_EQ(with_meta(""), d + "/meta.json is not valid JSON");
+  // nlohmann alone would keep the last "step" and stop reading at the NUL.
+  EXPECT_EQ(with_meta("{\"format_version\": 1, \"step\": 2, \"step\": 99999}"),
+            d + "/meta.json has duplicate key 'step'");
+  EXPECT_EQ(with_meta(std::string("{\"format_version\": 1}\0junk", 26)),
+            d + "/meta.json has a NUL byte at offset 21");
   EXPECT_EQ(with_meta("[1]"), shown + "not a JSON object");
   EXPECT_EQ(with_meta("{\"step\": 1}"), shown + "missing \"format_version\"");
   EXPECT_EQ(with_meta("{\"format_version\": 2}"),

@@ -453,6 +453,13 @@ TEST_F(SafetensorsTest, DuplicateKeys) {
                    "header has duplicate key 'dtype'");
 }
 
+// nlohmann alone stops reading at a NUL: the rest of the header, whatever it
+// says, would go unread.
+TEST_F(SafetensorsTest, NulByteInHeader) {
+  ExpectHeaderFails(std::string("{}\0{\"x\": 1}", 11), 0, "header has a NUL byte at offset 2");
+  ExpectHeaderFails(std::string("{}  \0   ", 8), 0, "header has a NUL byte at offset 4");
+}
+
 TEST_F(SafetensorsTest, BadEntries) {
   ExpectEntryFails("[1]", 0, "tensor 'x': entry is not a JSON object");
   ExpectEntryFails(R"({"shape":[1],"data_offsets":[0,4]})", 4, "tensor 'x': missing string 'dtype'");
