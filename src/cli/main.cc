@@ -3,11 +3,10 @@
 // bad command lines).
 #include <malloc.h>
 
+#include <cerrno>
 #include <csignal>
-
 #include <cstdio>
-#include <exception>
-#include <new>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -41,6 +40,19 @@ constexpr CommandEntry kCommands[] = {
      mingpt::cli::AddServe},
 };
 
+// A command's output that could not be written (`mingpt evaluate --json >
+// result.json` on a full disk) is a failure like any other, not an empty
+// file and exit 0: what stdio still holds is written now, and an earlier
+// failed write has left the stream's error flag.
+int CheckedOutput(int code) {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return code;
+  const int err = errno;  // 0 when only the flag tells
+  std::fprintf(stderr, "mingpt: error: cannot write the output%s%s\n", err != 0 ? ": " : "",
+               err != 0 ? std::strerror(err) : "");
+  return code == 0 ? 1 : code;
+}
+
 std::string KnownCommands() {
   std::string known;
   for (const CommandEntry& c : kCommands) known += (known.empty() ? "" : ", ") + std::string(c.name);
@@ -71,9 +83,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    return CheckedOutput(app.exit(e));
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    return CheckedOutput(app.exit(e));
   } catch (const CLI::ParseError& e) {
     std::string what = e.what();
     if (what.empty() || what == "A subcommand is required") {
@@ -87,17 +99,8 @@ int main(int argc, char** argv) {
   for (const CLI::App* sub : app.get_subcommands()) {
     for (size_t c = 0; c < commands.size(); ++c) {
       if (sub->get_name() != kCommands[c].name) continue;
-      // Expected failures come back as a Status. An exception escaping a
-      // library (std::bad_alloc on a huge request, say) is a bug or the
-      // machine's limit: one line all the same, not std::terminate's abort.
-      mingpt::Status status = mingpt::Status::Ok();
-      try {
-        status = commands[c]();
-      } catch (const std::bad_alloc&) {
-        status = mingpt::Status::Error("out of memory");
-      } catch (const std::exception& e) {
-        status = mingpt::Status::Error(std::string("internal error: ") + e.what());
-      }
+      // Expected failures come back as a Status, and so does an exception.
+      const mingpt::Status status = mingpt::cli::CatchExceptions(commands[c]);
       // A rank that stopped because another failed says nothing: that rank
       // reports (dist/launch.h, MpirunErrFilter).
       if (mingpt::IsPeerFailure(status)) return mingpt::PeerFailureExitCode();
@@ -105,7 +108,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mingpt: error: %s\n", status.message().c_str());
         return 1;
       }
-      return 0;
+      return CheckedOutput(0);
     }
   }
   return 0;

@@ -1,4 +1,5 @@
 // evaluate, sample and info: commands that read a checkpoint.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -40,6 +41,7 @@ StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   MINGPT_RETURN_IF_ERROR(CheckWeightsMatchConfig(m->ckpt));
   MINGPT_RETURN_IF_ERROR(CheckMemoryFits(config, max_batch, /*training=*/false));
   MINGPT_ASSIGN_OR_RETURN(m->backend, MakeBackend(accelerator, /*local_rank=*/0, threads));
+  MINGPT_RETURN_IF_ERROR(m->backend->CheckHeadSize(config.n_embd / config.n_head));
   m->gpt = std::make_unique<GPT>(m->backend.get(), config, max_batch);
   m->params = std::make_unique<SingleProcess>(m->backend.get(), m->gpt->layout(), false);
   std::vector<float> host(m->gpt->layout().total_numel(), 0.0f);
@@ -112,20 +114,31 @@ Command AddEvaluate(CLI::App* app) {
     const int threads = f->threads > 0 ? f->threads : LocalCoresPerRank(env);
     PinLaunchedRank(env, threads);  // before any thread starts
     MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, JoinWorld(env));
-    std::string strategy = f->strategy;
-    if (strategy == "auto") strategy = comm->world() == 1 ? "single_device" : "ddp";
-    // The windows' loss sums travel over `comm` (host memory); the
-    // strategy's parameter gathers over the device's communicator.
-    MINGPT_ASSIGN_OR_RETURN(RankDevice device, MakeRankDevice(accelerator, comm.get(), threads));
-    GPT gpt(device.backend.get(), config, f->batch_size);
-    MINGPT_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> params,
-                            MakeStrategy(strategy, device.backend.get(), gpt.layout(),
-                                         device.comms(comm.get()), /*training=*/false));
-    MINGPT_RETURN_IF_ERROR(AgreeOnCheckpointVersion(comm.get(), &ckpt));
-    MINGPT_RETURN_IF_ERROR(LoadTrainingState(ckpt, gpt.layout(), params.get(), comm.get(),
-                                             /*with_optimizer=*/false));
-    EvalResult r = EvaluateSplit(&gpt, params.get(), data, split, -1, f->batch_size, comm.get());
-    if (comm->rank() != 0) return Status::Ok();
+    Communicator* const c = comm.get();
+    EvalResult r;
+    const Status evaluated = CatchExceptions([&]() -> Status {
+      std::string strategy = f->strategy;
+      if (strategy == "auto") strategy = c->world() == 1 ? "single_device" : "ddp";
+      // The windows' loss sums travel over `c` (host memory); the strategy's
+      // parameter gathers over the device's communicator.
+      MINGPT_ASSIGN_OR_RETURN(RankDevice device, MakeRankDevice(accelerator, c, threads));
+      MINGPT_RETURN_IF_ERROR(
+          AgreeOnStatus(c, device.backend->CheckHeadSize(config.n_embd / config.n_head)));
+      GPT gpt(device.backend.get(), config, f->batch_size);
+      StatusOr<std::unique_ptr<Strategy>> params =
+          MakeStrategy(strategy, device.backend.get(), gpt.layout(), device.comms(c),
+                       /*training=*/false);
+      MINGPT_RETURN_IF_ERROR(AgreeOnStatus(c, params.status()));
+      MINGPT_RETURN_IF_ERROR(AgreeOnCheckpointVersion(c, &ckpt));
+      MINGPT_RETURN_IF_ERROR(LoadTrainingState(ckpt, gpt.layout(), params->get(), c,
+                                               /*with_optimizer=*/false));
+      r = EvaluateSplit(&gpt, params->get(), data, split, -1, f->batch_size, c);
+      return Status::Ok();
+    });
+    const int rank = c->rank();
+    // Every rank leaves the job cleanly, or, having failed alone, ends it.
+    MINGPT_RETURN_IF_ERROR(LeaveJob(std::move(comm), evaluated));
+    if (rank != 0) return Status::Ok();
     const double ppl = std::exp(r.loss), bpc = r.loss / std::log(2.0);
     if (f->json) {
       nlohmann::json j = {{"split", f->split}, {"loss", r.loss}, {"perplexity", ppl},
@@ -147,6 +160,7 @@ Command AddSample(CLI::App* app) {
     SampleOptions o;
     std::string accelerator = "auto";
     int threads = 1;
+    CLI::Option* top_k_opt = nullptr;
   };
   auto f = std::make_shared<Flags>();
   f->o.top_k = 10;
@@ -154,7 +168,9 @@ Command AddSample(CLI::App* app) {
   app->add_option("--prompt", f->prompt, "Text to continue")->required();
   app->add_option("--steps", f->o.steps, "Characters to generate")->capture_default_str();
   app->add_option("--temperature", f->o.temperature, "Softmax temperature (> 0)")->capture_default_str();
-  app->add_option("--top_k", f->o.top_k, "Sample among the k most likely (0: all)")->capture_default_str();
+  f->top_k_opt = app->add_option("--top_k", f->o.top_k,
+                                 "Sample among the k most likely (0: all; default 10, or the "
+                                 "vocabulary's size if smaller)");
   app->add_flag("--greedy", f->o.greedy, "Take the most likely character instead of sampling");
   app->add_flag("--no_kv_cache{false}", f->o.kv_cache,
                 "Recompute the whole context for every character instead of decoding from "
@@ -174,9 +190,13 @@ Command AddSample(CLI::App* app) {
     MINGPT_RETURN_IF_ERROR(ValidateNumThreads(f->threads));
     MINGPT_ASSIGN_OR_RETURN(const std::string accelerator, ResolveAccelerator(f->accelerator));
     MINGPT_ASSIGN_OR_RETURN(auto m, LoadModel(f->checkpoint, accelerator, f->threads, 1));
-    if (f->o.top_k > m->ckpt.tokenizer.size()) {
-      return Status::Error("--top_k must be at most the vocabulary size (" +
-                           std::to_string(m->ckpt.tokenizer.size()) + ")");
+    // The default fits any vocabulary; greedy decoding ignores top_k.
+    const int vocab = m->ckpt.tokenizer.size();
+    if (f->top_k_opt->count() == 0) {
+      f->o.top_k = std::min(f->o.top_k, vocab);
+    } else if (!f->o.greedy && f->o.top_k > vocab) {
+      return Status::Error("--top_k must be at most the vocabulary size (" + std::to_string(vocab) +
+                           ")");
     }
     auto ids = m->ckpt.tokenizer.Encode(f->prompt);
     if (!ids.ok()) return ids.status().WithContext("--prompt");

@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -288,18 +289,69 @@ std::vector<pid_t> ChildrenOf(pid_t parent) {
   return children;
 }
 
-// The first signal goes to the ranks, any later one to mpirun (see launch.h).
-void ForwardSignal(pid_t mpirun, int signal, bool first) {
-  if (first) {
-    const std::vector<pid_t> ranks = ChildrenOf(mpirun);
-    for (pid_t rank : ranks) ::kill(rank, signal);
-    if (!ranks.empty()) {
-      std::fprintf(stderr, "mingpt: SIG%s sent to the %zu ranks; send it again to abort the job\n",
-                   ::sigabbrev_np(signal), ranks.size());
-      return;
+// The executable `pid` runs ("" if unknown); a file replaced since it was
+// started is still the one it runs.
+std::string ExecutableOf(pid_t pid) {
+  std::error_code ec;
+  std::string exe =
+      std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec).string();
+  static constexpr std::string_view kDeleted = " (deleted)";
+  if (exe.ends_with(kDeleted)) exe.resize(exe.size() - kDeleted.size());
+  return exe;
+}
+
+// Whether `pid` has a handler installed for `signal` (SigCgt in /proc/<pid>/status).
+bool Catches(pid_t pid, int signal) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("SigCgt:", 0) == 0) {
+      return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (signal - 1)) & 1;
     }
   }
-  ::kill(mpirun, signal);
+  return false;
+}
+
+// Seconds since `pid` started (its fork), from /proc/<pid>/stat's starttime;
+// -1 if unknown.
+double SecondsRunning(pid_t pid) {
+  const std::string stat = ReadFirstLine("/proc/" + std::to_string(pid) + "/stat");
+  const size_t close = stat.rfind(')');  // the command name may hold anything
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  for (int i = 3; i <= 22; ++i) {  // fields 3 (state) to 22 (starttime)
+    if (!(fields >> field)) return -1;
+  }
+  timespec now;
+  if (::clock_gettime(CLOCK_BOOTTIME, &now) != 0) return -1;
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec) -
+         std::strtod(field.c_str(), nullptr) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// How long a rank may run without a handler for the signal before it is
+// sent the signal all the same: one that installs none (evaluate) then stops
+// as one process would.
+constexpr double kHandlerGraceSeconds = 2;
+
+// Sends `signal` (the first SIGINT/SIGTERM) to the ranks once all `ranks`
+// children of mpirun run `exe` and catch it (or have had kHandlerGraceSeconds
+// to); false while it must wait. A child of mpirun between its fork and its
+// exec still has mpirun's handlers, which pass the signal on to mpirun,
+// which aborts the job without a word; and a rank that has not yet installed
+// its handler would die of it.
+bool SignalRanksWhenReady(pid_t mpirun, int ranks, const std::string& exe, int signal) {
+  std::vector<pid_t> ready;
+  for (pid_t child : ChildrenOf(mpirun)) {
+    if (ExecutableOf(child) != exe) continue;  // not yet a rank
+    if (Catches(child, signal) || SecondsRunning(child) >= kHandlerGraceSeconds) {
+      ready.push_back(child);
+    }
+  }
+  if (static_cast<int>(ready.size()) < ranks) return false;
+  for (pid_t rank : ready) ::kill(rank, signal);
+  std::fprintf(stderr, "mingpt: SIG%s sent to the %zu ranks; send it again to abort the job\n",
+               ::sigabbrev_np(signal), ready.size());
+  return true;
 }
 
 struct Argv {
@@ -350,10 +402,14 @@ Pumped PumpErr(int fd, int wait_ms, MpirunErrFilter* filter) {
   }
 }
 
-// Waits for mpirun, forwarding the signals RecordSignal saw and passing its
-// standard error (the read end `err`) through the filter; its wait status.
-StatusOr<int> WaitForwardingSignals(pid_t pid, int err, MpirunErrFilter* filter) {
+// Waits for mpirun, whose `ranks` ranks run `exe`, forwarding the signals
+// RecordSignal saw (the first to the ranks, once they can take it; any later
+// one to mpirun) and passing its standard error (the read end `err`) through
+// the filter; its wait status.
+StatusOr<int> WaitForwardingSignals(pid_t pid, int ranks, const std::string& exe, int err,
+                                    MpirunErrFilter* filter) {
   int forwarded = 0;
+  int held = 0;  // the first signal, until the ranks can take it
   bool open = true;
   while (true) {
     int status = 0;
@@ -372,8 +428,14 @@ StatusOr<int> WaitForwardingSignals(pid_t pid, int err, MpirunErrFilter* filter)
       return Status::Error(std::string("waiting for mpirun: ") + std::strerror(errno));
     }
     for (const int count = g_signal_count.load(); forwarded < count; ++forwarded) {
-      ForwardSignal(pid, g_last_signal.load(), forwarded == 0);
+      if (forwarded == 0) {
+        held = g_last_signal.load();
+      } else {
+        held = 0;
+        ::kill(pid, g_last_signal.load());
+      }
     }
+    if (held != 0 && SignalRanksWhenReady(pid, ranks, exe, held)) held = 0;
     if (open) {
       open = PumpErr(err, 20, filter) != Pumped::kEnd;
     } else {
@@ -510,6 +572,7 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
                          " of an MPI job; it cannot start another");
   }
   MINGPT_ASSIGN_OR_RETURN(std::vector<std::string> command, MpirunCommand(ranks, args));
+  MINGPT_ASSIGN_OR_RETURN(const std::string exe, SelfExecutable());  // the ranks' (MpirunCommand)
   const Argv argv = MakeArgv(std::move(command));
   ::setenv(kLaunchedRanksEnv, "1", 1);  // inherited by mpirun and its ranks
   int err[2];
@@ -532,7 +595,7 @@ StatusOr<int> RunUnderMpirun(int ranks, const std::vector<std::string>& args) {
     std::fwrite(text.data(), 1, text.size(), stderr);
     std::fflush(stderr);
   });
-  StatusOr<int> waited = WaitForwardingSignals(pid, err[0], &filter);
+  StatusOr<int> waited = WaitForwardingSignals(pid, ranks, exe, err[0], &filter);
   ::close(err[0]);
   MINGPT_ASSIGN_OR_RETURN(const int status, std::move(waited));
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);

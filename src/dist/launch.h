@@ -12,7 +12,12 @@
 //     directly. (mpirun puts each rank in a process group of its own too.)
 //   - The first SIGINT or SIGTERM the launching process gets is sent, as the
 //     same signal, straight to every rank (the children of mpirun), and the
-//     launcher prints one line saying so. A rank that handles it (the
+//     launcher prints one line saying so. While mpirun is still starting
+//     them it is held until every rank runs this executable and has a
+//     handler for it (or has run 2 s without one): a child of mpirun between
+//     its fork and its exec still has mpirun's handlers, which would make
+//     mpirun abort the job without a word, and a rank that has not yet
+//     installed its handler would die of it. A rank that handles it (the
 //     trainer: finish the step, save `last`, exit 0) ends normally; mpirun
 //     then exits 0 and RunUnderMpirun returns 0. The ranks must agree on the
 //     step to stop after (each learns of the signal at its own moment): the

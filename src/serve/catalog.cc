@@ -18,7 +18,6 @@ namespace {
 
 constexpr int kMaxDepth = 4;            // levels below the root that are scanned
 constexpr size_t kMaxEntries = 20000;   // directory entries visited per scan
-constexpr size_t kMaxCsvBytes = 64 << 20;     // metrics.csv: read as a stream
 constexpr size_t kMaxBenchBytes = 4 << 20;    // bench.csv: read whole (a few rows per model)
 constexpr size_t kMaxCsvRecordBytes = 1 << 20;
 constexpr size_t kTailBytes = 64 << 10;       // read for the last step: hundreds of rows
@@ -93,6 +92,20 @@ std::optional<int64_t> LastStep(std::istream& f, uint64_t size) {
     if (v.is_number_integer()) step = v.get<int64_t>();
   }
   return step;
+}
+
+// Whether an id found by a scan is listed: one the API accepts back
+// (IsSafeId), and text that JSON carries as it is (a name that is not UTF-8
+// would be listed with U+FFFD in it, an id no request can name). What is not
+// listed is not served at all, so no id stands for two things.
+bool Listable(const std::string& id) {
+  if (!IsSafeId(id)) return false;
+  try {
+    (void)nlohmann::json(id).dump();  // strict: throws on invalid UTF-8
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -209,7 +222,7 @@ StatusOr<Catalog> Catalog::Create(const std::string& root, const std::string& ch
     if (!c.root_.empty() && c.UnderRoot(checkpoint)) {
       // The id the scan gives it, when the flag names it by a path in the root.
       const std::string rel = fs::path(e.absolute).lexically_proximate(c.root_).string();
-      e.id = e.path = IsSafeId(rel) ? rel : "checkpoint";
+      e.id = e.path = Listable(rel) ? rel : "checkpoint";
     } else {
       e.id = "checkpoint";
       e.path = checkpoint;
@@ -327,12 +340,13 @@ std::vector<CheckpointEntry> Catalog::Checkpoints() const {
       const std::string path = dir + "/checkpoints/" + which;
       std::error_code ec;
       if (!fs::exists(path, ec) || !CheckpointUnderRoot(path)) continue;
+      const std::string id = fs::path(path).lexically_relative(root_).string();
+      if (!Listable(id) || (extra_ && extra_->id == id)) continue;
       auto meta = ReadRootedMeta(path);
       if (!meta) continue;
       CheckpointEntry e = EntryFromMeta(*meta);
-      e.id = e.path = fs::path(path).lexically_relative(root_).string();
+      e.id = e.path = id;
       e.dir = Canonical(path);
-      if (extra_ && extra_->id == e.id) continue;
       found.push_back(std::move(e));
     }
   }
@@ -352,9 +366,13 @@ std::vector<RunEntry> Catalog::Runs() const {
     if (!metrics) continue;
     RunEntry r;
     r.dir = dir;
-    r.id = dir == root_ ? fs::path(root_).filename().string()
-                        : fs::path(dir).lexically_relative(root_).string();
-    if (r.id.empty() || !IsSafeId(r.id)) r.id = "root";
+    if (dir == root_) {
+      r.id = fs::path(root_).filename().string();
+      if (!Listable(r.id)) r.id = "root";
+    } else {
+      r.id = fs::path(dir).lexically_relative(root_).string();
+      if (!Listable(r.id)) continue;
+    }
     for (const char* which : {"last", "best"}) {
       const std::string path = dir + "/checkpoints/" + which;
       if (!CheckpointUnderRoot(path)) continue;
@@ -366,7 +384,13 @@ std::vector<RunEntry> Catalog::Runs() const {
     r.last_step = LastStep(metrics->in, metrics->size).value_or(0);
     runs.push_back(std::move(r));
   }
-  std::sort(runs.begin(), runs.end(), [](const RunEntry& a, const RunEntry& b) { return a.id < b.id; });
+  // By id, each once: of a run in the root itself and one under it with the
+  // same id (the root's name, or "root"), the root's is kept.
+  std::stable_sort(runs.begin(), runs.end(),
+                   [](const RunEntry& a, const RunEntry& b) { return a.id < b.id; });
+  runs.erase(std::unique(runs.begin(), runs.end(),
+                         [](const RunEntry& a, const RunEntry& b) { return a.id == b.id; }),
+             runs.end());
   return runs;
 }
 
@@ -397,12 +421,9 @@ StatusOr<RunEntry> Catalog::FindRun(const std::string& id) const {
 }
 
 StatusOr<nlohmann::json> Catalog::Metrics(const RunEntry& run) const {
-  const std::string path = run.dir + "/metrics.csv";
-  const Status unreadable = Status::Error("cannot read metrics.csv of run '" + run.id +
-                                          "' (gone, or over " + std::to_string(kMaxCsvBytes >> 20) +
-                                          " MiB)");
-  auto file = OpenUnderRoot(path, kMaxCsvBytes);
-  if (!file) return unreadable;
+  // Of any size: read as a stream, keeping at most kMaxMetricRows + 1 rows.
+  auto file = OpenUnderRoot(run.dir + "/metrics.csv", std::numeric_limits<uint64_t>::max());
+  if (!file) return Status::Error("cannot read metrics.csv of run '" + run.id + "' (gone)");
   CsvReader reader(file->in, kMaxCsvRecordBytes);
   std::vector<std::string> columns, row, last;
   reader.Next(&columns);

@@ -5,7 +5,9 @@
 // only ever matched against the scanned list, never opened as a path, and
 // nothing whose real path (symlinks resolved) leaves the root is listed: not
 // a directory, and not a file in one (a checkpoint with a meta.json or
-// weights symlinked out of the root is left out whole).
+// weights symlinked out of the root is left out whole). Nor is a run or
+// checkpoint whose id a request could not name (not IsSafeId, or not UTF-8),
+// so that every listed id can be asked for.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,13 @@
 #include "serve/generator.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <limits>
 #include <optional>
+#include <sstream>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -17,6 +23,36 @@ namespace {
 // Thrown from Sample's token callback to stop a generation; Sample holds
 // only RAII state, so unwinding through it is safe.
 struct Cancelled {};
+
+// The files of checkpoint directory `dir` as they are now: each entry's name,
+// device, inode, size, and modification and change times; "" when it cannot
+// be listed. A save makes a new version directory, but a checkpoint can also
+// be rewritten in place (copied over): then the path is the same and this is
+// not. Taken before the files are read, so that a rewrite meanwhile shows at
+// the next look.
+std::string FilesIdentity(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return "";
+  std::vector<std::string> entries;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    struct stat st;
+    if (name == "." || name == ".." ||
+        fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      continue;
+    }
+    std::ostringstream s;
+    s << name << '\0' << st.st_dev << ' ' << st.st_ino << ' ' << st.st_size << ' '
+      << st.st_mtim.tv_sec << '.' << st.st_mtim.tv_nsec << ' ' << st.st_ctim.tv_sec << '.'
+      << st.st_ctim.tv_nsec << '\n';
+    entries.push_back(s.str());
+  }
+  closedir(d);
+  std::sort(entries.begin(), entries.end());
+  std::string identity;
+  for (const std::string& e : entries) identity += e;
+  return identity;
+}
 
 }  // namespace
 
@@ -59,6 +95,7 @@ StatusOr<GenerateRequest> ParseGenerateRequest(const std::string& body) {
         return Status::Error("'top_k' must be >= 0 and at most the vocabulary size");
       }
       r.options.top_k = static_cast<int>(k);
+      r.top_k_given = true;
     } else if (key == "greedy") {
       if (!v.is_boolean()) return Status::Error("'greedy' must be true or false");
       r.options.greedy = v.get<bool>();
@@ -86,7 +123,7 @@ StatusOr<GenerateRequest> ParseGenerateRequest(const std::string& body) {
 }
 
 Status CheckAgainstTokenizer(const GenerateRequest& request, const CharTokenizer& tokenizer) {
-  if (request.options.top_k > tokenizer.size()) {
+  if (request.top_k_given && !request.options.greedy && request.options.top_k > tokenizer.size()) {
     return Status::Error("'top_k' must be at most the vocabulary size (" +
                          std::to_string(tokenizer.size()) + ")");
   }
@@ -97,6 +134,7 @@ Status CheckAgainstTokenizer(const GenerateRequest& request, const CharTokenizer
 
 struct Generator::Model {
   std::string dir;
+  std::string files;  // FilesIdentity(dir) before it was read
   OpenedCheckpoint ckpt;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<GPT> gpt;
@@ -144,10 +182,14 @@ std::shared_ptr<Generator::Ticket> Generator::TryAdmit() {
 }
 
 StatusOr<Generator::Model*> Generator::Load(const std::string& dir) {
-  if (model_ && model_->dir == dir) return model_.get();
+  const std::string files = FilesIdentity(dir);
+  if (model_ && model_->dir == dir && !files.empty() && model_->files == files) {
+    return model_.get();
+  }
   model_.reset();  // one model in memory at a time
   auto m = std::make_unique<Model>();
   m->dir = dir;
+  m->files = files;
   MINGPT_ASSIGN_OR_RETURN(m->ckpt, OpenTrainingCheckpoint(dir, /*confined=*/bool(allowed_)));
   if (allowed_ && !allowed_(m->ckpt.checkpoint.HeldPath())) {
     return Status::Error("checkpoint '" + dir + "' is not under the served directory");
@@ -204,6 +246,7 @@ StatusOr<std::string> Generator::Run(const std::string& dir, const GenerateReque
   };
   SampleOptions options = request.options;
   options.kv_cache = true;
+  if (!request.top_k_given) options.top_k = std::min(options.top_k, m->ckpt.tokenizer.size());
   try {
     Sample(m->gpt.get(), m->params.get(), std::move(ids).value(), options, on_token, &ctx);
   } catch (const Cancelled&) {

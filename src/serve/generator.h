@@ -28,11 +28,13 @@ inline constexpr size_t kMaxPromptChars = 10000;
 
 // POST /v1/generate's body: {checkpoint?, prompt, steps?, temperature?,
 // top_k?, greedy?, seed?, stream?}; absent fields take `mingpt sample`'s
-// defaults (500 steps, temperature 1, top_k 10, seed 42).
+// defaults (500 steps, temperature 1, top_k 10 or the vocabulary's size if
+// smaller, seed 42).
 struct GenerateRequest {
   std::string checkpoint;  // an id of the catalog; "" for the default
   std::string prompt;
   SampleOptions options;   // kv_cache always true
+  bool top_k_given = false;
   bool stream = false;
 };
 
@@ -42,8 +44,8 @@ struct GenerateRequest {
 // negative seed.
 StatusOr<GenerateRequest> ParseGenerateRequest(const std::string& body);
 
-// The checks that need the model: top_k <= the vocabulary, and every prompt
-// character in it.
+// The checks that need the model: a top_k given (and not greedy) <= the
+// vocabulary, and every prompt character in it.
 Status CheckAgainstTokenizer(const GenerateRequest& request, const CharTokenizer& tokenizer);
 
 class Generator {
@@ -72,12 +74,13 @@ class Generator {
   // nullptr when max_admitted requests are already in.
   std::shared_ptr<Ticket> TryAdmit();
 
-  // Loads the checkpoint at `dir` (unless it is the one loaded), checks the
-  // request against its tokenizer and generates, waiting for the requests
-  // before it (first come, first served). on_text receives each generated
-  // character, on the generation thread; returning false stops the
-  // generation (an error "cancelled"). Returns the prompt and the generated
-  // text, as `mingpt sample` prints them. Needs a ticket held by the caller.
+  // Loads the checkpoint at `dir` (unless it is the one loaded and its files
+  // are unchanged: the same inodes, sizes and times), checks the request
+  // against its tokenizer and generates, waiting for the requests before it
+  // (first come, first served). on_text receives each generated character,
+  // on the generation thread; returning false stops the generation (an
+  // error "cancelled"). Returns the prompt and the generated text, as
+  // `mingpt sample` prints them. Needs a ticket held by the caller.
   StatusOr<std::string> Generate(const std::string& dir, const GenerateRequest& request,
                                  const std::function<bool(std::string_view)>& on_text);
 

@@ -253,17 +253,25 @@ $("run").onchange = showRun;
 runTimer = setInterval(() => { if ($("runs").classList.contains("on")) showRun(); }, 3000);
 
 // ---- Benchmarks ----
-function barChart(labels, values, unit) {
-  const W = 480, rowH = 20, L = 220, R = 60, H = labels.length * rowH + 10;
-  const max = Math.max(...values.filter((v) => isFinite(v) && v > 0), 1e-12);
+// A bench.csv cell as a bar: a number, or one with "+" where the batch
+// search stopped at its cap (--max_batch), "256+": drawn as 256, marked capped.
+function benchCell(c) {
+  if (typeof c === "number") return {v: c, capped: false};
+  const m = typeof c === "string" ? /^(\d+(?:\.\d+)?)\+$/.exec(c) : null;
+  return {v: m ? parseFloat(m[1]) : NaN, capped: !!m};
+}
+function barChart(labels, cells, unit) {
+  const W = 480, rowH = 20, L = 220, R = 100, H = labels.length * rowH + 10;
+  const max = Math.max(...cells.map((c) => c.v).filter((v) => isFinite(v) && v > 0), 1e-12);
   let svg = '<svg viewBox="0 0 ' + W + " " + H + '" width="100%" role="img">';
   labels.forEach((l, i) => {
-    const v = values[i], y = 5 + i * rowH;
+    const v = cells[i].v, y = 5 + i * rowH;
     svg += '<text x="' + (L - 6) + '" y="' + (y + 13) + '" text-anchor="end">' + esc(l) + "</text>";
     if (isFinite(v) && v > 0) {
       const w = v / max * (W - L - R);
       svg += '<rect x="' + L + '" y="' + (y + 3) + '" width="' + w.toFixed(1) + '" height="' + (rowH - 6) + '" fill="' + COLORS[0] + '"/>';
-      svg += '<text x="' + (L + w + 4) + '" y="' + (y + 13) + '">' + niceNum(v) + (unit ? " " + esc(unit) : "") + "</text>";
+      svg += '<text x="' + (L + w + 4) + '" y="' + (y + 13) + '">' + niceNum(v) + (cells[i].capped ? "+ (capped)" : "") +
+        (unit ? " " + esc(unit) : "") + "</text>";
     } else {
       svg += '<text x="' + (L + 4) + '" y="' + (y + 13) + '">-</text>';
     }
@@ -278,7 +286,7 @@ async function loadBench() {
     const measures = ["Tokens per second", "Time per iteration (s)", "Peak Memory per Rank (MiB)", "Max Per Device Batch Size", "MFU"]
       .filter((c) => j.columns.includes(c));
     $("benchcharts").innerHTML = measures.map((c) => '<div class="chart"><h3>' + esc(c) + "</h3>" +
-      barChart(labels, j.rows.map((r) => typeof r[c] === "number" ? r[c] : NaN), "") + "</div>").join("");
+      barChart(labels, j.rows.map((r) => benchCell(r[c])), "") + "</div>").join("");
   } catch (e) { $("benchinfo").innerHTML = '<span class="err">' + esc(e.message) + "</span>"; }
 }
 

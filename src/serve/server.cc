@@ -21,6 +21,7 @@
 #include "serve/generator.h"
 #include "serve/page.h"
 #include "train/model_checkpoint.h"
+#include "train/options.h"
 
 namespace mingpt::serve {
 namespace {
@@ -203,9 +204,28 @@ struct Server::Impl {
 void Server::Impl::Routes() {
   http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     DropRanges(req);
-    // Before httplib reads the body by it: a negative length reads as a huge
-    // unsigned one there (413).
-    if (req.has_header("Content-Length") && !IsDecimal(req.get_header_value("Content-Length"))) {
+    // Runs before httplib reads a body, and is the only place that bounds
+    // one: httplib 0.11 applies the payload limit (kMaxBodyBytes) to a
+    // Content-Length alone, and reads a chunked body, a body decompressed
+    // (gzip, deflate, br) or one without a length whole into memory. So the
+    // only body taken is a plain one of a valid Content-Length.
+    if (req.has_header("Transfer-Encoding")) {
+      res.set_header("Connection", "close");  // the body is not read
+      SendError(res, 411, "a request body must be sent with a Content-Length, not chunked");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (req.has_header("Content-Encoding")) {
+      res.set_header("Connection", "close");
+      SendError(res, 415, "compressed request bodies are not accepted (Content-Encoding)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!req.has_header("Content-Length")) {
+      // HTTP gives such a request no body (RFC 9112, 6.3); httplib would read
+      // one of a POST until the client closes the connection. (Written into
+      // httplib's non-const Request, as DropRanges does.)
+      const_cast<httplib::Request&>(req).set_header("Content-Length", "0");
+    } else if (!IsDecimal(req.get_header_value("Content-Length"))) {
+      // A negative length would read as a huge unsigned one there (413).
       res.set_header("Connection", "close");  // the body's end is unknown
       SendError(res, 400, "malformed Content-Length header");
       return httplib::Server::HandlerResponse::Handled;
@@ -370,7 +390,7 @@ StatusOr<std::unique_ptr<Server>> Server::Create(const ServeOptions& options) {
     return Status::Error("--port must be in [0, 65535], got " + std::to_string(options.port));
   }
   if (options.host.empty()) return Status::Error("--host must not be empty");
-  if (options.threads <= 0) return Status::Error("--num_threads must be positive");
+  MINGPT_RETURN_IF_ERROR(ValidateNumThreads(options.threads));  // as mingpt sample's
   if (options.max_admitted <= 0 || options.max_admitted > kMaxAdmitted) {
     return Status::Error("--max_queue must be in [1, " + std::to_string(kMaxAdmitted) + "], got " +
                          std::to_string(options.max_admitted));

@@ -17,10 +17,12 @@
 // Every error is a JSON object {"error": "..."}: 400 for bad input (malformed
 // JSON, unknown fields, values out of range, unsafe ids, a malformed
 // Content-Length or Range header), 404 for unknown ids and paths, 405 (with
-// Allow) for another method on a known path, 413 for bodies over 1 MiB, 429
-// when max_admitted generations are already running or waiting, 500 for a
-// checkpoint that cannot be loaded. Range headers are ignored: every answer
-// is whole. A generation stops when its client disconnects.
+// Allow) for another method on a known path, 413 for bodies over 1 MiB (411
+// for a chunked body and 415 for a compressed one: a body is taken only as
+// sent, with its Content-Length), 429 when max_admitted generations are
+// already running or waiting, 500 for a checkpoint that cannot be loaded.
+// Range headers are ignored: every answer is whole. A generation stops when
+// its client disconnects.
 #pragma once
 
 #include <memory>

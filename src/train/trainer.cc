@@ -521,7 +521,7 @@ StatusOr<TrainSummary> Train(TrainOptions o, Communicator* comm, const std::atom
   // the same diverged loss) is rank 0's to report; the others stop quietly,
   // as the ranks that AgreeOnStatus tells of another's failure do.
   auto reported_by_lead = [&](const Status& status) {
-    return lead ? status : Status::Error(kPeerFailedMessage);
+    return (lead ? status : Status::Error(kPeerFailedMessage)).Agreed();
   };
 
   // Model, strategy and state. `comm` keeps carrying the collectives on host

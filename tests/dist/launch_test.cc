@@ -1,20 +1,25 @@
 // Launch: DetectMpiEnvironment from each launcher's variables, the cores
-// per rank, and the mpirun command line (flags, MCA defaults that yield to
-// the user's, errors).
+// per rank, the mpirun command line (flags, MCA defaults that yield to the
+// user's, errors), and a Ctrl-C while mpirun starts the ranks.
 #include "dist/launch.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/scoped_temp_dir.h"
+#include "dist/subprocess.h"
 
 namespace mingpt {
 namespace {
@@ -308,6 +313,41 @@ TEST(RunUnderMpirun, RefusesInsideAnMpiJob) {
   StatusOr<int> code = RunUnderMpirun(2, {});
   ASSERT_FALSE(code.ok());
   EXPECT_NE(code.status().message().find("already rank 1"), std::string::npos);
+}
+
+// Whether `pid` has a handler installed for `signal`.
+bool Catches(pid_t pid, int signal) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("SigCgt:", 0) == 0) {
+      return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (signal - 1)) & 1;
+    }
+  }
+  return false;
+}
+
+// Ctrl-C as soon as the launcher takes it, while mpirun is still starting
+// the ranks: it reaches every rank once the rank has its handler (not a
+// child of mpirun before its exec, whose mpirun handler would make mpirun
+// abort the job without a word, nor a rank still starting, which would die
+// of it), and the job stops as it does later on.
+TEST(RunUnderMpirun, AnEarlySigintStopsEveryRankGracefully) {
+  for (const int delay_ms : {0, 20, 50, 100, 150}) {
+    dist_test::Subprocess worker({MPI_SELFTEST, "--ranks=2", "--mode=hold"});
+    ASSERT_TRUE(worker.started());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!Catches(worker.pid(), SIGINT) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    worker.Signal(SIGINT);
+    EXPECT_EQ(worker.Finish(30), 0) << "SIGINT " << delay_ms << " ms in\n" << worker.output();
+    for (const char* line :
+         {"rank 0/2: stopped", "rank 1/2: stopped", "SIGINT sent to the 2 ranks"}) {
+      EXPECT_NE(worker.output().find(line), std::string::npos)
+          << line << ", SIGINT " << delay_ms << " ms in\n" << worker.output();
+    }
+  }
 }
 
 }  // namespace

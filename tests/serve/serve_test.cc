@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -25,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/trained_checkpoint.h"
+#include "serve/catalog.h"
 #include "serve/generator.h"
 #include "serve/server.h"
 
@@ -871,6 +873,224 @@ TEST_F(ServeTest, StoppingEndsConnectionsThatSendSlowly) {
   trickle.join();
   ::close(fd);
   EXPECT_LT(took, 3.0);
+}
+
+// A body is taken only as sent, with its Content-Length: httplib 0.11 reads
+// a chunked body, or decompresses one, whole into memory whatever its size,
+// and reads a POST without a length until the client closes.
+TEST_F(ServeTest, OnlyBodiesWithAContentLengthAreRead) {
+  const std::string body =
+      json{{"checkpoint", "run1/checkpoints/last"}, {"prompt", "the"}, {"steps", 3}}.dump();
+  char size[32];
+  std::snprintf(size, sizeof(size), "%zx", body.size());
+  const int chunked = SendRaw(port_, "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\n"
+                                     "Content-Type: application/json\r\nConnection: close\r\n"
+                                     "Transfer-Encoding: chunked\r\n\r\n" +
+                                         std::string(size) + "\r\n" + body + "\r\n0\r\n\r\n");
+  ASSERT_GE(chunked, 0);
+  const std::string chunked_response = Receive(chunked, 10);
+  ::close(chunked);
+  EXPECT_EQ(chunked_response.rfind("HTTP/1.1 411", 0), 0u) << chunked_response;
+  EXPECT_NE(chunked_response.find("Content-Length"), std::string::npos) << chunked_response;
+
+  auto gzip_client = Client();
+  gzip_client->set_compress(true);  // Content-Encoding: gzip
+  auto gzipped = gzip_client->Post("/v1/generate", body, "application/json");
+  ASSERT_TRUE(gzipped) << httplib::to_string(gzipped.error());
+  EXPECT_EQ(gzipped->status, 415) << gzipped->body;
+  EXPECT_TRUE(json::parse(gzipped->body, nullptr, false).contains("error")) << gzipped->body;
+
+  // No length: no body, answered at once (the connection left open).
+  const int unbounded = SendRaw(port_, "POST /v1/generate HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  ASSERT_GE(unbounded, 0);
+  const std::string unbounded_response = Receive(unbounded, 3, "\r\n\r\n");
+  ::close(unbounded);
+  EXPECT_EQ(unbounded_response.rfind("HTTP/1.1 400", 0), 0u) << unbounded_response;
+  // The same body as sent is served.
+  auto plain = Post(body);
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->status, 200) << plain->body;
+}
+
+// A --checkpoint directory whose files are copied over in place (not a new
+// version directory): the next generation uses the new weights, as
+// `mingpt sample` does.
+TEST_F(ServeTest, ACheckpointRewrittenInPlaceIsReloaded) {
+  const cli_test::TrainedRun& run = SharedTrainedRun();
+  const std::string other = *tmp_ / "other-seed";
+  RunOptions train;
+  train.cwd = run.dir.path();
+  ASSERT_TRUE(
+      Succeeded(RunMingpt(cli_test::TinyTrainArgs(run.data, other, {{"--seed", "5"}}), train)));
+  const std::string plain = *tmp_ / "in-place";
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), "-rL", root_ + "/run1/checkpoints/last", plain})));
+  ServeOptions o;
+  o.checkpoint = plain;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  const std::string body = json{{"prompt", "the"}, {"steps", 30}}.dump();
+  auto before = server.Client()->Post("/v1/generate", body, "application/json");
+  ASSERT_TRUE(before);
+  ASSERT_EQ(before->status, 200) << before->body;
+
+  ASSERT_TRUE(Succeeded(RunProcess({CpPath(), "-rL", other + "/checkpoints/last/.", plain})));
+  auto after = server.Client()->Post("/v1/generate", body, "application/json");
+  ASSERT_TRUE(after);
+  ASSERT_EQ(after->status, 200) << after->body;
+  const ProcessResult sample = RunMingpt({"sample", "--checkpoint", plain, "--prompt", "the",
+                                          "--steps", "30", "--num_threads", "1"});
+  ASSERT_TRUE(Succeeded(sample)) << sample.Describe();
+  const std::string text = json::parse(after->body, nullptr, false)["text"];
+  EXPECT_EQ(text + "\n", sample.out);
+  EXPECT_NE(text, json::parse(before->body, nullptr, false)["text"])
+      << "the weights did not change";
+}
+
+// Every run and checkpoint listed can be asked for by its id; those whose
+// names no request could carry (a backslash, a control character, bytes that
+// are not UTF-8) are left out, and no two runs share an id (here the root
+// itself, a run named "root", and a run under it of that name).
+TEST_F(ServeTest, EveryListedIdCanBeUsed) {
+  const std::string root = *tmp_ / "odd-names/root";
+  const std::string last = root_ + "/run1/checkpoints/last";
+  std::filesystem::create_directories(root);
+  WriteText(root + "/metrics.csv", "step,train_loss\n7,2.0\n");
+  for (const std::string run : {"a\\b", "nl\nx", "bad\xff", "root", "good"}) {
+    std::filesystem::create_directories(root + "/" + run + "/checkpoints");
+    WriteText(root + "/" + run + "/metrics.csv", "step,train_loss\n1,2.0\n");
+    ASSERT_TRUE(
+        Succeeded(RunProcess({CpPath(), "-rL", last, root + "/" + run + "/checkpoints/best"})));
+  }
+  ServeOptions o;
+  o.root = root;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  auto client = server.Client();
+  auto runs = client->Get("/v1/runs");
+  ASSERT_TRUE(runs);
+  const json run_list = json::parse(runs->body);
+  std::set<std::string> ids;
+  for (const json& r : run_list["runs"]) {
+    const std::string id = r["id"];
+    EXPECT_TRUE(ids.insert(id).second) << "two runs listed as '" << id << "': " << runs->body;
+    auto m = client->Get(("/v1/runs/" + id + "/metrics").c_str());
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->status, 200) << id << ": " << m->body;
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"good", "root"})) << runs->body;
+  auto root_run = client->Get("/v1/runs/root/metrics");
+  ASSERT_TRUE(root_run);
+  EXPECT_EQ(json::parse(root_run->body)["metrics"]["step"], json::array({7})) << root_run->body;
+
+  auto checkpoints = client->Get("/v1/checkpoints");
+  ASSERT_TRUE(checkpoints);
+  const json list = json::parse(checkpoints->body);
+  EXPECT_EQ(list["default"], "good/checkpoints/best") << checkpoints->body;
+  std::set<std::string> checkpoint_ids;
+  for (const json& c : list["checkpoints"]) {
+    checkpoint_ids.insert(c["id"].get<std::string>());
+    auto g = client->Post("/v1/generate", json{{"checkpoint", c["id"]}, {"prompt", "the"},
+                                               {"steps", 2}}.dump(), "application/json");
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->status, 200) << c["id"] << ": " << g->body;
+  }
+  EXPECT_EQ(checkpoint_ids,
+            (std::set<std::string>{"good/checkpoints/best", "root/checkpoints/best"}))
+      << checkpoints->body;
+}
+
+// A metrics.csv of any size is charted (evenly spaced rows and the last),
+// read as a stream: here one over 64 MiB.
+TEST_F(ServeTest, AMetricsFileOfAnySizeIsCharted) {
+  const std::string root = *tmp_ / "huge";
+  std::filesystem::create_directories(root + "/long");
+  const std::string pad(200, 'x');
+  std::string csv = "step,train_loss,note\n";
+  int64_t rows = 0;
+  while (csv.size() <= (65u << 20)) csv += std::to_string(++rows) + ",1.5," + pad + "\n";
+  WriteText(root + "/long/metrics.csv", csv);
+  csv = std::string();
+  ServeOptions o;
+  o.root = root;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  auto r = server.Client()->Get("/v1/runs/long/metrics");
+  std::filesystem::remove_all(root);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body.substr(0, 300);
+  const json steps = json::parse(r->body)["metrics"]["step"];
+  EXPECT_LE(steps.size(), kMaxMetricRows + 1);
+  EXPECT_GT(steps.size(), kMaxMetricRows / 2);
+  EXPECT_EQ(steps.front(), 1);
+  EXPECT_EQ(steps.back(), rows);
+}
+
+// The page's script, run in node (when installed) against the server with
+// just enough of a DOM: a bench value capped by the batch search ("256+")
+// is drawn as a bar marked capped, not as a missing one.
+TEST_F(ServeTest, ThePageDrawsACappedBenchValue) {
+  const std::string node = Exists("/usr/bin/node") ? "/usr/bin/node" : "";
+  if (node.empty()) GTEST_SKIP() << "no /usr/bin/node to run the page's script";
+  const std::string root = *tmp_ / "capped-bench";
+  std::filesystem::create_directories(root + "/b");
+  WriteText(root + "/b/bench.csv",
+            "Plugin,Model,Max Per Device Batch Size\nDDP,gpt-nano,256+\nZeRO 3,gpt-nano,64\n");
+  ServeOptions o;
+  o.root = root;
+  OwnServer server(o);
+  ASSERT_TRUE(server.ok());
+  auto page = server.Client()->Get("/");
+  ASSERT_TRUE(page);
+  WriteText(root + "/page.html", page->body);
+  WriteText(root + "/harness.js", R"JS(
+const html = require("fs").readFileSync(process.argv[2], "utf8");
+const script = html.slice(html.indexOf("<script>") + 8, html.lastIndexOf("</script>"));
+const elements = {};
+const element = () => ({classList: {toggle() {}, contains() { return false; }}, style: {},
+                        appendChild() {}, value: "", innerHTML: "", textContent: ""});
+globalThis.document = {getElementById: (id) => elements[id] || (elements[id] = element()),
+                       querySelectorAll: () => [], createElement: element,
+                       createTextNode: element};
+const serverFetch = fetch;
+globalThis.fetch = (url, options) => serverFetch(process.argv[3] + url, options);
+globalThis.setInterval = () => 0;
+(0, eval)(script + "\nglobalThis.loadBench = loadBench;");
+loadBench().then(() => console.log(elements.benchcharts.innerHTML));
+)JS");
+  const ProcessResult r = RunProcess({node, root + "/harness.js", root + "/page.html",
+                                      "http://127.0.0.1:" + std::to_string(server.port())});
+  ASSERT_TRUE(Succeeded(r)) << r.Describe();
+  EXPECT_NE(r.out.find("Max Per Device Batch Size"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(">256+ (capped)</text>"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(">64</text>"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(">-</text>"), std::string::npos) << "a bar drawn as missing: " << r.out;
+}
+
+TEST_F(ServeTest, TooManyThreadsAreRefused) {
+  ServeOptions o;
+  o.root = root_;
+  o.threads = 100000;  // as mingpt sample: at most 4 per hardware thread
+  auto server = Server::Create(o);
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("--num_threads"), std::string::npos)
+      << server.status().message();
+}
+
+// As `mingpt sample`: the default top_k (10) fits a smaller vocabulary, and
+// only a top_k given for sampling (not greedy) is checked against it.
+TEST(GenerateRequestTest, TheDefaultTopKFitsASmallVocabulary) {
+  auto tokenizer = CharTokenizer::FromText("abcab");
+  ASSERT_TRUE(tokenizer.ok());
+  for (const char* body : {R"({"prompt": "ab"})", R"({"prompt": "ab", "top_k": 3})",
+                           R"({"prompt": "ab", "top_k": 10, "greedy": true})"}) {
+    auto request = ParseGenerateRequest(body);
+    ASSERT_TRUE(request.ok()) << body;
+    EXPECT_TRUE(CheckAgainstTokenizer(*request, *tokenizer).ok()) << body;
+  }
+  auto too_many = ParseGenerateRequest(R"({"prompt": "ab", "top_k": 4})");
+  ASSERT_TRUE(too_many.ok());
+  const Status s = CheckAgainstTokenizer(*too_many, *tokenizer);
+  EXPECT_NE(s.message().find("vocabulary size (3)"), std::string::npos) << s.message();
 }
 
 // ---- the binary ----
