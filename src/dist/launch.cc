@@ -300,17 +300,6 @@ std::string ExecutableOf(pid_t pid) {
   return exe;
 }
 
-// Whether `pid` has a handler installed for `signal` (SigCgt in /proc/<pid>/status).
-bool Catches(pid_t pid, int signal) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("SigCgt:", 0) == 0) {
-      return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (signal - 1)) & 1;
-    }
-  }
-  return false;
-}
-
 // Seconds since `pid` started (its fork), from /proc/<pid>/stat's starttime;
 // -1 if unknown.
 double SecondsRunning(pid_t pid) {
@@ -343,7 +332,7 @@ bool SignalRanksWhenReady(pid_t mpirun, int ranks, const std::string& exe, int s
   std::vector<pid_t> ready;
   for (pid_t child : ChildrenOf(mpirun)) {
     if (ExecutableOf(child) != exe) continue;  // not yet a rank
-    if (Catches(child, signal) || SecondsRunning(child) >= kHandlerGraceSeconds) {
+    if (CatchesSignal(child, signal) || SecondsRunning(child) >= kHandlerGraceSeconds) {
       ready.push_back(child);
     }
   }
@@ -629,6 +618,16 @@ std::vector<int> PinLaunchedRank(const MpiEnvironment& env, int threads) {
 
 int LocalCoresPerRank(const MpiEnvironment& env) {
   return std::max(1, AllowedCpuCount() / std::max(1, env.local_size));
+}
+
+bool CatchesSignal(pid_t pid, int signal) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("SigCgt:", 0) == 0) {
+      return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (signal - 1)) & 1;
+    }
+  }
+  return false;
 }
 
 }  // namespace mingpt

@@ -46,6 +46,8 @@
 // after Slurm's KillWait (30 s by default).
 #pragma once
 
+#include <sys/types.h>
+
 #include <functional>
 #include <string>
 #include <string_view>
@@ -139,6 +141,10 @@ class MpirunErrFilter {
 // MpirunErrFilter) or 1 (under any other launcher, whose exit status is the
 // job's).
 int PeerFailureExitCode();
+
+// Whether process `pid` has a handler installed for `signal` (SigCgt in
+// /proc/<pid>/status): a launched rank's, once it can take a Ctrl-C.
+bool CatchesSignal(pid_t pid, int signal);
 
 // Cores for one rank's threads: the CPUs this process may run on
 // (sched_getaffinity) divided by env.local_size, at least 1. (Under a

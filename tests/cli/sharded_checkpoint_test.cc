@@ -63,26 +63,6 @@ CharTokenizer Tokenizer(int vocab_size) {
   return CharTokenizer::FromVocab(std::string("abcdefghij").substr(0, vocab_size)).value();
 }
 
-// Distinct values in every tensor element of all three kinds; zero padding,
-// as a trained state has.
-HostState DistinctState(const ModelLayout& layout) {
-  HostState host;
-  std::vector<float>* kinds[] = {&host.params, &host.exp_avg, &host.exp_avg_sq};
-  for (int k = 0; k < 3; ++k) {
-    kinds[k]->assign(static_cast<size_t>(layout.total_numel()), 0.0f);
-    for (int u = 0; u < layout.num_units(); ++u) {
-      for (const ParamEntry& e : layout.units()[u].params) {
-        for (int64_t i = 0; i < e.numel; ++i) {
-          const int64_t flat = layout.unit_offset(u) + e.offset + i;
-          (*kinds[k])[static_cast<size_t>(flat)] =
-              static_cast<float>(k + 1) * 1000.0f + static_cast<float>(flat) * 0.5f + 0.25f;
-        }
-      }
-    }
-  }
-  return host;
-}
-
 const std::vector<float>& Kind(const HostState& host, StateKind kind) {
   return kind == StateKind::kParams ? host.params
          : kind == StateKind::kExpAvg ? host.exp_avg

@@ -1,4 +1,5 @@
-// Reading a run's metrics.csv in tests: a column by name (train_loss, grad_norm...), by step.
+// Reading a run's metrics.csv in tests: a column by name (train_loss, grad_norm...), by step;
+// and memory.csv's peak RSS by rank.
 #pragma once
 
 #include <fstream>
@@ -47,6 +48,24 @@ inline std::map<int, std::string> TrainLossCells(const std::string& root) {
 }
 inline std::map<int, double> TrainLosses(const std::string& root) {
   return MetricsColumn(root, "train_loss");
+}
+
+// Peak RSS of each rank in the last report of <root>/memory.csv (rows come in
+// rank order; the last row of a rank is its final report, after the final save).
+inline std::vector<double> PeakRss(const std::string& root) {
+  std::ifstream f(root + "/memory.csv");
+  std::string line;
+  std::getline(f, line);
+  std::vector<double> peak;
+  while (std::getline(f, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
+    const size_t rank = std::stoul(cells[1]);
+    if (peak.size() <= rank) peak.resize(rank + 1);
+    peak[rank] = std::stod(cells[7]);
+  }
+  return peak;
 }
 
 }  // namespace mingpt::test

@@ -315,17 +315,6 @@ TEST(RunUnderMpirun, RefusesInsideAnMpiJob) {
   EXPECT_NE(code.status().message().find("already rank 1"), std::string::npos);
 }
 
-// Whether `pid` has a handler installed for `signal`.
-bool Catches(pid_t pid, int signal) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("SigCgt:", 0) == 0) {
-      return (std::strtoull(line.c_str() + 7, nullptr, 16) >> (signal - 1)) & 1;
-    }
-  }
-  return false;
-}
-
 // Ctrl-C as soon as the launcher takes it, while mpirun is still starting
 // the ranks: it reaches every rank once the rank has its handler (not a
 // child of mpirun before its exec, whose mpirun handler would make mpirun
@@ -336,7 +325,7 @@ TEST(RunUnderMpirun, AnEarlySigintStopsEveryRankGracefully) {
     dist_test::Subprocess worker({MPI_SELFTEST, "--ranks=2", "--mode=hold"});
     ASSERT_TRUE(worker.started());
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (!Catches(worker.pid(), SIGINT) && std::chrono::steady_clock::now() < deadline) {
+    while (!CatchesSignal(worker.pid(), SIGINT) && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));

@@ -4,31 +4,14 @@
 // parameters and both moments (which would make memory grow with the model
 // again, the one thing NVMe offload is for).
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "cli/cli_fixture.h"
+#include "common/metrics_csv.h"
 
 namespace mingpt::cli_test {
 namespace {
 
-// Peak RSS of each rank in the last report of <root>/memory.csv (after the
-// final save).
-std::vector<double> PeakRss(const std::string& root) {
-  std::ifstream f(root + "/memory.csv");
-  std::string line;
-  std::getline(f, line);
-  std::vector<double> peak;
-  while (std::getline(f, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
-    const size_t rank = std::stoul(cells[1]);
-    if (peak.size() <= rank) peak.resize(rank + 1);
-    peak[rank] = std::stod(cells[7]);
-  }
-  return peak;
-}
+using test::PeakRss;
 
 class NvmeSaveMemory : public CliTest {};
 

@@ -1,37 +1,15 @@
 // The memory planner's prediction of each rank's peak against the peak RSS
 // the ranks measure (memory.csv's last report, after the final save), for
 // every strategy with and without activation checkpointing: within 15%.
-#include <fstream>
-#include <sstream>
-
 #include "cli/cli_fixture.h"
+#include "common/metrics_csv.h"
 #include "data/char_dataset.h"
 #include "train/planner.h"
 
 namespace mingpt::cli_test {
 namespace {
 
-// Peak RSS of each rank in the last report of <root>/memory.csv.
-std::vector<double> PeakRss(const std::string& root) {
-  std::ifstream f(root + "/memory.csv");
-  std::string line;
-  std::getline(f, line);
-  std::vector<std::vector<std::string>> rows;
-  while (std::getline(f, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    for (std::string c; std::getline(ss, c, ',');) cells.push_back(c);
-    rows.push_back(cells);
-  }
-  // The final report: the last row of each rank (rows come in rank order).
-  std::vector<double> peak;
-  for (const auto& r : rows) {
-    const size_t rank = std::stoul(r[1]);
-    if (peak.size() <= rank) peak.resize(rank + 1);
-    peak[rank] = std::stod(r[7]);
-  }
-  return peak;
-}
+using test::PeakRss;
 
 class PlannerTest : public CliTest {};
 
