@@ -11,8 +11,6 @@
 
 #include <map>
 #include <memory>
-#include <new>
-#include <stdexcept>
 #include <string>
 
 #include "core/status.h"
@@ -39,21 +37,6 @@ Command AddServe(CLI::App* app);
 // gives a process its world: MPI's when a launcher started it, else its own.
 Status RelaunchUnderMpirun(int devices, const std::map<std::string, std::string>& replace);
 StatusOr<std::unique_ptr<Communicator>> JoinWorld(const MpiEnvironment& env);
-
-// body(), with an exception escaping it (std::bad_alloc on a huge request,
-// a library's own) made the one-line error it is for the user: a bug or the
-// machine's limit, not std::terminate's abort. Under several ranks it must
-// become a Status before the communicator is left (LeaveJob).
-template <typename F>
-auto CatchExceptions(F&& body) -> decltype(body()) {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return Status::Error("out of memory");
-  } catch (const std::exception& e) {
-    return Status::Error(std::string("internal error: ") + e.what());
-  }
-}
 
 // Flag validators; CLI11 prints "<flag>: <message>" (its own range check
 // would print the range's bounds as doubles). NotEmpty refuses an empty

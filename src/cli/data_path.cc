@@ -1,3 +1,5 @@
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -21,8 +23,10 @@ StatusOr<std::string> ResolveDataPath(const std::string& flag) {
   std::fprintf(stderr, "mingpt: downloading tinyshakespeare from %s\n", kDataUrl);
   // Download beside the target and rename, so a failed download leaves
   // nothing (the directory too, if it made it); the tools' own messages give
-  // way to the one line below.
-  const std::string tmp = std::string(kDefaultData) + ".part";
+  // way to the one line below. The partial file is this process's own: the
+  // ranks of a user's mpirun job all download, each renaming the same text
+  // into place.
+  const std::string tmp = std::string(kDefaultData) + ".part-" + std::to_string(::getpid());
   const std::string cmd = "{ curl -fsSL --retry 2 -o '" + tmp + "' '" + kDataUrl + "' || wget -q -O '" +
                           tmp + "' '" + kDataUrl + "'; } 2>/dev/null";
   if (std::system(cmd.c_str()) != 0 || std::filesystem::file_size(tmp, ec) == 0) {

@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     for (size_t c = 0; c < commands.size(); ++c) {
       if (sub->get_name() != kCommands[c].name) continue;
       // Expected failures come back as a Status, and so does an exception.
-      const mingpt::Status status = mingpt::cli::CatchExceptions(commands[c]);
+      const mingpt::Status status = mingpt::CatchExceptions(commands[c]);
       // A rank that stopped because another failed says nothing: that rank
       // reports (dist/launch.h, MpirunErrFilter).
       if (mingpt::IsPeerFailure(status)) return mingpt::PeerFailureExitCode();

@@ -3,6 +3,8 @@
 // MINGPT_CHECK (check.h) instead.
 #pragma once
 
+#include <exception>
+#include <new>
 #include <optional>
 #include <string>
 #include <utility>
@@ -68,6 +70,23 @@ class StatusOr {
  private:
   std::variant<T, Status> v_;
 };
+
+// body() (returning a Status or StatusOr), with an exception escaping it
+// (std::bad_alloc on a huge request, a library's own) made the one-line
+// error it is for the user: a bug or the machine's limit, not
+// std::terminate's abort. Where the exception would end more than the
+// request: a server's worker thread, or several ranks, which must leave the
+// job through a Status (dist/agree.h, LeaveJob).
+template <typename F>
+auto CatchExceptions(F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory");
+  } catch (const std::exception& e) {
+    return Status::Error(std::string("internal error: ") + e.what());
+  }
+}
 
 }  // namespace mingpt
 

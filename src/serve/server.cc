@@ -362,9 +362,13 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res)
       "text/event-stream",
       [this, ticket, request, id, dir, hold = ckpt->checkpoint.hold](size_t,
                                                                      httplib::DataSink& sink) {
-        auto text = generator.Generate(dir, request, [&sink](std::string_view chunk) {
-          const std::string event = SseEvent(nullptr, {{"text", std::string(chunk)}});
-          return sink.write(event.data(), event.size());
+        // httplib calls this after routing, outside its exception handler:
+        // an exception here would end the server.
+        const StatusOr<std::string> text = CatchExceptions([&] {
+          return generator.Generate(dir, request, [&sink](std::string_view chunk) {
+            const std::string event = SseEvent(nullptr, {{"text", std::string(chunk)}});
+            return sink.write(event.data(), event.size());
+          });
         });
         std::string last;
         if (text.ok()) {
